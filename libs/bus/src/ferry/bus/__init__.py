@@ -1,0 +1,1 @@
+"""Ferry JetStream bus: topology, publish, router, key-value state."""

@@ -1,0 +1,1 @@
+"""Ferry target platforms (local, kubernetes)."""

@@ -1,0 +1,1 @@
+"""Ferry source providers (OVA, vSphere, oVirt, OpenStack, KubeVirt)."""

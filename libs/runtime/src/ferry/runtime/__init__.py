@@ -1,0 +1,1 @@
+"""Ferry service runtime: settings, logging, metrics, health, lifecycle."""

@@ -1,0 +1,1 @@
+"""Ferry test helpers: private nats-server, process control."""

@@ -1,0 +1,89 @@
+"""The base classes of every message: commands (work for one service) and events
+(facts for everyone, the audit log).
+
+A message's type tag is ``<domain>.<name>.v<N>``; the domain names the owning
+service. Tags are never renamed and fields never removed; a breaking change is a
+new ``v2`` struct beside the old one. New fields always get defaults so that
+older producers stay valid.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+from ferry.proto import subjects
+from ferry.proto.subjects import Service
+
+_DOMAINS: dict[str, Service] = {
+    "migration": Service.CONTROLLER,
+    "volume": Service.VOLUME,
+    "conversion": Service.CONVERSION,
+    "vm": Service.VM,
+}
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields every message carries: which plan, migration and VM it is about."""
+
+    plan: str
+    migration: str
+    vm: str
+
+    kind: ClassVar[str] = "evt"
+
+    @classmethod
+    def type_name(cls) -> str:
+        tag = cls.__struct_config__.tag
+        if not isinstance(tag, str):
+            raise TypeError(f"{cls.__name__} has no type tag")
+        return tag
+
+    @classmethod
+    def owner(cls) -> Service:
+        return _DOMAINS[cls.type_name().split(".", 1)[0]]
+
+    @classmethod
+    def short_name(cls) -> str:
+        return cls.type_name().split(".")[1]
+
+    def subject(self) -> str:
+        build = subjects.command if self.kind == "cmd" else subjects.event
+        return build(self.owner(), self.short_name(), self.migration, self.vm)
+
+
+class Command(Message, frozen=True, kw_only=True):
+    """Work for the service named by the tag's domain.
+
+    ``step`` names the itinerary step that asked for it and ``attempt`` counts the
+    controller's retries of that step, so that a retry is a new message id while
+    a redelivery of the same attempt is deduplicated.
+    """
+
+    step: str = ""
+    attempt: int = 1
+
+    kind: ClassVar[str] = "cmd"
+
+
+class Event(Message, frozen=True, kw_only=True):
+    """A fact, published to the audit stream."""
+
+    kind: ClassVar[str] = "evt"
+
+
+class Failed(Event, frozen=True, kw_only=True):
+    """A command that can never succeed (permanent error, or out of retries).
+
+    Each service has its own subclass (``volume.failed.v1``…); the bus library
+    emits it when a handler gives up, the controller turns it into a step failure.
+    """
+
+    command_type: str
+    step: str = ""
+    attempt: int = 1
+    reason: str
+    detail: list[str] = msgspec.field(default_factory=list)
+    deliveries: int = 1
+    canceled: bool = False

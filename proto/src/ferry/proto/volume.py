@@ -1,0 +1,101 @@
+"""The volume-service's commands and events: target disks and their data."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from ferry.proto.base import Command, Event, Failed
+from ferry.proto.inventory import DiskCopy, ProviderType, Vm, Volume, VolumeTarget
+
+
+class VolumeSource(StrEnum):
+    """How a volume gets its data (the workflow's three shapes)."""
+
+    IMPORTER = "importer"  # DataVolume whose importer streams the disk in
+    BLANK = "blank"  # blank DataVolume, filled later by virt-v2v
+    POPULATOR = "populator"  # PVC + populator: prime volume, transfer, rebind
+
+
+class SourceRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Which provider to read from: by name, resolved from the objects bucket.
+
+    Credentials are never here: the service reads the provider's secret itself.
+    """
+
+    provider: str
+    type: ProviderType
+    url: str = ""
+
+
+class CreateVolumes(Command, frozen=True, kw_only=True, tag="volume.create_volumes.v1"):
+    """CreateDataVolumes: one volume per disk, shaped by ``source``."""
+
+    namespace: str
+    source: VolumeSource
+    provider: SourceRef
+    inventory: Vm
+    targets: list[VolumeTarget]
+
+
+class VolumesCreated(Event, frozen=True, kw_only=True, tag="volume.volumes_created.v1"):
+    step: str = ""
+    volumes: list[Volume] = msgspec.field(default_factory=list)
+
+
+class AllocateDisks(Command, frozen=True, kw_only=True, tag="volume.allocate_disks.v1"):
+    """AllocateDisks: the pvcinit step that binds every volume of a VM together."""
+
+    namespace: str
+
+
+class DisksAllocated(Event, frozen=True, kw_only=True, tag="volume.disks_allocated.v1"):
+    step: str = ""
+    volumes: list[Volume] = msgspec.field(default_factory=list)
+
+
+class CopyDisks(Command, frozen=True, kw_only=True, tag="volume.copy_disks.v1"):
+    """CopyDisks: importer or populator transfer of every disk of a VM.
+
+    ``precopy`` counts warm-migration rounds (0 for cold); ``final`` marks the
+    last delta after the source was powered off.
+    """
+
+    namespace: str
+    provider: SourceRef
+    inventory: Vm
+    precopy: int = 0
+    final: bool = True
+
+
+class DiskProgress(Event, frozen=True, kw_only=True, tag="volume.disk_progress.v1"):
+    """Bytes done of one disk; throttled by the sender (a few per second at most)."""
+
+    step: str = ""
+    disk_id: str
+    done: int
+    total: int
+    rate: float = 0.0  # bytes per second over the last interval
+
+
+class DisksCopied(Event, frozen=True, kw_only=True, tag="volume.disks_copied.v1"):
+    step: str = ""
+    disks: list[DiskCopy] = msgspec.field(default_factory=list)
+
+
+class CleanupVolumes(Command, frozen=True, kw_only=True, tag="volume.cleanup.v1"):
+    """Remove temporary volumes; with ``all_volumes`` (failure, cancel) every
+    volume this migration created for the VM."""
+
+    namespace: str
+    all_volumes: bool = False
+
+
+class VolumesCleaned(Event, frozen=True, kw_only=True, tag="volume.cleaned.v1"):
+    step: str = ""
+    removed: list[str] = msgspec.field(default_factory=list)
+
+
+class VolumeFailed(Failed, frozen=True, kw_only=True, tag="volume.failed.v1"):
+    pass

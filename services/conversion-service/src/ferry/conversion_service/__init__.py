@@ -1,0 +1,1 @@
+"""Ferry conversion-service: virt-v2v workers."""

@@ -1,0 +1,1 @@
+"""Ferry migration-controller: plans, itineraries, per-VM state."""

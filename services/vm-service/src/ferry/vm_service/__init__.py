@@ -1,0 +1,1 @@
+"""Ferry vm-service: KubeVirt VirtualMachines."""

@@ -1,0 +1,1 @@
+"""Ferry volume-service: target disks and transfers."""
