@@ -1,0 +1,58 @@
+"""Pick a provider implementation by type: the only place that names them.
+
+A spec is anything with ``type`` (a :class:`ProviderType`) and ``url``, such as
+:class:`ferry.proto.volume.SourceRef` or a Provider object's spec (whose
+``settings["path"]`` names an OVA directory when ``url`` is empty). The secret,
+when there is one, is the provider's credentials as the caller read them; it is
+handed to the implementation and never logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from ferry.proto.inventory import ProviderType
+from ferry.providers.base import Provider, ProviderError, ProviderNotSupported
+
+
+class ProviderSpec(Protocol):
+    @property
+    def type(self) -> ProviderType: ...
+
+    @property
+    def url(self) -> str: ...
+
+
+def create(spec: ProviderSpec, secret: Mapping[str, Any] | None = None) -> Provider:
+    """Build the provider for ``spec``; :class:`ProviderNotSupported` if not built yet."""
+    kind = ProviderType(spec.type)
+    if kind is ProviderType.OVA:
+        from ferry.providers.ova import provider as ova
+
+        settings = getattr(spec, "settings", None) or {}
+        return ova.OvaProvider(ova_root(spec.url or str(settings.get("path", ""))))
+    raise ProviderNotSupported(
+        f"provider type {kind.value!r} is not implemented yet; supported: {ProviderType.OVA.value}"
+    )
+
+
+def ova_root(url: str) -> Path:
+    """The import directory of an OVA provider: a path or ``file://`` URL.
+
+    NFS exports are read through their mount point; mounting is the platform's job.
+    """
+    if not url:
+        raise ProviderError("OVA provider needs a url: the directory holding .ova/.ovf files")
+    parts = urlsplit(url)
+    if parts.scheme in ("", "file"):
+        path = unquote(parts.path) if parts.scheme else url
+        if not Path(path).is_absolute():
+            raise ProviderError(f"OVA provider url must be an absolute path, got {url!r}")
+        return Path(path)
+    raise ProviderError(
+        f"OVA provider url scheme {parts.scheme!r} is not readable directly; "
+        "mount the share and give its local path"
+    )

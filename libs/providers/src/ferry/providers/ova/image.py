@@ -1,0 +1,319 @@
+"""What a disk image really is, checked before any qemu tool opens it.
+
+The descriptor says what a disk is; the bytes may say otherwise. A raw disk whose
+first sector looks like qcow2, a qcow2 with a backing file of ``/etc/shadow``, a
+VMDK descriptor whose extent is ``../../secret``: each would make qemu read outside
+the import area. So the header is read here first (backing file, external data
+file, descriptor extents), the qemu description is built with the format named and
+``backing`` pinned to null, and ``qemu-img info`` confirms the result (it opens the
+image without its backing chain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ferry.proto.inventory import DiskFormat
+from ferry.providers.base import QemuSource
+from ferry.providers.ova import errors
+from ferry.providers.ova.descriptor import DiskRef
+from ferry.providers.ova.package import BLOCK, Location, Package, read_range
+
+HEAD = 64 * 1024
+SECTOR = 512
+QEMU_IMG_TIMEOUT = 60.0
+_VMDK_FAMILY = {DiskFormat.VMDK, DiskFormat.VMDK_STREAM, DiskFormat.VMDK_FLAT}
+_EXTENT = re.compile(
+    r'^(RW|RDONLY|NOACCESS)\s+(\d{1,20})\s+([A-Z]+)(?:\s+"([^"]*)"(?:\s+(\d{1,20}))?)?\s*$'
+)
+_QCOW2_EXTERNAL_DATA = 1 << 2
+_QCOW2_DATA_FILE_EXT = 0x44415441
+
+
+@dataclass(frozen=True)
+class Image:
+    """A checked disk image: its real format, qemu description and guest size."""
+
+    format: DiskFormat
+    source: QemuSource
+    virtual_size: int
+    window: Location | None  # raw guest bytes lie here verbatim (raw, flat VMDK)
+
+
+async def inspect(package: Package, ref: DiskRef) -> Image:
+    """Check the image of ``ref`` and describe it for qemu; errors name the file."""
+    if ref.file is None:
+        raise errors.OvfFormatError(package.source, f"disk {ref.disk_id} has no file")
+    location = package.locate(ref.file)
+    where = f"{package.source}[{location.name}]"
+    if ref.file_size is not None and ref.file_size != location.size:
+        raise errors.ImageSizeError(
+            where, f"descriptor says {ref.file_size} bytes, the file has {location.size}"
+        )
+    head = read_range(location.path, location.offset, min(HEAD, location.size))
+    image = _classify(package, location, where, head)
+    _reconcile(where, ref.declared, image.format)
+    if image.window is None:
+        image = await confirm(package, where, image)
+    if image.virtual_size > ref.capacity:
+        raise errors.ImageSizeError(
+            where,
+            f"image holds {image.virtual_size} bytes, the descriptor's capacity is {ref.capacity}",
+        )
+    return image
+
+
+def _classify(package: Package, location: Location, where: str, head: bytes) -> Image:
+    if head.startswith(b"QFI\xfb"):
+        _check_qcow2(location, where, head)
+        node = {"driver": "qcow2", "backing": None, "file": _file_node(location)}
+        return Image(DiskFormat.QCOW2, QemuSource(format="qcow2", options=node), 0, None)
+    if head.startswith(b"KDMV"):
+        return _sparse_vmdk(location, where, head)
+    if head.startswith((b"COWD", b"VMDK")):
+        raise errors.UnsupportedDiskError(where, "VMDK3/ESX sparse images are not supported")
+    if head.lstrip().startswith(b"# Disk DescriptorFile"):
+        return _descriptor_vmdk(package, location, where, head)
+    return _raw(location, where, head)
+
+
+def _reconcile(where: str, declared: DiskFormat | None, actual: DiskFormat) -> None:
+    """The descriptor and the bytes must agree on the family of format."""
+    if declared is None or declared == actual:
+        return
+    if declared in _VMDK_FAMILY and actual in _VMDK_FAMILY:
+        return
+    raise errors.DiskFormatError(
+        where, f"descriptor says {declared.value} but the content is {actual.value}"
+    )
+
+
+def _file_node(location: Location) -> dict[str, Any]:
+    """The image's bytes as a qemu node: the whole file, or a window into the tar."""
+    node: dict[str, Any] = {"driver": "file", "filename": str(location.path)}
+    if location.offset == 0 and location.size == location.path.stat().st_size:
+        return node
+    # The window is rounded up to whole sectors; a tar pads every member to 512
+    # bytes and the archive index checked that the padding is there.
+    size = -(-location.size // BLOCK) * BLOCK
+    return {"driver": "raw", "offset": location.offset, "size": size, "file": node}
+
+
+# -- raw ----------------------------------------------------------------------------
+
+
+def _raw(location: Location, where: str, head: bytes) -> Image:
+    if location.size == 0 or location.size % SECTOR:
+        raise errors.DiskFormatError(
+            where, f"raw image of {location.size} bytes is not whole sectors"
+        )
+    return _raw_window(location, location.offset, location.size)
+
+
+def _raw_window(location: Location, offset: int, size: int) -> Image:
+    node: dict[str, Any] = {
+        "driver": "raw",
+        "offset": offset,
+        "size": size,
+        "file": {"driver": "file", "filename": str(location.path)},
+    }
+    window = Location(location.name, location.path, offset, size)
+    return Image(DiskFormat.RAW, QemuSource(format="raw", options=node), size, window)
+
+
+# -- qcow2 --------------------------------------------------------------------------
+
+
+def _check_qcow2(location: Location, where: str, head: bytes) -> None:
+    """Refuse backing files, external data files and encryption from the header."""
+    if len(head) < 72:
+        raise errors.DiskFormatError(where, "qcow2 header is truncated")
+    version, backing_offset, backing_size = struct.unpack_from(">IQI", head, 4)
+    size, crypt = struct.unpack_from(">QI", head, 24)
+    if version not in (2, 3):
+        raise errors.DiskFormatError(where, f"qcow2 version {version} is unknown")
+    if backing_offset or backing_size:
+        raise errors.UnsafeImageError(where, "qcow2 image has a backing file")
+    if crypt:
+        raise errors.UnsupportedDiskError(where, "qcow2 image is encrypted")
+    if size > 2**63 - 1:
+        raise errors.ImageSizeError(where, f"qcow2 virtual size {size} overflows")
+    header_length = 72
+    if version == 3:
+        if len(head) < 104:
+            raise errors.DiskFormatError(where, "qcow2 v3 header is truncated")
+        (incompatible,) = struct.unpack_from(">Q", head, 72)
+        if incompatible & _QCOW2_EXTERNAL_DATA:
+            raise errors.UnsafeImageError(where, "qcow2 image uses an external data file")
+        (header_length,) = struct.unpack_from(">I", head, 100)
+    _check_qcow2_extensions(where, head, header_length)
+
+
+def _check_qcow2_extensions(where: str, head: bytes, offset: int) -> None:
+    while offset + 8 <= len(head):
+        kind, length = struct.unpack_from(">II", head, offset)
+        if kind == 0:
+            return
+        if kind == _QCOW2_DATA_FILE_EXT:
+            raise errors.UnsafeImageError(where, "qcow2 image names an external data file")
+        offset += 8 + ((length + 7) & ~7)
+
+
+# -- VMDK ---------------------------------------------------------------------------
+
+
+def _sparse_vmdk(location: Location, where: str, head: bytes) -> Image:
+    """Hosted sparse or streamOptimized VMDK: one file, an embedded descriptor."""
+    if len(head) < 79:
+        raise errors.DiskFormatError(where, "VMDK header is truncated")
+    _, flags, capacity, _, desc_offset, desc_size = struct.unpack_from("<IIQQQQ", head, 4)
+    (compress,) = struct.unpack_from("<H", head, 77)
+    text = b""
+    if desc_offset and desc_size:
+        start, length = desc_offset * SECTOR, min(desc_size * SECTOR, HEAD)
+        if start + length > location.size:
+            raise errors.ImageSizeError(where, "embedded VMDK descriptor lies beyond the file")
+        text = read_range(location.path, location.offset + start, length)
+    descriptor = _descriptor_fields(where, text.split(b"\x00", 1)[0])
+    if (
+        descriptor.get("parentFileNameHint")
+        or descriptor.get("parentcid", "ffffffff") != "ffffffff"
+    ):
+        raise errors.UnsafeImageError(where, "VMDK image has a parent (backing) disk")
+    stream = descriptor.get("createType") == "streamOptimized" or (
+        compress == 1 and flags & 1 << 16
+    )
+    fmt = DiskFormat.VMDK_STREAM if stream else DiskFormat.VMDK
+    node = {"driver": "vmdk", "backing": None, "file": _file_node(location)}
+    if capacity * SECTOR > 2**63 - 1:
+        raise errors.ImageSizeError(where, f"VMDK capacity of {capacity} sectors overflows")
+    return Image(fmt, QemuSource(format="vmdk", options=node), 0, None)
+
+
+def _descriptor_fields(where: str, text: bytes) -> dict[str, str]:
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.DiskFormatError(where, "VMDK descriptor is not text") from None
+    fields: dict[str, str] = {}
+    for line in decoded.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            name = key.strip()
+            fields[name.lower() if name.lower() == "parentcid" else name] = value.strip().strip('"')
+    return fields
+
+
+def _descriptor_vmdk(package: Package, location: Location, where: str, head: bytes) -> Image:
+    """A text descriptor plus extent files (monolithicFlat, split sparse)."""
+    if location.size > HEAD:
+        raise errors.DiskFormatError(where, "VMDK descriptor file is too large")
+    fields = _descriptor_fields(where, head)
+    if fields.get("parentFileNameHint") or fields.get("parentcid", "ffffffff") != "ffffffff":
+        raise errors.UnsafeImageError(where, "VMDK descriptor has a parent (backing) disk")
+    extents = _extents(package, where, head.decode("utf-8"))
+    if not extents:
+        raise errors.DiskFormatError(where, "VMDK descriptor lists no extents")
+    total = sum(sectors for _, sectors, _, _ in extents) * SECTOR
+    if total > 2**63 - 1:
+        raise errors.ImageSizeError(where, "VMDK extents overflow")
+    if len(extents) == 1 and extents[0][2] == "FLAT":
+        extent, sectors, _, first = extents[0]
+        image = _raw_window(extent, extent.offset + first * SECTOR, sectors * SECTOR)
+        return Image(DiskFormat.VMDK_FLAT, image.source, image.virtual_size, image.window)
+    if location.offset != 0 or any(e.offset != 0 for e, _, _, _ in extents):
+        raise errors.UnsupportedDiskError(where, "multi-extent VMDK inside an OVA archive")
+    node = {"driver": "vmdk", "backing": None, "file": _file_node(location)}
+    return Image(DiskFormat.VMDK_FLAT, QemuSource(format="vmdk", options=node), 0, None)
+
+
+def _extents(package: Package, where: str, text: str) -> list[tuple[Location, int, str, int]]:
+    extents: list[tuple[Location, int, str, int]] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith(("RW ", "RDONLY ", "NOACCESS ")):
+            continue
+        match = _EXTENT.match(stripped)
+        if match is None:
+            raise errors.DiskFormatError(where, f"bad VMDK extent line {stripped[:80]!r}")
+        _, sectors_text, kind, name, first_text = match.groups()
+        if kind not in ("FLAT", "SPARSE"):
+            raise errors.UnsafeImageError(where, f"VMDK extent type {kind} is not a plain file")
+        if not name:
+            raise errors.DiskFormatError(where, "VMDK extent without a file name")
+        try:
+            extent = package.locate(name)
+        except errors.UnsafeMemberError as exc:
+            raise errors.UnsafeImageError(
+                where, f"extent {name!r} leaves the package: {exc.problem}"
+            ) from None
+        sectors, first = int(sectors_text), int(first_text or 0)
+        if kind == "FLAT" and (first + sectors) * SECTOR > extent.size:
+            raise errors.ImageSizeError(
+                where, f"extent {name!r} is smaller than the descriptor says"
+            )
+        extents.append((extent, sectors, kind, first))
+    return extents
+
+
+# -- confirmation by qemu-img -------------------------------------------------------
+
+
+async def confirm(package: Package, where: str, image: Image) -> Image:
+    """``qemu-img info`` on the exact description: no backing, no data file, real size."""
+    info = await qemu_img_json(where, ["info", "--output=json", *image.source.qemu_img_args()])
+    if not isinstance(info, dict):
+        raise errors.DiskFormatError(where, "qemu-img info gave no object")
+    if info.get("format") != image.source.format:
+        raise errors.DiskFormatError(where, f"qemu-img sees {info.get('format')!r}")
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        raise errors.UnsafeImageError(where, "image has a backing file")
+    specific = (info.get("format-specific") or {}).get("data") or {}
+    if specific.get("data-file"):
+        raise errors.UnsafeImageError(where, "image uses an external data file")
+    _check_extent_files(package, where, specific.get("extents") or [])
+    size = info.get("virtual-size")
+    if not isinstance(size, int) or size <= 0:
+        raise errors.ImageSizeError(where, f"qemu-img reports virtual size {size!r}")
+    return Image(image.format, image.source, size, None)
+
+
+def _check_extent_files(package: Package, where: str, extents: list[dict[str, Any]]) -> None:
+    root = package.source.parent.resolve()
+    for extent in extents:
+        name = str(extent.get("filename", ""))
+        if name.startswith("json:"):
+            continue  # our own window into the archive
+        if not Path(name).resolve().is_relative_to(root):
+            raise errors.UnsafeImageError(where, f"extent {name!r} is outside the package")
+
+
+async def qemu_img_json(where: str, args: list[str]) -> Any:
+    """Run ``qemu-img`` (the caller names the format) and decode its JSON output."""
+    process = await asyncio.create_subprocess_exec(
+        "qemu-img",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), QEMU_IMG_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise errors.DiskFormatError(where, f"qemu-img {args[0]} timed out") from None
+    if process.returncode != 0:
+        message = err.decode(errors="replace").strip().splitlines()
+        detail = message[-1] if message else f"exit {process.returncode}"
+        raise errors.DiskFormatError(where, f"qemu-img {args[0]} failed: {detail[-300:]}")
+    try:
+        return json.loads(out)
+    except ValueError:
+        raise errors.DiskFormatError(where, f"qemu-img {args[0]} printed no JSON") from None

@@ -1,0 +1,195 @@
+"""An OVF package as a set of named byte ranges: a tar archive (.ova) or a folder.
+
+Reading a disk never needs the archive unpacked: tar members are contiguous, so a
+member is just ``(file, offset, size)``. Both package kinds answer the same
+question, "where are the bytes of this file name", and refuse any name that could
+lead outside the import area: ``..``, absolute paths, links, devices, FIFOs,
+duplicates, truncated members.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ferry.providers.ova import errors
+
+MAX_MEMBERS = 1024  # real exports hold an OVF, a manifest, a cert and a few disks
+MAX_SMALL_FILE = 16 * 1024 * 1024  # descriptor and manifest are read into memory
+BLOCK = 512
+
+
+@dataclass(frozen=True)
+class Location:
+    """The bytes of one package file: ``size`` bytes of ``path`` from ``offset``."""
+
+    name: str
+    path: Path
+    offset: int
+    size: int
+
+
+def safe_name(origin: Path, name: str) -> str:
+    """``name`` as a clean relative POSIX path, or :class:`UnsafeMemberError`."""
+    if not name or "\x00" in name or "\\" in name:
+        raise errors.UnsafeMemberError(origin, f"unsafe file name {name!r}")
+    pure = PurePosixPath(name)
+    if pure.is_absolute():
+        raise errors.UnsafeMemberError(origin, f"absolute path {name!r}")
+    parts = [p for p in pure.parts if p != "."]
+    if not parts or ".." in parts or ":" in parts[0]:
+        raise errors.UnsafeMemberError(origin, f"path {name!r} leaves the package")
+    return "/".join(parts)
+
+
+class Package:
+    """Common face of an OVA archive and an OVF folder."""
+
+    source: Path  # the .ova file, or the .ovf descriptor of a folder
+    descriptor: str  # name of the .ovf inside the package
+
+    def locate(self, name: str) -> Location:
+        raise NotImplementedError
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def read_small(self, name: str) -> bytes:
+        """A descriptor or manifest, bounded so a huge member cannot exhaust memory."""
+        where = self.locate(name)
+        if where.size > MAX_SMALL_FILE:
+            raise errors.ImageSizeError(self.source, f"{name} is {where.size} bytes, too large")
+        return read_range(where.path, where.offset, where.size)
+
+    def manifest_name(self) -> str | None:
+        stem = PurePosixPath(self.descriptor).with_suffix(".mf").as_posix()
+        return stem if stem in self.names() else None
+
+
+class Archive(Package):
+    """A ``.ova``: an uncompressed tar, indexed once, members checked as they come."""
+
+    def __init__(self, path: Path) -> None:
+        self.source = path
+        self.members = index_tar(path)
+        ovfs = [n for n in self.members if n.lower().endswith(".ovf") and "/" not in n]
+        if len(ovfs) != 1:
+            raise errors.OvfFormatError(path, f"expected one .ovf descriptor, found {len(ovfs)}")
+        self.descriptor = ovfs[0]
+
+    def locate(self, name: str) -> Location:
+        clean = safe_name(self.source, name)
+        try:
+            return self.members[clean]
+        except KeyError:
+            raise errors.MissingFileError(self.source, f"no member {name!r}") from None
+
+    def names(self) -> list[str]:
+        return list(self.members)
+
+
+class Folder(Package):
+    """An unpacked OVF: the descriptor's folder is the import area."""
+
+    def __init__(self, descriptor: Path) -> None:
+        self.source = descriptor
+        self.root = descriptor.parent
+        self.descriptor = descriptor.name
+        self.locate(self.descriptor)
+
+    def locate(self, name: str) -> Location:
+        clean = safe_name(self.source, name)
+        path = self.root / clean
+        # Every component is checked with lstat so a symlinked directory cannot
+        # redirect a clean-looking name out of the folder.
+        current = self.root
+        for part in clean.split("/"):
+            current = current / part
+            try:
+                info = current.lstat()
+            except FileNotFoundError:
+                raise errors.MissingFileError(self.source, f"no file {name!r}") from None
+            if stat.S_ISLNK(info.st_mode):
+                raise errors.UnsafeMemberTypeError(self.source, f"{name!r} is a symlink")
+        if not stat.S_ISREG(info.st_mode):
+            raise errors.UnsafeMemberTypeError(self.source, f"{name!r} is not a regular file")
+        return Location(clean, path, 0, info.st_size)
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir())
+
+
+def read_range(path: Path, offset: int, size: int) -> bytes:
+    """Exactly ``size`` bytes at ``offset``, or :class:`TruncatedArchiveError`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        data = os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise errors.TruncatedArchiveError(path, f"wanted {size} bytes at {offset}, file ends")
+    return data
+
+
+def index_tar(path: Path) -> dict[str, Location]:
+    """Every regular member of the tar at ``path``, checked; nothing is extracted."""
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        raise errors.UnsafeMemberTypeError(path, "the OVA is not a regular file")
+    file_size = info.st_size
+    if read_range(path, 0, min(2, file_size)) == b"\x1f\x8b":
+        raise errors.ArchiveFormatError(path, "gzip-compressed; an OVA is an uncompressed tar")
+    members: dict[str, Location] = {}
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            count = 0
+            while (member := tar.next()) is not None:
+                count += 1
+                if count > MAX_MEMBERS:
+                    raise errors.TooManyMembersError(path, f"more than {MAX_MEMBERS} members")
+                location = _checked_member(path, member, file_size)
+                if location is None:
+                    continue
+                if location.name in members:
+                    raise errors.DuplicateMemberError(path, f"member {location.name!r} twice")
+                members[location.name] = location
+            end = tar.offset
+    except tarfile.ReadError as exc:
+        raise errors.ArchiveFormatError(path, f"not a readable tar archive: {exc}") from None
+    except (tarfile.HeaderError, ValueError, OverflowError) as exc:
+        raise errors.ArchiveFormatError(path, f"bad tar header: {exc}") from None
+    _check_end_marker(path, end, file_size)
+    return members
+
+
+def _checked_member(path: Path, member: tarfile.TarInfo, file_size: int) -> Location | None:
+    name = safe_name(path, member.name)
+    if member.isdir():
+        return None
+    if member.issym() or member.islnk():
+        raise errors.UnsafeMemberTypeError(path, f"member {name!r} is a link")
+    if not member.isreg() or member.issparse():
+        raise errors.UnsafeMemberTypeError(path, f"member {name!r} is not a regular file")
+    if member.size < 0:
+        raise errors.ImageSizeError(path, f"member {name!r} has negative size")
+    if member.offset_data + member.size > file_size:
+        raise errors.TruncatedArchiveError(
+            path,
+            f"member {name!r} ({member.size} bytes at offset {member.offset_data}) "
+            f"runs past the end of the file ({file_size} bytes)",
+        )
+    return Location(name, path, member.offset_data, member.size)
+
+
+def _check_end_marker(path: Path, end: int, file_size: int) -> None:
+    """A tar ends with a zero block; without it the archive was cut or corrupted.
+
+    ``tarfile`` stops silently at a damaged header after the first member, so this
+    is where a truncated or garbled tail shows.
+    """
+    tail = read_range(path, end, min(BLOCK, max(file_size - end, 0)))
+    if len(tail) < BLOCK or any(tail):
+        raise errors.TruncatedArchiveError(path, f"no end-of-archive marker at offset {end}")

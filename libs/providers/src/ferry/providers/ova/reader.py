@@ -1,0 +1,137 @@
+"""Reading one OVA disk: guest bytes, allocated extents, and qemu handles.
+
+Raw disks (and flat VMDK extents) are guest bytes verbatim at an offset in the
+archive, so they are read with ``pread`` and never unpacked. Every other format is
+decoded by ``qemu-nbd`` started on demand, with the format named. Extents come from
+``qemu-img map`` on the same description, so the data path never reads a hole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Self
+
+from ferry.proto.inventory import Extent
+from ferry.providers.base import ProviderError, QemuSource
+from ferry.providers.nbd import NbdClient, NbdServer
+from ferry.providers.ova.image import Image, qemu_img_json
+
+Resolved = tuple[Image, Callable[[], Awaitable[None]] | None]
+
+
+class OvaDiskReader:
+    """A :class:`ferry.providers.base.DiskReader` over one checked OVA image."""
+
+    def __init__(self, name: str, resolve: Callable[[], Awaitable[Resolved]]) -> None:
+        self.name = name
+        self._resolve = resolve
+        self._image: Image | None = None
+        self._fd: int | None = None
+        self._server: NbdServer | None = None
+        self._client: NbdClient | None = None
+        self._start_lock = asyncio.Lock()
+
+    @property
+    def size(self) -> int:
+        return self.image.virtual_size
+
+    @property
+    def image(self) -> Image:
+        if self._image is None:
+            raise ProviderError(f"disk {self.name} is not open (use 'async with')")
+        return self._image
+
+    async def __aenter__(self) -> Self:
+        checked, verify = await self._resolve()
+        if verify is not None:
+            await verify()
+        self._image = checked
+        window = self.image.window
+        if window is not None:
+            self._fd = os.open(window.path, os.O_RDONLY | os.O_NOFOLLOW)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        length = max(0, min(length, self.size - offset))
+        if length == 0:
+            return b""
+        window = self.image.window
+        if window is not None:
+            return await asyncio.to_thread(self._pread, window.offset + offset, length)
+        client = await self._nbd_client()
+        return await client.read(offset, length)
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        if self._fd is None:
+            raise ProviderError(f"disk {self.name} is not open (use 'async with')")
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise ProviderError(f"disk {self.name}: source ended at {offset + len(data)}")
+        return data
+
+    async def extents(self) -> list[Extent]:
+        where = f"disk {self.name}"
+        rows = await qemu_img_json(
+            where, ["map", "--output=json", *self.image.source.qemu_img_args()]
+        )
+        return merged(
+            Extent(int(row["start"]), int(row["length"]))
+            for row in rows
+            if row.get("data") and int(row["start"]) < self.size
+        )
+
+    def qemu_source(self) -> QemuSource:
+        return self.image.source
+
+    async def nbd_uri(self) -> str:
+        return (await self._nbd_server()).uri()
+
+    async def _nbd_server(self) -> NbdServer:
+        async with self._start_lock:
+            if self._server is None:
+                server = NbdServer(self.image.source)
+                await server.start()
+                self._server = server
+            return self._server
+
+    async def _nbd_client(self) -> NbdClient:
+        server = await self._nbd_server()
+        async with self._start_lock:
+            if self._client is None:
+                self._client = await NbdClient.connect(server.socket)
+            return self._client
+
+
+def merged(extents: Iterable[Extent]) -> list[Extent]:
+    """Adjacent ranges joined, so callers issue fewer, larger reads."""
+    result: list[Extent] = []
+    for extent in extents:
+        if result and result[-1].offset + result[-1].length == extent.offset:
+            last = result.pop()
+            extent = Extent(last.offset, last.length + extent.length)
+        result.append(extent)
+    return result
