@@ -1,0 +1,98 @@
+# Ferry: one Makefile for set-up, checks, tests and the local stack.
+# `make` alone lists the targets.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+MEMBERS := proto libs/bus libs/runtime libs/providers libs/platform libs/testing \
+           services/migration-controller services/volume-service \
+           services/conversion-service services/vm-service services/cli
+DATA_DIR ?= .ferry
+
+# Debian packages the tests and the demo use (virt-v2v, QEMU, libguestfs, NBD, a
+# kernel for the libguestfs appliance, debootstrap for the test guest, OVMF for UEFI).
+SYSTEM_PACKAGES := qemu-utils qemu-system-x86 virt-v2v libguestfs-tools guestfs-tools \
+                   nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: setup
+setup: $(BIN)/.installed ## Create .venv with the locked dependencies and every member (editable)
+
+$(BIN)/.installed: requirements.lock $(foreach m,$(MEMBERS),$(m)/pyproject.toml)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps $(foreach m,$(MEMBERS),-e $(m))
+	touch $@
+
+.PHONY: system-deps
+system-deps: ## Install the Debian packages the tests need (as root; only what is missing)
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; \
+	  done); \
+	if [ -z "$$missing" ]; then echo "system packages: all present"; exit 0; fi; \
+	echo "installing: $$missing"; \
+	if [ "$$(id -u)" != 0 ]; then echo "run as root (or: sudo make system-deps)" >&2; exit 1; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq; \
+	apt-get install -y -qq --no-install-recommends $$missing
+
+.PHONY: lock
+lock: ## Regenerate requirements.lock from the members' pyproject.toml files
+	uv lock
+	uv export --no-hashes --no-emit-workspace --all-groups --format requirements-txt \
+	  --no-header -o requirements.lock
+	rm -f uv.lock
+
+.PHONY: lint
+lint: setup ## ruff, mypy (strict) and the import-linter layer contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+.PHONY: schemas
+schemas: setup ## Write the JSON Schemas and the AsyncAPI document into proto/
+	$(BIN)/python -m ferry.proto.schemagen
+
+.PHONY: test-fast
+test-fast: setup ## Unit and integration tests not marked slow
+	$(BIN)/pytest tests/unit tests/integration -m "not slow and not e2e" -q
+
+.PHONY: test
+test: system-deps setup lint ## Everything: lint, unit, integration, slow, faults, e2e
+	$(BIN)/pytest tests -q
+
+.PHONY: up
+up: setup ## Start the local stack in the background (ferry up --detach)
+	$(BIN)/ferry up --detach --data-dir $(DATA_DIR)
+
+.PHONY: down
+down: setup ## Stop the local stack
+	$(BIN)/ferry down --data-dir $(DATA_DIR)
+
+.PHONY: demo
+demo: system-deps setup ## Bring the stack up, show each service's /readyz, take it down
+	$(BIN)/ferry up --detach --data-dir $(DATA_DIR)
+	@status=0; \
+	for url in $$($(BIN)/python -c 'import json, sys; \
+	    [print("http://127.0.0.1:%d/readyz" % p["port"]) for p in json.load(open(sys.argv[1]))["services"]]' \
+	    $(DATA_DIR)/stack.json); do \
+	  if body=$$(curl -fsS "$$url"); then echo "$$url  $$body"; else echo "$$url  NOT READY"; status=1; fi; \
+	done; \
+	$(BIN)/ferry status --data-dir $(DATA_DIR) || status=1; \
+	$(BIN)/ferry down --data-dir $(DATA_DIR); \
+	exit $$status
+
+.PHONY: bench
+bench: setup ## Run every benchmark script in bench/*/ and print its report
+	@for script in bench/*/*.py; do \
+	  [ -f "$$script" ] && grep -q '__main__' "$$script" || continue; \
+	  echo "== $$script"; $(BIN)/python "$$script"; \
+	done

@@ -1,0 +1,163 @@
+"""Settings every service shares, read from ``FERRY_…`` environment variables.
+
+Groups nest with ``__``: ``FERRY_NATS__URL``, ``FERRY_HTTP__PORT``,
+``FERRY_WORKERS__CONCURRENCY``; top-level fields stand alone (``FERRY_DATA_DIR``).
+The Helm chart's ``settings:`` block uses the same names, so a value documented
+here is the value to set there. Each service extends :class:`ServiceSettings`
+with its own fields; pydantic turns a bad value into an error that names it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from ferry.bus import topology
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Group(BaseModel):
+    """A settings group: unknown keys are errors, so a typo never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class NatsSettings(_Group):
+    """Where the bus is."""
+
+    url: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="NATS server URL. A user and password in it are never logged; in "
+        "Kubernetes, set it from a Secret.",
+    )
+
+
+class HttpSettings(_Group):
+    """The per-service HTTP endpoint: /metrics, /healthz, /readyz."""
+
+    host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - probes and Prometheus reach the pod from outside
+        description="Address the health and metrics server binds to.",
+    )
+    port: int = Field(
+        default=8080, ge=0, le=65535, description="Port of the health and metrics server."
+    )
+    loop_stall_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="/healthz fails when the event loop has not ticked for this long.",
+    )
+
+
+class WorkersSettings(_Group):
+    """How much work one replica takes on at once."""
+
+    concurrency: int = Field(
+        default=4, ge=1, description="Messages handled in parallel by one replica (across VMs)."
+    )
+    grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight handlers may run before their messages are "
+        "handed back to another replica.",
+    )
+
+
+class BusSettings(_Group):
+    """The JetStream topology each service declares (idempotently) at start-up."""
+
+    events_max_age_seconds: float = Field(
+        default=30 * 24 * 3600, gt=0, description="How long the audit stream keeps events."
+    )
+    duplicate_window_seconds: float = Field(
+        default=120, gt=0, description="Window in which a re-published Nats-Msg-Id is dropped."
+    )
+    ack_wait_seconds: float = Field(
+        default=30,
+        gt=0,
+        description="Redelivery timeout of a command; running handlers extend it every third.",
+    )
+    max_deliver: int = Field(
+        default=5, ge=1, description="Deliveries before a failing command is dead-lettered."
+    )
+    storage: Literal["file", "memory"] = Field(
+        default="file", description="JetStream storage of streams and buckets."
+    )
+    replicas: int = Field(
+        default=1, ge=1, le=5, description="Stream replicas (3 on a clustered NATS)."
+    )
+
+    def topology(self) -> topology.TopologySettings:
+        """The bus library's view of these settings."""
+        return topology.TopologySettings(
+            events_max_age_seconds=self.events_max_age_seconds,
+            duplicate_window_seconds=self.duplicate_window_seconds,
+            ack_wait_seconds=self.ack_wait_seconds,
+            max_deliver=self.max_deliver,
+            storage=self.storage,
+            replicas=self.replicas,
+        )
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class LogSettings(_Group):
+    """What the service writes to stderr."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level written."
+    )
+    format: LogFormat = Field(
+        default=LogFormat.JSON,
+        description="json: one object per line for log collectors; text: for people.",
+    )
+
+
+class ServiceSettings(BaseSettings):
+    """What every Ferry service reads at start-up; services add their own fields."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FERRY_",
+        env_nested_delimiter="__",
+        extra="ignore",  # other services' FERRY_ variables share the environment
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    data_dir: Path = Field(
+        default=Path(".ferry"),
+        description="Where the local platform keeps volumes, manifests and logs.",
+    )
+    platform: str = Field(
+        default="local",
+        description="Target platform implementation: local (files and QEMU) or kubernetes.",
+    )
+    nats: NatsSettings = Field(default_factory=NatsSettings, description=NatsSettings.__doc__)
+    http: HttpSettings = Field(default_factory=HttpSettings, description=HttpSettings.__doc__)
+    workers: WorkersSettings = Field(
+        default_factory=WorkersSettings, description=WorkersSettings.__doc__
+    )
+    bus: BusSettings = Field(default_factory=BusSettings, description=BusSettings.__doc__)
+    log: LogSettings = Field(default_factory=LogSettings, description=LogSettings.__doc__)
+
+
+def environment_names(
+    model: type[BaseModel] = ServiceSettings, prefix: str = "FERRY_"
+) -> dict[str, str]:
+    """Every environment variable a settings class reads, with its description.
+
+    Used by ``ferry up`` (to pass settings on), the chart tests and the docs.
+    """
+    names: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.update(environment_names(annotation, f"{prefix}{name.upper()}__"))
+        else:
+            names[f"{prefix}{name.upper()}"] = field.description or ""
+    return names
