@@ -1,0 +1,136 @@
+"""The vm-service's commands: create, power on (and watch the boot), power off, delete.
+
+Each handler turns one command into one platform call and one outcome event;
+the router does the rest (publish-then-ack, retries, dead letters). Every
+handler is safe to run twice: the platform finds the VM by its ownership
+labels, a second power-on re-attaches to the running guest, deleting a deleted
+VM reports it deleted.
+
+What can never work becomes a :class:`PermanentError` whose detail carries
+the evidence: the builder's complaint about the inputs, or the last lines of the
+guest's console when it did not boot in time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ferry.bus import Context, PermanentError, Router
+from ferry.platform import kubevirt
+from ferry.platform.vms import BootFailed, VmConflict, VmInfo, VmNotFound, VmPlatform
+from ferry.proto import vm
+from ferry.proto.base import Command
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """Limits the handlers apply on top of what each command asks for."""
+
+    max_boot_seconds: float | None = None  # caps PowerOn.boot_timeout_seconds when set
+
+
+def _owner(cmd: Command) -> dict[str, str]:
+    return kubevirt.Owner(plan=cmd.plan, migration=cmd.migration, vm_id=cmd.vm).labels()
+
+
+async def _locate(platform: VmPlatform, cmd: vm.PowerOn | vm.PowerOff | vm.DeleteVm) -> VmInfo:
+    """The VM a command is about, found by its ownership labels.
+
+    Never by name alone: a VM of that name made by another migration is not
+    this command's to power on or delete.
+    """
+    found = await platform.find_vm(cmd.namespace, _owner(cmd))
+    if found is None:
+        raise VmNotFound(f"no VirtualMachine for VM {cmd.vm} in namespace {cmd.namespace}")
+    return found
+
+
+def register(router: Router, platform: VmPlatform, settings: HandlerSettings | None = None) -> None:
+    """Add the vm-service's handlers to ``router``."""
+    limits = settings or HandlerSettings()
+
+    @router.handler(vm.CreateVm)
+    async def create_vm(cmd: vm.CreateVm, ctx: Context) -> vm.VmCreated:
+        try:
+            manifest = kubevirt.from_create(cmd)
+            info = await platform.create_vm(manifest, cmd.volumes)
+        except (ValueError, VmConflict) as error:  # BuildError, or a spec the platform cannot run
+            raise PermanentError(f"cannot create the VirtualMachine: {error}") from None
+        ctx.log.info(
+            "VirtualMachine %s/%s ready (existed: %s)", cmd.namespace, info.name, info.existed
+        )
+        return vm.VmCreated(
+            plan=cmd.plan,
+            migration=cmd.migration,
+            vm=cmd.vm,
+            step=cmd.step,
+            name=info.name,
+            namespace=info.namespace,
+            manifest=info.manifest,
+            existed=info.existed,
+        )
+
+    @router.handler(vm.PowerOn)
+    async def power_on(cmd: vm.PowerOn, ctx: Context) -> vm.VmRunning:
+        limit = float(cmd.boot_timeout_seconds)
+        if limits.max_boot_seconds is not None:
+            limit = min(limit, limits.max_boot_seconds)
+        try:
+            found = await _locate(platform, cmd)
+            started = await platform.start_vm(found.namespace, found.name)
+            await ctx.emit(
+                vm.VmStarting(
+                    plan=cmd.plan,
+                    migration=cmd.migration,
+                    vm=cmd.vm,
+                    step=cmd.step,
+                    name=started.name,
+                    console=started.console,
+                )
+            )
+            running = await platform.wait_running(found.namespace, found.name, limit)
+        except VmNotFound as error:
+            raise PermanentError(str(error)) from None
+        except BootFailed as error:
+            raise PermanentError(
+                f"the VM did not boot: {error.reason}", error.console_tail
+            ) from None
+        ctx.log.info("VM %s running after %.1f s", running.name, running.boot_seconds or 0.0)
+        return vm.VmRunning(
+            plan=cmd.plan,
+            migration=cmd.migration,
+            vm=cmd.vm,
+            step=cmd.step,
+            name=running.name,
+            boot_seconds=running.boot_seconds or 0.0,
+            console=running.console,
+        )
+
+    @router.handler(vm.PowerOff)
+    async def power_off(cmd: vm.PowerOff, ctx: Context) -> vm.VmStopped:
+        try:
+            found = await _locate(platform, cmd)
+        except VmNotFound as error:
+            raise PermanentError(str(error)) from None
+        stopped = await platform.stop_vm(found.namespace, found.name)
+        return vm.VmStopped(
+            plan=cmd.plan, migration=cmd.migration, vm=cmd.vm, step=cmd.step, name=stopped.name
+        )
+
+    @router.handler(vm.DeleteVm)
+    async def delete_vm(cmd: vm.DeleteVm, ctx: Context) -> vm.VmDeleted:
+        # Deleting what is already gone succeeds: a redelivery must not fail the step.
+        try:
+            found = await _locate(platform, cmd)
+        except VmNotFound:
+            return vm.VmDeleted(
+                plan=cmd.plan,
+                migration=cmd.migration,
+                vm=cmd.vm,
+                step=cmd.step,
+                name=kubevirt.dns_label(cmd.target_name) if cmd.target_name else "",
+            )
+        await platform.delete_vm(found.namespace, found.name)
+        return vm.VmDeleted(
+            plan=cmd.plan, migration=cmd.migration, vm=cmd.vm, step=cmd.step, name=found.name
+        )
