@@ -1,0 +1,299 @@
+"""The one connection a process holds to NATS, and publishing through it.
+
+Publishing is where at-least-once delivery meets idempotency: every message is
+wrapped in a CloudEvents envelope whose id is derived from its content
+(``ferry.proto.envelope``) and sent as ``Nats-Msg-Id``, and :meth:`Bus.publish`
+returns only once a stream has stored it. That makes a publish safe to retry
+after a timeout or a crash: the stream's duplicate window drops the second copy.
+
+Connection retries belong to nats-py: its reconnect loop (unlimited attempts)
+covers both the first connection and every reconnect, and buffers publishes
+while it reconnects. This module only bounds how long a caller waits.
+Credentials may be part of the URL; they are stripped before anything is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import nats
+from nats.aio.client import Client
+from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
+
+from ferry.bus import audit
+from ferry.bus.errors import NotConnected, PublishFailed
+from ferry.bus.kv import KeyValue
+from ferry.bus.topology import TopologySettings
+from ferry.proto import envelope, subjects
+from ferry.proto.base import Message
+from ferry.proto.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_RETRYABLE = (
+    NatsTimeoutError,
+    asyncio.TimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    OutboundBufferLimitError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A stream's acknowledgement: where the message is stored."""
+
+    id: str
+    stream: str
+    sequence: int
+    duplicate: bool
+
+
+def redact(url: str) -> str:
+    """A server URL without user, password or token, for logs."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+class Bus:
+    """A connected process: publish, key-value state, the audit stream.
+
+    Create with :meth:`connect`; use as ``async with`` so the connection is
+    drained (pending publishes flushed, subscriptions closed) on the way out.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        name: str,
+        settings: TopologySettings,
+        publish_timeout: float,
+    ) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=5.0)
+        self.name = name
+        self.source = f"ferry/{name}"
+        self.settings = settings
+        self.publish_timeout = publish_timeout
+        self._kvs: dict[tuple[str, type[Any]], KeyValue[Any]] = {}
+        self._log = _ConnectionLog("")
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | Sequence[str],
+        *,
+        name: str,
+        settings: TopologySettings | None = None,
+        connect_timeout: float = 60.0,
+        publish_timeout: float = 30.0,
+        reconnect_wait: float = 0.5,
+    ) -> Bus:
+        """Connect, retrying with nats-py's own loop for up to ``connect_timeout`` seconds.
+
+        After the first success nats-py reconnects forever; ``bus.connected``
+        tells readiness probes whether it currently is.
+        """
+        servers = [url] if isinstance(url, str) else list(url)
+        events = _ConnectionLog(", ".join(redact(s) for s in servers))
+        shown = events.shown
+        nc = Client()
+
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    servers,
+                    name=name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=reconnect_wait,  # type: ignore[arg-type]
+                    connect_timeout=2,
+                    ping_interval=20,
+                    max_outstanding_pings=3,
+                    error_cb=events.error,
+                    disconnected_cb=events.disconnected,
+                    reconnected_cb=events.reconnected,
+                ),
+                timeout=connect_timeout,
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as err:
+            await _close_quietly(nc)
+            raise NotConnected(
+                f"no NATS server reachable at {shown} within {connect_timeout:.0f}s "
+                f"({type(err).__name__})"
+            ) from None
+        log.info("connected to NATS (%s) as %s", shown, name)
+        bus = cls(
+            nc, name=name, settings=settings or TopologySettings(), publish_timeout=publish_timeout
+        )
+        bus._log = events
+        return bus
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def close(self) -> None:
+        """Drain: flush pending publishes and acks, close subscriptions, disconnect."""
+        if self.nc.is_closed:
+            return
+        self._log.closing = True
+        try:
+            await self.nc.drain()
+        except (TimeoutError, ConnectionClosedError, NatsTimeoutError):
+            await _close_quietly(self.nc)
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- publishing ----------------------------------------------------------
+
+    async def publish(self, message: Message) -> Published:
+        """Publish one command or event and wait until a stream has stored it."""
+        env, data = envelope.wrap(message, self.source)
+        return await self.publish_raw(message.subject(), data, env.headers())
+
+    async def publish_many(self, messages: Iterable[Message]) -> list[Published]:
+        """Publish several messages in order, pipelined, each waited for."""
+        wrapped = [(m.subject(), *envelope.wrap(m, self.source)) for m in messages]
+        futures: list[asyncio.Future[api.PubAck] | None] = []
+        for subject, env, data in wrapped:
+            try:
+                futures.append(
+                    await self.js.publish_async(subject, data, headers=env.headers(), wait_stall=5)
+                )
+            except Exception:
+                futures.append(None)
+        pending = [f for f in futures if f is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        results: list[Published] = []
+        for (subject, env, data), future in zip(wrapped, futures, strict=True):
+            ack = _result(future)
+            if ack is None:
+                # Not acknowledged in time: retry alone, same id, so never stored twice.
+                results.append(await self.publish_raw(subject, data, env.headers()))
+            else:
+                results.append(_published(env.id, ack))
+        return results
+
+    async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> Published:
+        """Publish prepared bytes and headers (the router's dead-letter copies use this).
+
+        Retries timeouts and "no stream responded" until ``publish_timeout``:
+        the ``Nats-Msg-Id`` header makes every retry a no-op if an earlier try
+        was stored after all.
+        """
+        msg_id = headers.get(envelope.MSG_ID_HEADER, "")
+        deadline = time.monotonic() + self.publish_timeout
+        delay = 0.05
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                ack = await self.js.publish(
+                    subject, data, headers=dict(headers), timeout=max(0.1, min(5.0, remaining))
+                )
+                return _published(msg_id, ack)
+            except _RETRYABLE as err:
+                reason = type(err).__name__
+            except APIError as err:
+                if err.code != 503:
+                    raise PublishFailed(subject, err.description or str(err)) from None
+                reason = err.description or "JetStream unavailable"
+            if time.monotonic() + delay >= deadline:
+                hint = " (no stream for this subject? declare the topology)"
+                raise PublishFailed(subject, f"{reason} for {self.publish_timeout:.0f}s{hint}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    # -- state and audit -------------------------------------------------------
+
+    def kv(self, bucket: subjects.Bucket | str, type_: type[T]) -> KeyValue[T]:
+        """A typed view of a key-value bucket (cheap; cached per bucket and type)."""
+        name = bucket.value if isinstance(bucket, subjects.Bucket) else bucket
+        key = (name, type_)
+        view = self._kvs.get(key)
+        if view is None:
+            view = KeyValue(self, name, type_)
+            self._kvs[key] = view
+        return view
+
+    def events(
+        self,
+        subject: str | None = None,
+        since: datetime | int | None = None,
+        follow: bool = True,
+    ) -> AsyncIterator[tuple[Envelope, Message]]:
+        """The audit stream in order: from the start, a time, or a sequence.
+
+        With ``follow`` it waits for new events forever; without, it stops at
+        the last event that existed when iteration began.
+        """
+        return audit.iterate(self, subject or subjects.all_events(), since, follow)
+
+
+class _ConnectionLog:
+    """nats-py's connection callbacks, logging without credentials or noise."""
+
+    def __init__(self, shown: str) -> None:
+        self.shown = shown
+        self.closing = False
+
+    async def error(self, err: Exception) -> None:
+        if not self.closing:
+            log.warning("nats: %s: %s (%s)", type(err).__name__, err, self.shown)
+
+    async def disconnected(self) -> None:
+        if not self.closing:
+            log.warning("disconnected from NATS (%s)", self.shown)
+
+    async def reconnected(self) -> None:
+        log.info("reconnected to NATS (%s)", self.shown)
+
+
+def _result(future: asyncio.Future[api.PubAck] | None) -> api.PubAck | None:
+    if future is None:
+        return None
+    if not future.done():
+        future.cancel()
+        return None
+    if future.cancelled() or future.exception() is not None:
+        return None
+    return future.result()
+
+
+def _published(msg_id: str, ack: api.PubAck) -> Published:
+    return Published(id=msg_id, stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
+
+
+async def _close_quietly(nc: Client) -> None:
+    with contextlib.suppress(Exception):  # closing may fail; it does not matter
+        await nc.close()

@@ -1,0 +1,83 @@
+"""CloudEvents envelopes: round trip, deterministic ids, open-world decoding."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from ferry.proto import envelope, migration, registry, volume
+from ferry.proto.envelope import Envelope, UnknownMessageType
+
+
+def _progress(done: int = 1) -> migration.Progress:
+    return migration.Progress(plan="p", migration="m", vm="v", step="copy", done=done, total=10)
+
+
+def test_round_trip_through_headers_and_data() -> None:
+    # Given a message wrapped for the wire
+    message = _progress()
+    env, data = envelope.wrap(message, "ferry/test")
+
+    # When the headers and bytes are unwrapped again
+    env2, decoded = envelope.unwrap(env.headers(), data)
+
+    # Then both the message and the context attributes come back
+    assert decoded == message
+    assert env2 == env
+    assert env.type == "migration.progress.v1" and env.subject == "p/m/v"
+    assert env.source == "ferry/test" and env.specversion == "1.0"
+
+
+def test_registry_names_every_type_once_and_a_failure_per_service() -> None:
+    # Given the registry of every message type
+    tags = [cls.type_name() for cls in registry.MESSAGES]
+
+    # Then tags are unique and look up their class
+    assert len(tags) == len(set(tags))
+    assert all(registry.lookup(t) is cls for t, cls in zip(tags, registry.MESSAGES, strict=True))
+    # and each service's failure event is owned by that service
+    for service, failed in registry.FAILED.items():
+        assert failed.owner() == service and failed in registry.MESSAGES
+
+
+def test_ids_are_deterministic_and_content_derived() -> None:
+    # Given the same message built twice and a different one
+    a, b, c = _progress(1), _progress(1), _progress(2)
+
+    # When their ids are computed (also at different times)
+    ids = [envelope.wrap(m, "ferry/x")[0].id for m in (a, b, c)]
+
+    # Then equal content gives equal ids, different content different ids
+    assert ids[0] == ids[1] != ids[2]
+    assert ids[0] == envelope.message_id(a)
+    assert ids[0].startswith("migration.progress.v1:")
+    # and the id is the Nats-Msg-Id header too
+    env, _ = envelope.wrap(a, "ferry/x")
+    assert env.headers()[envelope.MSG_ID_HEADER] == env.id
+
+
+def test_a_retry_attempt_is_a_new_id() -> None:
+    # Given the same command as a first and a second attempt
+    first = volume.AllocateDisks(plan="p", migration="m", vm="v", namespace="n", attempt=1)
+    second = msgspec.structs.replace(first, attempt=2)
+
+    # Then the controller's retry is not deduplicated away
+    assert envelope.message_id(first) != envelope.message_id(second)
+
+
+def test_unknown_fields_are_ignored_unknown_types_rejected() -> None:
+    # Given data from a newer producer with an extra field
+    env, data = envelope.wrap(_progress(), "ferry/new")
+    newer = data[:-1] + b',"future_field":42}'
+
+    # When it is decoded
+    _, decoded = envelope.unwrap(env.headers(), newer)
+
+    # Then the extra field is ignored
+    assert decoded == _progress()
+    # but an unknown type or missing headers are clear errors
+    headers = env.headers() | {"ce-type": "migration.teleport.v9"}
+    with pytest.raises(UnknownMessageType, match="teleport"):
+        envelope.unwrap(headers, data)
+    with pytest.raises(UnknownMessageType, match="ce-id"):
+        Envelope.from_headers({"ce-type": "x"})
