@@ -1,0 +1,472 @@
+"""The objects people hand to Ferry: Provider, NetworkMap, StorageMap, Hook, Plan, Migration.
+
+They read like the familiar KubeVirt-migration API (``apiVersion``, ``kind``,
+``metadata``, ``spec``, ``status``) so that the same YAML works on the embedded
+stack and, later, as custom resources in a cluster. They are pydantic models
+rather than msgspec structs because people write them: unknown fields are
+errors (a typo must not be silently ignored) and the errors name the path.
+
+Secrets are only ever referenced (``secret: {name, namespace}``), never inline;
+a Provider that carries anything that looks like a credential is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ferry.proto.inventory import ProviderType, VolumeMode
+
+API_VERSION: Literal["ferry.dev/v1alpha1"] = "ferry.dev/v1alpha1"
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_SECRET_WORDS = ("password", "passwd", "token", "secret", "privatekey", "apikey")
+
+
+def is_dns1123_label(name: str) -> bool:
+    """A Kubernetes object name usable as a VirtualMachine name (≤ 63 chars)."""
+    return len(name) <= 63 and bool(_DNS1123_LABEL.match(name))
+
+
+def to_dns1123_label(name: str) -> str:
+    """The nearest DNS-1123 label for a source VM name (``Web_01.corp`` → ``web-01-corp``)."""
+    low = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    low = re.sub(r"-{2,}", "-", low)[:63].strip("-")
+    return low or "vm"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+
+
+class ObjectMeta(_Model):
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str = ""
+    creationTimestamp: datetime | None = None
+    generation: int = 0
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _dns(cls, value: str) -> str:
+        if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+            raise ValueError(
+                f"{value!r} is not a DNS-1123 name (lower-case letters, digits, '-', '.')"
+            )
+        return value
+
+
+class ObjectRef(_Model):
+    """A reference to another Ferry object (or a Secret) by name."""
+
+    name: str
+    namespace: str = ""
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"] = "True"
+    reason: str = ""
+    message: str = ""
+    lastTransitionTime: datetime | None = None
+
+
+class FerryObjectBase(_Model):
+    """What every Ferry object shares. Subclasses pin ``kind`` and type ``spec``."""
+
+    apiVersion: Literal["ferry.dev/v1alpha1"] = API_VERSION
+    metadata: ObjectMeta
+
+    KIND: ClassVar[str] = ""
+    PLURAL: ClassVar[str] = ""
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def refs(self) -> list[tuple[str, str, str]]:
+        """(path, kind, name) of every object this one refers to, for apply's checks."""
+        return []
+
+
+# Provider --------------------------------------------------------------------
+
+
+class ProviderSpec(_Model):
+    type: ProviderType
+    url: str = ""  # empty for OVA dirs given in settings, and for the local target
+    secret: ObjectRef | None = None
+    settings: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("settings")
+    @classmethod
+    def _no_secret_inline(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            flat = key.lower().replace("_", "").replace("-", "")
+            if any(word in flat for word in _SECRET_WORDS):
+                raise ValueError(f"setting {key!r} looks like a credential: use spec.secret")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _no_userinfo(cls, value: str) -> str:
+        if re.match(r"^[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", value):
+            raise ValueError(
+                "the URL holds credentials: put them in the secret referenced by spec.secret"
+            )
+        return value
+
+
+class ProviderStatus(_Model):
+    phase: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class Provider(FerryObjectBase):
+    kind: Literal["Provider"] = "Provider"
+    spec: ProviderSpec
+    status: ProviderStatus = Field(default_factory=ProviderStatus)
+
+    KIND: ClassVar[str] = "Provider"
+    PLURAL: ClassVar[str] = "providers"
+
+    @property
+    def is_local_target(self) -> bool:
+        """A KubeVirt provider without a URL is the cluster (or local platform) Ferry runs on."""
+        return self.spec.type == ProviderType.KUBEVIRT and not self.spec.url
+
+
+# Maps ------------------------------------------------------------------------
+
+
+class ProviderPair(_Model):
+    source: ObjectRef
+    destination: ObjectRef
+
+
+class SourceRefSelector(_Model):
+    """Names a source network or storage by id or by name (either is enough)."""
+
+    id: str = ""
+    name: str = ""
+    type: str = ""
+
+    @model_validator(mode="after")
+    def _one(self) -> SourceRefSelector:
+        if not (self.id or self.name or self.type):
+            raise ValueError("give id or name")
+        return self
+
+    def matches(self, key: str) -> bool:
+        return key in (self.id, self.name)
+
+
+class NetworkDestination(_Model):
+    type: Literal["pod", "multus", "ignored"] = "pod"
+    name: str = ""
+    namespace: str = ""
+
+
+class NetworkPair(_Model):
+    source: SourceRefSelector
+    destination: NetworkDestination
+
+
+class NetworkMapSpec(_Model):
+    provider: ProviderPair
+    map: list[NetworkPair] = Field(default_factory=list)
+
+
+class NetworkMap(FerryObjectBase):
+    kind: Literal["NetworkMap"] = "NetworkMap"
+    spec: NetworkMapSpec
+    status: ProviderStatus = Field(default_factory=ProviderStatus)
+
+    KIND: ClassVar[str] = "NetworkMap"
+    PLURAL: ClassVar[str] = "networkmaps"
+
+    def refs(self) -> list[tuple[str, str, str]]:
+        return _provider_refs(self.spec.provider)
+
+    def find(self, key: str) -> NetworkDestination | None:
+        return next((p.destination for p in self.spec.map if p.source.matches(key)), None)
+
+
+class StorageDestination(_Model):
+    storageClass: str
+    volumeMode: VolumeMode = VolumeMode.FILESYSTEM
+    accessMode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = "ReadWriteOnce"
+    format: Literal["raw", "qcow2"] = "raw"
+
+
+class StoragePair(_Model):
+    source: SourceRefSelector
+    destination: StorageDestination
+
+
+class StorageMapSpec(_Model):
+    provider: ProviderPair
+    map: list[StoragePair] = Field(default_factory=list)
+
+
+class StorageMap(FerryObjectBase):
+    kind: Literal["StorageMap"] = "StorageMap"
+    spec: StorageMapSpec
+    status: ProviderStatus = Field(default_factory=ProviderStatus)
+
+    KIND: ClassVar[str] = "StorageMap"
+    PLURAL: ClassVar[str] = "storagemaps"
+
+    def refs(self) -> list[tuple[str, str, str]]:
+        return _provider_refs(self.spec.provider)
+
+    def find(self, key: str) -> StorageDestination | None:
+        return next((p.destination for p in self.spec.map if p.source.matches(key)), None)
+
+
+def _provider_refs(pair: ProviderPair) -> list[tuple[str, str, str]]:
+    return [
+        ("spec.provider.source", "Provider", pair.source.name),
+        ("spec.provider.destination", "Provider", pair.destination.name),
+    ]
+
+
+# Hook ------------------------------------------------------------------------
+
+
+class HookSpec(_Model):
+    """A pre- or post-migration hook.
+
+    On a cluster ``image`` (+ ``playbook``) runs as a Job; on the local platform
+    ``command`` runs as a child process with the plan, migration and VM in its
+    environment. ``deadline`` bounds either, in seconds.
+    """
+
+    image: str = ""
+    playbook: str = ""
+    command: list[str] = Field(default_factory=list)
+    serviceAccount: str = ""
+    deadline: int = Field(default=600, ge=1)
+
+    @model_validator(mode="after")
+    def _something(self) -> HookSpec:
+        if not (self.image or self.command):
+            raise ValueError("give image (cluster) or command (local)")
+        return self
+
+
+class Hook(FerryObjectBase):
+    kind: Literal["Hook"] = "Hook"
+    spec: HookSpec
+    status: ProviderStatus = Field(default_factory=ProviderStatus)
+
+    KIND: ClassVar[str] = "Hook"
+    PLURAL: ClassVar[str] = "hooks"
+
+
+# Plan ------------------------------------------------------------------------
+
+
+class HookStep(StrEnum):
+    PRE = "PreHook"
+    POST = "PostHook"
+
+
+class PlanHook(_Model):
+    hook: ObjectRef
+    step: HookStep
+
+
+class PlanVm(_Model):
+    """A VM of the plan, by provider id or by name."""
+
+    id: str = ""
+    name: str = ""
+    targetName: str = ""
+    hooks: list[PlanHook] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one(self) -> PlanVm:
+        if not (self.id or self.name):
+            raise ValueError("give id or name")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
+
+
+class MapRefs(_Model):
+    network: ObjectRef
+    storage: ObjectRef
+
+
+class PlanSpec(_Model):
+    provider: ProviderPair
+    map: MapRefs
+    vms: list[PlanVm] = Field(min_length=1)
+    targetNamespace: str = "default"
+    warm: bool = False
+    targetPowerState: Literal["on", "off", "auto"] = "auto"
+    maxInFlight: int = Field(default=20, ge=1)
+    maxInFlightPerHost: int = Field(default=10, ge=1)
+    precopyIntervalSeconds: int = Field(default=3600, ge=1)
+    maxPrecopies: int = Field(default=50, ge=1)
+    description: str = ""
+
+
+class PlanStatus(_Model):
+    phase: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    migrations: list[str] = Field(default_factory=list)
+    succeeded: list[str] = Field(default_factory=list)  # VM keys that already migrated
+
+
+class Plan(FerryObjectBase):
+    kind: Literal["Plan"] = "Plan"
+    spec: PlanSpec
+    status: PlanStatus = Field(default_factory=PlanStatus)
+
+    KIND: ClassVar[str] = "Plan"
+    PLURAL: ClassVar[str] = "plans"
+
+    def refs(self) -> list[tuple[str, str, str]]:
+        refs = _provider_refs(self.spec.provider)
+        refs.append(("spec.map.network", "NetworkMap", self.spec.map.network.name))
+        refs.append(("spec.map.storage", "StorageMap", self.spec.map.storage.name))
+        for i, vm in enumerate(self.spec.vms):
+            for j, hook in enumerate(vm.hooks):
+                refs.append((f"spec.vms[{i}].hooks[{j}].hook", "Hook", hook.hook.name))
+        return refs
+
+
+# Migration -------------------------------------------------------------------
+
+
+class MigrationSpec(_Model):
+    plan: ObjectRef
+    cancel: list[SourceRefSelector] = Field(default_factory=list)
+    cutover: datetime | None = None
+
+
+class VmSummary(_Model):
+    """One VM of a migration as ``describe`` shows it (derived from ferry-vms)."""
+
+    id: str
+    name: str
+    phase: str = ""
+    status: str = "Pending"
+    error: str = ""
+
+
+class MigrationStatus(_Model):
+    phase: str = ""  # Pending | Running | Succeeded | Failed | Canceled | Rejected
+    started: datetime | None = None
+    completed: datetime | None = None
+    reasons: dict[str, list[str]] = Field(default_factory=dict)  # preflight, per VM
+    vms: list[VmSummary] = Field(default_factory=list)
+
+
+class Migration(FerryObjectBase):
+    kind: Literal["Migration"] = "Migration"
+    spec: MigrationSpec
+    status: MigrationStatus = Field(default_factory=MigrationStatus)
+
+    KIND: ClassVar[str] = "Migration"
+    PLURAL: ClassVar[str] = "migrations"
+
+    def refs(self) -> list[tuple[str, str, str]]:
+        return [("spec.plan", "Plan", self.spec.plan.name)]
+
+
+FerryObject = Annotated[
+    Provider | NetworkMap | StorageMap | Hook | Plan | Migration, Field(discriminator="kind")
+]
+KINDS: dict[str, type[FerryObjectBase]] = {
+    cls.KIND: cls for cls in (Provider, NetworkMap, StorageMap, Hook, Plan, Migration)
+}
+BY_PLURAL: dict[str, type[FerryObjectBase]] = {cls.PLURAL: cls for cls in KINDS.values()}
+
+
+# Reading YAML ----------------------------------------------------------------
+
+
+class ObjectError(ValueError):
+    """One line: the file, where in it, and what is wrong."""
+
+    def __init__(self, source: str, where: str, problem: str) -> None:
+        self.source, self.where, self.problem = source, where, problem
+        super().__init__(f"{source}: {where}: {problem}" if where else f"{source}: {problem}")
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_object(doc: Any, source: str = "<input>", index: int = 0) -> FerryObjectBase:
+    """Validate one decoded document; raise :class:`ObjectError` naming the path."""
+    where = f"document {index + 1}"
+    if not isinstance(doc, dict):
+        raise ObjectError(source, where, "expected a mapping with apiVersion, kind, metadata, spec")
+    kind = doc.get("kind")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ObjectError(
+            source, f"{where}: kind", f"unknown kind {kind!r} (one of {', '.join(KINDS)})"
+        )
+    name = (
+        doc.get("metadata", {}).get("name", "?") if isinstance(doc.get("metadata"), dict) else "?"
+    )
+    where = f"{where} ({kind} {name})"
+    api = doc.get("apiVersion")
+    if api != API_VERSION:
+        raise ObjectError(source, f"{where}: apiVersion", f"expected {API_VERSION!r}, got {api!r}")
+    try:
+        return cls.model_validate(doc)
+    except ValidationError as err:
+        first = err.errors()[0]
+        problem = str(first["msg"])
+        if first["type"] == "extra_forbidden":
+            problem = "unknown field"
+        more = len(err.errors()) - 1
+        suffix = f" (and {more} more)" if more else ""
+        raise ObjectError(source, f"{where}: {_loc(first['loc'])}", problem + suffix) from None
+
+
+def load_documents(text: str, source: str = "<input>") -> list[FerryObjectBase]:
+    """Parse multi-document YAML into objects; the first problem raises :class:`ObjectError`."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ObjectError(source, where, f"invalid YAML: {problem}") from None
+    if not docs:
+        raise ObjectError(source, "", "no objects in the file")
+    return [parse_object(doc, source, i) for i, doc in enumerate(docs)]
+
+
+def to_document(obj: FerryObjectBase) -> dict[str, Any]:
+    """The object as plain data (JSON/YAML-ready), without empty status noise."""
+    return obj.model_dump(mode="json", exclude_none=True)
+
+
+def from_document(doc: dict[str, Any]) -> FerryObjectBase:
+    return parse_object(doc, source="stored object")

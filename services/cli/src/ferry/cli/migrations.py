@@ -1,0 +1,310 @@
+"""``ferry migrate``, ``ferry describe migration`` and ``ferry cancel``.
+
+A Migration's status is derived from its VMs' states in ``ferry-vms``; the CLI
+reads those as plain documents (it does not import the controller), so a newer
+controller's extra fields show up without a CLI change.
+
+``migrate --wait`` follows the audit stream of that migration and draws a bar
+per VM (its current step, bytes over all its disks) and per disk, until the
+migration ends; the exit code is 0 only when every VM succeeded.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ferry.bus import Bus, Conflict
+from ferry.cli.objects import ALL, CliError, NatsOption, connect, get_doc, key_of, kv, out, run
+from ferry.proto import migration, objects, subjects
+from ferry.proto.subjects import Bucket
+
+MARK = {"Completed": "✓", "Running": "▶", "Failed": "✗", "Canceled": "⊘", "Pending": "·"}
+
+
+async def vm_states(bus: Bus, name: str) -> list[dict[str, Any]]:
+    store = bus.kv(Bucket.VMS, dict)
+    states = []
+    for key in await store.keys(subjects.token(name) + "."):
+        entry = await store.get(key)
+        if entry is not None:
+            states.append(dict(entry.value))
+    return sorted(states, key=lambda s: int(s.get("seq", 0)))
+
+
+# -- migrate -------------------------------------------------------------------------
+
+
+def parse_time(value: str) -> datetime:
+    if value == "now":
+        return datetime.now(UTC)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(
+            f"--cutover {value!r} is not an RFC 3339 time (e.g. 2026-01-31T22:00:00Z) or 'now'"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def start(bus: Bus, plan: str, name: str | None, cutover: datetime | None) -> str:
+    if await get_doc(bus, "Plan", plan) is None:
+        raise CliError(f"Plan {plan!r} does not exist (ferry get plans)")
+    name = name or f"{plan}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    doc: dict[str, Any] = {
+        "apiVersion": objects.API_VERSION,
+        "kind": "Migration",
+        "metadata": {"name": name},
+        "spec": {"plan": {"name": plan}, **({"cutover": cutover.isoformat()} if cutover else {})},
+    }
+    mig = objects.parse_object(doc, "ferry migrate")
+    try:
+        await kv(bus).create(key_of("Migration", name), objects.to_document(mig))
+    except Conflict:
+        raise CliError(f"Migration {name!r} exists already; pick another --name") from None
+    await bus.publish(
+        migration.StartMigration(
+            plan=plan, migration=name, vm=ALL, cutover=cutover.isoformat() if cutover else None
+        )
+    )
+    return name
+
+
+class Board:
+    """Live bars: one per VM (step, bytes over its disks), one per disk under it."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.vms: dict[str, TaskID] = {}
+        self.disks: dict[tuple[str, str], TaskID] = {}
+        self.names: dict[str, str] = {}
+        self.result: migration.MigrationCompleted | None = None
+        self.rejected: migration.MigrationRejected | None = None
+
+    def add_vm(self, state: dict[str, Any]) -> None:
+        vm = state["vm"]
+        if vm in self.vms:
+            return
+        self.names[vm] = state.get("name", vm)
+        total = sum(int(d["total"]) for d in state.get("disks", []))
+        self.vms[vm] = self.progress.add_task(self._label(vm, "Queued"), total=total or None)
+        for d in state.get("disks", []):
+            label = f"  └ {d['name']}"
+            self.disks[(vm, d["id"])] = self.progress.add_task(
+                label, total=int(d["total"]) or None, completed=int(d["done"])
+            )
+
+    def _label(self, vm: str, what: str) -> str:
+        return f"{self.names.get(vm, vm)}: {what}"
+
+    def see(self, msg: Any) -> None:
+        vm = msg.vm
+        task = self.vms.get(vm)
+        if isinstance(msg, migration.MigrationCompleted):
+            self.result = msg
+        elif isinstance(msg, migration.MigrationRejected):
+            self.rejected = msg
+        elif task is None:
+            return
+        elif isinstance(msg, migration.StepStarted):
+            again = f" (attempt {msg.attempt})" if msg.attempt > 1 else ""
+            self.progress.update(task, description=self._label(vm, msg.step + again))
+        elif isinstance(msg, migration.Progress):
+            self.progress.update(task, completed=msg.done, total=msg.total or None)
+            for disk, done in msg.disks.items():
+                if (vm, disk) in self.disks:
+                    self.progress.update(self.disks[(vm, disk)], completed=done)
+        elif isinstance(msg, migration.VmCompleted):
+            self._finish(vm, "[green]Succeeded[/]")
+        elif isinstance(msg, migration.VmFailed):
+            self.progress.update(
+                task, description=self._label(vm, f"[red]Failed[/] in {msg.step}: {msg.reason}")
+            )
+        elif isinstance(msg, migration.VmCanceled):
+            self.progress.update(task, description=self._label(vm, "[yellow]Canceled[/]"))
+
+    def _finish(self, vm: str, what: str) -> None:
+        task = self.vms[vm]
+        total = self.progress.tasks[task].total
+        self.progress.update(task, description=self._label(vm, what), completed=total or 0)
+        for (owner, _), disk_task in self.disks.items():
+            if owner == vm:
+                self.progress.update(disk_task, completed=self.progress.tasks[disk_task].total or 0)
+
+
+async def follow(bus: Bus, name: str, since: datetime) -> int:
+    """Draw the migration until it ends; 0 only when every VM succeeded."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=out, transient=False) as progress:
+        board = Board(progress)
+        async for _, msg in bus.events(
+            subjects.events_of(migration=name), since=since, follow=True
+        ):
+            if isinstance(msg, migration.MigrationStarted) or (
+                msg.vm not in board.vms and msg.vm != ALL
+            ):
+                for state in await vm_states(bus, name):
+                    board.add_vm(state)
+            board.see(msg)
+            if board.result is not None or board.rejected is not None:
+                break
+    if board.rejected is not None:
+        for vm, reasons in board.rejected.reasons.items():
+            for reason in reasons:
+                typer.echo(f"rejected: {vm}: {reason}", err=True)
+        return 1
+    r = board.result
+    assert r is not None
+    out.print(
+        f"migration {name}: {r.succeeded} succeeded, {r.failed} failed, {r.canceled} canceled"
+    )
+    return 0 if r.failed == 0 and r.canceled == 0 else 1
+
+
+def migrate(
+    plan: Annotated[str, typer.Argument(help="the Plan to migrate")],
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="show progress until the end")] = False,
+    cutover: Annotated[
+        str | None, typer.Option(help="warm: when to cut over (RFC 3339 or 'now')")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="the Migration's name [default: PLAN-time]")
+    ] = None,
+    nats: NatsOption = None,
+) -> None:
+    """Start a Migration of a Plan (only its VMs that have not migrated yet)."""
+
+    async def work() -> int:
+        when = parse_time(cutover) if cutover else None
+        async with connect(nats) as bus:
+            since = datetime.now(UTC)
+            started = await start(bus, plan, name, when)
+            typer.echo(f"migration/{started} created")
+            return await follow(bus, started, since) if wait else 0
+
+    code = run(work)
+    raise typer.Exit(code)
+
+
+# -- describe ----------------------------------------------------------------------------
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} PiB"
+
+
+def render(mig: dict[str, Any], states: list[dict[str, Any]]) -> None:
+    status = mig.get("status", {}) or {}
+    phase = status.get("phase") or "Pending"
+    name, plan = mig["metadata"]["name"], mig["spec"]["plan"]["name"]
+    out.print(f"[bold]Migration[/] {name}   plan {plan}   phase [bold]{phase}[/]")
+    for vm, reasons in (status.get("reasons") or {}).items():
+        for reason in reasons:
+            out.print(f"  [red]rejected[/] {vm}: {reason}", markup=True)
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    if counts:
+        out.print("  VMs: " + ", ".join(f"{n} {k.lower()}" for k, n in sorted(counts.items())))
+    for s in states:
+        target = f"{s['namespace']}/{s['target_name']}"
+        head = f"\n[bold]{s['name']}[/] ({s['vm']}) → {target}"
+        out.print(f"{head}   {s['status']}   flow {s['flow']}")
+        table = Table(box=None, show_header=True, header_style="dim")
+        for head in ("", "STEP", "SERVICE", "STATUS", "ATTEMPT", "STARTED", "ENDED"):
+            table.add_column(head)
+        for step in s["steps"]:
+            table.add_row(
+                MARK.get(step["status"], "?"),
+                step["name"],
+                step["service"],
+                step["status"],
+                str(step["attempt"]),
+                step["started"],
+                step["ended"],
+            )
+        out.print(table)
+        for d in s.get("disks", []):
+            pct = 100 * int(d["done"]) / int(d["total"]) if int(d["total"]) else 0.0
+            check = f"  {d['checksum']}" if d.get("checksum") else ""
+            done, total = _size(int(d["done"])), _size(int(d["total"]))
+            typer.echo(f"  disk {d['name']}: {done} / {total} ({pct:.0f}%){check}")
+        for e in s.get("errors", []):
+            out.print(f"  [red]error[/] {e['step']} attempt {e['attempt']}: {e['reason']}")
+        if s.get("power_restored"):
+            out.print(f"  source power restored ({s.get('source_power', '')})")  # fmt: skip
+
+
+def describe(
+    kind: Annotated[str, typer.Argument(help="migration")],
+    name: Annotated[str, typer.Argument(help="its name")],
+    nats: NatsOption = None,
+) -> None:
+    """Show a migration's pipeline per VM: steps, progress, errors."""
+    if kind.lower() not in ("migration", "migrations"):
+        typer.echo(f"error: describe knows 'migration', not {kind!r}", err=True)
+        raise typer.Exit(2)
+
+    async def work() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        async with connect(nats) as bus:
+            mig = await get_doc(bus, "Migration", name)
+            if mig is None:
+                raise CliError(f"Migration {name!r} does not exist (ferry get migrations)")
+            return mig, await vm_states(bus, name)
+
+    render(*run(work))
+
+
+# -- cancel -------------------------------------------------------------------------------
+
+
+def cancel(
+    name: Annotated[str, typer.Argument(help="the Migration")],
+    vm: Annotated[str | None, typer.Option("--vm", help="only this VM (name or id)")] = None,
+    nats: NatsOption = None,
+) -> None:
+    """Cancel a whole migration or one VM of it (safe to repeat)."""
+
+    async def work() -> None:
+        async with connect(nats) as bus:
+            mig = await get_doc(bus, "Migration", name)
+            if mig is None:
+                raise CliError(f"Migration {name!r} does not exist (ferry get migrations)")
+            if vm is not None and vm not in {
+                x for s in await vm_states(bus, name) for x in (s["vm"], s["name"])
+            }:
+                raise CliError(f"Migration {name!r} has no VM {vm!r}")
+
+            def record(doc: dict[str, Any]) -> dict[str, Any]:
+                spec = dict(doc["spec"])
+                entries = list(spec.get("cancel") or [])
+                entry = {"name": vm} if vm else {"name": ALL}
+                if entry not in entries:
+                    entries.append(entry)
+                spec["cancel"] = entries
+                return {**doc, "spec": spec}
+
+            await kv(bus).mutate(key_of("Migration", name), record)
+            plan = mig["spec"]["plan"]["name"]
+            await bus.publish(
+                migration.CancelMigration(
+                    plan=plan, migration=name, vm=vm or ALL, reason="canceled by user"
+                )
+            )
+            typer.echo(f"migration/{name}{f' vm {vm}' if vm else ''} cancel requested")
+
+    run(work)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("migrate")(migrate)
+    app.command("describe")(describe)
+    app.command("cancel")(cancel)

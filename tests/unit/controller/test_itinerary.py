@@ -1,0 +1,151 @@
+"""Each (source type, warm/cold, local/remote) combination gets exactly this step order."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferry.migration_controller import itinerary
+from ferry.migration_controller.phases import Flow
+from ferry.proto.inventory import ProviderType
+from ferry.proto.subjects import Service
+
+P = ProviderType
+
+COLD_LOCAL_CONVERSION = [
+    "Started",
+    "StorePowerState",
+    "PowerOffSource",
+    "CreateDataVolumes",
+    "AllocateDisks",
+    "ConvertGuest",
+    "CreateVM",
+    "PowerOn",
+    "Completed",
+]
+COLD_LOCAL_POPULATOR = [
+    "Started",
+    "StorePowerState",
+    "PowerOffSource",
+    "CreateDataVolumes",
+    "AllocateDisks",
+    "CopyDisks",
+    "CreateVM",
+    "PowerOn",
+    "Completed",
+]
+COLD_REMOTE_CONVERTED = [
+    "Started",
+    "StorePowerState",
+    "PowerOffSource",
+    "CreateDataVolumes",
+    "CopyDisks",
+    "ConvertGuest",
+    "CreateVM",
+    "PowerOn",
+    "Completed",
+]
+COLD_REMOTE_PLAIN = [
+    "Started",
+    "StorePowerState",
+    "PowerOffSource",
+    "CreateDataVolumes",
+    "CopyDisks",
+    "CreateVM",
+    "PowerOn",
+    "Completed",
+]
+WARM_CONVERTED = [
+    "Started",
+    "CreateDataVolumes",
+    "CreateSnapshot",
+    "CopyDisks",
+    "CopyingPaused",
+    "StorePowerState",
+    "PowerOffSource",
+    "CreateFinalSnapshot",
+    "Finalize",
+    "ConvertGuest",
+    "CreateVM",
+    "PowerOn",
+    "Completed",
+]
+WARM_PLAIN = [s for s in WARM_CONVERTED if s != "ConvertGuest"]
+
+# (source, warm, remote) -> (flow, steps): every combination, spelled out.
+EXPECTED = {
+    (P.VSPHERE, False, False): (Flow.CONVERSION, COLD_LOCAL_CONVERSION),
+    (P.OVA, False, False): (Flow.CONVERSION, COLD_LOCAL_CONVERSION),
+    (P.LIBVIRT, False, False): (Flow.CONVERSION, COLD_LOCAL_CONVERSION),
+    (P.OVIRT, False, False): (Flow.POPULATOR, COLD_LOCAL_POPULATOR),
+    (P.OPENSTACK, False, False): (Flow.POPULATOR, COLD_LOCAL_POPULATOR),
+    (P.KUBEVIRT, False, False): (Flow.IMPORTER, COLD_REMOTE_PLAIN),
+    (P.VSPHERE, False, True): (Flow.IMPORTER, COLD_REMOTE_CONVERTED),
+    (P.OVA, False, True): (Flow.IMPORTER, COLD_REMOTE_CONVERTED),
+    (P.LIBVIRT, False, True): (Flow.IMPORTER, COLD_REMOTE_CONVERTED),
+    (P.OVIRT, False, True): (Flow.IMPORTER, COLD_REMOTE_PLAIN),
+    (P.OPENSTACK, False, True): (Flow.IMPORTER, COLD_REMOTE_PLAIN),
+    (P.KUBEVIRT, False, True): (Flow.IMPORTER, COLD_REMOTE_PLAIN),
+    (P.VSPHERE, True, False): (Flow.IMPORTER, WARM_CONVERTED),
+    (P.VSPHERE, True, True): (Flow.IMPORTER, WARM_CONVERTED),
+    (P.OVIRT, True, False): (Flow.IMPORTER, WARM_PLAIN),
+    (P.OVIRT, True, True): (Flow.IMPORTER, WARM_PLAIN),
+    (P.OVA, True, False): (Flow.IMPORTER, WARM_CONVERTED),
+    (P.OVA, True, True): (Flow.IMPORTER, WARM_CONVERTED),
+    (P.OPENSTACK, True, False): (Flow.IMPORTER, WARM_PLAIN),
+    (P.KUBEVIRT, True, True): (Flow.IMPORTER, WARM_PLAIN),
+    (P.LIBVIRT, True, False): (Flow.IMPORTER, WARM_CONVERTED),
+    (P.OPENSTACK, True, True): (Flow.IMPORTER, WARM_PLAIN),
+    (P.KUBEVIRT, True, False): (Flow.IMPORTER, WARM_PLAIN),
+    (P.LIBVIRT, True, True): (Flow.IMPORTER, WARM_CONVERTED),
+}
+
+
+def test_every_combination_is_spelled_out() -> None:
+    # Given every source type, warm and cold, local and remote
+    combos = {(p, w, r) for p in P for w in (False, True) for r in (False, True)}
+    # Then each one is listed above (preflight refuses warm for sources that cannot do it,
+    # but the itinerary's shape is still defined)
+    assert combos == set(EXPECTED)
+
+
+@pytest.mark.parametrize(("source", "warm", "remote"), sorted(EXPECTED, key=str))
+def test_step_order(source: ProviderType, warm: bool, remote: bool) -> None:
+    # Given a VM that was running at the source
+    facts = itinerary.Facts(source=source, warm=warm, remote=remote, run_target=True)
+    # When its itinerary is built
+    flow, steps = itinerary.build(facts)
+    # Then the flow and the exact order of steps are the expected ones
+    want_flow, want_steps = EXPECTED[(source, warm, remote)]
+    assert flow is want_flow
+    assert [s.phase.value for s in steps] == want_steps
+
+
+def test_power_on_only_when_the_target_should_run() -> None:
+    # Given a VM that was off at the source (targetPowerState auto)
+    facts = itinerary.Facts(source=P.OVA, run_target=False)
+    # When its itinerary is built
+    _, steps = itinerary.build(facts)
+    # Then there is no PowerOn step
+    assert "PowerOn" not in [s.phase.value for s in steps]
+
+
+def test_hooks_wrap_the_itinerary() -> None:
+    # Given a VM with a pre and a post hook
+    facts = itinerary.Facts(source=P.OVIRT, run_target=True, pre_hook=True, post_hook=True)
+    # When its itinerary is built
+    _, steps = itinerary.build(facts)
+    names = [s.phase.value for s in steps]
+    # Then PreHook runs right after Started and PostHook right before Completed
+    assert names[:2] == ["Started", "PreHook"]
+    assert names[-2:] == ["PostHook", "Completed"]
+
+
+def test_each_step_has_its_owner_and_completion_event() -> None:
+    # Given every step of every flow
+    for flow, steps in itinerary.FLOWS.items():
+        for step in steps:
+            # Then service-owned steps say which event completes them; controller steps need none
+            if step.owner is Service.CONTROLLER:
+                assert step.done_on == (), (flow, step.phase)
+            else:
+                assert step.done_on, (flow, step.phase)

@@ -1,0 +1,106 @@
+"""Preflight and the initial per-VM state, without I/O."""
+
+from __future__ import annotations
+
+import msgspec
+
+from ferry.migration_controller import planning
+from ferry.proto import objects
+from ferry.proto.inventory import Disk, PowerState, ProviderType, Vm
+
+from .conftest import inventory_vm
+
+
+def _plan(
+    docs: dict[str, objects.FerryObjectBase], vms: list[dict[str, str]], **kw: object
+) -> objects.Plan:
+    plan = docs["Plan"]
+    assert isinstance(plan, objects.Plan)
+    spec = plan.spec.model_copy(update={"vms": [objects.PlanVm(**v) for v in vms], **kw})
+    return plan.model_copy(update={"spec": spec})
+
+
+def _check(
+    docs: dict[str, objects.FerryObjectBase], plan: objects.Plan, inventory: list[Vm]
+) -> planning.Preflight:
+    return planning.preflight(
+        plan,
+        docs["vmware"],
+        inventory,
+        docs["NetworkMap"],
+        docs["StorageMap"],  # type: ignore[arg-type]
+    )
+
+
+def test_generated_target_names_are_dns1123_and_unique(
+    docs: dict[str, objects.FerryObjectBase],
+) -> None:
+    # Given three source VMs whose names map to the same DNS-1123 label
+    inventory = [
+        inventory_vm("1", "Web_01"),
+        inventory_vm("2", "web-01"),
+        inventory_vm("3", "WEB.01"),
+    ]
+    plan = _plan(docs, [{"id": "1"}, {"id": "2"}, {"id": "3"}])
+    # When the plan is checked
+    result = _check(docs, plan, inventory)
+    # Then it passes and each VM got its own valid name
+    assert result.ok
+    assert result.target_names == {"1": "web-01", "2": "web-01-2", "3": "web-01-3"}
+
+
+def test_explicit_duplicate_target_names_are_refused(
+    docs: dict[str, objects.FerryObjectBase],
+) -> None:
+    # Given two VMs given the same explicit target name
+    inventory = [inventory_vm("1", "a"), inventory_vm("2", "b")]
+    plan = _plan(docs, [{"id": "1", "targetName": "db"}, {"id": "2", "targetName": "db"}])
+    # When the plan is checked
+    result = _check(docs, plan, inventory)
+    # Then both are refused with the reason
+    assert result.reasons == {
+        "1": ["targetName 'db' is used by more than one VM"],
+        "2": ["targetName 'db' is used by more than one VM"],
+    }
+
+
+def test_unmapped_storage_unsupported_features_and_warm_source(
+    docs: dict[str, objects.FerryObjectBase],
+) -> None:
+    # Given a VM on an unmapped datastore with an unsupported feature, in a warm OVA plan
+    odd = msgspec.structs.replace(
+        inventory_vm("1", "a"),
+        disks=[Disk(id="d", name="disk9", capacity=1, storage="nfs-9")],
+        warnings=["unsupported: shared disk", "a harmless note"],
+    )
+    plan = _plan(docs, [{"id": "1"}], warm=True)
+    ova = docs["vmware"].model_copy(
+        update={"spec": docs["vmware"].spec.model_copy(update={"type": ProviderType.OVA})}
+    )  # type: ignore[attr-defined]
+    # When the plan is checked
+    result = planning.preflight(plan, ova, [odd], docs["NetworkMap"], docs["StorageMap"])  # type: ignore[arg-type]
+    # Then each problem is a reason: storage, the unsupported feature, and warm for OVA
+    assert result.reasons == {
+        "plan": ["warm migration is not supported for ova sources"],
+        "1": [
+            "storage 'nfs-9' of disk 'disk9' is not in StorageMap 'disks'",
+            "unsupported: shared disk",
+        ],
+    }
+
+
+def test_vm_state_resolves_maps_and_power(docs: dict[str, objects.FerryObjectBase]) -> None:
+    # Given a running VM and a plan that powers targets on as the source was
+    vm = inventory_vm("1", "web01", power=PowerState.ON)
+    plan = _plan(docs, [{"id": "1"}])
+    # When its initial state is built
+    state = planning.vm_state(
+        plan=plan, migration=docs["Migration"], source=docs["vmware"], destination=docs["host"],  # type: ignore[arg-type]
+        networks=docs["NetworkMap"], storage=docs["StorageMap"], wanted=plan.spec.vms[0],  # type: ignore[arg-type]
+        vm=vm, target_name="web01", seq=0, now=0.0,
+    )  # fmt: skip
+    # Then its disks go to the mapped storage class, its NIC to the pod network, and it will run
+    assert [t.storage_class for t in state.volume_targets] == ["standard", "standard"]
+    assert [n.type for n in state.network_targets] == ["pod"]
+    assert state.run_target and state.status.value == "Queued"
+    assert [d.total for d in state.disks] == [1 << 30, 2 << 30]
