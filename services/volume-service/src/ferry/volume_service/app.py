@@ -1,0 +1,36 @@
+"""The volume-service's router, as the runtime asks for it (``build_router``).
+
+The platform is chosen by name through the platform factory (the service never
+imports an implementation) and configured from the ``volumes`` settings group;
+providers are opened per command from the objects bucket and mounted secrets.
+Tests may hand in their own platform or provider lookup.
+"""
+
+from __future__ import annotations
+
+from ferry.bus import Bus, Router
+from ferry.platform import factory
+from ferry.platform.volumes import VolumePlatform
+from ferry.proto.subjects import Service
+from ferry.volume_service import handlers
+from ferry.volume_service.settings import Settings, VolumeSettings
+from ferry.volume_service.sources import MountedSecrets, OpenProvider, Providers
+
+__all__ = ["Settings", "VolumeSettings", "build_router"]
+
+
+def build_router(
+    bus: Bus,
+    settings: Settings,
+    *,
+    platform: VolumePlatform | None = None,
+    providers: OpenProvider | None = None,
+) -> Router:
+    """CreateVolumes, AllocateDisks, CopyDisks and CleanupVolumes on one router."""
+    if platform is None:
+        platform = factory.create(settings.platform, settings.platform_settings())
+    if providers is None:
+        providers = Providers(bus, MountedSecrets(settings.secrets_dir()))
+    router = Router(Service.VOLUME)
+    handlers.register(router, platform, providers, settings.volumes)
+    return router

@@ -1,0 +1,116 @@
+"""Opening the source side of a copy: the provider named by a command, and its secret.
+
+A command names its provider (``SourceRef``) and never carries credentials.
+The Provider object people applied (in the objects bucket) says where the
+source is and which Secret holds its credentials; the secret is read here,
+from the mounted secrets directory, handed to the provider factory and
+nowhere else: it is never logged, put in an event, or on a command line.
+When the object is not in the bucket (a command built by hand, a test) the
+reference itself is the spec, without a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ferry.bus import Bus, PermanentError
+from ferry.proto import objects, subjects
+from ferry.proto.inventory import ProviderType
+from ferry.proto.subjects import Bucket
+from ferry.proto.volume import SourceRef
+from ferry.providers import factory
+from ferry.providers.base import Provider, ProviderError
+
+OpenProvider = Callable[[SourceRef], Awaitable[Provider]]
+"""What the handlers use to get a provider for a command's ``SourceRef``."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the provider factory reads: type, url, and settings such as an OVA path."""
+
+    type: ProviderType
+    url: str = ""
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+
+class SecretNotFound(PermanentError):
+    """The Provider names a Secret that is not mounted here."""
+
+
+class SecretStore(Protocol):
+    def read(self, namespace: str, name: str) -> dict[str, str]: ...
+
+
+class MountedSecrets:
+    """Secrets as files: ``<root>/<namespace>/<name>/<key>`` holds one value.
+
+    That is how Kubernetes mounts a Secret volume (``..data`` links included),
+    so the same reader works in a pod and on one machine.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def read(self, namespace: str, name: str) -> dict[str, str]:
+        folder = self.root / _component(namespace) / _component(name)
+        if not folder.is_dir():
+            raise SecretNotFound(f"secret {namespace}/{name} is not mounted on this replica")
+        values: dict[str, str] = {}
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            values[entry.name] = entry.read_text().rstrip("\n")
+        return values
+
+
+def _component(value: str) -> str:
+    if not value or value in {".", ".."} or "/" in value or "\0" in value:
+        raise PermanentError(f"invalid secret reference component {value!r}")
+    return value
+
+
+class Providers:
+    """Resolves a ``SourceRef`` to a ready provider (Provider object + secret → factory)."""
+
+    def __init__(self, bus: Bus | None, secrets: SecretStore) -> None:
+        self._bus = bus
+        self._secrets = secrets
+
+    async def __call__(self, ref: SourceRef) -> Provider:
+        spec, secret_ref = await self._spec(ref)
+        secret = self._secrets.read(*secret_ref) if secret_ref is not None else None
+        try:
+            return factory.create(spec, secret)
+        except ProviderError as exc:
+            raise PermanentError(f"provider {ref.provider!r}: {exc}") from None
+
+    async def _spec(self, ref: SourceRef) -> tuple[Spec, tuple[str, str] | None]:
+        doc = await self._document(ref.provider)
+        if doc is None:
+            return Spec(type=ref.type, url=ref.url), None
+        try:
+            found = objects.from_document(doc)
+        except objects.ObjectError as exc:
+            raise PermanentError(f"stored Provider {ref.provider!r} is invalid: {exc}") from None
+        if not isinstance(found, objects.Provider):
+            raise PermanentError(f"object {ref.provider!r} is a {found.KIND}, not a Provider")
+        spec = found.spec
+        if spec.type != ref.type:
+            raise PermanentError(
+                f"provider {ref.provider!r} is of type {spec.type.value}, "
+                f"the command says {ref.type.value}"
+            )
+        secret = None
+        if spec.secret is not None:
+            secret = (spec.secret.namespace or found.metadata.namespace, spec.secret.name)
+        return Spec(type=spec.type, url=spec.url or ref.url, settings=dict(spec.settings)), secret
+
+    async def _document(self, name: str) -> dict[str, object] | None:
+        if self._bus is None or not name:
+            return None
+        entry = await self._bus.kv(Bucket.OBJECTS, dict).get(subjects.object_key("Provider", name))
+        return None if entry is None else dict(entry.value)
