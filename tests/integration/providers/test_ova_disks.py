@@ -7,6 +7,7 @@ from pathlib import Path
 
 import ovfkit
 import pytest
+
 from ferry.proto.inventory import DiskFormat, Vm
 from ferry.providers.base import DiskNotFound, DiskReader
 from ferry.providers.ova import errors

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
 from ferry.proto.inventory import DiskFormat, Firmware
 from ferry.providers.ova.provider import OvaProvider
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import ovfkit
 import pytest
+
 from ferry.proto.inventory import DiskFormat, ProviderType, Vm
 from ferry.providers.base import QemuSource, VmNotFound
 from ferry.providers.ova import errors, image

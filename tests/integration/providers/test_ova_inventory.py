@@ -6,6 +6,7 @@ from pathlib import Path
 
 import ovfkit
 import pytest
+
 from ferry.proto.inventory import DiskFormat, Firmware, PowerState, ProviderType
 from ferry.proto.volume import SourceRef
 from ferry.providers import factory

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from ferry.bus import Bus, Context, Router
 from ferry.proto import subjects, vm
 from ferry.proto.subjects import Service

@@ -140,10 +140,11 @@ async def test_copy_delivered_again_reports_the_same_result_without_copying(
         await handled(bus)
         published = await events(bus)
 
-    # Then it succeeded without copying again: no new progress, no failure, and the
-    # result it published is the same fact (same message id, so the stream kept one)
+    # Then it succeeded without copying again: no new progress, no failure, and it
+    # answered the new attempt with the same fact (stored again: the controller is
+    # waiting for an answer to attempt 2, so the result must not be deduplicated away)
     assert isinstance(first, volume.DisksCopied)
-    assert [m for m in published if isinstance(m, volume.DisksCopied)] == [first]
+    assert [m for m in published if isinstance(m, volume.DisksCopied)] == [first, first]
     assert not [m for m in published if isinstance(m, volume.VolumeFailed)]
     assert len([m for m in published if isinstance(m, volume.DiskProgress)]) == progress_before
 
@@ -162,11 +163,12 @@ async def test_redelivered_create_volumes_creates_nothing_new(
         claims_again = claim_files(settings.data_dir)
         # And a second VM's volumes are created beside them
         await bus.publish(create(ova, VolumeSource.IMPORTER, vm="vm-2"))
-        third = (await wait_for(bus, volume.VolumesCreated, count=2))[1]
+        _, again, third = await wait_for(bus, volume.VolumesCreated, count=3)
 
-    # Then the retry found the same volumes and made no new claim: its result is the
-    # same fact as the first (same message id, so the stream kept one copy)
+    # Then the retry found the same volumes and made no new claim: its answer is the
+    # same fact as the first, stored again because it answers a new attempt
     assert isinstance(first, volume.VolumesCreated)
+    assert again == first
     assert len(claims) == len(ova.vm.disks) == 1
     assert claims_again == claims
     assert isinstance(third, volume.VolumesCreated)

@@ -65,6 +65,22 @@ def test_a_retry_attempt_is_a_new_id() -> None:
     assert envelope.message_id(first) != envelope.message_id(second)
 
 
+def test_a_result_id_follows_the_command_it_answers() -> None:
+    # Given one result event, published in answer to two attempts of a command
+    result = volume.DisksAllocated(plan="p", migration="m", vm="v", step="AllocateDisks")
+    attempt1, attempt2 = "volume.allocate_disks.v1:aaaa", "volume.allocate_disks.v1:bbbb"
+
+    # When it is wrapped for each cause (and twice for the first)
+    first = envelope.wrap(result, "ferry/volume", cause=attempt1)[0].id
+    again = envelope.wrap(result, "ferry/volume", cause=attempt1)[0].id
+    retry = envelope.wrap(result, "ferry/volume", cause=attempt2)[0].id
+
+    # Then a redelivery deduplicates, a retry's identical result is still stored
+    assert first == again
+    assert retry != first
+    assert envelope.wrap(result, "ferry/volume")[0].id not in (first, retry)
+
+
 def test_unknown_fields_are_ignored_unknown_types_rejected() -> None:
     # Given data from a newer producer with an extra field
     env, data = envelope.wrap(_progress(), "ferry/new")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ferry.proto.inventory import DiskFormat, Firmware
 from ferry.providers.ova import descriptor, errors
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from ferry.proto import objects
 from ferry.proto.inventory import Extent, ProviderType
 from ferry.proto.volume import SourceRef

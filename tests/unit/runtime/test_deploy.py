@@ -18,6 +18,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from ferry.runtime import settings
 
 ROOT = Path(__file__).resolve().parents[3]

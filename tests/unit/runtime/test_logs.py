@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+
 from ferry.runtime import logs
 from ferry.runtime.settings import LogFormat
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ferry.runtime.metrics import Metrics
 from prometheus_client.parser import text_string_to_metric_families
+
+from ferry.runtime.metrics import Metrics
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ValidationError
+
 from ferry.runtime import settings
 from ferry.runtime.lifecycle import load_settings
 from ferry.runtime.settings import LogFormat, ServiceSettings
-from pydantic import BaseModel, ValidationError
 
 
 def _all_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str | None]]:

@@ -5,6 +5,11 @@ the message's JSON and ``Content-Type`` carries ``datacontenttype``. The event i
 doubles as the JetStream ``Nats-Msg-Id``: it is derived from the type and the
 encoded data, so the same message published twice has the same id and the
 stream's duplicate window drops the second copy.
+
+A result published in answer to a command also mixes in the command's id (its
+*cause*): a redelivery of the same command yields the same result id (dropped
+as a duplicate), while a retry — a new attempt, so a new command id — that
+happens to produce an identical result still gets a new id and is stored.
 """
 
 from __future__ import annotations
@@ -72,10 +77,15 @@ def encode(message: Message) -> bytes:
     return _encoder.encode(message)
 
 
-def message_id(message: Message, data: bytes | None = None) -> str:
-    """A deterministic id: the same message always gets the same id."""
+def message_id(message: Message, data: bytes | None = None, cause: str = "") -> str:
+    """A deterministic id: the same message (for the same cause) always gets the same id."""
     payload = data if data is not None else encode(message)
-    digest = hashlib.sha256(payload).hexdigest()[:32]
+    h = hashlib.sha256()
+    if cause:
+        h.update(cause.encode())
+        h.update(b"\0")
+    h.update(payload)
+    digest = h.hexdigest()[:32]
     return f"{message.type_name()}:{digest}"
 
 
@@ -88,10 +98,10 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def wrap(message: Message, source: str) -> tuple[Envelope, bytes]:
+def wrap(message: Message, source: str, cause: str = "") -> tuple[Envelope, bytes]:
     data = encode(message)
     env = Envelope(
-        id=message_id(message, data),
+        id=message_id(message, data, cause),
         source=source,
         type=message.type_name(),
         subject=ce_subject(message),

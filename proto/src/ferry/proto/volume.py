@@ -77,11 +77,14 @@ class DiskProgress(Event, frozen=True, kw_only=True, tag="volume.disk_progress.v
     done: int
     total: int
     rate: float = 0.0  # bytes per second over the last interval
+    precopy: int = 0  # warm-migration round this progress belongs to
 
 
 class DisksCopied(Event, frozen=True, kw_only=True, tag="volume.disks_copied.v1"):
     step: str = ""
     disks: list[DiskCopy] = msgspec.field(default_factory=list)
+    precopy: int = 0  # warm-migration round (0 for cold)
+    volumes: list[Volume] = msgspec.field(default_factory=list)  # as bound after the copy
 
 
 class CleanupVolumes(Command, frozen=True, kw_only=True, tag="volume.cleanup.v1"):

@@ -176,14 +176,19 @@ class Bus:
 
     # -- publishing ----------------------------------------------------------
 
-    async def publish(self, message: Message) -> Published:
-        """Publish one command or event and wait until a stream has stored it."""
-        env, data = envelope.wrap(message, self.source)
+    async def publish(self, message: Message, *, cause: str = "") -> Published:
+        """Publish one command or event and wait until a stream has stored it.
+
+        ``cause``: the id of the message this one answers (see ``envelope.wrap``).
+        """
+        env, data = envelope.wrap(message, self.source, cause)
         return await self.publish_raw(message.subject(), data, env.headers())
 
-    async def publish_many(self, messages: Iterable[Message]) -> list[Published]:
+    async def publish_many(
+        self, messages: Iterable[Message], *, cause: str = ""
+    ) -> list[Published]:
         """Publish several messages in order, pipelined, each waited for."""
-        wrapped = [(m.subject(), *envelope.wrap(m, self.source)) for m in messages]
+        wrapped = [(m.subject(), *envelope.wrap(m, self.source, cause)) for m in messages]
         futures: list[asyncio.Future[api.PubAck] | None] = []
         for subject, env, data in wrapped:
             try:

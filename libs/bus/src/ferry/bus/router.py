@@ -135,6 +135,12 @@ class _Held:
     canceled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def _cause(held: _Held) -> str:
+    """The id of the delivered message: what its results are published in answer to."""
+    headers = held.msg.headers or {}
+    return headers.get(envelope.MSG_ID_HEADER) or headers.get("ce-id", "")
+
+
 @dataclass(eq=False)
 class _Source:
     """A durable pull consumer the router takes work from."""
@@ -174,10 +180,11 @@ class Context:
 
     async def emit(self, *messages: Message) -> None:
         """Publish now (progress, intermediate facts); also keeps the command alive."""
+        cause = _cause(self._held)
         if len(messages) == 1:
-            await self.bus.publish(messages[0])
+            await self.bus.publish(messages[0], cause=cause)
         elif messages:
-            await self.bus.publish_many(messages)
+            await self.bus.publish_many(messages, cause=cause)
         if time.monotonic() - self._last_keepalive >= _EMIT_KEEPALIVE_SECONDS:
             self._last_keepalive = time.monotonic()
             await self._run.keep_alive(self._held)
@@ -575,9 +582,9 @@ class _Run:
         outputs = _as_messages(result)
         try:
             if len(outputs) == 1:
-                await self.bus.publish(outputs[0])
+                await self.bus.publish(outputs[0], cause=_cause(held))
             elif outputs:
-                await self.bus.publish_many(outputs)
+                await self.bus.publish_many(outputs, cause=_cause(held))
         except Exception as err:
             log.warning("could not publish results: %s", err, extra=extra)
             self.observer.failed(type_name, "error")
@@ -614,7 +621,8 @@ class _Run:
                         detail=detail,
                         deliveries=held.deliveries,
                         canceled=canceled,
-                    )
+                    ),
+                    cause=_cause(held),
                 )
             if not canceled:
                 await self._dead_letter(held, reason)

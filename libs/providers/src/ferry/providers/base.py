@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 import msgspec
+
 from ferry.proto.inventory import Extent, PowerState, Vm
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
+
 from ferry.runtime.metrics import CONTENT_TYPE, Metrics
 
 Check = Callable[[], bool]

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol, TypeVar
 
+from pydantic import ValidationError
+
 from ferry.bus import Bus, Observer, topology
 from ferry.bus.connection import redact
 from ferry.proto.subjects import Service
@@ -28,7 +30,6 @@ from ferry.runtime import logs
 from ferry.runtime.health import HealthServer, Readiness
 from ferry.runtime.metrics import Metrics
 from ferry.runtime.settings import ServiceSettings
-from pydantic import ValidationError
 
 log = logging.getLogger("ferry.runtime")
 

@@ -13,9 +13,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from ferry.bus import topology
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ferry.bus import topology
 
 
 class _Group(BaseModel):

@@ -7,7 +7,8 @@ only change this file needs.
 from __future__ import annotations
 
 import typer
-from ferry.cli import stack
+
+from ferry.cli import events, inventory, migrations, objects, stack
 
 app = typer.Typer(
     name="ferry",
@@ -17,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (stack,):
+for module in (stack, objects, migrations, events, inventory):
     module.register(app)
 
 

@@ -194,8 +194,15 @@ class VolumeHandlers:
             len(copies),
             sum(c.bytes_copied for c in copies),
         )
+        bound = await self._require_volumes(cmd.namespace, cmd.migration, cmd.vm)
         return volume.DisksCopied(
-            plan=cmd.plan, migration=cmd.migration, vm=cmd.vm, step=cmd.step, disks=copies
+            plan=cmd.plan,
+            migration=cmd.migration,
+            vm=cmd.vm,
+            step=cmd.step,
+            disks=copies,
+            precopy=cmd.precopy,
+            volumes=[v.to_proto() for v in bound],
         )
 
     async def _claims_for_copy(self, cmd: volume.CopyDisks) -> dict[str, VolumeState]:
@@ -311,6 +318,7 @@ def _progress_event(cmd: volume.CopyDisks) -> Callable[[TransferProgress], volum
             done=p.done,
             total=p.total,
             rate=round(p.rate, 1),
+            precopy=cmd.precopy,
         )
 
     return make
@@ -324,5 +332,6 @@ def register(
     router.handler(volume.CreateVolumes)(handlers.create_volumes)
     router.handler(volume.AllocateDisks)(handlers.allocate_disks)
     router.handler(volume.CopyDisks)(handlers.copy_disks)
-    router.handler(volume.CleanupVolumes)(handlers.cleanup_volumes)
+    # Clean-up must run for a canceled VM: it is how a cancel removes the volumes.
+    router.handler(volume.CleanupVolumes, cancelable=False)(handlers.cleanup_volumes)
     return handlers

@@ -30,6 +30,7 @@ from xml.etree.ElementTree import Element
 
 import defusedxml
 import defusedxml.ElementTree as SafeET
+
 from ferry.proto.inventory import DiskFormat, Firmware, Nic
 from ferry.providers.ova import errors
 
