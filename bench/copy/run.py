@@ -1,0 +1,324 @@
+"""bench/copy: Ferry's importer against qemu-img convert and cp, on one machine, one run.
+
+Images (generated, random data in 1 MiB pieces spread over the disk):
+
+* 2 GiB raw, ~50 % allocated, and the same as a streamOptimized VMDK;
+* 2 GiB raw, ~10 % allocated (does the time follow the data or the size?).
+
+For each case it times Ferry's real importer workload (a child process started
+by ``LocalVolumes.import_disk``: sparse read, tree checksum, write, fsync,
+read-back verification), ``qemu-img convert -W -m 4`` and, for raw,
+``cp --sparse=always``. The other tools do not fsync by themselves, so their
+time with an ``fsync`` of the output is shown too: Ferry's number always
+includes it. Peak memory is the highest RSS seen (sampled every 10 ms) over the
+whole process tree of each tool (for Ferry: the importer and its qemu-nbd).
+
+Usage: ``.venv/bin/python bench/copy/run.py [--size-gib 2] [--repeat 2] [--keep]``.
+Timings are the best of ``--repeat`` rounds; in each round every tool runs once,
+one after the other, so that load from other users of a shared machine hits all
+tools alike, and the best round is the least disturbed one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from ferry.platform.copy import checksum
+from ferry.platform.copy.source import ImageRef
+from ferry.platform.local.settings import LocalSettings
+from ferry.platform.local.volumes import LocalVolumes
+from ferry.platform.volumes import VolumeRequest
+from ferry.proto.inventory import DiskFormat, VolumeTarget
+from ferry.proto.volume import VolumeSource
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+PIECE = MiB
+
+
+@dataclass
+class Sample:
+    tool: str
+    case: str
+    seconds: float
+    seconds_synced: float
+    peak_rss: int
+    allocated: int
+    cpu: float = 0.0  # user + system seconds of the tool's whole process tree
+    digest_ok: bool | None = None
+
+
+class PeakRss:
+    """Samples the RSS of a process tree until stopped; keeps the maximum."""
+
+    def __init__(self, root: psutil.Process, include_root: bool) -> None:
+        self._root = root
+        self._include_root = include_root
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = self._root.children(recursive=True)
+                if self._include_root:
+                    procs.append(self._root)
+            except psutil.NoSuchProcess:
+                return
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            self.peak = max(self.peak, total)
+            time.sleep(0.01)
+
+
+def make_image(path: Path, size: int, share: float, seed: int) -> int:
+    """A sparse raw image: random 1 MiB pieces at random places, ``share`` of the size."""
+    rng = random.Random(seed)
+    slots = size // PIECE
+    chosen = sorted(rng.sample(range(slots), int(slots * share)))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, size)
+        for slot in chosen:
+            os.pwrite(fd, os.urandom(PIECE), slot * PIECE)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(chosen) * PIECE
+
+
+def fsync_file(path: Path) -> float:
+    started = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - started
+
+
+def children_cpu() -> float:
+    """CPU seconds of every descendant waited for so far (grandchildren included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def settle() -> None:
+    """Write back every dirty page first, so no run pays for the previous one's writes."""
+    os.sync()
+
+
+def run_tool(name: str, case: str, args: list[str], out: Path, allocated: int) -> Sample:
+    out.unlink(missing_ok=True)
+    settle()
+    cpu = children_cpu()
+    started = time.perf_counter()
+    proc = psutil.Popen(args)
+    with PeakRss(proc, include_root=True) as rss:
+        code = proc.wait()
+    seconds = time.perf_counter() - started
+    cpu = children_cpu() - cpu
+    if code != 0:
+        raise SystemExit(f"{name} failed with {code}: {args}")
+    synced = seconds + fsync_file(out)
+    return Sample(name, case, seconds, synced, rss.peak, allocated, cpu)
+
+
+def virtual_size(image: Path, fmt: str) -> int:
+    info = subprocess.run(
+        ["qemu-img", "info", "-f", fmt, "--output=json", str(image)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(json.loads(info)["virtual-size"])
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    image: Path
+    format: DiskFormat
+    qemu_format: str
+    allocated: int
+    expected: str  # tree digest of the raw image, by definition
+
+
+def run_ferry(work: Path, case: Case, run: int, verify: bool = True) -> Sample:
+    """One import through the real importer workload, on a fresh volume."""
+    platform = LocalVolumes(LocalSettings(data_dir=work / "ferry", verify_readback=verify))
+    migration = f"bench-{run}-{abs(hash(case.name))}"
+    request = VolumeRequest(
+        namespace="bench",
+        migration=migration,
+        vm="vm",
+        disk_id="disk0",
+        capacity=virtual_size(case.image, case.qemu_format),
+        source=VolumeSource.IMPORTER,
+        target=VolumeTarget(disk_id="disk0", storage_class="local"),
+    )
+
+    async def go() -> tuple[float, int, str, float]:
+        volume = await platform.ensure_volume(request)
+        source = ImageRef(path=str(case.image), format=case.format)
+        settle()
+        cpu = children_cpu()
+        with PeakRss(psutil.Process(), include_root=False) as rss:
+            started = time.perf_counter()
+            copy = await platform.import_disk(volume, source)
+            seconds = time.perf_counter() - started
+        cpu = children_cpu() - cpu
+        await platform.delete_volumes("bench", migration, "vm")
+        return seconds, rss.peak, copy.target.digest, cpu
+
+    seconds, peak, digest, cpu = asyncio.run(go())
+    tool = FERRY if verify else FERRY_FAST
+    sample = Sample(tool, case.name, seconds, seconds, peak, case.allocated, cpu)
+    sample.digest_ok = digest == case.expected
+    return sample
+
+
+def run_qemu_img(work: Path, case: Case, _run: int) -> Sample:
+    out = work / "out.raw"
+    args = ["qemu-img", "convert", "-W", "-m", "4", "-f", case.qemu_format, "-O", "raw"]
+    return run_tool(QEMU, case.name, [*args, str(case.image), str(out)], out, case.allocated)
+
+
+def run_cp(work: Path, case: Case, _run: int) -> Sample:
+    out = work / "out.raw"
+    args = ["cp", "--sparse=always", str(case.image), str(out)]
+    return run_tool("cp --sparse=always", case.name, args, out, case.allocated)
+
+
+def run_ferry_fast(work: Path, case: Case, run: int) -> Sample:
+    return run_ferry(work, case, run, verify=False)
+
+
+QEMU = "qemu-img convert -W -m 4"
+FERRY = "ferry importer"
+FERRY_FAST = "ferry, no read-back"
+Runner = Callable[[Path, Case, int], Sample]
+
+
+def interleaved(n: int, runners: list[Runner], work: Path, case: Case) -> list[Sample]:
+    """Each tool once per round, rounds repeated: load from others hits all tools alike."""
+    rounds = [[run(work, case, i) for run in runners] for i in range(n)]
+    return [min(column, key=lambda s: s.seconds_synced) for column in zip(*rounds, strict=True)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Ferry importer vs qemu-img convert and cp")
+    parser.add_argument("--size-gib", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
+    parser.add_argument("--keep", action="store_true")
+    opts = parser.parse_args()
+    size = int(opts.size_gib * GiB) // PIECE * PIECE
+    work = Path(tempfile.mkdtemp(prefix="ferry-bench-copy-", dir=opts.dir))
+    try:
+        version = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True)
+        print(f"# bench/copy {time.strftime('%Y-%m-%d %H:%M:%S')} work dir {work}")
+        print(f"# cpus {os.cpu_count()}, load {os.getloadavg()}, {version.stdout.splitlines()[0]}")
+        half, tenth, vmdk = work / "half.raw", work / "tenth.raw", work / "half.vmdk"
+        alloc_half = make_image(half, size, 0.5, seed=1)
+        alloc_tenth = make_image(tenth, size, 0.1, seed=2)
+        subprocess.run(
+            [
+                *("qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk"),
+                *("-o", "subformat=streamOptimized", str(half), str(vmdk)),
+            ],
+            check=True,
+        )
+        digest_half = checksum.of_bytes(half.read_bytes())
+        digest_tenth = checksum.of_bytes(tenth.read_bytes())
+        cases = [
+            Case("50% raw->raw", half, DiskFormat.RAW, "raw", alloc_half, digest_half),
+            Case(
+                "50% vmdk-stream->raw",
+                vmdk,
+                DiskFormat.VMDK_STREAM,
+                "vmdk",
+                alloc_half,
+                digest_half,
+            ),
+            Case("10% raw->raw", tenth, DiskFormat.RAW, "raw", alloc_tenth, digest_tenth),
+        ]
+        results: list[Sample] = []
+        for case in cases:
+            runners: list[Runner] = [run_ferry, run_ferry_fast, run_qemu_img]
+            if case.format == DiskFormat.RAW:
+                runners.append(run_cp)
+            results.extend(interleaved(opts.repeat, runners, work, case))
+        report(results, size)
+    finally:
+        if not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def report(results: list[Sample], size: int) -> None:
+    print()
+    header = ("case", "tool", "time s", "+fsync s", "CPU s", "data MiB/s", "peak RSS MiB")
+    header = (*header, "vs qemu-img")
+    print(f"{header[0]:<21} {header[1]:<25} " + " ".join(f"{h:>12}" for h in header[2:]))
+    by_case: dict[str, dict[str, Sample]] = {}
+    for s in results:
+        by_case.setdefault(s.case, {})[s.tool] = s
+    for case, tools in by_case.items():
+        qemu = tools.get(QEMU)
+        for tool, s in tools.items():
+            rate = s.allocated / MiB / s.seconds_synced
+            ratio = f"{qemu.seconds_synced / s.seconds_synced:.2f}x" if qemu else ""
+            check = {True: " digest ok", False: " DIGEST MISMATCH", None: ""}[s.digest_ok]
+            cells = (s.seconds, s.seconds_synced, s.cpu, rate, s.peak_rss / MiB)
+            print(
+                f"{case:<21} {tool:<25} "
+                + " ".join(f"{c:>12.2f}" if i < 3 else f"{c:>12.0f}" for i, c in enumerate(cells))
+                + f" {ratio:>12}{check}"
+            )
+    half = by_case.get("50% raw->raw", {}).get(FERRY)
+    tenth = by_case.get("10% raw->raw", {}).get(FERRY)
+    if half and tenth:
+        print()
+        print(
+            f"time follows data: ferry 10% image {tenth.seconds:.2f} s, 50% image "
+            f"{half.seconds:.2f} s: time ratio {tenth.seconds / half.seconds:.2f}, data ratio "
+            f"{tenth.allocated / half.allocated:.2f}, same virtual size {size / GiB:.1f} GiB"
+        )
+    print(
+        "vs qemu-img = qemu-img (time+fsync) / tool (time+fsync); above 1.00x is faster. "
+        "CPU s = user+system seconds of the tool's process tree (robust to a busy machine). "
+        "Ferry's time includes its own fsyncs and checksum; 'ferry importer' also reads the "
+        "volume back to verify it, 'no read-back' takes the target digest from the written data."
+    )
+
+
+if __name__ == "__main__":
+    main()

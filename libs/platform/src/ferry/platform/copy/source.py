@@ -1,0 +1,398 @@
+"""What the copy needs from a source disk: its size, its allocated extents, ranged reads.
+
+A provider can hand the copy any object that satisfies ``DiskSource``. For a
+workload running in its own process the source must be described instead of
+passed, so ``ImageRef`` names an image file with its format stated explicitly
+(qemu-img is never allowed to probe) or an NBD socket exported by someone else;
+``open_source`` turns that description into a ``DiskSource``.
+
+Raw files are read with ``pread`` and their extents found with
+``SEEK_DATA``/``SEEK_HOLE``; every other format is decoded by ``qemu-nbd`` and
+mapped with ``qemu-img map``, streamed line by line so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import msgspec
+
+from ferry.platform.copy import errors, nbd
+from ferry.proto.inventory import DiskFormat, Extent
+
+QEMU_FORMATS: dict[str, str] = {
+    DiskFormat.RAW: "raw",
+    DiskFormat.QCOW2: "qcow2",
+    DiskFormat.VMDK_STREAM: "vmdk",
+    DiskFormat.VMDK_FLAT: "vmdk",
+    DiskFormat.VMDK: "vmdk",
+}
+
+
+class RangeReader(Protocol):
+    """Reads of one source; one reader per thread."""
+
+    def readinto(self, offset: int, view: memoryview) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class DiskSource(Protocol):
+    """The small interface the data path needs from a source disk."""
+
+    @property
+    def size(self) -> int: ...
+
+    def extents(self) -> Iterator[Extent]:
+        """Allocated ranges, sorted and disjoint; everything else reads as zeros."""
+        ...
+
+    def reader(self) -> RangeReader: ...
+
+    def identity(self) -> str:
+        """Changes when the source's content may have changed (for resume)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A serialisable source description, handed to a workload process.
+
+    Three shapes: an image file (``path`` + ``format``; a raw disk may sit at
+    ``offset`` inside a bigger file, such as an OVA archive); a qemu block-layer
+    option tree (``qemu_options``, what a provider's ``qemu_source()`` gives,
+    with ``format`` still named); or an NBD export served by someone else.
+    """
+
+    path: str = ""  # the file (for a qemu option tree: the file it reads, for identity)
+    format: DiskFormat = DiskFormat.RAW
+    offset: int = 0  # raw only: where the disk starts inside ``path``
+    qemu_options: dict[str, Any] | None = None
+    nbd_socket: str = ""  # an NBD export someone else serves (path is then a label)
+    size: int | None = None  # the disk's size when the file is bigger (raw windows)
+    extents: list[Extent] | None = None  # known allocation of an nbd_socket source
+
+
+def from_qemu_source(qemu: Any, path: str = "") -> ImageRef:
+    """An ImageRef from a provider's ``QemuSource`` (``format`` + ``options``)."""
+    formats = {"raw": DiskFormat.RAW, "qcow2": DiskFormat.QCOW2, "vmdk": DiskFormat.VMDK}
+    if qemu.format not in formats:
+        raise errors.InvalidSourceError(f"unsupported qemu format {qemu.format!r}")
+    options = dict(qemu.options)
+    window = _raw_window(options)
+    if qemu.format == "raw" and window is not None:
+        return window  # read in place with pread: no qemu-nbd round trips
+    return ImageRef(path=path, format=formats[qemu.format], qemu_options=options)
+
+
+def _raw_window(options: dict[str, Any]) -> ImageRef | None:
+    """A raw option tree over a plain file (maybe a window of it), as a direct file read."""
+    node = options.get("file")
+    plain = (
+        isinstance(node, dict)
+        and node.get("driver") == "file"
+        and set(node)
+        <= {
+            "driver",
+            "filename",
+        }
+    )
+    if (
+        options.get("driver") != "raw"
+        or not plain
+        or set(options) - {"driver", "file", "offset", "size"}
+    ):
+        return None
+    assert isinstance(node, dict)
+    size = options.get("size")
+    return ImageRef(
+        path=str(node["filename"]),
+        format=DiskFormat.RAW,
+        offset=int(options.get("offset", 0)),
+        size=int(size) if size is not None else None,
+    )
+
+
+def qemu_format(fmt: DiskFormat | str) -> str:
+    try:
+        return QEMU_FORMATS[DiskFormat(fmt)]
+    except (KeyError, ValueError):
+        raise errors.InvalidSourceError(f"unsupported disk format {fmt!r}") from None
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise errors.SourceGoneError(f"the source disk {path} does not exist") from None
+    except OSError as exc:
+        raise errors.on_read(exc, path) from exc
+
+
+def _coalesce(extents: Iterator[Extent]) -> Iterator[Extent]:
+    pending: Extent | None = None
+    for ext in extents:
+        if ext.length <= 0:
+            continue
+        if pending is not None and pending.offset + pending.length == ext.offset:
+            pending = Extent(pending.offset, pending.length + ext.length)
+            continue
+        if pending is not None:
+            yield pending
+        pending = ext
+    if pending is not None:
+        yield pending
+
+
+def _is_block(st: os.stat_result) -> bool:
+    return stat.S_ISBLK(st.st_mode)
+
+
+class _FileReader:
+    def __init__(self, fd: int, path: str, size: int, base: int) -> None:
+        self._fd = fd
+        self._path = path
+        self._size = size
+        self._base = base
+
+    def readinto(self, offset: int, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            try:
+                n = os.preadv(self._fd, [view[done:]], self._base + offset + done)
+            except OSError as exc:
+                raise errors.on_read(exc, f"{self._path} offset {offset + done}") from exc
+            if n == 0:
+                raise errors.SourceGoneError(
+                    f"the source disk {self._path} shrank below {offset + done} bytes "
+                    f"while it was read (expected {self._size})"
+                )
+            done += n
+
+    def close(self) -> None:
+        pass
+
+
+class RawFileSource:
+    """A raw image file or block device, or a raw disk at ``base`` inside a file."""
+
+    def __init__(self, path: str, size: int | None = None, base: int = 0) -> None:
+        self.path = path
+        self._stat = _stat(path)
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise errors.on_read(exc, path) from exc
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        self._base = base
+        self._size = size if size is not None else end - base
+        if base < 0 or self._size < 0 or (not _is_block(self._stat) and base + self._size > end):
+            os.close(self._fd)
+            raise errors.InvalidSourceError(
+                f"{path}: a disk of {self._size} bytes at offset {base} does not fit in the file"
+            )
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def extents(self) -> Iterator[Extent]:
+        return _coalesce(self._seek_extents())
+
+    def _seek_extents(self) -> Iterator[Extent]:
+        current = os.fstat(self._fd)
+        if current.st_nlink == 0 and not _is_block(current):
+            raise errors.SourceGoneError(f"the source disk {self.path} was deleted")
+        if not _is_block(current) and current.st_size < self._base + self._size:
+            raise errors.SourceGoneError(
+                f"the source disk {self.path} shrank to {current.st_size} bytes "
+                f"(expected {self._size})"
+            )
+        base, limit = self._base, self._base + self._size
+        offset = base
+        while offset < limit:
+            try:
+                start = os.lseek(self._fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    return
+                if exc.errno == errno.EINVAL:  # no SEEK_DATA here: all of it is data
+                    yield Extent(offset - base, limit - offset)
+                    return
+                raise errors.on_read(exc, self.path) from exc
+            if start >= limit:
+                return
+            end = min(os.lseek(self._fd, start, os.SEEK_HOLE), limit)
+            yield Extent(start - base, end - start)
+            offset = end
+
+    def reader(self) -> RangeReader:
+        return _FileReader(self._fd, self.path, self._size, self._base)
+
+    def identity(self) -> str:
+        st = self._stat
+        real = os.path.realpath(self.path)
+        return f"raw:{real}@{self._base}:{st.st_ino}:{self._size}:{st.st_mtime_ns}"
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class _NbdReader:
+    def __init__(self, client: nbd.NbdClient, label: str) -> None:
+        self._client = client
+        self._label = label
+
+    def readinto(self, offset: int, view: memoryview) -> None:
+        try:
+            self._client.readinto(offset, view)
+        except OSError as exc:
+            raise errors.on_read(exc, f"{self._label} offset {offset}") from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class QemuImageSource:
+    """Any format qemu reads (qcow2, VMDK flat and streamOptimized, raw…), via qemu-nbd.
+
+    ``options`` is a qemu block-layer option tree (opened as a ``json:`` filename)
+    for images a provider describes in place, such as a disk inside an archive.
+    """
+
+    def __init__(
+        self, path: str, fmt: DiskFormat | str, options: dict[str, Any] | None = None
+    ) -> None:
+        self.path = path
+        self.format = qemu_format(fmt)
+        self._stat = _stat(path) if path or options is None else None
+        self.filename = path
+        if options is not None:
+            self.filename = "json:" + json.dumps(options, separators=(",", ":"), sort_keys=True)
+        refuse_external_files(self.filename, self.format, check_paths=options is None)
+        self._server = nbd.QemuNbd(self.filename, self.format)
+        probe = self._server.connect()
+        self._size = probe.size
+        probe.close()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def extents(self) -> Iterator[Extent]:
+        return _coalesce(self._map())
+
+    def _map(self) -> Iterator[Extent]:
+        args = ["qemu-img", "map", "--output=json", "-f", self.format, self.filename]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                text = line.strip().lstrip("[").rstrip("]").rstrip(",").strip()
+                if not text:
+                    continue
+                entry = json.loads(text)
+                if entry.get("data") and not entry.get("zero"):
+                    yield Extent(int(entry["start"]), int(entry["length"]))
+        finally:
+            proc.stdout.close()
+            stderr = proc.stderr.read() if proc.stderr else ""
+            if proc.stderr:
+                proc.stderr.close()
+            code = proc.wait()
+        if code != 0:
+            raise errors.SourceIOError(f"qemu-img map of {self.path} failed: {stderr.strip()}")
+
+    def reader(self) -> RangeReader:
+        return _NbdReader(self._server.connect(), self.path)
+
+    def identity(self) -> str:
+        st = self._stat
+        name = self.filename if self.filename != self.path else os.path.realpath(self.path)
+        stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" if st is not None else ""
+        return f"{self.format}:{name}:{stamp}"
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def refuse_external_files(path: str, fmt: str, *, check_paths: bool = True) -> None:
+    """Never let qemu follow an image out of its directory.
+
+    A qcow2 may name a backing file or an external data file, a VMDK descriptor
+    may name extents anywhere: qemu would read them. The provider validates its
+    input first; this is the data path's own guard. ``qemu-img info`` does not
+    open backing files, so asking is safe.
+    """
+    args = ["qemu-img", "info", "--output=json", "-f", fmt, path]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise errors.InvalidSourceError(f"not a valid {fmt} image: {done.stderr.strip()[-300:]}")
+    info = json.loads(done.stdout)
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        raise errors.InvalidSourceError(f"{path}: images with a backing file are not accepted")
+    data = info.get("format-specific", {}).get("data", {})
+    if data.get("data-file"):
+        raise errors.InvalidSourceError(f"{path}: qcow2 with an external data file is refused")
+    if not check_paths:
+        return  # an option tree from a provider names its files itself
+    home = os.path.dirname(os.path.realpath(path))
+    for extent in data.get("extents", []):
+        target = os.path.realpath(os.path.join(home, str(extent.get("filename", ""))))
+        if os.path.commonpath([home, target]) != home:
+            raise errors.InvalidSourceError(f"{path}: a VMDK extent points outside its directory")
+
+
+class NbdExportSource:
+    """An NBD export served by someone else (nbdkit for a provider, for example)."""
+
+    def __init__(self, ref: ImageRef) -> None:
+        self._ref = ref
+        try:
+            probe = nbd.NbdClient(ref.nbd_socket)
+        except OSError as exc:
+            raise errors.SourceGoneError(f"cannot reach the NBD export: {exc}") from exc
+        self._size = ref.size if ref.size is not None else probe.size
+        probe.close()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def extents(self) -> Iterator[Extent]:
+        if self._ref.extents is None:
+            return iter([Extent(0, self._size)])
+        return _coalesce(iter(self._ref.extents))
+
+    def reader(self) -> RangeReader:
+        try:
+            client = nbd.NbdClient(self._ref.nbd_socket)
+        except OSError as exc:
+            raise errors.SourceGoneError(f"cannot reach the NBD export: {exc}") from exc
+        return _NbdReader(client, self._ref.path or self._ref.nbd_socket)
+
+    def identity(self) -> str:
+        return f"nbd:{self._ref.path or self._ref.nbd_socket}:{self._size}"
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(ref: ImageRef) -> DiskSource:
+    """Open a described source; raw files are read directly, the rest through qemu."""
+    if ref.nbd_socket:
+        return NbdExportSource(ref)
+    if ref.qemu_options is not None:
+        return QemuImageSource(ref.path, ref.format, ref.qemu_options)
+    if DiskFormat(ref.format) == DiskFormat.RAW:
+        return RawFileSource(ref.path, ref.size, ref.offset)
+    if ref.offset:
+        raise errors.InvalidSourceError("only a raw disk can be read at an offset")
+    return QemuImageSource(ref.path, ref.format)

@@ -1,0 +1,10 @@
+"""The importer workload: ``python -m ferry.platform.local.importer`` (job on stdin)."""
+
+from __future__ import annotations
+
+import sys
+
+from ferry.platform.local import transfer
+
+if __name__ == "__main__":
+    sys.exit(transfer.main("importer"))

@@ -1,0 +1,88 @@
+"""The whole local platform: :class:`LocalVolumes` and the vm-service's ``LocalVms``.
+
+Both halves keep their own state under the same ``data_dir`` (``volumes/`` and
+``vms/``); this class only forwards, so each half stays testable on its own.
+Forwarding is spelled out (not ``__getattr__``) so that mypy checks this class
+against the whole :class:`~ferry.platform.base.Platform` protocol: a method added
+to either half fails type-checking here until it is forwarded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import Field
+
+from ferry.platform.copy.source import ImageRef
+from ferry.platform.local import qemu
+from ferry.platform.local.settings import LocalSettings
+from ferry.platform.local.vms import LocalVms
+from ferry.platform.local.volumes import LocalVolumes
+from ferry.platform.vms import VmInfo
+from ferry.platform.volumes import ProgressCallback, VolumeRequest, VolumeState
+from ferry.proto.inventory import DiskCopy, Volume
+
+
+class LocalPlatformSettings(LocalSettings):
+    qemu: dict[str, Any] = Field(
+        default_factory=dict, description="How VMs run under QEMU (see local.qemu.QemuSettings)."
+    )
+
+
+class LocalPlatform:
+    def __init__(self, settings: LocalPlatformSettings) -> None:
+        self.settings = settings
+        self.volumes = LocalVolumes(settings)
+        self.vms = LocalVms(settings.data_dir, qemu.QemuSettings(**settings.qemu))
+
+    # volumes
+    async def ensure_volume(self, request: VolumeRequest) -> VolumeState:
+        return await self.volumes.ensure_volume(request)
+
+    async def bind_volumes(self, namespace: str, migration: str, vm: str) -> list[VolumeState]:
+        return await self.volumes.bind_volumes(namespace, migration, vm)
+
+    async def import_disk(
+        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+    ) -> DiskCopy:
+        return await self.volumes.import_disk(volume, source, progress)
+
+    async def populate(
+        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+    ) -> DiskCopy:
+        return await self.volumes.populate(volume, source, progress)
+
+    async def list_volumes(self, namespace: str, labels: Mapping[str, str]) -> list[VolumeState]:
+        return await self.volumes.list_volumes(namespace, labels)
+
+    async def get_volume(self, namespace: str, name: str) -> VolumeState | None:
+        return await self.volumes.get_volume(namespace, name)
+
+    async def delete_temporary_volumes(self, namespace: str, migration: str, vm: str) -> list[str]:
+        return await self.volumes.delete_temporary_volumes(namespace, migration, vm)
+
+    async def delete_volumes(self, namespace: str, migration: str, vm: str) -> list[str]:
+        return await self.volumes.delete_volumes(namespace, migration, vm)
+
+    # VirtualMachines
+    async def create_vm(self, manifest: Mapping[str, Any], volumes: Sequence[Volume]) -> VmInfo:
+        return await self.vms.create_vm(manifest, volumes)
+
+    async def get_vm(self, namespace: str, name: str) -> VmInfo | None:
+        return await self.vms.get_vm(namespace, name)
+
+    async def find_vm(self, namespace: str, labels: Mapping[str, str]) -> VmInfo | None:
+        return await self.vms.find_vm(namespace, labels)
+
+    async def start_vm(self, namespace: str, name: str) -> VmInfo:
+        return await self.vms.start_vm(namespace, name)
+
+    async def wait_running(self, namespace: str, name: str, time_limit: float) -> VmInfo:
+        return await self.vms.wait_running(namespace, name, time_limit)
+
+    async def stop_vm(self, namespace: str, name: str) -> VmInfo:
+        return await self.vms.stop_vm(namespace, name)
+
+    async def delete_vm(self, namespace: str, name: str) -> bool:
+        return await self.vms.delete_vm(namespace, name)
