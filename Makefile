@@ -12,6 +12,8 @@ MEMBERS := proto libs/bus libs/runtime libs/providers libs/platform libs/testing
            services/migration-controller services/volume-service \
            services/conversion-service services/vm-service services/cli
 DATA_DIR ?= .ferry
+# Parallel workers for the fast tiers: most tests wait on processes and the bus, not the CPU.
+JOBS ?= 4
 
 # Debian packages the tests and the demo use (virt-v2v, QEMU, libguestfs, NBD, a
 # kernel for the libguestfs appliance, debootstrap for the test guest, OVMF for UEFI).
@@ -62,12 +64,14 @@ schemas: setup ## Write the JSON Schemas and the AsyncAPI document into proto/
 	$(BIN)/python -m ferry.proto.schemagen
 
 .PHONY: test-fast
-test-fast: setup ## Unit and integration tests not marked slow
-	$(BIN)/pytest tests/unit tests/integration -m "not slow and not e2e" -q
+test-fast: setup ## Unit and integration tests not marked slow (parallel, < 2 min)
+	$(BIN)/pytest tests/unit tests/integration -m "not slow and not e2e" -q -n $(JOBS)
 
 .PHONY: test
 test: system-deps setup lint ## Everything: lint, unit, integration, slow, faults, e2e
-	$(BIN)/pytest tests -q
+	$(BIN)/python -m ferry.proto.schemagen --check
+	$(BIN)/pytest tests -m "not slow" -q -n $(JOBS)
+	$(BIN)/pytest tests -m "slow" -q
 
 .PHONY: up
 up: setup ## Start the local stack in the background (ferry up --detach)
