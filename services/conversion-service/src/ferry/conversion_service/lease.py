@@ -1,0 +1,164 @@
+"""One conversion per VM at a time, across replicas, and no second run of a done one.
+
+The router already runs one VM's messages in order within a replica; across
+replicas only a shared record can say "someone is converting this VM". Each VM
+has one entry in the locks bucket (``conversion.<migration>.<vm>``):
+
+- ``running`` with an owner and an expiry, renewed every third of the lease
+  while the conversion runs, so a crashed replica's claim lapses quickly;
+- ``done`` with the event the conversion produced, so a redelivered command
+  (a crash between publishing the result and acking the command) returns that
+  event again instead of converting a second time;
+- nothing, after a failure: a retry may start afresh.
+
+Every write is a compare-and-set on the revision: two replicas racing for the
+same VM cannot both win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import msgspec
+
+from ferry.bus import Bus, Conflict, TemporaryError
+from ferry.proto import subjects
+from ferry.proto.conversion import GuestConverted
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    state: Literal["running", "done"]
+    owner: str
+    step: str = ""
+    attempt: int = 1
+    expires: float = 0.0  # unix time; running only
+    result: GuestConverted | None = None  # done only
+
+
+class LeaseLost(Exception):
+    """Another replica took the VM over (our renewals stopped for too long)."""
+
+
+def owner_id() -> str:
+    """This replica, as it appears in a claim (host name and pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def key(migration: str, vm: str) -> str:
+    return f"conversion.{subjects.vm_key(migration, vm)}"
+
+
+class Lease:
+    """Claim, renew, complete or release one VM's conversion."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        migration: str,
+        vm: str,
+        step: str,
+        attempt: int,
+        seconds: float,
+        owner: str | None = None,
+    ) -> None:
+        self.kv = bus.kv(subjects.Bucket.LOCKS, Claim)
+        self.key = key(migration, vm)
+        self.step = step
+        self.attempt = attempt
+        self.seconds = seconds
+        self.owner = owner or owner_id()
+        self.revision = 0
+
+    def _running(self) -> Claim:
+        return Claim(
+            state="running",
+            owner=self.owner,
+            step=self.step,
+            attempt=self.attempt,
+            expires=time.time() + self.seconds,
+        )
+
+    async def done_before(self) -> GuestConverted | None:
+        """The result of this very step and attempt, if it already completed."""
+        entry = await self.kv.get(self.key)
+        if entry is None:
+            return None
+        claim = entry.value
+        same = claim.step == self.step and claim.attempt == self.attempt
+        return claim.result if claim.state == "done" and same else None
+
+    async def acquire(self) -> None:
+        """Claim the VM, or :class:`TemporaryError` while another replica holds it."""
+        entry = await self.kv.get(self.key)
+        try:
+            if entry is None:
+                self.revision = await self.kv.create(self.key, self._running())
+                return
+            claim = entry.value
+            held = claim.state == "running" and claim.expires > time.time()
+            if held and claim.owner != self.owner:
+                raise TemporaryError(
+                    f"VM is being converted by {claim.owner}; retrying when its lease lapses",
+                    delay=max(1.0, min(self.seconds, claim.expires - time.time())),
+                )
+            self.revision = await self.kv.update(self.key, self._running(), entry.revision)
+        except Conflict:
+            raise TemporaryError("another replica claimed this VM just now", 2.0) from None
+
+    async def renew(self) -> None:
+        try:
+            self.revision = await self.kv.update(self.key, self._running(), self.revision)
+        except Conflict:
+            raise LeaseLost(f"lost the conversion lease {self.key}") from None
+
+    async def complete(self, result: GuestConverted) -> None:
+        done = Claim(
+            state="done", owner=self.owner, step=self.step, attempt=self.attempt, result=result
+        )
+        with contextlib.suppress(Conflict):
+            self.revision = await self.kv.update(self.key, done, self.revision)
+
+    async def release(self) -> None:
+        with contextlib.suppress(Conflict):
+            await self.kv.delete(self.key, self.revision)
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """Hold the claim while the body runs; renewed in the background.
+
+        When a renewal finds the claim taken, the body's task is cancelled and
+        :class:`LeaseLost` raised in its place.
+        """
+        await self.acquire()
+        body = asyncio.current_task()
+        lost: list[LeaseLost] = []
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(self.seconds / 3)
+                try:
+                    await self.renew()
+                except LeaseLost as error:
+                    lost.append(error)
+                    if body is not None:
+                        body.cancel()
+                    return
+
+        keeper = asyncio.create_task(keep())
+        try:
+            yield
+        except asyncio.CancelledError:
+            if lost and body is not None:
+                body.uncancel()  # our own cancel, turned into LeaseLost
+                raise lost[0] from None
+            raise
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper

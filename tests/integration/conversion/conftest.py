@@ -1,0 +1,73 @@
+"""Fixtures for real conversions: the test guest, its OVA provider, target volumes.
+
+The guest is the project's test guest (tests/guest/build_guest.py): a small
+Debian whose initramfs lacks virtio drivers, packaged as a VMware-style OVA.
+It is built once and cached; the first run may take a few minutes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ferry.conversion_service.settings import ConversionSettings
+from ferry.proto.inventory import Vm
+from ferry.providers.ova.provider import OvaProvider
+
+BUILD_GUEST = Path(__file__).resolve().parents[2] / "guest" / "build_guest.py"
+
+
+def _builder() -> ModuleType:
+    name = "ferry_test_guest"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BUILD_GUEST)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def guest() -> Any:
+    for tool in ("virt-v2v", "virt-v2v-in-place", "virt-inspector", "guestfish"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed (see the README set-up)")
+    return _builder().ensure_guest()
+
+
+@pytest.fixture
+def ova_dir(tmp_path: Path, guest: Any) -> Path:
+    folder = tmp_path / "ova"
+    folder.mkdir()
+    target = folder / Path(guest.ova).name
+    try:
+        os.link(guest.ova, target)  # the provider refuses symlinks; a hard link is free
+    except OSError:
+        shutil.copyfile(guest.ova, target)
+    return folder
+
+
+@pytest.fixture
+def provider(ova_dir: Path) -> OvaProvider:
+    return OvaProvider(ova_dir)
+
+
+@pytest.fixture
+async def source_vm(provider: OvaProvider) -> Vm:
+    (vm,) = await provider.inventory()
+    return vm
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> ConversionSettings:
+    return ConversionSettings(kill_grace_seconds=3.0)

@@ -1,0 +1,92 @@
+"""Helpers of the conversion tests: target volumes, process checks, guest contents."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from ferry.proto.inventory import Vm, Volume
+
+OVERHEAD = 64 << 20  # what a platform adds to a volume for filesystem overhead
+HELPERS = ("virt-v2v", "virt-v2v-in-place", "nbdkit", "qemu-nbd", "qemu-system", "nbdcopy")
+
+
+def blank_volumes(folder: Path, vm: Vm) -> list[Volume]:
+    """Pre-allocated raw target files, as the local platform binds them (sparse)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    volumes = []
+    for index, disk in enumerate(vm.disks):
+        path = folder / f"{vm.name}-disk-{index}.img"
+        with path.open("wb") as handle:
+            handle.truncate(disk.capacity + OVERHEAD)
+        volumes.append(
+            Volume(
+                disk_id=disk.id,
+                name=f"{vm.name}-disk-{index}",
+                size=disk.capacity + OVERHEAD,
+                path=str(path),
+                format="raw",
+                phase="Bound",
+            )
+        )
+    return volumes
+
+
+def copied_volumes(folder: Path, vm: Vm, raw: Path) -> list[Volume]:
+    """The guest's disk as an importer would have copied it into a volume."""
+    (volume,) = blank_volumes(folder, vm)
+    subprocess.run(
+        ["cp", "--sparse=always", str(raw), volume.path], check=True, capture_output=True
+    )
+    return [volume]
+
+
+def initramfs_modules(disk: str, env: dict[str, str], pattern: str = "virtio") -> list[str]:
+    """Kernel modules matching ``pattern`` inside the guest's initramfs (read-only).
+
+    ``env`` is the converter's libguestfs environment (KVM or TCG, as detected).
+    """
+    result = subprocess.run(
+        [
+            "guestfish",
+            "--ro",
+            "--format=raw",
+            "-a",
+            disk,
+            "-i",
+            "sh",
+            f"lsinitramfs /boot/initrd.img-* | grep -E '{pattern}' || true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return sorted(Path(line).name for line in result.stdout.split() if line.endswith(".ko"))
+
+
+def helpers_running() -> list[str]:
+    """virt-v2v's helpers among this test process's descendants."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            name = " ".join(child.cmdline()[:1]) or child.name()
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        if any(helper in name for helper in HELPERS):
+            found.append(f"{child.pid} {name}")
+    return found
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

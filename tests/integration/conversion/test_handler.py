@@ -1,0 +1,236 @@
+"""ConvertGuest over a real nats-server, with the real virt-v2v, in full mode.
+
+The command names bound, pre-allocated volumes; virt-v2v reads the OVA and
+writes the converted disk straight into them. The events stream shows the
+progress and the result; the volumes hold a guest that now has virtio drivers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conversion_harness import blank_volumes, initramfs_modules, sha256
+
+from ferry.bus import Bus, Router, TopologySettings, declare
+from ferry.conversion_service import handlers, lease
+from ferry.conversion_service.settings import ConversionSettings, Settings
+from ferry.proto import subjects
+from ferry.proto.conversion import (
+    ConversionFailed,
+    ConversionMode,
+    ConversionProgress,
+    ConvertGuest,
+    GuestConverted,
+)
+from ferry.proto.inventory import Disk, ProviderType, Vm, Volume
+from ferry.proto.subjects import Service
+from ferry.proto.volume import SourceRef
+from ferry.providers.ova.provider import OvaProvider
+from ferry.testing.bus import Running, eventually
+
+TOPOLOGY = TopologySettings(ack_wait_seconds=10.0, max_deliver=2, duplicate_window_seconds=60)
+
+
+# For tests that never reach virt-v2v: no guest build needed.
+SMALL_VM = Vm(
+    id="small/small",
+    name="small",
+    provider_type=ProviderType.OVA,
+    disks=[Disk(id="d1", name="disk", capacity=1 << 20)],
+)
+
+
+def command(vm: Vm, volumes: list[Volume], ova_dir: Path, **kwargs: Any) -> ConvertGuest:
+    return ConvertGuest(
+        plan="plan-1",
+        migration="mig-1",
+        vm="vm-1",
+        step="convert",
+        namespace="default",
+        mode=ConversionMode.FULL,
+        provider=SourceRef(provider="ova", type=ProviderType.OVA, url=str(ova_dir)),
+        inventory=vm,
+        volumes=volumes,
+        **kwargs,
+    )
+
+
+async def events(bus: Bus) -> list[object]:
+    return [message async for _, message in bus.events(follow=False)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+async def test_full_conversion_over_the_bus_writes_the_bound_volumes(
+    nats_url: str, tmp_path: Path, guest: Any, ova_dir: Path, provider: OvaProvider, source_vm: Vm
+) -> None:
+    # Given a conversion-service router and pre-allocated volumes bound for the guest
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        conversion=ConversionSettings(progress_interval_seconds=1.0),
+    )
+    volumes = blank_volumes(tmp_path / "volumes", source_vm)
+    inodes = [os.stat(v.path).st_ino for v in volumes]
+    source_digest = sha256(Path(guest.ova))
+
+    async def lookup(ref: SourceRef) -> OvaProvider:
+        assert ref.url == str(ova_dir)
+        return provider
+
+    async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
+        await declare(bus, TOPOLOGY, list(Service))
+        router = Router(Service.CONVERSION)
+        converter = handlers.register(router, settings, providers=lookup)
+
+        # When ConvertGuest arrives
+        await bus.publish(command(source_vm, volumes, ova_dir, timeout_seconds=1500))
+        async with Running(router, bus, concurrency=1):
+
+            async def finished() -> bool:
+                found = await events(bus)
+                return any(isinstance(m, GuestConverted | ConversionFailed) for m in found)
+
+            await eventually(finished, within=1500, what="GuestConverted")
+        published = await events(bus)
+        claim = await bus.kv(subjects.Bucket.LOCKS, lease.Claim).get(lease.key("mig-1", "vm-1"))
+
+    # Then it succeeded once, with the inspection of the converted guest
+    failures = [m for m in published if isinstance(m, ConversionFailed)]
+    assert not failures, failures
+    (done,) = [m for m in published if isinstance(m, GuestConverted)]
+    assert done.step == "convert" and done.mode is ConversionMode.FULL
+    assert (done.inspection.os_type, done.inspection.os_distro) == ("linux", "debian")
+    assert done.inspection.virtio_drivers is True
+    assert done.inspection.disk_bus == "virtio"
+    assert done.volumes == volumes
+    assert Path(done.log).is_file()
+    # And progress went through virt-v2v's stages to a complete disk copy
+    progress = [m for m in published if isinstance(m, ConversionProgress)]
+    stages = [p.stage for p in progress]
+    assert "Inspecting the source" in stages
+    copies = [p for p in progress if p.disk == 1]
+    assert copies and copies[-1].disks == 1 and copies[-1].percent == 100.0
+    # And the data went into the bound volumes themselves (same files, sizes kept)
+    assert [os.stat(v.path).st_ino for v in volumes] == inodes
+    assert [os.stat(v.path).st_size for v in volumes] == [v.size for v in volumes]
+    modules = initramfs_modules(volumes[0].path, await converter.environment())
+    assert "virtio_blk.ko" in modules, modules
+    # And the source OVA is untouched, and the lease records the result for redeliveries
+    assert sha256(Path(guest.ova)) == source_digest
+    assert claim is not None and claim.value.state == "done" and claim.value.result == done
+    print(f"full conversion took {done.seconds:.1f}s")
+
+
+async def test_unconvertible_command_fails_with_reason_and_log(
+    nats_url: str, tmp_path: Path
+) -> None:
+    ova_dir, provider, source_vm = tmp_path, OvaProvider(tmp_path), SMALL_VM
+    # Given a command whose volume does not exist on this host
+    settings = Settings(data_dir=tmp_path / "data")
+    missing = Volume(
+        disk_id=source_vm.disks[0].id, name="gone", size=1, path=str(tmp_path / "gone.img")
+    )
+
+    async def lookup(ref: SourceRef) -> OvaProvider:
+        return provider
+
+    async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
+        await declare(bus, TOPOLOGY, list(Service))
+        router = Router(Service.CONVERSION)
+        handlers.register(router, settings, providers=lookup)
+        # When it arrives
+        await bus.publish(command(source_vm, [missing], ova_dir))
+        async with Running(router, bus, concurrency=1):
+
+            async def failed() -> bool:
+                return any(isinstance(m, ConversionFailed) for m in await events(bus))
+
+            await eventually(failed, within=60, what="ConversionFailed")
+        published = await events(bus)
+
+    # Then the failure says which volume is missing, and no conversion ran
+    (failure,) = [m for m in published if isinstance(m, ConversionFailed)]
+    assert "does not exist" in failure.reason and "gone.img" in failure.reason
+    assert failure.deliveries == 1
+    assert not [m for m in published if isinstance(m, ConversionProgress)]
+
+
+async def run_until(bus: Bus, router: Router, kind: type, within: float = 60) -> list[object]:
+    async with Running(router, bus, concurrency=1):
+
+        async def arrived() -> bool:
+            return any(isinstance(m, kind) for m in await events(bus))
+
+        await eventually(arrived, within=within, what=kind.__name__)
+    return await events(bus)
+
+
+async def test_redelivered_command_of_a_done_conversion_is_not_converted_again(
+    nats_url: str, tmp_path: Path
+) -> None:
+    ova_dir, provider, source_vm = tmp_path, OvaProvider(tmp_path), SMALL_VM
+    # Given a conversion of this step and attempt already completed (its result recorded),
+    # and volumes that would make a new run fail at once
+    settings = Settings(data_dir=tmp_path / "data")
+    gone = [Volume(disk_id=source_vm.disks[0].id, name="x", size=1, path=str(tmp_path / "x"))]
+    cmd = command(source_vm, gone, ova_dir)
+    earlier = GuestConverted(
+        plan=cmd.plan, migration=cmd.migration, vm=cmd.vm, step=cmd.step, seconds=123.0
+    )
+
+    async def lookup(ref: SourceRef) -> OvaProvider:
+        return provider
+
+    async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
+        await declare(bus, TOPOLOGY, list(Service))
+        claims = bus.kv(subjects.Bucket.LOCKS, lease.Claim)
+        await claims.put(
+            lease.key(cmd.migration, cmd.vm),
+            lease.Claim(state="done", owner="replica-a", step="convert", attempt=1, result=earlier),
+        )
+        router = Router(Service.CONVERSION)
+        handlers.register(router, settings, providers=lookup)
+        # When the command is delivered (again)
+        await bus.publish(cmd)
+        published = await run_until(bus, router, GuestConverted)
+
+    # Then the recorded result is reported again, and nothing was converted or failed
+    assert [m for m in published if isinstance(m, GuestConverted)] == [earlier]
+    assert not [m for m in published if isinstance(m, ConversionFailed | ConversionProgress)]
+
+
+async def test_a_vm_held_by_another_replica_waits_for_its_lease(
+    nats_url: str, tmp_path: Path
+) -> None:
+    ova_dir, provider, source_vm = tmp_path, OvaProvider(tmp_path), SMALL_VM
+    # Given another replica converting this VM, its lease lapsing in 3 seconds
+    settings = Settings(data_dir=tmp_path / "data")
+    gone = [Volume(disk_id=source_vm.disks[0].id, name="x", size=1, path=str(tmp_path / "x"))]
+    cmd = command(source_vm, gone, ova_dir)
+
+    async def lookup(ref: SourceRef) -> OvaProvider:
+        return provider
+
+    async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
+        await declare(bus, TOPOLOGY, list(Service))
+        await bus.kv(subjects.Bucket.LOCKS, lease.Claim).put(
+            lease.key(cmd.migration, cmd.vm),
+            lease.Claim(state="running", owner="replica-b", expires=time.time() + 3),
+        )
+        router = Router(Service.CONVERSION)
+        handlers.register(router, settings, providers=lookup)
+        # When the command arrives here
+        started = time.monotonic()
+        await bus.publish(cmd)
+        published = await run_until(bus, router, ConversionFailed)
+        waited = time.monotonic() - started
+
+    # Then it did not run while the lease was held: it ran on the next delivery, after it lapsed
+    (failure,) = [m for m in published if isinstance(m, ConversionFailed)]
+    assert failure.deliveries == 2
+    assert "does not exist" in failure.reason
+    assert waited >= 2.5
