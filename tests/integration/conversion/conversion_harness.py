@@ -15,18 +15,23 @@ HELPERS = ("virt-v2v", "virt-v2v-in-place", "nbdkit", "qemu-nbd", "qemu-system",
 
 
 def blank_volumes(folder: Path, vm: Vm) -> list[Volume]:
-    """Pre-allocated raw target files, as the local platform binds them (sparse)."""
+    """Pre-allocated raw target files, as the local platform binds them (sparse).
+
+    The file holds the guest disk (capacity); the volume's requested size adds the
+    filesystem overhead the storage needs around it.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     volumes = []
     for index, disk in enumerate(vm.disks):
         path = folder / f"{vm.name}-disk-{index}.img"
         with path.open("wb") as handle:
-            handle.truncate(disk.capacity + OVERHEAD)
+            handle.truncate(disk.capacity)
         volumes.append(
             Volume(
                 disk_id=disk.id,
                 name=f"{vm.name}-disk-{index}",
                 size=disk.capacity + OVERHEAD,
+                capacity=disk.capacity,
                 path=str(path),
                 format="raw",
                 phase="Bound",

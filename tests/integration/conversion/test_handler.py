@@ -116,7 +116,7 @@ async def test_full_conversion_over_the_bus_writes_the_bound_volumes(
     assert copies and copies[-1].disks == 1 and copies[-1].percent == 100.0
     # And the data went into the bound volumes themselves (same files, sizes kept)
     assert [os.stat(v.path).st_ino for v in volumes] == inodes
-    assert [os.stat(v.path).st_size for v in volumes] == [v.size for v in volumes]
+    assert [os.stat(v.path).st_size for v in volumes] == [v.capacity for v in volumes]
     modules = initramfs_modules(volumes[0].path, await converter.environment())
     assert "virtio_blk.ko" in modules, modules
     # And the source OVA is untouched, and the lease records the result for redeliveries

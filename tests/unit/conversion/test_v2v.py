@@ -28,7 +28,14 @@ def volume_files(tmp_path: Path, fmt: str = "raw", size: int = 2 << 20) -> list[
         with path.open("wb") as handle:
             handle.truncate(size)
         found.append(
-            Volume(disk_id=disk.id, name=f"vol{index}", size=size, path=str(path), format=fmt)
+            Volume(
+                disk_id=disk.id,
+                name=f"vol{index}",
+                size=size + (1 << 20),  # requested storage: the disk plus overhead
+                capacity=size,
+                path=str(path),
+                format=fmt,
+            )
         )
     return found
 
@@ -101,8 +108,8 @@ def test_raw_volumes_grow_back_to_their_size(tmp_path: Path) -> None:
     os.truncate(vols[0].path, 1 << 20)
     # When sizes are restored
     v2v.restore_sizes(vols)
-    # Then the file has the volume's size again (a larger file is left alone)
-    assert Path(vols[0].path).stat().st_size == 3 << 20
+    # Then the file has the guest disk's size again, not the storage's requested size
+    assert Path(vols[0].path).stat().st_size == vols[0].capacity == 3 << 20
 
 
 def test_provider_files_must_stay_in_the_work_directory(tmp_path: Path) -> None:

@@ -114,6 +114,7 @@ class Volume(msgspec.Struct, frozen=True, kw_only=True):
     disk_id: str
     name: str  # PVC / DataVolume name
     size: int  # bytes requested (capacity plus filesystem overhead)
+    capacity: int = 0  # guest-visible disk size in bytes (0: not reported)
     path: str = ""  # local platform: the file or block device that holds the data
     format: str = "raw"
     phase: str = "Pending"  # Pending | Bound | Populating | Succeeded | Failed

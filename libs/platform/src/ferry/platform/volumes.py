@@ -94,6 +94,7 @@ class VolumeState(msgspec.Struct, frozen=True, kw_only=True):
             disk_id=self.disk_id,
             name=self.name,
             size=self.size,
+            capacity=self.capacity,
             path=self.path,
             format=self.format,
             phase=str(self.phase),

@@ -165,12 +165,19 @@ def check_outputs(outdir: Path, links: Sequence[Path], volumes: Sequence[Volume]
 
 
 def restore_sizes(volumes: Sequence[Volume]) -> None:
-    """Grow raw volume files back to their requested size (virt-v2v set the disk's)."""
+    """Grow raw volume files back to the guest disk's size if virt-v2v shrank them.
+
+    The guest-visible size is the volume's ``capacity``; ``size`` is the storage
+    requested for it (with filesystem overhead) and must never leak into the disk
+    the guest sees. Volumes from producers that do not report a capacity are left
+    as virt-v2v wrote them.
+    """
     for volume in volumes:
         path = Path(volume.path)
         info = path.stat()
-        if stat.S_ISREG(info.st_mode) and volume.format == "raw" and info.st_size < volume.size:
-            os.truncate(path, volume.size)
+        want = volume.capacity
+        if stat.S_ISREG(info.st_mode) and volume.format == "raw" and 0 < info.st_size < want:
+            os.truncate(path, want)
 
 
 class Converter:
