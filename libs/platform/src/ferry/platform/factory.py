@@ -1,7 +1,8 @@
 """Pick a target platform by name; services never import an implementation.
 
 ``create("local", {"data_dir": …})`` gives the embedded platform (files and
-child processes); ``"kubernetes"`` will drive a cluster with KubeVirt and CDI.
+child processes); ``"kubernetes"`` drives a cluster with KubeVirt and CDI (its
+client connects on first use).
 Implementations are imported here, lazily, so that using one never loads the
 other's dependencies.
 """
@@ -34,7 +35,13 @@ def create(name: str, settings: Mapping[str, Any] | Any) -> Platform:
         values = settings.model_dump() if hasattr(settings, "model_dump") else dict(settings)
         return LocalPlatform(LocalPlatformSettings.model_validate(values))
     if name == "kubernetes":
-        raise PlatformUnavailable(
-            "the kubernetes platform is not implemented yet: use platform 'local'"
+        from ferry.platform.kubernetes.platform import (
+            KubernetesPlatform,
+            KubernetesPlatformSettings,
         )
+
+        if isinstance(settings, KubernetesPlatformSettings):
+            return KubernetesPlatform(settings)
+        values = settings.model_dump() if hasattr(settings, "model_dump") else dict(settings)
+        return KubernetesPlatform(KubernetesPlatformSettings.model_validate(values))
     raise UnknownPlatform(f"unknown platform {name!r}; choose one of {', '.join(NAMES)}")

@@ -1,0 +1,132 @@
+"""The whole kubernetes platform: :class:`KubeVolumes` and :class:`KubeVms` on one client.
+
+The API client is made on first use, not in the constructor, because loading a
+kubeconfig is asynchronous and the factory is not; ``aclose()`` releases its
+connection pool. Forwarding is spelled out so that mypy checks this class
+against the whole :class:`~ferry.platform.base.Platform` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from kubernetes_asyncio import config  # type: ignore[import-untyped,unused-ignore]
+from kubernetes_asyncio.client import (  # type: ignore[import-untyped,unused-ignore]
+    ApiClient,
+    Configuration,
+)
+
+from ferry.platform.copy.source import ImageRef
+from ferry.platform.kubernetes.client import KubeClient
+from ferry.platform.kubernetes.settings import KubernetesPlatformSettings
+from ferry.platform.kubernetes.vms import KubeVms
+from ferry.platform.kubernetes.volumes import KubeVolumes
+from ferry.platform.vms import VmInfo
+from ferry.platform.volumes import ProgressCallback, VolumeRequest, VolumeState
+from ferry.proto.inventory import DiskCopy, Volume
+
+if TYPE_CHECKING:
+    from ferry.platform.base import Platform
+
+__all__ = ["KubernetesPlatform", "KubernetesPlatformSettings"]
+
+
+async def api_client(settings: KubernetesPlatformSettings) -> ApiClient:
+    """An ``ApiClient`` for the configured cluster: explicit host, in-cluster, or kubeconfig."""
+    configuration = Configuration()
+    if settings.host:
+        configuration.host = settings.host
+    elif settings.in_cluster:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call,unused-ignore]
+    else:
+        await config.load_kube_config(
+            config_file=settings.kubeconfig or None,
+            context=settings.context or None,
+            client_configuration=configuration,
+        )
+    configuration.verify_ssl = settings.verify_ssl
+    return ApiClient(configuration=configuration)
+
+
+class KubernetesPlatform:
+    def __init__(self, settings: KubernetesPlatformSettings, api: ApiClient | None = None) -> None:
+        self.settings = settings
+        self._api = api
+        self._lock = asyncio.Lock()
+        self._volumes: KubeVolumes | None = None
+        self._vms: KubeVms | None = None
+
+    async def _ready(self) -> tuple[KubeVolumes, KubeVms]:
+        async with self._lock:
+            if self._volumes is None or self._vms is None:
+                if self._api is None:
+                    self._api = await api_client(self.settings)
+                client = KubeClient(self._api)
+                self._volumes = KubeVolumes(client, self.settings)
+                self._vms = KubeVms(client, self.settings)
+            return self._volumes, self._vms
+
+    async def aclose(self) -> None:
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+            self._volumes = self._vms = None
+
+    # volumes
+    async def ensure_volume(self, request: VolumeRequest) -> VolumeState:
+        return await (await self._ready())[0].ensure_volume(request)
+
+    async def bind_volumes(self, namespace: str, migration: str, vm: str) -> list[VolumeState]:
+        return await (await self._ready())[0].bind_volumes(namespace, migration, vm)
+
+    async def import_disk(
+        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+    ) -> DiskCopy:
+        return await (await self._ready())[0].import_disk(volume, source, progress)
+
+    async def populate(
+        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+    ) -> DiskCopy:
+        return await (await self._ready())[0].populate(volume, source, progress)
+
+    async def list_volumes(self, namespace: str, labels: Mapping[str, str]) -> list[VolumeState]:
+        return await (await self._ready())[0].list_volumes(namespace, labels)
+
+    async def get_volume(self, namespace: str, name: str) -> VolumeState | None:
+        return await (await self._ready())[0].get_volume(namespace, name)
+
+    async def delete_temporary_volumes(self, namespace: str, migration: str, vm: str) -> list[str]:
+        return await (await self._ready())[0].delete_temporary_volumes(namespace, migration, vm)
+
+    async def delete_volumes(self, namespace: str, migration: str, vm: str) -> list[str]:
+        return await (await self._ready())[0].delete_volumes(namespace, migration, vm)
+
+    # VirtualMachines
+    async def create_vm(self, manifest: Mapping[str, Any], volumes: Sequence[Volume]) -> VmInfo:
+        return await (await self._ready())[1].create_vm(manifest, volumes)
+
+    async def get_vm(self, namespace: str, name: str) -> VmInfo | None:
+        return await (await self._ready())[1].get_vm(namespace, name)
+
+    async def find_vm(self, namespace: str, labels: Mapping[str, str]) -> VmInfo | None:
+        return await (await self._ready())[1].find_vm(namespace, labels)
+
+    async def start_vm(self, namespace: str, name: str) -> VmInfo:
+        return await (await self._ready())[1].start_vm(namespace, name)
+
+    async def wait_running(self, namespace: str, name: str, time_limit: float) -> VmInfo:
+        return await (await self._ready())[1].wait_running(namespace, name, time_limit)
+
+    async def stop_vm(self, namespace: str, name: str) -> VmInfo:
+        return await (await self._ready())[1].stop_vm(namespace, name)
+
+    async def delete_vm(self, namespace: str, name: str) -> bool:
+        return await (await self._ready())[1].delete_vm(namespace, name)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(platform: KubernetesPlatform) -> Platform:
+        return platform

@@ -1,0 +1,483 @@
+""":class:`~ferry.platform.volumes.VolumePlatform` on a cluster with CDI.
+
+A volume is a DataVolume (importer or blank; its PVC has the same name) or a
+PVC whose ``dataSourceRef`` names a ``FerryVolumePopulator`` (see
+:mod:`ferry.platform.kubernetes.objects`). Every volume is found by its labels
+(migration, VM, disk) before anything is created, and a 409 on create is
+answered by reading what is there, so a redelivered command never makes a
+second volume.
+
+What this module cannot do from outside the cluster: move bytes. CDI's
+importer and Ferry's populator controller do that inside the cluster;
+:meth:`KubeVolumes.import_disk` and :meth:`KubeVolumes.populate` *wait* for
+them and report the progress the cluster publishes. The ``DiskCopy`` they
+return therefore carries the size the cluster claims to have written and
+``algorithm="unverified"`` checksums: nothing here read the data back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ferry.platform.copy.source import ImageRef
+from ferry.platform.kubernetes import objects
+from ferry.platform.kubernetes.client import (
+    DATA_VOLUME,
+    POD,
+    PVC,
+    AlreadyExists,
+    ClusterError,
+    KubeClient,
+)
+from ferry.platform.kubernetes.objects import POPULATOR
+from ferry.platform.kubernetes.settings import KubernetesPlatformSettings
+from ferry.platform.kubevirt import label_value
+from ferry.platform.volumes import (
+    LABEL_TEMPORARY,
+    Phase,
+    ProgressCallback,
+    TransferProgress,
+    VolumeConflict,
+    VolumeError,
+    VolumeNotFound,
+    VolumePlatform,
+    VolumeRequest,
+    VolumeState,
+    required_size,
+    volume_name,
+)
+from ferry.proto.inventory import Checksum, DiskCopy, VolumeMode
+from ferry.proto.volume import VolumeSource
+
+_IN_PROGRESS = {
+    "ImportScheduled",
+    "ImportInProgress",
+    "UploadScheduled",
+    "UploadReady",
+    "CloneScheduled",
+    "CloneInProgress",
+    "PopulatorInProgress",
+}
+_PERCENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%?\s*$")
+
+
+class BindTimeout(VolumeError):
+    """pvcinit: the claims did not all bind in time; the scheduler's message says why."""
+
+    permanent = False
+
+
+class TransferTimeout(VolumeError):
+    permanent = False
+
+
+def percent(progress: str) -> float | None:
+    """``"45.5%"`` or ``"45"`` → 45.5; anything else (``"N/A"``, empty) → None."""
+    match = _PERCENT.match(progress or "")
+    return min(100.0, float(match[1])) if match else None
+
+
+def _meta(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(obj.get("metadata") or {})
+
+
+def _annotation(obj: Mapping[str, Any], key: str, default: str = "") -> str:
+    return str((_meta(obj).get("annotations") or {}).get(key, default))
+
+
+def _reason(obj: Mapping[str, Any]) -> str:
+    """The most telling condition message of a DataVolume or pod."""
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("message") and condition.get("status") != "True":
+            return str(condition["message"])
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("message"):
+            return str(condition["message"])
+    return ""
+
+
+def _is_ours(obj: Mapping[str, Any]) -> bool:
+    return bool(_annotation(obj, objects.ANNOTATION_SOURCE))
+
+
+def state_of(obj: Mapping[str, Any], pvc: Mapping[str, Any] | None, overhead: float) -> VolumeState:
+    """The :class:`VolumeState` of a DataVolume (with its PVC) or of a populator PVC."""
+    meta = _meta(obj)
+    spec = obj.get("spec") or {}
+    storage = spec.get("storage") or spec
+    source = VolumeSource(_annotation(obj, objects.ANNOTATION_SOURCE))
+    capacity = int(_annotation(obj, objects.ANNOTATION_CAPACITY, "0"))
+    mode = VolumeMode(storage.get("volumeMode") or VolumeMode.FILESYSTEM)
+    claim = pvc if pvc is not None else (obj if obj.get("kind") == PVC.kind else None)
+    pvc_phase = str(((claim or {}).get("status") or {}).get("phase") or "")
+    requested = ((claim or {}).get("spec") or {}).get("resources", {}).get("requests", {})
+    size = (
+        objects.quantity(str(requested["storage"]))
+        if "storage" in requested
+        else required_size(capacity, mode, overhead)
+    )
+    phase, reason = _phase(obj, source, pvc_phase)
+    return VolumeState(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        source=source,
+        labels=dict(meta.get("labels") or {}),
+        disk_id=_annotation(obj, objects.ANNOTATION_DISK),
+        storage_class=str(storage.get("storageClassName") or ""),
+        volume_mode=mode,
+        access_modes=list(storage.get("accessModes") or []),
+        capacity=capacity,
+        size=size,
+        format=_annotation(obj, objects.ANNOTATION_FORMAT, "raw"),
+        phase=phase,
+        pv=str(((claim or {}).get("spec") or {}).get("volumeName") or ""),
+        reason=reason,
+    )
+
+
+def _phase(obj: Mapping[str, Any], source: VolumeSource, pvc_phase: str) -> tuple[Phase, str]:
+    if pvc_phase == "Lost":
+        return Phase.FAILED, "the claim lost its PersistentVolume"
+    if obj.get("kind") == PVC.kind:  # populator: the claim binds only once it is filled
+        return (Phase.SUCCEEDED if pvc_phase == "Bound" else Phase.PENDING), ""
+    dv_phase = str((obj.get("status") or {}).get("phase") or "")
+    if dv_phase == "Failed":
+        return Phase.FAILED, _reason(obj) or "the DataVolume failed"
+    if dv_phase == "Succeeded":
+        # A blank DataVolume "succeeds" as soon as its empty image exists.
+        return (Phase.BOUND if source == VolumeSource.BLANK else Phase.SUCCEEDED), ""
+    if dv_phase in _IN_PROGRESS:
+        return Phase.POPULATING, ""
+    return (Phase.BOUND if pvc_phase == "Bound" else Phase.PENDING), ""
+
+
+def _check_same(existing: VolumeState, request: VolumeRequest, fmt: str) -> None:
+    wanted = {
+        "source": request.source,
+        "capacity": request.capacity,
+        "storage_class": request.target.storage_class,
+        "volume_mode": request.target.volume_mode,
+        "format": fmt,
+    }
+    differs = [
+        f"{k}: {getattr(existing, k)} ≠ {v}" for k, v in wanted.items() if getattr(existing, k) != v
+    ]
+    if differs:
+        raise VolumeConflict(
+            f"volume {existing.name} exists with another shape ({', '.join(differs)})"
+        )
+
+
+def _format(request: VolumeRequest) -> str:
+    fmt = request.target.format or "raw"
+    if fmt not in {"raw", "qcow2"}:
+        raise VolumeError(f"disk {request.disk_id}: volume format {fmt!r} is not raw or qcow2")
+    if request.target.volume_mode == VolumeMode.BLOCK and fmt != "raw":
+        raise VolumeError(f"disk {request.disk_id}: a Block volume holds raw data, not {fmt}")
+    if request.capacity <= 0:
+        raise VolumeError(f"disk {request.disk_id}: capacity must be positive")
+    return fmt
+
+
+def _unverified(volume: VolumeState, seconds: float) -> DiskCopy:
+    claimed = Checksum(algorithm="unverified", digest="", bytes=volume.capacity)
+    return DiskCopy(
+        disk_id=volume.disk_id,
+        volume=volume.name,
+        bytes_copied=volume.capacity,
+        source=claimed,
+        target=claimed,
+        seconds=round(seconds, 3),
+    )
+
+
+class KubeVolumes:
+    def __init__(self, client: KubeClient, settings: KubernetesPlatformSettings) -> None:
+        self.client = client
+        self.settings = settings
+
+    # -- lookups ---------------------------------------------------------------------
+
+    async def list_volumes(self, namespace: str, labels: Mapping[str, str]) -> list[VolumeState]:
+        wanted = {k: label_value(v) for k, v in labels.items()}
+        dvs = await self.client.list(DATA_VOLUME, namespace, wanted)
+        pvcs = await self.client.list(PVC, namespace, wanted)
+        claims = {_meta(p)["name"]: p for p in pvcs}
+        found: list[VolumeState] = []
+        for dv in dvs:
+            if _is_ours(dv):
+                claim = claims.pop(_meta(dv)["name"], None)
+                if claim is None:
+                    claim = await self.client.get(PVC, namespace, _meta(dv)["name"])
+                found.append(state_of(dv, claim, self.settings.filesystem_overhead))
+        for pvc in claims.values():
+            if _is_ours(pvc):
+                found.append(state_of(pvc, None, self.settings.filesystem_overhead))
+        return sorted(found, key=lambda v: v.name)
+
+    async def get_volume(self, namespace: str, name: str) -> VolumeState | None:
+        dv = await self.client.get(DATA_VOLUME, namespace, name)
+        pvc = await self.client.get(PVC, namespace, name)
+        if dv is not None and _is_ours(dv):
+            return state_of(dv, pvc, self.settings.filesystem_overhead)
+        if pvc is not None and _is_ours(pvc):
+            return state_of(pvc, None, self.settings.filesystem_overhead)
+        return None
+
+    async def _require(self, namespace: str, name: str) -> VolumeState:
+        found = await self.get_volume(namespace, name)
+        if found is None:
+            raise VolumeNotFound(f"no volume {namespace}/{name}")
+        return found
+
+    # -- ensure ----------------------------------------------------------------------
+
+    async def ensure_volume(self, request: VolumeRequest) -> VolumeState:
+        fmt = _format(request)
+        labels = objects.volume_labels(request.migration, request.vm, request.disk_id)
+        found = await self.list_volumes(request.namespace, labels)
+        if found:
+            _check_same(found[0], request, fmt)
+            there = found[0]
+            if request.source == VolumeSource.POPULATOR and not there.pv:
+                cr = await self.client.get(POPULATOR, request.namespace, there.name)
+                if cr is None:  # a crash between the CR and the claim, in either order
+                    await self._create(objects.populator_cr(request, there.name, fmt))
+            return there
+        name = volume_name(request.migration, request.vm, request.disk_id, request.vm_name)
+        if request.source == VolumeSource.POPULATOR:
+            overhead = self.settings.filesystem_overhead
+            made = [
+                objects.populator_cr(request, name, fmt),
+                objects.populator_claim(request, name, fmt, overhead),
+            ]
+        else:
+            made = [objects.data_volume(request, name, fmt)]
+        for obj in made:  # all valid before the first is sent
+            objects.validate_object(obj)
+        for obj in made:
+            await self._create(obj)
+        state = await self.get_volume(request.namespace, name)
+        if state is None:
+            raise VolumeConflict(f"volume {request.namespace}/{name} vanished after create")
+        if state.labels != {**state.labels, **labels}:
+            raise VolumeConflict(f"volume {request.namespace}/{name} exists with other labels")
+        _check_same(state, request, fmt)
+        return state
+
+    async def _create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create ``obj``; on 409 return what is there when it carries the same labels."""
+        objects.validate_object(obj)
+        resource = {
+            DATA_VOLUME.kind: DATA_VOLUME,
+            PVC.kind: PVC,
+            POD.kind: POD,
+            POPULATOR.kind: POPULATOR,
+        }[obj["kind"]]
+        meta = obj["metadata"]
+        try:
+            return await self.client.create(resource, obj)
+        except AlreadyExists:
+            there = await self.client.get(resource, meta["namespace"], meta["name"])
+            if there is None:
+                raise
+            labels = _meta(there).get("labels") or {}
+            if any(labels.get(k) != v for k, v in meta.get("labels", {}).items()):
+                raise VolumeConflict(
+                    f"{obj['kind']} {meta['namespace']}/{meta['name']} exists with other labels"
+                ) from None
+            return there
+
+    # -- pvcinit ---------------------------------------------------------------------
+
+    async def bind_volumes(self, namespace: str, migration: str, vm: str) -> list[VolumeState]:
+        """Mount every unbound DataVolume claim of the VM in one pod, wait for Bound, delete it.
+
+        With ``WaitForFirstConsumer`` storage the scheduler then picks one node
+        for all the claims and the provisioner binds them together, or none.
+        Populator claims are left out, as on the local platform: they bind when
+        their populator re-binds the filled prime volume.
+        """
+        labels = objects.volume_labels(migration, vm)
+        states = await self.list_volumes(namespace, labels)
+        pending = [
+            s
+            for s in states
+            if s.source != VolumeSource.POPULATOR and not s.pv and s.phase == Phase.PENDING
+        ]
+        if not pending:
+            return states
+        if not self.settings.pvcinit_image:
+            raise VolumeError("kubernetes platform: pvcinit_image is not set; cannot bind volumes")
+        claims = [(s.name, s.volume_mode) for s in pending]
+        deadline = int(self.settings.bind_timeout)
+        pod = objects.pvcinit_pod(
+            namespace, migration, vm, claims, self.settings.pvcinit_image, deadline
+        )
+        await self._create(pod)
+        try:
+            await self._wait_bound(namespace, [s.name for s in pending], pod["metadata"]["name"])
+        finally:
+            await self.client.delete(POD, namespace, pod["metadata"]["name"], grace_seconds=0)
+        return await self.list_volumes(namespace, labels)
+
+    async def _wait_bound(self, namespace: str, claims: list[str], pod: str) -> None:
+        limit = time.monotonic() + self.settings.bind_timeout
+        while True:
+            unbound = []
+            for claim in claims:
+                pvc = await self.client.get(PVC, namespace, claim)
+                if ((pvc or {}).get("status") or {}).get("phase") != "Bound":
+                    unbound.append(claim)
+            if not unbound:
+                return
+            if time.monotonic() >= limit:
+                found = await self.client.get(POD, namespace, pod)
+                why = _reason(found or {}) or "no scheduler message"
+                raise BindTimeout(
+                    f"claims {', '.join(unbound)} not Bound within "
+                    f"{self.settings.bind_timeout:g} s: {why}"
+                )
+            await asyncio.sleep(self.settings.poll_seconds)
+
+    # -- transfers -------------------------------------------------------------------
+
+    async def import_disk(
+        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+    ) -> DiskCopy:
+        """Wait for the importer DataVolume to reach ``Succeeded``, reporting ``status.progress``.
+
+        ``source`` is not read: the bytes reach the DataVolume inside the cluster
+        (CDI's importer, or an upload to CDI's upload proxy, which Ferry does
+        not perform yet). The result is what the cluster reports, unverified.
+        """
+        if volume.source != VolumeSource.IMPORTER:
+            raise VolumeError(f"volume {volume.name} is a {volume.source} volume, not importer")
+        started = time.monotonic()
+        while True:
+            dv = await self.client.get(DATA_VOLUME, volume.namespace, volume.name)
+            if dv is None:
+                raise VolumeNotFound(f"no DataVolume {volume.namespace}/{volume.name}")
+            status = dv.get("status") or {}
+            self._report(volume, str(status.get("progress") or ""), started, progress)
+            phase = status.get("phase")
+            if phase == "Succeeded":
+                return _unverified(volume, time.monotonic() - started)
+            if phase == "Failed":
+                raise VolumeError(f"DataVolume {volume.name} failed: {_reason(dv) or 'no reason'}")
+            await self._pause(volume, started)
+
+    async def populate(
+        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+    ) -> DiskCopy:
+        """Wait for the populator to fill the prime volume and re-bind it: the claim is Bound.
+
+        Progress is the CR's ``status.progress`` (percent, as Forklift's
+        populators publish it). ``source`` is not read here, as for
+        :meth:`import_disk`; the result is unverified.
+        """
+        if volume.source != VolumeSource.POPULATOR or volume.temporary:
+            raise VolumeError(f"volume {volume.name} is not a populator volume")
+        started = time.monotonic()
+        while True:
+            pvc = await self.client.get(PVC, volume.namespace, volume.name)
+            if pvc is None:
+                raise VolumeNotFound(f"no claim {volume.namespace}/{volume.name}")
+            phase = (pvc.get("status") or {}).get("phase")
+            if phase == "Bound":
+                self._report(volume, "100", started, progress)
+                return _unverified(volume, time.monotonic() - started)
+            if phase == "Lost":
+                raise VolumeError(f"claim {volume.name} lost its PersistentVolume")
+            cr = await self.client.get(POPULATOR, volume.namespace, volume.name) or {}
+            status = cr.get("status") or {}
+            if status.get("phase") == "Failed":
+                why = status.get("message") or "no reason"
+                raise VolumeError(f"populator of {volume.name} failed: {why}")
+            self._report(volume, str(status.get("progress") or ""), started, progress)
+            await self._pause(volume, started)
+
+    def _report(
+        self,
+        volume: VolumeState,
+        text: str,
+        started: float,
+        progress: ProgressCallback | None,
+    ) -> None:
+        share = percent(text)
+        if progress is None or share is None:
+            return
+        done = int(volume.capacity * share / 100)
+        elapsed = max(time.monotonic() - started, 1e-6)
+        progress(
+            TransferProgress(
+                disk_id=volume.disk_id,
+                volume=volume.name,
+                done=done,
+                total=volume.capacity,
+                rate=done / elapsed,
+            )
+        )
+
+    async def _pause(self, volume: VolumeState, started: float) -> None:
+        if time.monotonic() - started >= self.settings.transfer_timeout:
+            raise TransferTimeout(
+                f"volume {volume.name} was not filled within {self.settings.transfer_timeout:g} s"
+            )
+        await asyncio.sleep(self.settings.poll_seconds)
+
+    # -- clean-up --------------------------------------------------------------------
+
+    async def delete_temporary_volumes(self, namespace: str, migration: str, vm: str) -> list[str]:
+        """pvcinit pods, temporary claims, and the populator CRs of filled claims."""
+        labels = objects.volume_labels(migration, vm)
+        removed: list[str] = []
+        for pod in await self.client.list(POD, namespace, {**labels, LABEL_TEMPORARY: "true"}):
+            if await self.client.delete(POD, namespace, _meta(pod)["name"], grace_seconds=0):
+                removed.append(_meta(pod)["name"])
+        for pvc in await self.client.list(PVC, namespace, {**labels, LABEL_TEMPORARY: "true"}):
+            if await self.client.delete(PVC, namespace, _meta(pvc)["name"]):
+                removed.append(_meta(pvc)["name"])
+        filled = {
+            v.name
+            for v in await self.list_volumes(namespace, labels)
+            if v.source == VolumeSource.POPULATOR and v.phase == Phase.SUCCEEDED
+        }
+        for cr in await self._populators(namespace, labels):
+            name = _meta(cr)["name"]
+            if name in filled and await self.client.delete(POPULATOR, namespace, name):
+                removed.append(f"{POPULATOR.kind}/{name}")
+        return removed
+
+    async def delete_volumes(self, namespace: str, migration: str, vm: str) -> list[str]:
+        """Everything this migration made for the VM: pods, DataVolumes, claims, populator CRs."""
+        labels = objects.volume_labels(migration, vm)
+        removed: list[str] = []
+        for resource in (POD, DATA_VOLUME, PVC):
+            for obj in await self.client.list(resource, namespace, labels):
+                name = _meta(obj)["name"]
+                if await self.client.delete(resource, namespace, name) and name not in removed:
+                    removed.append(name)
+        for cr in await self._populators(namespace, labels):
+            name = _meta(cr)["name"]
+            if await self.client.delete(POPULATOR, namespace, name):
+                removed.append(f"{POPULATOR.kind}/{name}")
+        return removed
+
+    async def _populators(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        try:
+            return await self.client.list(POPULATOR, namespace, labels)
+        except ClusterError as error:
+            if error.status == 404:  # the CRD is not installed: there is nothing to remove
+                return []
+            raise
+
+
+if TYPE_CHECKING:
+
+    def _conforms(volumes: KubeVolumes) -> VolumePlatform:
+        return volumes
