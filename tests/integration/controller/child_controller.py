@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -41,4 +42,8 @@ async def main(url: str, sources: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(
+        level=os.environ.get("FERRY_CHILD_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     asyncio.run(main(sys.argv[1], json.loads(sys.argv[2])))

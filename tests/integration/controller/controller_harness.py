@@ -1,6 +1,7 @@
 """What the controller's integration tests run against, besides a real nats-server.
 
-* :class:`FileProvider` — a source whose inventory and power states live in files,
+* :class:`FileProvider` — a source whose inventory and power states live in files
+  (power states and their log replaced atomically, so a kill -9 never tears them),
   so the controller (in this process or a child) really powers VMs off and on,
   and the test reads what happened. (The real OVA provider's power operations
   are no-ops; a source that has power is needed to see it restored.)
@@ -63,7 +64,7 @@ def make_vm(
 
 
 class FileProvider:
-    """A source provider backed by files in ``root`` (inventory.json, power.json, power.log)."""
+    """A source provider backed by files in ``root`` (inventory.json, power.json)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -73,22 +74,37 @@ class FileProvider:
         root.mkdir(parents=True, exist_ok=True)
         vms = list(vms)
         (root / "inventory.json").write_bytes(msgspec.json.encode(vms))
-        (root / "power.json").write_text(json.dumps({v.id: v.power_state.value for v in vms}))
-        return cls(root)
+        provider = cls(root)
+        provider._store({v.id: v.power_state.value for v in vms}, [])
+        return provider
 
-    def power(self) -> dict[str, str]:
+    def _load(self) -> dict[str, Any]:
         return dict(json.loads((self.root / "power.json").read_text()))
 
+    def _store(self, power: dict[str, str], log: list[str]) -> None:
+        """Replace the power states and their log in one atomic rename.
+
+        The controller writing this file is killed -9 at random points: an
+        in-place rewrite could be cut between truncate and write (an empty file,
+        every later power call fails), and a second file for the log could miss
+        a change that the first one recorded. A real hypervisor does not lose
+        its state when the controller dies; neither may this one.
+        """
+        tmp = self.root / f"power.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"power": power, "log": log}))
+        os.replace(tmp, self.root / "power.json")
+
+    def power(self) -> dict[str, str]:
+        return dict(self._load()["power"])
+
     def log(self) -> list[str]:
-        path = self.root / "power.log"
-        return path.read_text().split() if path.exists() else []
+        return list(self._load()["log"])
 
     def _set(self, vm_id: str, state: str) -> None:
-        power = self.power()
+        current = self._load()
+        power, log = dict(current["power"]), list(current["log"])
         power[vm_id] = state
-        (self.root / "power.json").write_text(json.dumps(power))
-        with (self.root / "power.log").open("a") as fh:
-            fh.write(f"{state}:{vm_id}\n")
+        self._store(power, [*log, f"{state}:{vm_id}"])
 
     async def check(self) -> None:
         if (self.root / "down").exists():

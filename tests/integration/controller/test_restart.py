@@ -13,9 +13,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import Stack
-from controller_harness import apply, documents, eventually, make_vm
+from conftest import Stack, controller_settings
+from controller_harness import (
+    apply,
+    documents,
+    eventually,
+    make_vm,
+    migration_doc,
+    providers_for,
+)
 
+from ferry.migration_controller import app
 from ferry.proto.inventory import ProviderType
 
 CHILD = Path(__file__).parent / "child_controller.py"
@@ -134,3 +142,34 @@ async def test_kill_at_random_points_with_many_vms(stack: Stack) -> None:
     assert set(runs.values()) == {1}
     assert len(runs) == len(ids) * 5
     assert sorted(src.log()) == sorted(f"off:{i}" for i in ids)
+
+
+@pytest.mark.timeout(120)
+async def test_a_start_cut_short_is_completed_on_restart(stack: Stack) -> None:
+    # Given a start that stored its VMs but died before marking the migration Running,
+    # and whose command JetStream will not deliver again (out of deliveries)
+    ids = ["id-a", "id-b"]
+    stack.source("src", [make_vm(i, ProviderType.OVIRT) for i in ids])
+    await apply(stack.bus, documents("ovirt", ids))
+    await apply(stack.bus, [migration_doc("m1")])
+    roots = {name: p.root for name, p in stack.sources.items()}
+    dying = app.build_router(
+        stack.bus, controller_settings(stack.url), providers=providers_for(roots)
+    )
+    await dying.start_migration("m1")
+    await apply(stack.bus, [migration_doc("m1")])  # its status, as before the kill
+    assert (await stack.migration("m1")).get("status", {}).get("phase", "") == ""
+    assert set(await stack.vms("m1")) == set(ids)
+
+    # When a controller starts with no command to take
+    stack.run_services()
+    stack.run_controller()
+    mig = await stack.wait_end("m1", timeout=60)
+
+    # Then it completed the start itself, and every VM migrated once
+    assert mig["status"]["phase"] == "Succeeded"
+    assert {v: s["status"] for v, s in (await stack.vms("m1")).items()} == {
+        i: "Succeeded" for i in ids
+    }
+    runs = Counter((vm, step) for vm, step, _ in stack.services.ran)
+    assert set(runs.values()) == {1} and len(runs) == len(ids) * 5

@@ -12,7 +12,9 @@ here, once:
   ``PermanentError``, the message is terminated, the service's ``Failed`` event
   is published and a copy goes to the dead-letter stream with the reason;
 * **long work** — every held message gets ``in_progress()`` every ack_wait/3, so
-  JetStream only redelivers when the process is really gone;
+  JetStream only redelivers when the process is really gone — or starved of
+  CPU past ack_wait: such a redelivery reaching the replica that still holds,
+  or just settled, the same stream sequence is recognised and not run again;
 * **order and bounds** — messages of one (migration, vm) run one after another,
   different VMs run in parallel; a replica fetches only as many messages as it
   has free slots, so the shared durable consumer spreads work over replicas;
@@ -30,7 +32,7 @@ import contextlib
 import logging
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -64,6 +66,7 @@ ORIGINAL_SUBJECT_HEADER = "Ferry-Original-Subject"
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
+SETTLED_MEMORY = 4096  # stream sequences a replica remembers having acked or terminated
 _EMIT_KEEPALIVE_SECONDS = 1.0
 
 
@@ -129,6 +132,7 @@ class _Held:
     migration_token: str
     vm_token: str
     deliveries: int
+    sequence: tuple[str, int] | None = None  # (consumer, stream sequence): what a redelivery shares
     state: str = "queued"  # queued | running | done
     task: asyncio.Task[Any] | None = None  # the lane task while the handler runs
     cancel_reason: str | None = None
@@ -298,6 +302,11 @@ class _Run:
         self.service = router.service
         self.failed_type = registry.FAILED[router.service]
         self.held: set[_Held] = set()
+        # A message held here whose ack_wait ran out anyway (this process was starved of
+        # CPU longer than the keep-alive period) is redelivered, possibly to this very
+        # replica: by stream sequence, such a copy is recognised and never run twice.
+        self.by_sequence: dict[tuple[str, int], _Held] = {}
+        self.settled: OrderedDict[tuple[str, int], str] = OrderedDict()
         self.reserved = 0
         self.lanes: dict[str, deque[_Held]] = {}
         self.lane_tasks: set[asyncio.Task[None]] = set()
@@ -326,7 +335,11 @@ class _Run:
                 deliver_policy=api.DeliverPolicy.ALL,
                 ack_policy=api.AckPolicy.EXPLICIT,
                 ack_wait=base.ack_wait,
-                max_deliver=base.max_deliver,
+                # No server-side cap: a delivery held by a replica that died (kill -9
+                # during a restart storm) still counts, and a capped event would never
+                # come back, leaving its VM waiting forever. Handler failures are still
+                # given up on after ``max_deliver`` deliveries, by the router (_source).
+                max_deliver=-1,
                 max_ack_pending=base.max_ack_pending,
                 filter_subjects=list(intake.filter_subjects) or [subjects.all_events()],
             )
@@ -418,8 +431,41 @@ class _Run:
             for msg in msgs:
                 if self.halt.is_set():
                     await _quietly(msg.nak())
-                else:
+                elif not await self._redelivered_here(src, msg):
                     self._accept(src, msg)
+
+    async def _redelivered_here(self, src: _Source, msg: Msg) -> bool:
+        """A second delivery of a message this replica holds or already settled: don't run it.
+
+        Still held (queued or running): the held copy's ack or nak settles the stream
+        sequence, so this copy is dropped. Already acked or terminated here (the
+        settlement came after ack_wait, or was lost): settle this copy the same way.
+        A message this replica nak'ed is a wanted retry and runs again.
+        """
+        key = _sequence(src, msg)
+        if key is None:
+            return False
+        if key in self.by_sequence:
+            log.warning("%s redelivered while still held here; not run twice", msg.subject)
+            return True
+        verb = self.settled.get(key)
+        if verb is None:
+            return False
+        log.warning("%s redelivered after it was settled here; settled again", msg.subject)
+        await _quietly(msg.ack() if verb == "ack" else msg.term())
+        return True
+
+    def _remember(self, held: _Held, verb: str) -> None:
+        if held.sequence is None:
+            return
+        self.settled[held.sequence] = verb
+        self.settled.move_to_end(held.sequence)
+        while len(self.settled) > SETTLED_MEMORY:
+            self.settled.popitem(last=False)
+
+    async def _ack(self, held: _Held) -> None:
+        await _quietly(held.msg.ack())
+        self._remember(held, "ack")
 
     async def _fetch(self, src: _Source, batch: int) -> list[Msg]:
         try:
@@ -445,8 +491,11 @@ class _Run:
             migration_token=mig,
             vm_token=vm,
             deliveries=_deliveries(msg),
+            sequence=_sequence(src, msg),
         )
         self.held.add(held)
+        if held.sequence is not None:
+            self.by_sequence[held.sequence] = held
         self.observer.in_flight(len(self.held))
         queue = self.lanes.get(lane)
         if queue is None:
@@ -475,6 +524,8 @@ class _Run:
 
     def _release(self, held: _Held) -> None:
         held.state = "done"
+        if held.sequence is not None and self.by_sequence.get(held.sequence) is held:
+            del self.by_sequence[held.sequence]
         if held in self.held:
             self.held.discard(held)
             self.observer.in_flight(len(self.held))
@@ -491,7 +542,7 @@ class _Run:
         except envelope.UnknownMessageType as err:
             kind = (held.msg.headers or {}).get("ce-type", "unknown")
             if self.router.intake.kind == "events" and kind != "unknown":
-                await _quietly(held.msg.ack())  # a newer producer's event: open world
+                await self._ack(held)  # a newer producer's event: open world
                 self.observer.failed(kind, "ignored")
                 return
             await self._give_up(held, None, kind, f"undecodable message: {err}", [], "invalid")
@@ -502,7 +553,7 @@ class _Run:
             return
         route = self.router.route(env.type)
         if route is None and self.router.intake.kind == "events":
-            await _quietly(held.msg.ack())
+            await self._ack(held)
             self.observer.failed(env.type, "ignored")
             return
         if route is None:
@@ -590,7 +641,7 @@ class _Run:
             self.observer.failed(type_name, "error")
             await self._settle_nak(held, backoff(held.deliveries))
             return
-        await _quietly(held.msg.ack())
+        await self._ack(held)
         self.observer.handled(type_name, seconds)
 
     async def _give_up(
@@ -633,6 +684,7 @@ class _Run:
         log_fn = log.info if canceled else log.error
         log_fn("gave up on %s: %s", type_name, reason, extra=extra)
         await _quietly(held.msg.term())
+        self._remember(held, "term")
         self.observer.failed(type_name, label)
 
     async def _dead_letter(self, held: _Held, reason: str) -> None:
@@ -656,6 +708,8 @@ class _Run:
         if held.state == "done":
             return
         held.state = "done"
+        if held.sequence is not None and self.by_sequence.get(held.sequence) is held:
+            del self.by_sequence[held.sequence]  # its redelivery is the wanted retry
         await _quietly(held.msg.nak(delay=delay if delay > 0 else None))
 
     # -- keeping messages alive --------------------------------------------------
@@ -714,6 +768,13 @@ class _Run:
     def _route_of(self, held: _Held) -> _Route | None:
         kind = (held.msg.headers or {}).get("ce-type", "")
         return self.router.route(kind)
+
+
+def _sequence(src: _Source, msg: Msg) -> tuple[str, int] | None:
+    try:
+        return (src.consumer, int(msg.metadata.sequence.stream))
+    except Exception:
+        return None
 
 
 def _deliveries(msg: Msg) -> int:

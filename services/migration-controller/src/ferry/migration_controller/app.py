@@ -459,9 +459,25 @@ class Controller(Router):
             else:
                 self._wake(key, cur.retry_at)
         for name in {s.migration for s in states}:
-            self._spawn(self._maybe_complete(name))
+            self._spawn(self._finish_start(name))
         self._kick.set()
         log.info("resumed %d VMs", len(states))
+
+    async def _finish_start(self, name: str) -> None:
+        """Complete a start that a kill cut short, then see whether the migration ended.
+
+        VMs stored but the Migration never marked Running: the controller died inside
+        ``start_migration``. Its command is not always delivered again (JetStream
+        stops after ``max_deliver`` deliveries, and deliveries to a killed process
+        count), and without the Running phase the migration would never complete.
+        Starting again is idempotent: stored VMs are kept as they are.
+        """
+        mig = await self.objects.find(objects.Migration, name)
+        if mig is not None and not mig.status.phase:
+            log.info("completing the interrupted start of migration %s", name)
+            await self.start_migration(name)
+            return
+        await self._maybe_complete(name)
 
     async def _load_limits(self, plan_name: str) -> None:
         plan = await self.objects.find(objects.Plan, plan_name)
@@ -500,10 +516,10 @@ class Controller(Router):
         if cutover:
             mig.spec.cutover = datetime.fromisoformat(cutover.replace("Z", "+00:00"))
         inventory, unreachable = await self._inventory(source)
-        done = {
+        done = {  # migrated by an earlier migration; this one's own VMs (a start cut short) stay
             s.vm
             for s in self._all_states()
-            if s.plan == plan.name and s.status is VmStatus.SUCCEEDED
+            if s.plan == plan.name and s.status is VmStatus.SUCCEEDED and s.migration != name
         }
         check = planning.preflight(
             plan, source, inventory, networks, storage, unreachable, frozenset(done)
