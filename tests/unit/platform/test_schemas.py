@@ -64,10 +64,21 @@ def test_schemas_are_found_from_the_checkout() -> None:
     # Given no FERRY_SCHEMAS_DIR in the environment of this test run
     # When the directory is looked up
     found = schemas.schemas_dir()
-    # Then it is a shared/schemas directory holding the KubeVirt and CDI documents
-    assert found.parts[-2:] == ("shared", "schemas")
+    # Then it is the steering shared/schemas directory (or, in a clone without it, the
+    # packaged copy) holding the KubeVirt and CDI documents
+    assert found.parts[-2:] == ("shared", "schemas") or found == schemas.PACKAGED_DIR
     assert (found / "kubevirt-v1.swagger.json").is_file()
     assert (found / "cdi-v1beta1.swagger.json").is_file()
+
+
+def test_packaged_schemas_are_the_shared_ones() -> None:
+    # Given the steering copy of the schemas, when this checkout has one beside it
+    shared = [p for p in schemas._candidates() if p != schemas.PACKAGED_DIR and p.is_dir()]
+    if not shared:
+        pytest.skip("no shared/schemas beside this checkout to compare with")
+    # Then every packaged document is byte-identical to it (no silent drift)
+    for name in ("kubevirt-v1.swagger.json", "cdi-v1beta1.swagger.json"):
+        assert (schemas.PACKAGED_DIR / name).read_bytes() == (shared[0] / name).read_bytes()
 
 
 def test_valid_objects_pass() -> None:

@@ -12,8 +12,9 @@ never starts).
 
 Where the schemas are: ``FERRY_SCHEMAS_DIR``, else the first ``shared/schemas``
 found walking up from this file (a checkout at ``<x>/main`` finds
-``<x>/shared/schemas``) or from the working directory. If none is found,
-validation fails loudly rather than passing unchecked.
+``<x>/shared/schemas``) or from the working directory, else the copies packaged
+with this library (``apischemas/``, checked against ``shared/schemas`` by a test).
+If none is found, validation fails loudly rather than passing unchecked.
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ class SchemaValidationError(ValueError):
         super().__init__(f"{kind} is invalid at {path}: {message}{more}")
 
 
+PACKAGED_DIR = Path(__file__).resolve().parent / "apischemas"
+
+
 def _candidates() -> Iterator[Path]:
     for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
         for folder in (start, *start.parents):
             yield folder / "shared" / "schemas"
+    yield PACKAGED_DIR
 
 
 def schemas_dir() -> Path:
@@ -70,7 +75,7 @@ def schemas_dir() -> Path:
             return path
     raise SchemasNotFound(
         f"no shared/schemas directory with {_SWAGGER_GLOB} above {Path(__file__).parent} "
-        f"or {Path.cwd()}; set {ENV_DIR}"
+        f"or {Path.cwd()}, and none packaged in {PACKAGED_DIR}; set {ENV_DIR}"
     )
 
 
