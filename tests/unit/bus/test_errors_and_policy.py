@@ -69,7 +69,8 @@ def test_topology_shapes() -> None:
     assert queue.name == "FERRY_CMD_VOLUME" and queue.retention == "workqueue"
     consumer = topology.command_consumer(s, Service.VOLUME)
     assert consumer.durable_name == "volume-workers" and consumer.ack_policy == "explicit"
-    assert consumer.max_deliver == 5 and consumer.ack_wait == 30.0
+    # (no server-side delivery cap: the router itself gives up after s.max_deliver)
+    assert consumer.max_deliver == -1 and s.max_deliver == 5 and consumer.ack_wait == 30.0
     assert topology.dead_letter_stream(s).subjects == ["ferry.dlq.>"]
 
 

@@ -119,7 +119,10 @@ def command_consumer(settings: TopologySettings, service: Service) -> api.Consum
         deliver_policy=api.DeliverPolicy.ALL,
         ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_seconds,
-        max_deliver=settings.max_deliver,
+        # No server-side cap: deliveries to a replica that was killed count too, and a
+        # capped command would silently stay in the queue forever. The router gives up
+        # on a handler that keeps failing after ``settings.max_deliver`` deliveries.
+        max_deliver=-1,
         max_ack_pending=_MAX_ACK_PENDING,
         replay_policy=api.ReplayPolicy.INSTANT,
     )
