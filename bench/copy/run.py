@@ -6,8 +6,10 @@ Images (generated, random data in 1 MiB pieces spread over the disk):
 * 2 GiB raw, ~10 % allocated (does the time follow the data or the size?).
 
 For each case it times Ferry's real importer workload (a child process started
-by ``LocalVolumes.import_disk``: sparse read, tree checksum, write, fsync,
-read-back verification), ``qemu-img convert -W -m 4`` and, for raw,
+by ``LocalVolumes.import_disk``: sparse read, tree checksum, direct-I/O write,
+read-back of every written range from the target compared with the hashed
+bytes, final flush and hole check; see ``ferry.platform.copy.engine``), the
+same without the read-back, ``qemu-img convert -W -m 4`` and, for raw,
 ``cp --sparse=always``. The other tools do not fsync by themselves, so their
 time with an ``fsync`` of the output is shown too: Ferry's number always
 includes it. Peak memory is the highest RSS seen (sampled every 10 ms) over the
@@ -36,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 from ferry.platform.copy import checksum
 from ferry.platform.copy.source import ImageRef
@@ -285,7 +287,8 @@ def main() -> None:
 
 def report(results: list[Sample], size: int) -> None:
     print()
-    header = ("case", "tool", "time s", "+fsync s", "CPU s", "data MiB/s", "peak RSS MiB")
+    header: tuple[str, ...] = ("case", "tool", "time s", "+fsync s", "CPU s", "data MiB/s")
+    header = (*header, "peak RSS MiB")
     header = (*header, "vs qemu-img")
     print(f"{header[0]:<21} {header[1]:<25} " + " ".join(f"{h:>12}" for h in header[2:]))
     by_case: dict[str, dict[str, Sample]] = {}
@@ -315,8 +318,9 @@ def report(results: list[Sample], size: int) -> None:
     print(
         "vs qemu-img = qemu-img (time+fsync) / tool (time+fsync); above 1.00x is faster. "
         "CPU s = user+system seconds of the tool's process tree (robust to a busy machine). "
-        "Ferry's time includes its own fsyncs and checksum; 'ferry importer' also reads the "
-        "volume back to verify it, 'no read-back' takes the target digest from the written data."
+        "Ferry's time includes process start, its own fsyncs and the checksum; 'ferry importer' "
+        "also reads every written range back from the target (O_DIRECT: from the device) and "
+        "compares it with the hashed bytes; 'no read-back' skips that (digest from the buffers)."
     )
 
 

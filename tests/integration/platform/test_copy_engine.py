@@ -422,3 +422,84 @@ def test_provider_raw_window_is_read_directly(tmp_path: Path, raw_image: Path) -
     result = engine.copy(src, new_target(tmp_path / "o.raw", "raw", SIZE), tmp_path / "st")
     src.close()
     assert result.target.digest == checksum.of_bytes(raw_image.read_bytes())
+
+
+class _LosingWriter:
+    """A writer that acknowledges one write without doing it (a lost write)."""
+
+    def __init__(self, inner: sink.RangeWriter, lose_at: int) -> None:
+        self._inner = inner
+        self._lose_at = lose_at
+
+    def write(self, offset: int, view: memoryview) -> None:
+        if offset <= self._lose_at < offset + len(view):
+            return
+        self._inner.write(offset, view)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _LosingSink(sink.RawFileSink):
+    def __init__(self, path: str, size: int, lose_at: int) -> None:
+        super().__init__(path, size)
+        self._lose_at = lose_at
+
+    def writer(self) -> sink.RangeWriter:
+        return _LosingWriter(super().writer(), self._lose_at)
+
+
+def test_a_write_that_does_not_land_fails_the_read_back(tmp_path: Path, raw_image: Path) -> None:
+    # Given a target that silently drops the write covering offset 9 MiB + 1
+    src = source.RawFileSource(str(raw_image))
+    target = _LosingSink(str(tmp_path / "o.raw"), SIZE, 9 * MiB + 1)
+    # When copied, the read-back of that range does not match what was hashed
+    with pytest.raises(errors.ChecksumMismatchError, match="reads back different bytes"):
+        engine.copy(src, target, tmp_path / "st")
+    src.close()
+
+
+def test_stray_data_where_the_source_has_a_hole_is_found(tmp_path: Path, raw_image: Path) -> None:
+    # Given a target that already holds data at 16 MiB, where the source is a hole
+    out = tmp_path / "o.raw"
+    make_raw(out, SIZE, [(16 * MiB, 4096)], seed=3)
+    src = source.RawFileSource(str(raw_image))
+    # When copied (nothing is ever written there), the final check still finds it
+    with pytest.raises(errors.ChecksumMismatchError, match="where the source is a hole"):
+        engine.copy(src, sink.open_sink(str(out), "raw", SIZE), tmp_path / "st")
+    src.close()
+
+
+@pytest.mark.parametrize("fmt_out", ["raw", "qcow2"])
+def test_independent_rehash_of_the_target_agrees(
+    tmp_path: Path, raw_image: Path, fmt_out: str
+) -> None:
+    # Given a copy asked to re-read and re-hash the whole target after its flush
+    src = source.RawFileSource(str(raw_image))
+    target = new_target(tmp_path / f"o.{fmt_out}", fmt_out, SIZE)
+    # When copied
+    result = engine.copy(src, target, tmp_path / "st", engine.Options(rehash=True))
+    src.close()
+    # Then the target's own digest, computed from nothing but its bytes, is the source's
+    assert result.target.digest == result.source.digest == checksum.of_bytes(raw_image.read_bytes())
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_direct_and_buffered_targets_hold_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffered: bool
+) -> None:
+    # Given a disk whose size is not a multiple of the direct-I/O alignment
+    size = 9 * MiB + 1000
+    image = make_raw(tmp_path / "odd.raw", size, [(0, 3 * MiB), (9 * MiB - 100, 1100)])
+    if buffered:
+        monkeypatch.setenv(sink.BUFFERED_ENV, "1")
+    out = sink.open_sink(str(tmp_path / "o.raw"), "raw", size)
+    assert isinstance(out, sink.RawFileSink) and out.direct is not buffered
+    # When copied (the unaligned tail goes through the page cache either way)
+    src = source.RawFileSource(str(image))
+    result = engine.copy(src, out, tmp_path / "st")
+    src.close()
+    # Then the target is byte-for-byte the source, holes still holes
+    assert (tmp_path / "o.raw").read_bytes() == image.read_bytes()
+    assert result.target.digest == checksum.of_bytes(image.read_bytes())
+    assert allocated_bytes(tmp_path / "o.raw") <= 3 * MiB + 2 * 64 * KiB

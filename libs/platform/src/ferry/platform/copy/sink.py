@@ -13,7 +13,13 @@ import os
 from typing import Protocol
 
 from ferry.platform.copy import errors, nbd
-from ferry.platform.copy.source import DiskSource, QemuImageSource, RawFileSource
+from ferry.platform.copy.source import (
+    DiskSource,
+    QemuImageSource,
+    RangeReader,
+    RawFileSource,
+    nbd_reader,
+)
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -31,6 +37,11 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+BUFFERED_ENV = "FERRY_COPY_BUFFERED"  # set: never use O_DIRECT (for comparisons)
+_SYNC_FILE_RANGE_WRITE = 2
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
 class RangeWriter(Protocol):
     def write(self, offset: int, view: memoryview) -> None: ...
 
@@ -44,6 +55,14 @@ class DiskSink(Protocol):
 
     def writer(self) -> RangeWriter: ...
 
+    def reader(self) -> RangeReader:
+        """Reads of what was written so far (one per thread), for the copy's read-back."""
+        ...
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Hint: this range is final, start writing it to the device now."""
+        ...
+
     def punch(self, offset: int, length: int) -> None: ...
 
     def flush(self) -> None: ...
@@ -53,18 +72,87 @@ class DiskSink(Protocol):
     def close(self) -> None: ...
 
 
+DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses of direct I/O
+
+
+def _aligned(offset: int, length: int) -> bool:
+    return offset % DIRECT_ALIGN == 0 and length % DIRECT_ALIGN == 0
+
+
 class _FileWriter:
-    def __init__(self, fd: int, path: str) -> None:
+    """Writes with ``O_DIRECT`` when the range is aligned, through the page cache if not.
+
+    A direct write goes from the copy's buffer to the device: no copy into
+    the page cache (the biggest CPU cost of a buffered copy, measured here at
+    about as much as reading and hashing together) and nothing left dirty for
+    the final flush. The copy's buffers are page-aligned and its writes are
+    whole 64 KiB blocks, so only a disk's unaligned tail goes the buffered way.
+    """
+
+    def __init__(self, fd: int, direct_fd: int, path: str) -> None:
         self._fd = fd
+        self._direct_fd = direct_fd
         self._path = path
 
     def write(self, offset: int, view: memoryview) -> None:
         done = 0
         while done < len(view):
+            rest = view[done:]
+            fd = self._fd
+            if self._direct_fd >= 0 and _aligned(offset + done, len(rest)):
+                fd = self._direct_fd
             try:
-                done += os.pwritev(self._fd, [view[done:]], offset + done)
+                done += os.pwritev(fd, [rest], offset + done)
             except OSError as exc:
+                if exc.errno == errno.EINVAL and fd == self._direct_fd:
+                    done += _buffered_write(self._fd, rest, offset + done, self._path)
+                    continue
                 raise errors.on_write(exc, f"{self._path} offset {offset + done}") from exc
+
+    def close(self) -> None:
+        pass
+
+
+def _buffered_write(fd: int, view: memoryview, offset: int, path: str) -> int:
+    try:
+        return os.pwritev(fd, [view], offset)
+    except OSError as exc:
+        raise errors.on_write(exc, f"{path} offset {offset}") from exc
+
+
+class _ReadBack:
+    """Reads of the target itself (from the device when direct); failures are the target's."""
+
+    def __init__(self, fd: int, direct_fd: int, path: str) -> None:
+        self._fd = fd
+        self._direct_fd = direct_fd
+        self._path = path
+
+    def readinto(self, offset: int, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            rest = view[done:]
+            fd = self._fd
+            if self._direct_fd >= 0 and _aligned(offset + done, len(rest)):
+                fd = self._direct_fd
+            try:
+                n = os.preadv(fd, [rest], offset + done)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and fd == self._direct_fd:
+                    fd = self._fd
+                    n = self._buffered(rest, offset + done)
+                else:
+                    where = f"{self._path} offset {offset + done} (read-back)"
+                    raise errors.on_write(exc, where) from exc
+            if n == 0:
+                raise errors.TargetIOError(f"the target {self._path} ends before {offset + done}")
+            done += n
+
+    def _buffered(self, view: memoryview, offset: int) -> int:
+        try:
+            return os.preadv(self._fd, [view], offset)
+        except OSError as exc:
+            raise errors.on_write(exc, f"{self._path} offset {offset} (read-back)") from exc
 
     def close(self) -> None:
         pass
@@ -79,14 +167,39 @@ class RawFileSink:
         self.path = path
         self.size = size
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             if os.lseek(self._fd, 0, os.SEEK_END) < size:
                 os.ftruncate(self._fd, size)
         except OSError as exc:
             raise errors.on_write(exc, path) from exc
+        self._direct_fd = _open_direct(path)
+        self._writeback = True
+
+    @property
+    def direct(self) -> bool:
+        """Whether aligned writes and read-backs bypass the page cache."""
+        return self._direct_fd >= 0
 
     def writer(self) -> RangeWriter:
-        return _FileWriter(self._fd, self.path)
+        return _FileWriter(self._fd, self._direct_fd, self.path)
+
+    def reader(self) -> RangeReader:
+        return _ReadBack(self._fd, self._direct_fd, self.path)
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Queue the range for writeback now, so the final fdatasync finds little left.
+
+        Without it the kernel starts writing only when dirty pages pile up or
+        age, and the flush at the end then waits for all of the data at once;
+        with it the device writes while the copy still reads and hashes.
+        Errors are not reported here: the fdatasync that follows reports them.
+        """
+        if self._direct_fd >= 0 and _aligned(offset, length):
+            return  # written directly: nothing of it is dirty in the page cache
+        if self._writeback and _libc.sync_file_range(
+            self._fd, offset, length, _SYNC_FILE_RANGE_WRITE
+        ):
+            self._writeback = False  # not supported here: leave it to the flush
 
     def punch(self, offset: int, length: int) -> None:
         try:
@@ -115,6 +228,19 @@ class RawFileSink:
 
     def close(self) -> None:
         os.close(self._fd)
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+            self._direct_fd = -1
+
+
+def _open_direct(path: str) -> int:
+    """A second descriptor with ``O_DIRECT``, or -1 where the filesystem has none (tmpfs…)."""
+    if os.environ.get(BUFFERED_ENV):
+        return -1
+    try:
+        return os.open(path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 class _NbdWriter:
@@ -139,12 +265,19 @@ class Qcow2Sink:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._server = nbd.QemuNbd(path, "qcow2", writable=True)
+        # a writer and a read-back connection per copy thread, and the control one
+        self._server = nbd.QemuNbd(path, "qcow2", writable=True, connections=256)
         self._control = self._server.connect()
         self.size = self._control.size
 
     def writer(self) -> RangeWriter:
         return _NbdWriter(self._server.connect(), self.path)
+
+    def reader(self) -> RangeReader:
+        return nbd_reader(self._server.connect(), self.path)
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        pass  # qemu-nbd writes back on its own; the flush is a FLUSH request
 
     def punch(self, offset: int, length: int) -> None:
         try:

@@ -38,8 +38,10 @@ class LocalSettings(BaseModel):
     )
     verify_readback: bool = Field(
         default=True,
-        description="After a transfer, read the volume back and compare its checksum with the "
-        "source's. Off: the target checksum is taken from the written buffers (faster, weaker).",
+        description="Read every written range back from the device (O_DIRECT where the "
+        "filesystem allows) and compare it byte for byte with the hashed source buffer before "
+        "it counts as copied. Off: the target checksum is taken from the written buffers "
+        "(faster, weaker).",
     )
     max_rate: float | None = Field(
         default=None, gt=0, description="Cap on a transfer's bytes per second; none = unlimited."
