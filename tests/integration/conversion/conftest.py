@@ -70,4 +70,8 @@ async def source_vm(provider: OvaProvider) -> Vm:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> ConversionSettings:
-    return ConversionSettings(kill_grace_seconds=3.0)
+    # A private work directory, so that what a test finds left behind is its own
+    # (other conversions on the machine use the default, the system temp dir).
+    work = tmp_path / "work"
+    work.mkdir()
+    return ConversionSettings(kill_grace_seconds=3.0, work_dir=work)
