@@ -12,6 +12,8 @@ MEMBERS := proto libs/bus libs/runtime libs/providers libs/platform libs/testing
            services/migration-controller services/volume-service \
            services/conversion-service services/vm-service services/cli
 DATA_DIR ?= .ferry
+# `make demo` starts afresh in its own data dir each time (inside the ignored .ferry/).
+DEMO_DATA_DIR ?= .ferry/demo
 # Parallel workers for the fast tiers: most tests wait on processes and the bus, not the CPU.
 JOBS ?= 4
 
@@ -82,17 +84,8 @@ down: setup ## Stop the local stack
 	$(BIN)/ferry down --data-dir $(DATA_DIR)
 
 .PHONY: demo
-demo: system-deps setup ## Bring the stack up, show each service's /readyz, take it down
-	$(BIN)/ferry up --detach --data-dir $(DATA_DIR)
-	@status=0; \
-	for url in $$($(BIN)/python -c 'import json, sys; \
-	    [print("http://127.0.0.1:%d/readyz" % p["port"]) for p in json.load(open(sys.argv[1]))["services"]]' \
-	    $(DATA_DIR)/stack.json); do \
-	  if body=$$(curl -fsS "$$url"); then echo "$$url  $$body"; else echo "$$url  NOT READY"; status=1; fi; \
-	done; \
-	$(BIN)/ferry status --data-dir $(DATA_DIR) || status=1; \
-	$(BIN)/ferry down --data-dir $(DATA_DIR); \
-	exit $$status
+demo: system-deps setup ## The main job: migrate the test guest OVA through all four services, boot it
+	$(BIN)/python examples/demo.py --data-dir $(DEMO_DATA_DIR) $(if $(filter 1,$(DEMO_DOWN)),--down,)
 
 .PHONY: bench
 bench: setup ## Run every benchmark script in bench/*/ and print its report
