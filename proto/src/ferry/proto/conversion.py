@@ -31,6 +31,7 @@ class ConversionProgress(Event, frozen=True, kw_only=True, tag="conversion.progr
     disk: int | None = None  # 1-based disk index while copying
     disks: int | None = None
     percent: float | None = None  # of the current disk copy
+    run: int = 1  # which delivery of the command this run is (a restarted conversion: 2…)
 
 
 class GuestConverted(Event, frozen=True, kw_only=True, tag="conversion.guest_converted.v1"):

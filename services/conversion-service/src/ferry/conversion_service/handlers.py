@@ -107,6 +107,9 @@ def register(
                 disk=update.disk,
                 disks=update.disks,
                 percent=update.percent,
+                # A run restarted after a crash reports the same stages again; its
+                # delivery number keeps those facts distinct in the audit stream.
+                run=ctx.deliveries,
             )
             try:
                 await ctx.emit(event)
