@@ -176,3 +176,22 @@ def test_throttle_lets_stages_through_and_thins_percentages() -> None:
     assert not throttle.admit(Progress("Copying disk 1/1", disk=1, disks=1, percent=40.0))
     assert throttle.admit(Progress("Copying disk 1/1", disk=1, disks=1, percent=100.0))
     assert throttle.admit(Progress("Creating output metadata"))
+
+
+def test_run_directories_of_dead_services_are_swept(tmp_path: Path) -> None:
+    # Given a run directory claimed by this (live) process, one claimed by a process
+    # that is gone, and one not claimed yet
+    (tmp_path / "ferry-v2v-live").mkdir()
+    live = v2v._claim(tmp_path / "ferry-v2v-live")
+    dead = tmp_path / "ferry-v2v-dead"
+    dead.mkdir()
+    (dead / v2v._OWNER_FILE).write_text("999999999 12345\n")
+    fresh = tmp_path / "ferry-v2v-fresh"
+    fresh.mkdir()
+
+    # When a conversion-service starts and sweeps
+    removed = v2v.sweep_orphans(tmp_path)
+
+    # Then only the dead one's directory is gone
+    assert removed == [dead]
+    assert live is not None and live.is_dir() and fresh.is_dir() and not dead.exists()

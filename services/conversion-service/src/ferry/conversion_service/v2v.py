@@ -180,12 +180,52 @@ def restore_sizes(volumes: Sequence[Volume]) -> None:
             os.truncate(path, want)
 
 
+_OWNER_FILE = ".ferry-owner"
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None if it is gone.
+
+    A pid alone can be reused; pid plus start time names one process for good.
+    """
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat_line.rsplit(")", 1)[1].split()[19]
+
+
+def _claim(directory: Path) -> Path:
+    (directory / _OWNER_FILE).write_text(f"{os.getpid()} {_process_start(os.getpid())}\n")
+    return directory
+
+
+def sweep_orphans(*folders: Path) -> list[Path]:
+    """Remove run directories whose owning service process no longer exists.
+
+    A conversion-service killed with -9 cannot clean up after itself; the next one
+    to start on the host does, without touching the runs of replicas still alive.
+    """
+    removed = []
+    for folder in folders:
+        for run in folder.glob("ferry-v2v-*"):
+            try:
+                pid, started = (run / _OWNER_FILE).read_text().split()
+            except (OSError, ValueError):
+                continue  # not (yet) claimed: leave it alone
+            if _process_start(int(pid)) != started:
+                shutil.rmtree(run, ignore_errors=True)
+                removed.append(run)
+    return removed
+
+
 class Converter:
     """Runs conversions on this host; one instance per service."""
 
     def __init__(self, settings: ConversionSettings, data_dir: Path) -> None:
         self.settings = settings
         self.data_dir = data_dir
+        sweep_orphans(settings.work_dir, settings.large_tmp_dir)
 
     async def environment(self) -> dict[str, str]:
         acceleration = await accel.acceleration(self.settings)
@@ -211,10 +251,14 @@ class Converter:
         log.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with contextlib.ExitStack() as stack:
-            workdir = Path(tempfile.mkdtemp(prefix="ferry-v2v-", dir=self.settings.work_dir))
+            workdir = _claim(
+                Path(tempfile.mkdtemp(prefix="ferry-v2v-", dir=self.settings.work_dir))
+            )
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
             self.settings.large_tmp_dir.mkdir(parents=True, exist_ok=True)
-            large = Path(tempfile.mkdtemp(prefix="ferry-v2v-", dir=self.settings.large_tmp_dir))
+            large = _claim(
+                Path(tempfile.mkdtemp(prefix="ferry-v2v-", dir=self.settings.large_tmp_dir))
+            )
             stack.callback(shutil.rmtree, large, ignore_errors=True)
             log_file = stack.enter_context(log.open("ab"))
             env = await self.environment()
