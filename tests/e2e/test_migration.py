@@ -29,6 +29,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from ferry.testing.stack import (
+    FLOW3,
     LocalStack,
     apply_yaml,
     finished,
@@ -45,17 +46,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "proto" / "schemas"
-FLOW3 = [
-    "Started",
-    "StorePowerState",
-    "PowerOffSource",
-    "CreateDataVolumes",
-    "AllocateDisks",
-    "ConvertGuest",
-    "CreateVM",
-    "PowerOn",
-    "Completed",
-]
 CANARY = "canary-Pw-7f3a9e1c5d"
 
 

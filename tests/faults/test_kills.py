@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from ferry.testing.stack import (
+    FLOW3,
     EventRecorder,
     LocalStack,
     apply_yaml,
@@ -45,17 +46,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(2100)]
 REPO = Path(__file__).resolve().parents[2]
 VM = "guest/ferry-test-guest"
 NATS = "nats-server"
-FLOW3 = [
-    "Started",
-    "StorePowerState",
-    "PowerOffSource",
-    "CreateDataVolumes",
-    "AllocateDisks",
-    "ConvertGuest",
-    "CreateVM",
-    "PowerOn",
-    "Completed",
-]
 EFFECTS = [  # each step's outcome: exactly one of each in the stream
     "volume.volumes_created",
     "volume.disks_allocated",

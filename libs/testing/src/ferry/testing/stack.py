@@ -39,6 +39,20 @@ SERVICES: dict[str, str] = {
 }
 
 
+# The cold OVA flow (flow 3) as the audit stream shows it, step by step.
+FLOW3 = [
+    "Started",
+    "StorePowerState",
+    "PowerOffSource",
+    "CreateDataVolumes",
+    "AllocateDisks",
+    "ConvertGuest",
+    "CreateVM",
+    "PowerOn",
+    "Completed",
+]
+
+
 class StackError(RuntimeError):
     """The stack did not start, or a wait ran out; the message carries the evidence."""
 
