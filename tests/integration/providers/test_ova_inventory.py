@@ -12,7 +12,7 @@ from ferry.proto.volume import SourceRef
 from ferry.providers import factory
 from ferry.providers.base import ProviderError, VmNotFound
 from ferry.providers.ova import errors
-from ferry.providers.ova.provider import OvaProvider
+from ferry.providers.ova.provider import STORAGE, OvaProvider
 
 MiB = ovfkit.MiB
 
@@ -155,6 +155,8 @@ async def test_inventory_lists_every_package_with_stable_ids(area: Path) -> None
     # Then the same VMs come back under the same ids
     assert [vm.id for vm in first] == ["debian12/debian12", "rhel9/out", "web01/web01"]
     assert first == second
+    # ...and every disk is on the one OVA storage a StorageMap names
+    assert {d.storage for vm in first for d in vm.disks} == {STORAGE} == {"ova"}
 
 
 async def test_unknown_vm_is_a_clear_not_found(area: Path) -> None:

@@ -104,3 +104,21 @@ def test_vm_state_resolves_maps_and_power(docs: dict[str, objects.FerryObjectBas
     assert [n.type for n in state.network_targets] == ["pod"]
     assert state.run_target and state.status.value == "Queued"
     assert [d.total for d in state.disks] == [1 << 30, 2 << 30]
+
+
+def test_a_disk_without_a_storage_is_not_taken_by_a_map_entry_named_by_name(
+    docs: dict[str, objects.FerryObjectBase],
+) -> None:
+    # Given a VM whose source reported no storage for its disk, and a map that
+    # names its one storage by name only (so the entry's id is empty)
+    blank = msgspec.structs.replace(
+        inventory_vm("1", "a"), disks=[Disk(id="d", name="disk0", capacity=1, storage="")]
+    )
+    storage = docs["StorageMap"]
+    assert isinstance(storage, objects.StorageMap)
+    assert all(not pair.source.id for pair in storage.spec.map)
+    plan = _plan(docs, [{"id": "1"}])
+    # When the plan is checked
+    result = planning.preflight(plan, docs["vmware"], [blank], docs["NetworkMap"], storage)  # type: ignore[arg-type]
+    # Then the disk is unmapped, with the reason, instead of matching the empty id
+    assert result.reasons == {"1": ["storage '' of disk 'disk0' is not in StorageMap 'disks'"]}

@@ -168,7 +168,12 @@ class SourceRefSelector(_Model):
         return self
 
     def matches(self, key: str) -> bool:
-        return key in (self.id, self.name)
+        """Whether ``key`` (a source network's or storage's id or name) is the one named.
+
+        An empty key never matches: a disk whose storage the source did not
+        report is not on whatever storage a map happens to name by name alone.
+        """
+        return bool(key) and key in (self.id, self.name)
 
 
 class NetworkDestination(_Model):

@@ -455,7 +455,7 @@ kind: StorageMap
 metadata: {{name: disks}}
 spec:
   provider: {{source: {{name: ova-source}}, destination: {{name: local}}}}
-  map: [{{source: {{name: ova-disks}}, destination: {{storageClass: standard}}}}]
+  map: [{{source: {{name: ova}}, destination: {{storageClass: standard}}}}]
 ---
 apiVersion: ferry.dev/v1alpha1
 kind: Plan

@@ -12,6 +12,10 @@ Disk digests from the manifest are checked when a disk is opened (once per file
 version): hashing every disk on every inventory would read the whole share.
 
 OVA VMs are never running: power operations are no-ops that report "off".
+
+An OVA has no datastores. Every disk of an OVA provider is reported on one
+storage, :data:`STORAGE` (``ova``), which is the key a StorageMap names for
+them: ``source: {name: ova}``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from ferry.providers.ova.package import Archive, Folder, Package, safe_name
 from ferry.providers.ova.reader import OvaDiskReader
 
 log = logging.getLogger(__name__)
+
+STORAGE = "ova"  # the one source storage of every OVA disk (a StorageMap's key)
 
 
 @dataclass
@@ -270,6 +276,7 @@ async def _vm(loaded: Loaded, system: descriptor.System, *, several: bool) -> Vm
                 allocated=ref.populated,
                 bus=ref.bus,
                 boot_order=ref.boot_order,
+                storage=STORAGE,
             )
         )
     return Vm(
