@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,20 @@ def copy(image: Path, tmp: Path) -> engine.Result:
 GD_AT_END = 0xFFFFFFFFFFFFFFFF
 
 
+@pytest.fixture(params=["isal", "zlib"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each decoding test runs with ISA-L (the default) and with the zlib fallback."""
+    if request.param == "zlib":
+        monkeypatch.setattr(vmdk, "_INFLATE", zlib)
+        monkeypatch.setattr(vmdk, "_INFLATE_ERRORS", (zlib.error,))
+    return str(request.param)
+
+
+def test_grains_are_inflated_with_isal_when_it_is_installed() -> None:
+    # isal is a locked dependency: a broken install must not fall back silently
+    assert vmdk._INFLATE.__name__ == "isal.isal_zlib"
+
+
 def directory_offset(data: bytes) -> int:
     """File offset of the grain directory, from the header or (if "at end") the footer."""
     gd_sector = struct.unpack_from("<Q", data, 56)[0]
@@ -102,7 +117,7 @@ def move_header_to_footer(image: Path) -> Path:
     ],
 )
 def test_stream_vmdk_is_decoded_in_process_exactly_as_qemu_reads_it(
-    tmp_path: Path, size: int, layout: list[tuple[int, int]]
+    tmp_path: Path, size: int, layout: list[tuple[int, int]], inflater: str
 ) -> None:
     # Given a streamOptimized VMDK made by qemu-img
     image = to_vmdk(make_raw(tmp_path / "d.raw", size, layout), tmp_path / "d.vmdk")
@@ -139,7 +154,7 @@ def test_other_vmdk_shapes_are_left_to_qemu(tmp_path: Path) -> None:
     assert copy(image, tmp_path).target.digest == qemu_digest(image, tmp_path)
 
 
-def test_damaged_grain_is_a_source_io_error(tmp_path: Path) -> None:
+def test_damaged_grain_is_a_source_io_error(tmp_path: Path, inflater: str) -> None:
     # Given a streamOptimized VMDK with one byte flipped inside a compressed grain
     image = to_vmdk(make_raw(tmp_path / "d.raw", 8 * MiB, [(0, 2 * MiB)]), tmp_path / "d.vmdk")
     _, entries = grain_table_entries(image)
