@@ -1,8 +1,12 @@
 """bench/copy: Ferry's importer against qemu-img convert and cp, on one machine, one run.
 
-Images (generated, random data in 1 MiB pieces spread over the disk):
+Images (generated, 1 MiB pieces of data spread over the disk):
 
-* 2 GiB raw, ~50 % allocated, and the same as a streamOptimized VMDK;
+* 2 GiB raw, ~50 % allocated with random data, and the same as a streamOptimized VMDK
+  (random data does not compress: its grains are mostly stored, not deflated);
+* the same as a streamOptimized VMDK, but the pieces are the machine's own programs
+  and libraries (``/usr``), which compress about as well as a guest's system disk:
+  here inflating is the work;
 * 2 GiB raw, ~10 % allocated (does the time follow the data or the size?).
 
 For each case it times Ferry's real importer workload (a child process started
@@ -35,7 +39,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,20 +107,56 @@ class PeakRss:
             time.sleep(0.01)
 
 
-def make_image(path: Path, size: int, share: float, seed: int) -> int:
-    """A sparse raw image: random 1 MiB pieces at random places, ``share`` of the size."""
+def random_pieces() -> Iterator[bytes]:
+    while True:
+        yield os.urandom(PIECE)
+
+
+def system_pieces() -> Iterator[bytes]:
+    """1 MiB pieces of the files under /usr (programs, libraries, text), in a fixed order, cycled.
+
+    Data that deflates like a guest's system disk (the report prints the ratio).
+    """
+    files = sorted(
+        p for root in ("/usr/bin", "/usr/lib", "/usr/share") for p in Path(root).rglob("*")
+    )
+    pending = b""
+    while True:
+        for path in files:
+            try:
+                if not path.is_file() or path.is_symlink():
+                    continue
+                pending += path.read_bytes()
+            except OSError:
+                continue
+            while len(pending) >= PIECE:
+                piece, pending = pending[:PIECE], pending[PIECE:]
+                if piece.count(0) < PIECE:  # an all-zero piece would be a hole
+                    yield piece
+
+
+def make_image(
+    path: Path, size: int, share: float, seed: int, pieces: Iterator[bytes] | None = None
+) -> int:
+    """A sparse raw image: 1 MiB pieces (random by default) at random places, ``share`` of it."""
     rng = random.Random(seed)
     slots = size // PIECE
     chosen = sorted(rng.sample(range(slots), int(slots * share)))
+    source = pieces if pieces is not None else random_pieces()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, size)
         for slot in chosen:
-            os.pwrite(fd, os.urandom(PIECE), slot * PIECE)
+            os.pwrite(fd, next(source), slot * PIECE)
         os.fsync(fd)
     finally:
         os.close(fd)
     return len(chosen) * PIECE
+
+
+def to_stream_vmdk(raw: Path, out: Path) -> None:
+    args = ["qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk"]
+    subprocess.run([*args, "-o", "subformat=streamOptimized", str(raw), str(out)], check=True)
 
 
 def fsync_file(path: Path) -> float:
@@ -333,17 +373,22 @@ def main() -> None:
         print(f"# bench/copy {time.strftime('%Y-%m-%d %H:%M:%S')} work dir {work}")
         print(f"# cpus {os.cpu_count()}, load {os.getloadavg()}, {version.stdout.splitlines()[0]}")
         half, tenth, vmdk = work / "half.raw", work / "tenth.raw", work / "half.vmdk"
+        usr, usr_vmdk = work / "usr.raw", work / "usr.vmdk"
         alloc_half = make_image(half, size, 0.5, seed=1)
         alloc_tenth = make_image(tenth, size, 0.1, seed=2)
-        subprocess.run(
-            [
-                *("qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk"),
-                *("-o", "subformat=streamOptimized", str(half), str(vmdk)),
-            ],
-            check=True,
+        alloc_usr = make_image(usr, size, 0.5, seed=3, pieces=system_pieces())
+        to_stream_vmdk(half, vmdk)
+        to_stream_vmdk(usr, usr_vmdk)
+        print(
+            f"# streamOptimized VMDK sizes: random data {vmdk.stat().st_size / MiB:.0f} MiB, "
+            f"/usr data {usr_vmdk.stat().st_size / MiB:.0f} MiB "
+            f"(deflated {alloc_usr / usr_vmdk.stat().st_size:.1f}:1), of "
+            f"{alloc_half / MiB:.0f} MiB each"
         )
         digest_half = checksum.of_bytes(half.read_bytes())
         digest_tenth = checksum.of_bytes(tenth.read_bytes())
+        digest_usr = checksum.of_bytes(usr.read_bytes())
+        usr.unlink()
         cases = [
             Case("50% raw->raw", half, DiskFormat.RAW, "raw", alloc_half, digest_half),
             Case(
@@ -353,6 +398,14 @@ def main() -> None:
                 "vmdk",
                 alloc_half,
                 digest_half,
+            ),
+            Case(
+                "50% vmdk->raw, /usr data",
+                usr_vmdk,
+                DiskFormat.VMDK_STREAM,
+                "vmdk",
+                alloc_usr,
+                digest_usr,
             ),
             Case("10% raw->raw", tenth, DiskFormat.RAW, "raw", alloc_tenth, digest_tenth),
         ]
@@ -376,7 +429,7 @@ def report(
     header: tuple[str, ...] = ("case", "tool", "time s", "+fsync s", "median s", "CPU s")
     header = (*header, "data MiB/s")
     header = (*header, "RSS MiB", "vs qemu-img", "vs verified")
-    print(f"{header[0]:<21} {header[1]:<26} " + " ".join(f"{h:>11}" for h in header[2:]))
+    print(f"{header[0]:<24} {header[1]:<26} " + " ".join(f"{h:>11}" for h in header[2:]))
     by_case: dict[str, dict[str, Sample]] = {}
     for s in results:
         by_case.setdefault(s.case, {})[s.tool] = s
@@ -391,7 +444,7 @@ def report(
             check = {True: " digest ok", False: " DIGEST MISMATCH", None: ""}[s.digest_ok]
             cells = (s.seconds, s.seconds_synced, s.median, s.cpu, rate, s.peak_rss / MiB)
             print(
-                f"{case:<21} {tool:<26} "
+                f"{case:<24} {tool:<26} "
                 + " ".join(f"{c:>11.2f}" if i < 4 else f"{c:>11.0f}" for i, c in enumerate(cells))
                 + f" {ratio:>11} {against:>11}{check}"
             )
