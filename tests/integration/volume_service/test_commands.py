@@ -321,10 +321,11 @@ async def test_enospc_in_a_populator_removes_the_prime(
         (failed,) = await wait_for(bus, volume.VolumeFailed)
         claims = claim_files(s.data_dir)
 
-    # Then the step failed for lack of space (whether the data or the checkpoint hit it
-    # first), the prime and its data are gone, the claim stays (unbound) for a retry
+    # Then the step failed for lack of space, named the same whether the data or the
+    # checkpoint hit it first; the prime and its data are gone, the claim stays for a retry
     assert isinstance(failed, volume.VolumeFailed) and isinstance(created, volume.VolumesCreated)
-    assert "no space left" in failed.reason.lower(), failed.reason
+    assert "no space left" in failed.reason and "ENOSPC" in failed.reason, failed.reason
+    assert "error: no_space" in failed.detail
     assert claims == [f"{created.volumes[0].name}.json"]
     assert [p for p in tiny_storage.iterdir() if p.name.startswith("pv-")] == []
 

@@ -6,6 +6,10 @@ chunk at ``index * 32``. A checkpoint is committed only after the target's data
 and the leaves are fsync'd, so whatever it claims is on disk. It also records
 the source's identity: a checkpoint from another source (or one that changed
 since) is discarded and the copy starts over.
+
+The checkpoint lives on the target's volume, so its writes fail like the
+target's own (a full volume is as likely to refuse a leaf or ``copy.json`` as a
+data block): they raise the same ``CopyError``s, never a bare ``OSError``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import msgspec
 
 from ferry.platform import durable
-from ferry.platform.copy import checksum
+from ferry.platform.copy import checksum, errors
 
 
 class State(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,7 +39,10 @@ class State(msgspec.Struct, frozen=True, kw_only=True):
 
 class Checkpoint:
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise errors.on_write(exc, f"the copy's checkpoint directory {directory}") from exc
         self.directory = directory
         self.state_path = directory / "copy.json"
         self.leaves_path = directory / "copy.leaves"
@@ -62,14 +69,23 @@ class Checkpoint:
 
     def _open(self, *, truncate: bool) -> None:
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)
-        self._fd = os.open(self.leaves_path, flags, 0o600)
+        try:
+            self._fd = os.open(self.leaves_path, flags, 0o600)
+        except OSError as exc:
+            raise errors.on_write(exc, f"the copy's checkpoint {self.leaves_path}") from exc
 
     def put_leaf(self, index: int, leaf: bytes) -> None:
-        os.pwrite(self._fd, leaf, index * checksum.LEAF)
+        try:
+            os.pwrite(self._fd, leaf, index * checksum.LEAF)
+        except OSError as exc:
+            raise errors.on_write(exc, f"the copy's checkpoint {self.leaves_path}") from exc
 
     def commit(self, state: State) -> None:
-        os.fsync(self._fd)
-        durable.write_atomic(self.state_path, msgspec.json.encode(state))
+        try:
+            os.fsync(self._fd)
+            durable.write_atomic(self.state_path, msgspec.json.encode(state))
+        except OSError as exc:
+            raise errors.on_write(exc, f"the copy's checkpoint {self.state_path}") from exc
 
     def leaves(self, count: int) -> Iterator[bytes]:
         step = 4096
