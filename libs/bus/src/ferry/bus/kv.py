@@ -97,13 +97,36 @@ class KeyValue(Generic[T]):
         return 0 if entry is None else entry.revision
 
     async def keys(self, prefix: str = "") -> list[str]:
-        """Keys that exist now and start with ``prefix``, sorted; ``[]`` when none."""
+        """Keys that exist now and start with ``prefix``, sorted; ``[]`` when none.
+
+        Not nats-py's ``keys()``: it replays the bucket through a watcher and
+        stops at the first message that reports nothing pending, which, while
+        another key is being written, can come before every key was seen (a
+        key is missed, listed twice, or the list is empty; nats-io/nats.py#842, #995).
+        The stream's subjects are one snapshot taken by the server instead;
+        keys whose latest entry is a delete or purge marker are then dropped.
+        (The server lists at most 100,000 subjects in one answer.)
+        """
         kv = await self._kv()
-        try:
-            found = await kv.keys()
-        except js_errors.NoKeysError:
-            return []
-        return sorted(k for k in found if k.startswith(prefix))
+        stream_prefix = f"$KV.{self.bucket}."
+        # Token-aligned prefixes are filtered by the server; others client-side.
+        pattern = ">" if not prefix or not prefix.endswith(".") else f"{prefix}>"
+        info = await self._bus.js.stream_info(
+            f"KV_{self.bucket}", subjects_filter=stream_prefix + pattern
+        )
+        candidates = sorted(
+            key
+            for subject in info.state.subjects or {}
+            if (key := subject.removeprefix(stream_prefix)).startswith(prefix)
+        )
+        found = []
+        for key in candidates:
+            try:
+                await kv.get(key)
+            except js_errors.KeyNotFoundError:  # deleted or purged: only its marker is left
+                continue
+            found.append(key)
+        return found
 
     # -- writes --------------------------------------------------------------
 
