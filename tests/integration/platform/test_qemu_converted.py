@@ -1,10 +1,15 @@
-"""The whole target side of a VMware migration, minus the bus: copy, convert, build, boot.
+"""The target side of a VMware migration after conversion, minus the bus: build, boot.
 
-The test guest's disk is copied into a volume (as an importer would), the
-conversion-service's converter runs virt-v2v-in-place on it, and its inspection
-goes into the VirtualMachine builder. The guest had no virtio drivers before;
-after conversion the builder puts its disk on virtio-blk and its NIC on
-virtio-net, and the guest must reach its login prompt that way.
+The test guest had no virtio drivers; once virt-v2v-in-place has converted it
+(through the conversion-service's Converter, as a copied volume), the builder
+puts its disk on virtio-blk and its NIC on virtio-net from the inspection, and
+the guest must reach its login prompt that way.
+
+The conversion itself is proven in tests/integration/conversion. Here its
+result comes from tests/guest/converted_guest.py: converted once with the real
+virt-v2v and cached, keyed by the test guest, the virt-v2v version and the
+conversion's inputs, so a change to any of them converts again. The cached disk
+is shared, so the VM boots a qcow2 overlay of it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,25 +24,22 @@ from typing import Any
 import pytest
 import yaml
 
-from ferry.conversion_service import v2v
-from ferry.conversion_service.settings import ConversionSettings
 from ferry.platform import kubevirt, schemas
 from ferry.platform.local import qemu
 from ferry.platform.local.vms import LocalVms
 from ferry.platform.vms import VmPhase
-from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import NetworkTarget, Volume
 from ferry.providers.ova.provider import OvaProvider
 
-GUEST_BUILDER = Path(__file__).resolve().parents[2] / "guest" / "build_guest.py"
+GUEST_DIR = Path(__file__).resolve().parents[2] / "guest"
 
 
-def guest_builder() -> Any:
-    name = "ferry_test_guest"
+def load(name: str, path: Path) -> Any:
+    """Load a file of tests/guest by path (tests/ is not a package)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, GUEST_BUILDER)
-    assert spec is not None and spec.loader is not None, f"cannot load {GUEST_BUILDER}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, f"cannot load {path}"
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -46,10 +47,10 @@ def guest_builder() -> Any:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # guest build (first run), virt-v2v and the boot, all under TCG
+@pytest.mark.timeout(3600)  # first run: guest build and virt-v2v; then the boot, all under TCG
 async def test_converted_guest_boots_on_virtio_to_its_login_prompt(tmp_path: Path) -> None:
-    # Given the test guest's OVA, its inventory, and its disk copied into a volume
-    guest = guest_builder().ensure_guest()
+    # Given the test guest's OVA and its inventory
+    guest = load("ferry_test_guest", GUEST_DIR / "build_guest.py").ensure_guest()
     ova_dir = tmp_path / "ova"
     ova_dir.mkdir()
     try:
@@ -58,32 +59,24 @@ async def test_converted_guest_boots_on_virtio_to_its_login_prompt(tmp_path: Pat
         shutil.copyfile(guest.ova, ova_dir / Path(guest.ova).name)
     (source,) = await OvaProvider(ova_dir).inventory()
     (disk,) = source.disks
-    volume_file = tmp_path / "volumes" / "disk-0.raw"
-    volume_file.parent.mkdir()
-    subprocess.run(["cp", "--sparse=always", str(guest.raw), str(volume_file)], check=True)
+    # And its disk converted in place by virt-v2v (cached), behind an overlay of our own
+    converted = await load(
+        "ferry_converted_guest", GUEST_DIR / "converted_guest.py"
+    ).ensure_converted(guest, source)
+    assert converted.inspection.virtio_drivers is True
     volume = Volume(
         disk_id=disk.id,
         name="ferry-test-guest-disk-0",
         size=disk.capacity,
-        path=str(volume_file),
+        path=str(converted.overlay(tmp_path / "disk-0.qcow2")),
+        format="qcow2",
         phase="Succeeded",
     )
 
-    # When the conversion-service's converter converts it in place
-    converter = v2v.Converter(ConversionSettings(), tmp_path / "conversion")
-    job = v2v.Job(
-        migration="mig-conv",
-        vm_key="vm-conv",
-        mode=ConversionMode.IN_PLACE,
-        inventory=source,
-        volumes=[volume],
-        timeout_seconds=2400,
-    )
-    result = await converter.convert(job)
-    # And the VirtualMachine is built from the inventory and the inspection
+    # When the VirtualMachine is built from the inventory and the inspection
     manifest = kubevirt.build(
         source,
-        inspection=result.inspection,
+        inspection=converted.inspection,
         volumes=[volume],
         networks=[NetworkTarget(nic_id=n.id, type="pod") for n in source.nics],
         target=kubevirt.Target(namespace="migrated", run=True),
@@ -111,8 +104,11 @@ async def test_converted_guest_boots_on_virtio_to_its_login_prompt(tmp_path: Pat
         written = yaml.safe_load(Path(running.manifest).read_text())
         assert written["spec"]["runStrategy"] == "Always"
         print(
-            f"\nconversion {result.seconds:.1f} s; converted guest booted on virtio "
-            f"in {running.boot_seconds:.1f} s"
+            f"\nconversion {converted.seconds:.1f} s "
+            f"({'now' if converted.built_now else 'cached'}, {converted.directory}); "
+            f"converted guest booted on virtio in {running.boot_seconds:.1f} s"
         )
     finally:
         await vms.delete_vm("migrated", name)
+    # And the cached disk the overlay reads from was left as the conversion wrote it
+    assert converted.unchanged()
