@@ -20,9 +20,14 @@ where the target has data and the source has a hole is read and must be zeros.
 So the target's guest-visible bytes equal the bytes that were hashed, i.e. the
 target's tree digest *is* the source digest, without hashing twice. It checks
 the copy's own path (offsets, lost or short writes, the sink, stale data of a
-resumed attempt), not the device's media: the read-back comes from the page
-cache, as any read right after a write would. ``Options.rehash`` adds the old,
-independent second pass that re-reads and re-hashes the whole target.
+resumed attempt), not the device's media. Where the target takes direct I/O
+(the default), writes and read-backs bypass the page cache, so the read-back
+asks the device (a virtual disk may answer from its host's cache); where it
+does not (tmpfs, ``FERRY_COPY_BUFFERED``), it reads the page cache. Either
+way it costs one more read of every written byte: on a copy whose bottleneck
+is the device (raw to raw on one local disk) that is the price of the check,
+measured in ``bench/copy``. ``Options.rehash`` adds the old, independent second
+pass that re-reads and re-hashes the whole target.
 
 Results are consumed in chunk order, which makes "every chunk below N is done"
 a single number: the checkpoint's watermark. A chunk counts as done only once
