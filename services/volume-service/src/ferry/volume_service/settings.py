@@ -67,8 +67,11 @@ class VolumeSettings(BaseModel):
     )
     verify_readback: bool = Field(
         default=True,
-        description="After a copy, read the volume back and compare its checksum with the "
-        "source's. Off: the target checksum comes from the written buffers.",
+        description="Read every written range back from the volume (from the device where "
+        "it takes direct I/O) and compare it with the source bytes before it counts as "
+        "copied; after the flush, check that the source's holes read as zeros. Off: the "
+        "target checksum comes from the written buffers (faster where the device is the "
+        "bottleneck, weaker).",
     )
     max_rate: float | None = Field(
         default=None,
