@@ -8,6 +8,8 @@ the workload is a child process and is killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import random
 import signal
@@ -20,7 +22,7 @@ import msgspec
 import psutil
 import pytest
 
-from ferry.platform import factory, volumes
+from ferry.platform import durable, factory, volumes
 from ferry.platform.base import Platform
 from ferry.platform.copy import checksum, errors
 from ferry.platform.copy.source import ImageRef
@@ -421,6 +423,25 @@ def tiny_storage(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_record_that_does_not_fit_leaves_the_old_one_and_no_temporary_file(
+    tiny_storage: Path,
+) -> None:
+    # Given a record on a 4 MiB tmpfs that is then filled up
+    record = tiny_storage / "claim.json"
+    durable.write_atomic(record, b'{"phase": "Bound"}')
+    filler = tiny_storage / "filler"
+    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(bytes(64 * 1024))
+    # When a bigger record is written over it
+    with pytest.raises(OSError) as failed:
+        durable.write_atomic(record, b"x" * (1 << 20))
+    # Then it fails with ENOSPC, the old record is whole, and nothing else is left behind
+    assert failed.value.errno == errno.ENOSPC
+    assert record.read_bytes() == b'{"phase": "Bound"}'
+    assert sorted(p.name for p in tiny_storage.iterdir()) == ["claim.json", "filler"]
 
 
 async def test_importer_enospc_fails_precisely_and_empties_the_volume(
