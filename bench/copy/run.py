@@ -180,20 +180,25 @@ def settle() -> None:
     os.sync()
 
 
-def run_tool(name: str, case: str, args: list[str], out: Path, allocated: int) -> Sample:
-    out.unlink(missing_ok=True)
-    settle()
+def timed(name: str, args: list[str]) -> tuple[float, float, int]:
+    """Run a tool to the end: its seconds, its process tree's CPU seconds, its peak RSS."""
     cpu = children_cpu()
     started = time.perf_counter()
     proc = psutil.Popen(args)
     with PeakRss(proc, include_root=True) as rss:
         code = proc.wait()
     seconds = time.perf_counter() - started
-    cpu = children_cpu() - cpu
     if code != 0:
         raise SystemExit(f"{name} failed with {code}: {args}")
+    return seconds, children_cpu() - cpu, rss.peak
+
+
+def run_tool(name: str, case: str, args: list[str], out: Path, allocated: int) -> Sample:
+    out.unlink(missing_ok=True)
+    settle()
+    seconds, cpu, peak = timed(name, args)
     synced = seconds + fsync_file(out)
-    return Sample(name, case, seconds, synced, rss.peak, allocated, cpu)
+    return Sample(name, case, seconds, synced, peak, allocated, cpu)
 
 
 def virtual_size(image: Path, fmt: str) -> int:
@@ -276,30 +281,12 @@ def run_qemu_verified(work: Path, case: Case, _run: int) -> Sample:
     out = work / "out.raw"
     convert = run_qemu_img(work, case, _run)
     drop_cached(out)
-    cpu = children_cpu()
-    started = time.perf_counter()
-    proc = psutil.Popen(
-        [
-            "qemu-img",
-            "compare",
-            "-q",
-            "-f",
-            case.qemu_format,
-            "-F",
-            "raw",
-            str(case.image),
-            str(out),
-        ]
-    )
-    with PeakRss(proc, include_root=True) as rss:
-        code = proc.wait()
-    seconds = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"qemu-img compare found the copy different (exit {code})")
+    compare = ["qemu-img", "compare", "-q", "-f", case.qemu_format, "-F", "raw"]
+    # exit 1: the copy differs; 2: it could not be read
+    seconds, cpu, peak = timed("qemu-img compare", [*compare, str(case.image), str(out)])
     total = convert.seconds_synced + seconds
-    cpu = convert.cpu + children_cpu() - cpu
-    peak = max(convert.peak_rss, rss.peak)
-    return Sample(QEMU_VERIFIED, case.name, total, total, peak, case.allocated, cpu)
+    peak = max(convert.peak_rss, peak)
+    return Sample(QEMU_VERIFIED, case.name, total, total, peak, case.allocated, convert.cpu + cpu)
 
 
 def device_ceiling(work: Path, nbytes: int) -> tuple[float, float]:
