@@ -37,12 +37,19 @@ class State(msgspec.Struct, frozen=True, kw_only=True):
     bytes_written: int = 0
 
 
+@contextlib.contextmanager
+def _as_target_error(where: str) -> Iterator[None]:
+    """An OSError inside becomes the CopyError a data write would raise (ENOSPC, EIO…)."""
+    try:
+        yield
+    except OSError as exc:
+        raise errors.on_write(exc, where) from exc
+
+
 class Checkpoint:
     def __init__(self, directory: Path) -> None:
-        try:
+        with _as_target_error(f"the copy's checkpoint directory {directory}"):
             directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise errors.on_write(exc, f"the copy's checkpoint directory {directory}") from exc
         self.directory = directory
         self.state_path = directory / "copy.json"
         self.leaves_path = directory / "copy.leaves"
@@ -69,23 +76,17 @@ class Checkpoint:
 
     def _open(self, *, truncate: bool) -> None:
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)
-        try:
+        with _as_target_error(f"the copy's checkpoint {self.leaves_path}"):
             self._fd = os.open(self.leaves_path, flags, 0o600)
-        except OSError as exc:
-            raise errors.on_write(exc, f"the copy's checkpoint {self.leaves_path}") from exc
 
     def put_leaf(self, index: int, leaf: bytes) -> None:
-        try:
+        with _as_target_error(f"the copy's checkpoint {self.leaves_path}"):
             os.pwrite(self._fd, leaf, index * checksum.LEAF)
-        except OSError as exc:
-            raise errors.on_write(exc, f"the copy's checkpoint {self.leaves_path}") from exc
 
     def commit(self, state: State) -> None:
-        try:
+        with _as_target_error(f"the copy's checkpoint {self.state_path}"):
             os.fsync(self._fd)
             durable.write_atomic(self.state_path, msgspec.json.encode(state))
-        except OSError as exc:
-            raise errors.on_write(exc, f"the copy's checkpoint {self.state_path}") from exc
 
     def leaves(self, count: int) -> Iterator[bytes]:
         step = 4096
