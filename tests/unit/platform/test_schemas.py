@@ -60,22 +60,24 @@ def pvc() -> dict[str, Any]:
     }
 
 
-def test_schemas_are_found_from_the_checkout() -> None:
-    # Given no FERRY_SCHEMAS_DIR in the environment of this test run
+def test_schemas_are_the_packaged_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given no FERRY_SCHEMAS_DIR, and a working directory whose parents hold a
+    # shared/schemas folder (the steering checkout)
+    monkeypatch.delenv(schemas.ENV_DIR, raising=False)
     # When the directory is looked up
     found = schemas.schemas_dir()
-    # Then it is the steering shared/schemas directory (or, in a clone without it, the
-    # packaged copy) holding the KubeVirt and CDI documents
-    assert found.parts[-2:] == ("shared", "schemas") or found == schemas.PACKAGED_DIR
+    # Then it is the copy packaged with the library, never a folder found by searching
+    assert found == schemas.PACKAGED_DIR
     assert (found / "kubevirt-v1.swagger.json").is_file()
     assert (found / "cdi-v1beta1.swagger.json").is_file()
 
 
 def test_packaged_schemas_are_the_shared_ones() -> None:
     # Given the steering copy of the schemas, when this checkout has one beside it
-    shared = [p for p in schemas._candidates() if p != schemas.PACKAGED_DIR and p.is_dir()]
+    steering = Path(__file__).resolve().parents[4] / "shared" / "schemas"
+    shared = [steering] if steering.is_dir() else []
     if not shared:
-        pytest.skip("no shared/schemas beside this checkout to compare with")
+        pytest.skip(f"no {steering} beside this checkout to compare with")
     # Then every packaged document is byte-identical to it (no silent drift)
     for name in ("kubevirt-v1.swagger.json", "cdi-v1beta1.swagger.json"):
         assert (schemas.PACKAGED_DIR / name).read_bytes() == (shared[0] / name).read_bytes()

@@ -2,7 +2,7 @@
 
 An object that a cluster would reject is a defect we want to see in a unit
 test, not in a customer's cluster. KubeVirt and CDI objects are checked against
-their published OpenAPI (swagger 2.0) documents, kept in ``shared/schemas``;
+their published OpenAPI (swagger 2.0) documents, packaged with this library;
 core objects (PersistentVolumeClaim, Pod, …) against the upstream schemas that
 the ``kubernetes-validate`` package ships.
 
@@ -10,11 +10,12 @@ Checks are strict: a field the API does not define is an error, because the API
 server would silently drop it (a typo in ``runStrategy`` would leave a VM that
 never starts).
 
-Where the schemas are: ``FERRY_SCHEMAS_DIR``, else the first ``shared/schemas``
-found walking up from this file (a checkout at ``<x>/main`` finds
-``<x>/shared/schemas``) or from the working directory, else the copies packaged
-with this library (``apischemas/``, checked against ``shared/schemas`` by a test).
-If none is found, validation fails loudly rather than passing unchecked.
+Where the schemas are: the copies packaged with this library (``apischemas/``),
+or ``FERRY_SCHEMAS_DIR`` when an operator points it elsewhere on purpose. Nothing
+outside the package is searched, so a clone, a wheel and a container validate
+against the same documents; a test keeps the packaged copies identical to the
+steering ones. If the directory holds no schema, validation fails loudly rather
+than passing unchecked.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,6 @@ class SchemaValidationError(ValueError):
 PACKAGED_DIR = Path(__file__).resolve().parent / "apischemas"
 
 
-def _candidates() -> Iterator[Path]:
-    for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
-        for folder in (start, *start.parents):
-            yield folder / "shared" / "schemas"
-    yield PACKAGED_DIR
-
-
 def schemas_dir() -> Path:
     """The directory that holds ``*.swagger.json``; raises :class:`SchemasNotFound`."""
     configured = os.environ.get(ENV_DIR)
@@ -70,13 +64,9 @@ def schemas_dir() -> Path:
         if not any(path.glob(_SWAGGER_GLOB)):
             raise SchemasNotFound(f"{ENV_DIR}={configured} holds no {_SWAGGER_GLOB} files")
         return path
-    for path in _candidates():
-        if any(path.glob(_SWAGGER_GLOB)):
-            return path
-    raise SchemasNotFound(
-        f"no shared/schemas directory with {_SWAGGER_GLOB} above {Path(__file__).parent} "
-        f"or {Path.cwd()}, and none packaged in {PACKAGED_DIR}; set {ENV_DIR}"
-    )
+    if any(PACKAGED_DIR.glob(_SWAGGER_GLOB)):
+        return PACKAGED_DIR
+    raise SchemasNotFound(f"no {_SWAGGER_GLOB} packaged in {PACKAGED_DIR}; set {ENV_DIR}")
 
 
 def _strict(definitions: dict[str, Any]) -> dict[str, Any]:
