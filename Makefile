@@ -65,6 +65,10 @@ lint: setup ## ruff, mypy (strict) and the import-linter layer contracts
 schemas: setup ## Write the JSON Schemas and the AsyncAPI document into proto/
 	$(BIN)/python -m ferry.proto.schemagen
 
+.PHONY: docs
+docs: setup ## Write the message table of docs/ARCHITECTURE.md from proto/
+	$(BIN)/python -m ferry.proto.docgen
+
 .PHONY: test-fast
 test-fast: setup ## Unit and integration tests not marked slow (parallel, < 2 min)
 	$(BIN)/pytest tests/unit tests/integration -m "not slow and not e2e" -q -n $(JOBS)
@@ -72,6 +76,7 @@ test-fast: setup ## Unit and integration tests not marked slow (parallel, < 2 mi
 .PHONY: test
 test: system-deps setup lint ## Everything: lint, unit, integration, slow, faults, e2e
 	$(BIN)/python -m ferry.proto.schemagen --check
+	$(BIN)/python -m ferry.proto.docgen --check
 	$(BIN)/pytest tests -m "not slow" -q -n $(JOBS)
 	$(BIN)/pytest tests -m "slow" -q
 
