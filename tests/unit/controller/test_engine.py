@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 
 from ferry.migration_controller import engine
-from ferry.migration_controller.phases import StepStatus, VmStatus
-from ferry.migration_controller.state import VmState
 from ferry.proto import migration
+from ferry.proto.phases import StepStatus, VmStatus
+from ferry.proto.state import VmState
 
 
 def runs(actions: list[engine.Action]) -> list[tuple[str, int]]:

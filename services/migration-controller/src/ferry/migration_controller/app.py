@@ -30,14 +30,14 @@ from typing import Any
 
 from ferry.bus import Bus, Context, Intake, Observer, PermanentError, Router, cancellation
 from ferry.migration_controller import engine, itinerary, planning, steps
-from ferry.migration_controller.phases import Flow, StepStatus, VmStatus
 from ferry.migration_controller.settings import ControllerSettings
-from ferry.migration_controller.state import VmError, VmState, now_iso
 from ferry.migration_controller.store import MissingObject, Objects, VmStates
 from ferry.proto import conversion, migration, objects, subjects, vm, volume
 from ferry.proto.base import Event, Failed, Message
 from ferry.proto.inventory import PowerState
 from ferry.proto.inventory import Vm as InventoryVm
+from ferry.proto.phases import Flow, MigrationPhase, StepStatus, VmStatus
+from ferry.proto.state import VmError, VmState, now_iso
 from ferry.proto.subjects import Service
 from ferry.proto.volume import SourceRef
 from ferry.providers import base as providers_base
@@ -553,7 +553,7 @@ class Controller(Router):
         )
 
         def running(status: dict[str, Any]) -> None:
-            status.update(phase="Running", started=now_iso(now), reasons={})
+            status.update(phase=MigrationPhase.RUNNING, started=now_iso(now), reasons={})
 
         await self.objects.set_status(objects.Migration, name, running)
         await self.bus.publish(
@@ -579,7 +579,9 @@ class Controller(Router):
         if await self.objects.find(objects.Migration, name) is not None:
 
             def rejected(status: dict[str, Any]) -> None:
-                status.update(phase="Rejected", reasons=reasons, completed=now_iso(self.clock()))
+                status.update(
+                    phase=MigrationPhase.REJECTED, reasons=reasons, completed=now_iso(self.clock())
+                )
 
             await self.objects.set_status(objects.Migration, name, rejected)
         await self.bus.publish(
@@ -710,12 +712,18 @@ class Controller(Router):
         if any(not s.status.ended or not s.finalized for s in states):
             return
         mig = await self.objects.find(objects.Migration, name)
-        if mig is None or mig.status.phase not in ("Running", "Succeeded", "Failed", "Canceled"):
+        if mig is None or mig.status.phase in (MigrationPhase.NOT_STARTED, MigrationPhase.REJECTED):
             return
         self._completed.add(name)
         count = Counter(s.status for s in states)
         ok, bad, off = count[VmStatus.SUCCEEDED], count[VmStatus.FAILED], count[VmStatus.CANCELED]
-        phase = "Failed" if bad else "Canceled" if off else "Succeeded"
+        phase = (
+            MigrationPhase.FAILED
+            if bad
+            else MigrationPhase.CANCELED
+            if off
+            else MigrationPhase.SUCCEEDED
+        )
         when = now_iso(self.clock())
 
         def ended(status: dict[str, Any]) -> None:

@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ferry.migration_controller.phases import Phase, StepStatus, VmStatus
-from ferry.migration_controller.state import StepState, VmError, VmState, now_iso, parse_iso
 from ferry.proto import migration
 from ferry.proto.base import Event
 from ferry.proto.inventory import PowerState
+from ferry.proto.phases import Phase, StepStatus, VmStatus
+from ferry.proto.state import StepState, VmError, VmState, now_iso, parse_iso
 
 
 @dataclass(frozen=True)

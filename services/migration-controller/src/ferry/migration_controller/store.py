@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from ferry.bus import Bus, Conflict
-from ferry.migration_controller.state import VmState
 from ferry.proto import objects, subjects
+from ferry.proto.state import VmState
 from ferry.proto.subjects import Bucket
 
 Obj = TypeVar("Obj", bound=objects.FerryObjectBase)
