@@ -80,7 +80,8 @@ def label(step: StepState) -> str:
     return step.name if not step.runs else f"{step.name}@{step.runs}"
 
 
-def _ids(s: VmState) -> dict[str, Any]:
+def ids(s: VmState) -> dict[str, Any]:
+    """The ids every message about this VM carries."""
     return {"plan": s.plan, "migration": s.migration, "vm": s.vm}
 
 
@@ -90,7 +91,7 @@ def start(s: VmState, now: float) -> list[Action]:
         return []
     s.status = VmStatus.RUNNING
     s.started = now_iso(now)
-    started = migration.VmStarted(**_ids(s), itinerary=[x.name for x in s.steps], flow=s.flow.value)
+    started = migration.VmStarted(**ids(s), itinerary=[x.name for x in s.steps], flow=s.flow.value)
     return [Emit(started), *advance(s, now)]
 
 
@@ -114,7 +115,7 @@ def advance(s: VmState, now: float) -> list[Action]:
     step.ended = ""
     step.retry_at = 0.0
     begun = migration.StepStarted(
-        **_ids(s), step=label(step), service=step.service, attempt=step.attempt
+        **ids(s), step=label(step), service=step.service, attempt=step.attempt
     )
     if step.instant:
         return [Emit(begun), *step_done(s, step.name, now)]
@@ -126,7 +127,7 @@ def _succeed(s: VmState, now: float) -> list[Action]:
     s.phase = Phase.COMPLETED.value
     s.ended = now_iso(now)
     took = now - parse_iso(s.started) if s.started else 0.0
-    return [Emit(migration.VmCompleted(**_ids(s), seconds=round(took, 3))), Finished(s.status)]
+    return [Emit(migration.VmCompleted(**ids(s), seconds=round(took, 3))), Finished(s.status)]
 
 
 def _running(s: VmState, step: str) -> bool:
@@ -150,9 +151,7 @@ def step_done(s: VmState, step: str, now: float) -> list[Action]:
     cur.runs += 1
     cur.wait_until = 0.0
     took = now - parse_iso(cur.started) if cur.started else 0.0
-    done = migration.StepCompleted(
-        **_ids(s), step=name, attempt=cur.attempt, seconds=round(took, 3)
-    )
+    done = migration.StepCompleted(**ids(s), step=name, attempt=cur.attempt, seconds=round(took, 3))
     s.cursor += 1
     return [Emit(done), *advance(s, now)]
 
@@ -194,7 +193,7 @@ def step_failed(
         VmError(step=step, attempt=cur.attempt, reason=reason, time=now_iso(now), permanent=final)
     )
     failed = migration.StepFailed(
-        **_ids(s), step=label(cur), attempt=cur.attempt, reason=reason, will_retry=not final
+        **ids(s), step=label(cur), attempt=cur.attempt, reason=reason, will_retry=not final
     )
     if not final:
         cur.status = StepStatus.PENDING
@@ -238,7 +237,7 @@ def cancel(s: VmState, reason: str, now: float) -> list[Action]:
         s.status = VmStatus.CANCELED
         s.ended = now_iso(now)
         s.phase = VmStatus.CANCELED.value
-        return [Emit(migration.VmCanceled(**_ids(s))), Finished(s.status)]
+        return [Emit(migration.VmCanceled(**ids(s))), Finished(s.status)]
     return [MarkCanceled(), *_end(s, VmStatus.CANCELED, now)]
 
 
@@ -283,10 +282,10 @@ def _end(s: VmState, status: VmStatus, now: float, reason: str = "") -> list[Act
         actions.append(Cleanup())
     if status is VmStatus.FAILED:
         actions.append(
-            Emit(migration.VmFailed(**_ids(s), step=step, reason=reason, power_restored=restore))
+            Emit(migration.VmFailed(**ids(s), step=step, reason=reason, power_restored=restore))
         )
     else:
-        actions.append(Emit(migration.VmCanceled(**_ids(s), step=step, power_restored=restore)))
+        actions.append(Emit(migration.VmCanceled(**ids(s), step=step, power_restored=restore)))
     actions.append(Finished(status))
     return actions
 
@@ -302,7 +301,7 @@ def progress(s: VmState, step: str, disk_id: str, done: int, total: int) -> list
     if total:
         disk.total = total
     event = migration.Progress(
-        **_ids(s),
+        **ids(s),
         step=s.phase,
         done=s.done_bytes,
         total=s.total_bytes,

@@ -20,6 +20,9 @@ from ferry.proto.state import VmState
 from ferry.proto.subjects import Bucket
 
 Obj = TypeVar("Obj", bound=objects.FerryObjectBase)
+
+ALL = "*"
+"""The ``vm`` of a message about a whole migration rather than one of its VMs."""
 Document = dict[str, Any]
 
 
