@@ -23,7 +23,8 @@ from ferry.migration_controller import engine
 from ferry.migration_controller.scheduler import Scheduler
 from ferry.migration_controller.sources import Sources
 from ferry.migration_controller.store import ALL, Objects
-from ferry.proto import migration, objects, volume
+from ferry.proto import migration, objects, vm, volume
+from ferry.proto.base import Message
 from ferry.proto.inventory import PowerState
 from ferry.proto.phases import MigrationPhase, VmStatus
 from ferry.proto.state import VmError, VmState, now_iso
@@ -31,6 +32,9 @@ from ferry.proto.state import VmError, VmState, now_iso
 log = logging.getLogger(__name__)
 
 Change = Callable[[VmState], list[engine.Action]]
+
+CLEANUP = "Cleanup"
+"""The step of clean-up commands; the controller ignores their failures (nothing to retry)."""
 
 
 def mark_finalized(s: VmState) -> list[engine.Action]:
@@ -78,12 +82,22 @@ class Completion:
 
         return restored
 
-    async def cleanup(self, s: VmState) -> None:
-        await self._bus.publish(
-            volume.CleanupVolumes(
-                **engine.ids(s), step="Cleanup", namespace=s.namespace, all_volumes=True
+    async def cleanup(self, s: VmState, *, vm_too: bool) -> None:
+        """Ask the services to remove the VM's VirtualMachine (if it may exist) and volumes.
+
+        The VirtualMachine goes first: it is what holds the volumes. Both commands
+        look before they delete, so repeating them after a restart is harmless.
+        """
+        ids = engine.ids(s)
+        commands: list[Message] = []
+        if vm_too:
+            commands.append(
+                vm.DeleteVm(**ids, step=CLEANUP, namespace=s.namespace, target_name=s.target_name)
             )
+        commands.append(
+            volume.CleanupVolumes(**ids, step=CLEANUP, namespace=s.namespace, all_volumes=True)
         )
+        await self._bus.publish_many(commands)
 
     async def maybe_complete(self, name: str) -> None:
         """Complete the migration if all its VMs ended and their ends were carried out."""

@@ -134,7 +134,7 @@ class Driver:
             elif isinstance(action, engine.RestorePower):
                 await self.transition(key, await self.completion.restore_power(self.state(key)))
             elif isinstance(action, engine.Cleanup):
-                await self.completion.cleanup(self.state(key))
+                await self.completion.cleanup(self.state(key), vm_too=action.vm)
             elif isinstance(action, engine.MarkCanceled):
                 state = self.state(key)
                 await cancellation.request(

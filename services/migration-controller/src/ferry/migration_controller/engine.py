@@ -48,7 +48,10 @@ class RestorePower:
 
 @dataclass(frozen=True)
 class Cleanup:
-    """Tell the volume-service to remove what this migration created for the VM."""
+    """Remove what this migration created for the VM: its volumes, and its VirtualMachine
+    when one may exist (``vm``), so that a VM that did not make it leaves nothing behind."""
+
+    vm: bool = False
 
 
 @dataclass(frozen=True)
@@ -249,9 +252,16 @@ def needs_power_restore(s: VmState) -> bool:
     return s.powered_off or (off is not None and off.status is not StepStatus.PENDING)
 
 
-def _touched_volumes(s: VmState) -> bool:
-    create = s.step(Phase.CREATE_DATA_VOLUMES.value)
-    return create is not None and create.attempt > 0
+def _started(s: VmState, phase: Phase) -> bool:
+    step = s.step(phase.value)
+    return step is not None and step.attempt > 0
+
+
+def _cleanup(s: VmState) -> list[Action]:
+    # Every itinerary creates volumes before the VirtualMachine, so no volumes, no VM either.
+    if not _started(s, Phase.CREATE_DATA_VOLUMES):
+        return []
+    return [Cleanup(vm=_started(s, Phase.CREATE_VM))]
 
 
 def finish_actions(s: VmState) -> list[Action]:
@@ -264,8 +274,7 @@ def finish_actions(s: VmState) -> list[Action]:
     if s.status is not VmStatus.SUCCEEDED:  # a migrated VM's source stays off
         if needs_power_restore(s):
             actions.append(RestorePower(s.source_power))
-        if _touched_volumes(s):
-            actions.append(Cleanup())
+        actions.extend(_cleanup(s))
     return [*actions, Finished(s.status)]
 
 
@@ -278,8 +287,7 @@ def _end(s: VmState, status: VmStatus, now: float, reason: str = "") -> list[Act
     actions: list[Action] = []
     if restore:
         actions.append(RestorePower(s.source_power))
-    if _touched_volumes(s):
-        actions.append(Cleanup())
+    actions.extend(_cleanup(s))
     if status is VmStatus.FAILED:
         actions.append(
             Emit(migration.VmFailed(**ids(s), step=step, reason=reason, power_restored=restore))
