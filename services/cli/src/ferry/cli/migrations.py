@@ -23,10 +23,17 @@ from rich.table import Table
 from ferry.bus import Bus, Conflict
 from ferry.cli.objects import ALL, CliError, NatsOption, connect, get_doc, key_of, kv, out, run
 from ferry.proto import migration, objects, subjects
+from ferry.proto.phases import StepStatus
 from ferry.proto.state import VmView
 from ferry.proto.subjects import Bucket
 
-MARK = {"Completed": "✓", "Running": "▶", "Failed": "✗", "Canceled": "⊘", "Pending": "·"}
+MARK = {
+    StepStatus.COMPLETED: "✓",
+    StepStatus.RUNNING: "▶",
+    StepStatus.FAILED: "✗",
+    StepStatus.CANCELED: "⊘",
+    StepStatus.PENDING: "·",
+}
 
 
 async def vm_states(bus: Bus, name: str) -> list[VmView]:
