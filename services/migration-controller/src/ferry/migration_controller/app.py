@@ -38,7 +38,6 @@ from ferry.migration_controller.store import Objects, VmStates
 from ferry.migration_controller.timers import Timers
 from ferry.proto import conversion, migration, objects, subjects, volume
 from ferry.proto.phases import StepStatus, VmStatus
-from ferry.proto.state import VmState
 from ferry.proto.subjects import Service
 
 log = logging.getLogger(__name__)
@@ -61,9 +60,11 @@ class Controller:
         self.objects = Objects(bus)
         self.vms = VmStates(bus)
         sources = Sources(providers)
-        self.scheduler = Scheduler(self._state, self.objects)
+        self.scheduler = Scheduler(self.vms.require, self.objects)
         self.timers = Timers(clock)
-        self.completion = Completion(bus, self.objects, self.scheduler, self._state, sources, clock)
+        self.completion = Completion(
+            bus, self.objects, self.scheduler, self.vms.require, sources, clock
+        )
         self.driver = Driver(
             bus,
             settings,
@@ -90,9 +91,6 @@ class Controller:
         )
         self.commands = self._command_router()
         self.events = self._event_router()
-
-    def _state(self, key: str) -> VmState:
-        return self.driver.state(key)
 
     # -- routers ---------------------------------------------------------------------
 

@@ -62,10 +62,7 @@ class Driver:
         self._local: dict[str, asyncio.Task[steps.Outcome]] = {}
 
     def state(self, key: str) -> VmState:
-        state = self.vms.get(key)
-        if state is None:
-            raise KeyError(key)
-        return state
+        return self.vms.require(key)
 
     # -- background work -------------------------------------------------------------
 

@@ -109,6 +109,13 @@ class VmStates:
         got = self.cache.get(key)
         return got[0] if got else None
 
+    def require(self, key: str) -> VmState:
+        """The state of a VM this process knows (indexed); a KeyError is a bug, not a race."""
+        state = self.get(key)
+        if state is None:
+            raise KeyError(key)
+        return state
+
     async def change(self, key: str, fn: Callable[[VmState], Any]) -> tuple[VmState, Any]:
         """Apply ``fn`` to a copy of the state and store it with compare-and-set.
 
