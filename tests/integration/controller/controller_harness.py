@@ -224,6 +224,7 @@ class Services:
         self.script = script or {}
         self.ran: list[tuple[str, str, int]] = []
         self.cleaned: list[str] = []
+        self.machines: set[str] = set()  # VMs whose VirtualMachine exists (created, not deleted)
         self.holding: set[tuple[str, str]] = set()
         self.released: set[tuple[str, str]] = set()
         self.routers = [self._volume(), self._conversion(), self._vm()]
@@ -325,6 +326,7 @@ class Services:
         @r.handler(vm.CreateVm)
         async def create(cmd: vm.CreateVm, ctx: Context) -> vm.VmCreated:
             await self._act(cmd, ctx)
+            self.machines.add(cmd.vm)
             return vm.VmCreated(
                 **_ids(cmd), step=cmd.step, name=cmd.target_name, namespace=cmd.namespace
             )
@@ -333,6 +335,12 @@ class Services:
         async def power_on(cmd: vm.PowerOn, ctx: Context) -> vm.VmRunning:
             await self._act(cmd, ctx)
             return vm.VmRunning(**_ids(cmd), step=cmd.step, name=cmd.target_name)
+
+        # Registered as the vm-service registers it (cancelable, the router's default).
+        @r.handler(vm.DeleteVm)
+        async def delete(cmd: vm.DeleteVm, ctx: Context) -> vm.VmDeleted:
+            self.machines.discard(cmd.vm)
+            return vm.VmDeleted(**_ids(cmd), step=cmd.step, name=cmd.target_name)
 
         return r  # fmt: skip
 

@@ -4,7 +4,7 @@ a plan that fails preflight never starts; a re-run runs only what did not succee
 from __future__ import annotations
 
 from conftest import Stack
-from controller_harness import apply, documents, make_vm
+from controller_harness import apply, documents, eventually, make_vm
 
 from ferry.proto.inventory import ProviderType
 
@@ -40,6 +40,33 @@ async def test_permanent_failure_fails_only_that_vm_and_restores_power(stack: St
     events = await stack.events("m1")
     types = [t for t, m in events if m.vm == "id-a"]
     assert "migration.vm_failed.v1" in types and "migration.power_restored.v1" in types
+
+
+async def test_a_vm_failing_after_create_vm_leaves_no_volumes_and_no_virtual_machine(
+    stack: Stack,
+) -> None:
+    # Given two VMs, one of which fails to power on after its VirtualMachine was created
+    stack.source("src", [make_vm("id-a", OVA), make_vm("id-b", OVA)])
+    await apply(stack.bus, documents("ova", ["id-a", "id-b"]))
+    stack.services.script[("id-a", "PowerOn")] = "fail"
+    stack.run_services()
+    stack.run_controller()
+    # When the migration runs
+    await stack.migrate("m1")
+    mig = await stack.wait_end("m1")
+    # Then that VM failed at PowerOn, after its VirtualMachine was created
+    assert mig["status"]["phase"] == "Failed"
+    assert (await stack.vms("m1"))["id-a"]["status"] == "Failed"
+    assert stack.services.runs("id-a")[-2:] == ["CreateVM", "PowerOn"]
+    # And clean-up removed both its volumes and its VirtualMachine
+    await _eventually_cleaned(stack, "id-a")
+    await eventually(
+        lambda: "id-a" not in stack.services.machines,
+        timeout=20,
+        what="the failed VM's VirtualMachine deleted",
+    )
+    # And the VM that migrated keeps its VirtualMachine and its volumes
+    assert "id-b" in stack.services.machines and "id-b" not in stack.services.cleaned
 
 
 async def test_transient_failure_is_retried(stack: Stack) -> None:

@@ -156,7 +156,7 @@ async def test_a_start_cut_short_is_completed_on_restart(stack: Stack) -> None:
     dying = app.build_router(
         stack.bus, controller_settings(stack.url), providers=providers_for(roots)
     )
-    await dying.start_migration("m1")
+    await dying.admission.start_migration("m1")
     await apply(stack.bus, [migration_doc("m1")])  # its status, as before the kill
     assert (await stack.migration("m1")).get("status", {}).get("phase", "") == ""
     assert set(await stack.vms("m1")) == set(ids)

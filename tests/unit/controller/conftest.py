@@ -7,9 +7,9 @@ import textwrap
 import pytest
 
 from ferry.migration_controller import planning
-from ferry.migration_controller.state import VmState
 from ferry.proto import objects
 from ferry.proto.inventory import Disk, Nic, PowerState, ProviderType, Vm
+from ferry.proto.state import VmState
 
 YAML = textwrap.dedent(
     """

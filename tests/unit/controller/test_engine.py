@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 
 from ferry.migration_controller import engine
-from ferry.migration_controller.phases import StepStatus, VmStatus
-from ferry.migration_controller.state import VmState
 from ferry.proto import migration
+from ferry.proto.phases import StepStatus, VmStatus
+from ferry.proto.state import VmState
 
 
 def runs(actions: list[engine.Action]) -> list[tuple[str, int]]:
@@ -230,3 +230,13 @@ def test_finishing_a_failed_vm_again_restores_power_and_cleans(state: VmState) -
     again = engine.finish_actions(state)
     # Then power is restored and volumes cleaned, then the slot released
     assert again == [engine.RestorePower("on"), engine.Cleanup(), engine.Finished(VmStatus.FAILED)]
+
+
+def test_a_vm_failing_once_create_vm_ran_cleans_its_virtual_machine_too(state: VmState) -> None:
+    # Given a VM whose CreateVM step ran (its VirtualMachine may exist)
+    drive_to(state, "CreateVM")
+    # When that step fails for good
+    actions = engine.step_failed(state, "CreateVM", 1, "boom", permanent=True, now=1000.0)
+    # Then the clean-up covers the VirtualMachine as well as the volumes, now and after a restart
+    assert engine.Cleanup(vm=True) in actions
+    assert engine.Cleanup(vm=True) in engine.finish_actions(state)

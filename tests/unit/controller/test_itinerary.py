@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ferry.migration_controller import itinerary
-from ferry.migration_controller.phases import Flow
 from ferry.proto.inventory import ProviderType
+from ferry.proto.phases import Flow
 from ferry.proto.subjects import Service
 
 P = ProviderType

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ferry.proto.inventory import ProviderType, VolumeMode
+from ferry.proto.phases import MigrationPhase
 
 API_VERSION: Literal["ferry.dev/v1alpha1"] = "ferry.dev/v1alpha1"
 
@@ -375,7 +376,7 @@ class VmSummary(_Model):
 
 
 class MigrationStatus(_Model):
-    phase: str = ""  # Pending | Running | Succeeded | Failed | Canceled | Rejected
+    phase: MigrationPhase = MigrationPhase.NOT_STARTED
     started: datetime | None = None
     completed: datetime | None = None
     reasons: dict[str, list[str]] = Field(default_factory=dict)  # preflight, per VM

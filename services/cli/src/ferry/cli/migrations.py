@@ -1,8 +1,9 @@
 """``ferry migrate``, ``ferry describe migration`` and ``ferry cancel``.
 
 A Migration's status is derived from its VMs' states in ``ferry-vms``; the CLI
-reads those as plain documents (it does not import the controller), so a newer
-controller's extra fields show up without a CLI change.
+decodes each as the :class:`ferry.proto.state.VmView` the controller's state
+extends (it does not import the controller), and unknown fields are ignored, so a
+newer controller's additions never break it.
 
 ``migrate --wait`` follows the audit stream of that migration and draws a bar
 per VM (its current step, bytes over all its disks) and per disk, until the
@@ -11,6 +12,7 @@ migration ends; the exit code is 0 only when every VM succeeded.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -21,19 +23,27 @@ from rich.table import Table
 from ferry.bus import Bus, Conflict
 from ferry.cli.objects import ALL, CliError, NatsOption, connect, get_doc, key_of, kv, out, run
 from ferry.proto import migration, objects, subjects
+from ferry.proto.phases import StepStatus
+from ferry.proto.state import VmView
 from ferry.proto.subjects import Bucket
 
-MARK = {"Completed": "✓", "Running": "▶", "Failed": "✗", "Canceled": "⊘", "Pending": "·"}
+MARK = {
+    StepStatus.COMPLETED: "✓",
+    StepStatus.RUNNING: "▶",
+    StepStatus.FAILED: "✗",
+    StepStatus.CANCELED: "⊘",
+    StepStatus.PENDING: "·",
+}
 
 
-async def vm_states(bus: Bus, name: str) -> list[dict[str, Any]]:
-    store = bus.kv(Bucket.VMS, dict)
+async def vm_states(bus: Bus, name: str) -> list[VmView]:
+    store = bus.kv(Bucket.VMS, VmView)
     states = []
     for key in await store.keys(subjects.token(name) + "."):
         entry = await store.get(key)
         if entry is not None:
-            states.append(dict(entry.value))
-    return sorted(states, key=lambda s: int(s.get("seq", 0)))
+            states.append(entry.value)
+    return sorted(states, key=lambda s: s.seq)
 
 
 # -- migrate -------------------------------------------------------------------------
@@ -85,17 +95,17 @@ class Board:
         self.result: migration.MigrationCompleted | None = None
         self.rejected: migration.MigrationRejected | None = None
 
-    def add_vm(self, state: dict[str, Any]) -> None:
-        vm = state["vm"]
+    def add_vm(self, state: VmView) -> None:
+        vm = state.vm
         if vm in self.vms:
             return
-        self.names[vm] = state.get("name", vm)
-        total = sum(int(d["total"]) for d in state.get("disks", []))
+        self.names[vm] = state.name
+        total = state.total_bytes
         self.vms[vm] = self.progress.add_task(self._label(vm, "Queued"), total=total or None)
-        for d in state.get("disks", []):
-            label = f"  └ {d['name']}"
-            self.disks[(vm, d["id"])] = self.progress.add_task(
-                label, total=int(d["total"]) or None, completed=int(d["done"])
+        for d in state.disks:
+            label = f"  └ {d.name}"
+            self.disks[(vm, d.id)] = self.progress.add_task(
+                label, total=d.total or None, completed=d.done
             )
 
     def _label(self, vm: str, what: str) -> str:
@@ -201,46 +211,41 @@ def _size(n: int) -> str:
     return f"{n:.1f} PiB"
 
 
-def render(mig: dict[str, Any], states: list[dict[str, Any]]) -> None:
-    status = mig.get("status", {}) or {}
-    phase = status.get("phase") or "Pending"
-    name, plan = mig["metadata"]["name"], mig["spec"]["plan"]["name"]
+def render(mig: objects.Migration, states: list[VmView]) -> None:
+    name, plan, phase = mig.name, mig.spec.plan.name, mig.status.phase.shown
     out.print(f"[bold]Migration[/] {name}   plan {plan}   phase [bold]{phase}[/]")
-    for vm, reasons in (status.get("reasons") or {}).items():
+    for vm, reasons in mig.status.reasons.items():
         for reason in reasons:
             out.print(f"  [red]rejected[/] {vm}: {reason}", markup=True)
-    counts: dict[str, int] = {}
-    for s in states:
-        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    counts = Counter(s.status.value for s in states)
     if counts:
         out.print("  VMs: " + ", ".join(f"{n} {k.lower()}" for k, n in sorted(counts.items())))
     for s in states:
-        target = f"{s['namespace']}/{s['target_name']}"
-        head = f"\n[bold]{s['name']}[/] ({s['vm']}) → {target}"
-        out.print(f"{head}   {s['status']}   flow {s['flow']}")
+        target = f"{s.namespace}/{s.target_name}"
+        head = f"\n[bold]{s.name}[/] ({s.vm}) → {target}"
+        out.print(f"{head}   {s.status}   flow {s.flow}")
         table = Table(box=None, show_header=True, header_style="dim")
         for head in ("", "STEP", "SERVICE", "STATUS", "ATTEMPT", "STARTED", "ENDED"):
             table.add_column(head)
-        for step in s["steps"]:
+        for step in s.steps:
             table.add_row(
-                MARK.get(step["status"], "?"),
-                step["name"],
-                step["service"],
-                step["status"],
-                str(step["attempt"]),
-                step["started"],
-                step["ended"],
+                MARK.get(step.status, "?"),
+                step.name,
+                step.service,
+                step.status,
+                str(step.attempt),
+                step.started,
+                step.ended,
             )
         out.print(table)
-        for d in s.get("disks", []):
-            pct = 100 * int(d["done"]) / int(d["total"]) if int(d["total"]) else 0.0
-            check = f"  {d['checksum']}" if d.get("checksum") else ""
-            done, total = _size(int(d["done"])), _size(int(d["total"]))
-            typer.echo(f"  disk {d['name']}: {done} / {total} ({pct:.0f}%){check}")
-        for e in s.get("errors", []):
-            out.print(f"  [red]error[/] {e['step']} attempt {e['attempt']}: {e['reason']}")
-        if s.get("power_restored"):
-            out.print(f"  source power restored ({s.get('source_power', '')})")  # fmt: skip
+        for d in s.disks:
+            pct = 100 * d.done / d.total if d.total else 0.0
+            check = f"  {d.checksum}" if d.checksum else ""
+            typer.echo(f"  disk {d.name}: {_size(d.done)} / {_size(d.total)} ({pct:.0f}%){check}")
+        for e in s.errors:
+            out.print(f"  [red]error[/] {e.step} attempt {e.attempt}: {e.reason}")
+        if s.power_restored:
+            out.print(f"  source power restored ({s.source_power})")
 
 
 def describe(
@@ -253,11 +258,13 @@ def describe(
         typer.echo(f"error: describe knows 'migration', not {kind!r}", err=True)
         raise typer.Exit(2)
 
-    async def work() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def work() -> tuple[objects.Migration, list[VmView]]:
         async with connect(nats) as bus:
-            mig = await get_doc(bus, "Migration", name)
-            if mig is None:
+            doc = await get_doc(bus, "Migration", name)
+            if doc is None:
                 raise CliError(f"Migration {name!r} does not exist (ferry get migrations)")
+            mig = objects.from_document(doc)
+            assert isinstance(mig, objects.Migration)
             return mig, await vm_states(bus, name)
 
     render(*run(work))
@@ -279,7 +286,7 @@ def cancel(
             if mig is None:
                 raise CliError(f"Migration {name!r} does not exist (ferry get migrations)")
             if vm is not None and vm not in {
-                x for s in await vm_states(bus, name) for x in (s["vm"], s["name"])
+                x for s in await vm_states(bus, name) for x in (s.vm, s.name)
             }:
                 raise CliError(f"Migration {name!r} has no VM {vm!r}")
 

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from ferry.bus import Bus, BusError
 from ferry.proto import migration, objects, subjects
+from ferry.proto.phases import MigrationPhase
 from ferry.proto.subjects import Bucket
 
 ALL = "*"
@@ -219,7 +220,7 @@ def _columns(kind: str, doc: Document) -> list[str]:
     if kind == "Migration":
         return [
             spec["plan"]["name"],
-            status.get("phase", "") or "Pending",
+            MigrationPhase(status.get("phase") or "").shown,
             str(status.get("started", "") or ""),
             str(status.get("completed", "") or ""),
         ]

@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ferry.migration_controller.phases import Phase, StepStatus, VmStatus
-from ferry.migration_controller.state import StepState, VmError, VmState, now_iso, parse_iso
 from ferry.proto import migration
 from ferry.proto.base import Event
 from ferry.proto.inventory import PowerState
+from ferry.proto.phases import Phase, StepStatus, VmStatus
+from ferry.proto.state import StepState, VmError, VmState, now_iso, parse_iso
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,10 @@ class RestorePower:
 
 @dataclass(frozen=True)
 class Cleanup:
-    """Tell the volume-service to remove what this migration created for the VM."""
+    """Remove what this migration created for the VM: its volumes, and its VirtualMachine
+    when one may exist (``vm``), so that a VM that did not make it leaves nothing behind."""
+
+    vm: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ def label(step: StepState) -> str:
     return step.name if not step.runs else f"{step.name}@{step.runs}"
 
 
-def _ids(s: VmState) -> dict[str, Any]:
+def ids(s: VmState) -> dict[str, Any]:
+    """The ids every message about this VM carries."""
     return {"plan": s.plan, "migration": s.migration, "vm": s.vm}
 
 
@@ -90,7 +94,7 @@ def start(s: VmState, now: float) -> list[Action]:
         return []
     s.status = VmStatus.RUNNING
     s.started = now_iso(now)
-    started = migration.VmStarted(**_ids(s), itinerary=[x.name for x in s.steps], flow=s.flow.value)
+    started = migration.VmStarted(**ids(s), itinerary=[x.name for x in s.steps], flow=s.flow.value)
     return [Emit(started), *advance(s, now)]
 
 
@@ -114,7 +118,7 @@ def advance(s: VmState, now: float) -> list[Action]:
     step.ended = ""
     step.retry_at = 0.0
     begun = migration.StepStarted(
-        **_ids(s), step=label(step), service=step.service, attempt=step.attempt
+        **ids(s), step=label(step), service=step.service, attempt=step.attempt
     )
     if step.instant:
         return [Emit(begun), *step_done(s, step.name, now)]
@@ -126,7 +130,7 @@ def _succeed(s: VmState, now: float) -> list[Action]:
     s.phase = Phase.COMPLETED.value
     s.ended = now_iso(now)
     took = now - parse_iso(s.started) if s.started else 0.0
-    return [Emit(migration.VmCompleted(**_ids(s), seconds=round(took, 3))), Finished(s.status)]
+    return [Emit(migration.VmCompleted(**ids(s), seconds=round(took, 3))), Finished(s.status)]
 
 
 def _running(s: VmState, step: str) -> bool:
@@ -150,9 +154,7 @@ def step_done(s: VmState, step: str, now: float) -> list[Action]:
     cur.runs += 1
     cur.wait_until = 0.0
     took = now - parse_iso(cur.started) if cur.started else 0.0
-    done = migration.StepCompleted(
-        **_ids(s), step=name, attempt=cur.attempt, seconds=round(took, 3)
-    )
+    done = migration.StepCompleted(**ids(s), step=name, attempt=cur.attempt, seconds=round(took, 3))
     s.cursor += 1
     return [Emit(done), *advance(s, now)]
 
@@ -194,7 +196,7 @@ def step_failed(
         VmError(step=step, attempt=cur.attempt, reason=reason, time=now_iso(now), permanent=final)
     )
     failed = migration.StepFailed(
-        **_ids(s), step=label(cur), attempt=cur.attempt, reason=reason, will_retry=not final
+        **ids(s), step=label(cur), attempt=cur.attempt, reason=reason, will_retry=not final
     )
     if not final:
         cur.status = StepStatus.PENDING
@@ -238,7 +240,7 @@ def cancel(s: VmState, reason: str, now: float) -> list[Action]:
         s.status = VmStatus.CANCELED
         s.ended = now_iso(now)
         s.phase = VmStatus.CANCELED.value
-        return [Emit(migration.VmCanceled(**_ids(s))), Finished(s.status)]
+        return [Emit(migration.VmCanceled(**ids(s))), Finished(s.status)]
     return [MarkCanceled(), *_end(s, VmStatus.CANCELED, now)]
 
 
@@ -250,9 +252,16 @@ def needs_power_restore(s: VmState) -> bool:
     return s.powered_off or (off is not None and off.status is not StepStatus.PENDING)
 
 
-def _touched_volumes(s: VmState) -> bool:
-    create = s.step(Phase.CREATE_DATA_VOLUMES.value)
-    return create is not None and create.attempt > 0
+def _started(s: VmState, phase: Phase) -> bool:
+    step = s.step(phase.value)
+    return step is not None and step.attempt > 0
+
+
+def _cleanup(s: VmState) -> list[Action]:
+    # Every itinerary creates volumes before the VirtualMachine, so no volumes, no VM either.
+    if not _started(s, Phase.CREATE_DATA_VOLUMES):
+        return []
+    return [Cleanup(vm=_started(s, Phase.CREATE_VM))]
 
 
 def finish_actions(s: VmState) -> list[Action]:
@@ -265,8 +274,7 @@ def finish_actions(s: VmState) -> list[Action]:
     if s.status is not VmStatus.SUCCEEDED:  # a migrated VM's source stays off
         if needs_power_restore(s):
             actions.append(RestorePower(s.source_power))
-        if _touched_volumes(s):
-            actions.append(Cleanup())
+        actions.extend(_cleanup(s))
     return [*actions, Finished(s.status)]
 
 
@@ -279,14 +287,13 @@ def _end(s: VmState, status: VmStatus, now: float, reason: str = "") -> list[Act
     actions: list[Action] = []
     if restore:
         actions.append(RestorePower(s.source_power))
-    if _touched_volumes(s):
-        actions.append(Cleanup())
+    actions.extend(_cleanup(s))
     if status is VmStatus.FAILED:
         actions.append(
-            Emit(migration.VmFailed(**_ids(s), step=step, reason=reason, power_restored=restore))
+            Emit(migration.VmFailed(**ids(s), step=step, reason=reason, power_restored=restore))
         )
     else:
-        actions.append(Emit(migration.VmCanceled(**_ids(s), step=step, power_restored=restore)))
+        actions.append(Emit(migration.VmCanceled(**ids(s), step=step, power_restored=restore)))
     actions.append(Finished(status))
     return actions
 
@@ -302,7 +309,7 @@ def progress(s: VmState, step: str, disk_id: str, done: int, total: int) -> list
     if total:
         disk.total = total
     event = migration.Progress(
-        **_ids(s),
+        **ids(s),
         step=s.phase,
         done=s.done_bytes,
         total=s.total_bytes,

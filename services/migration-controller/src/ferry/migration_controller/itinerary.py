@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ferry.migration_controller import steps
-from ferry.migration_controller.phases import Flow, Phase
-from ferry.migration_controller.state import VmState
 from ferry.proto import conversion, vm, volume
 from ferry.proto.base import Event
 from ferry.proto.inventory import ProviderType
+from ferry.proto.phases import Flow, Phase
+from ferry.proto.state import VmState
 from ferry.proto.subjects import Service
 
 NEEDS_CONVERSION = frozenset({ProviderType.VSPHERE, ProviderType.OVA, ProviderType.LIBVIRT})

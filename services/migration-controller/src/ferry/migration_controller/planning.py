@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ferry.migration_controller import itinerary
-from ferry.migration_controller.state import DiskState, StepState, VmState, now_iso
 from ferry.proto import objects
 from ferry.proto.inventory import NetworkTarget, PowerState, ProviderType, Vm, VolumeTarget
+from ferry.proto.state import DiskState, StepState, VmState, now_iso
 from ferry.proto.volume import SourceRef
 
 PLAN_KEY = "plan"  # reasons that concern the plan as a whole

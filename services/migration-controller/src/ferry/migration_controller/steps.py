@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ferry.migration_controller.phases import Phase
-from ferry.migration_controller.state import VmState
 from ferry.proto import conversion, migration, vm, volume
 from ferry.proto.base import Command, Event
 from ferry.proto.inventory import PowerState
 from ferry.proto.inventory import Vm as InventoryVm
+from ferry.proto.phases import Phase
+from ferry.proto.state import VmState
 
 
 class PowerSource(Protocol):

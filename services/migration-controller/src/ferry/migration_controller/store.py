@@ -15,11 +15,14 @@ from typing import Any, TypeVar
 import msgspec
 
 from ferry.bus import Bus, Conflict
-from ferry.migration_controller.state import VmState
 from ferry.proto import objects, subjects
+from ferry.proto.state import VmState
 from ferry.proto.subjects import Bucket
 
 Obj = TypeVar("Obj", bound=objects.FerryObjectBase)
+
+ALL = "*"
+"""The ``vm`` of a message about a whole migration rather than one of its VMs."""
 Document = dict[str, Any]
 
 
@@ -105,6 +108,13 @@ class VmStates:
     def get(self, key: str) -> VmState | None:
         got = self.cache.get(key)
         return got[0] if got else None
+
+    def require(self, key: str) -> VmState:
+        """The state of a VM this process knows (indexed); a KeyError is a bug, not a race."""
+        state = self.get(key)
+        if state is None:
+            raise KeyError(key)
+        return state
 
     async def change(self, key: str, fn: Callable[[VmState], Any]) -> tuple[VmState, Any]:
         """Apply ``fn`` to a copy of the state and store it with compare-and-set.

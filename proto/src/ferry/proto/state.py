@@ -1,10 +1,17 @@
 """One VM's migration state, as stored in the ``ferry-vms`` bucket.
 
-Everything the controller needs to carry a VM to its end is in this record —
-the itinerary, each step's status and attempts, the inventory snapshot taken at
-start, the resolved maps, the volumes the services reported — so that a
-restarted controller resumes from it without asking anyone. Writes are
-compare-and-set on the entry's revision.
+The controller is the one writer; the command line (``ferry describe``,
+``ferry migrate --wait``) and anyone auditing a migration read it. The shape
+lives here so both sides decode the same struct instead of one writing a struct
+and the other poking at a dict.
+
+:class:`VmView` is what a reader shows: identity, status, steps, disks, errors.
+:class:`VmState` adds what the controller needs to carry the VM to its end
+(the itinerary's cursor, the inventory snapshot, the resolved maps, the volumes
+the services reported), so that a restarted controller resumes from it without
+asking anyone. A reader decodes a stored state as a :class:`VmView`: unknown
+fields are ignored, so a newer controller's additions never break an older
+reader. Field names are the stored JSON names: never rename one.
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from ferry.migration_controller.phases import Flow, StepStatus, VmStatus
 from ferry.proto.inventory import Inspection, NetworkTarget, Vm, Volume, VolumeTarget
+from ferry.proto.phases import Flow, StepStatus, VmStatus
 from ferry.proto.volume import SourceRef
 
 
 def now_iso(t: float) -> str:
+    """A time as the state stores it (RFC 3339, UTC, milliseconds)."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -58,7 +66,9 @@ class VmError(msgspec.Struct, kw_only=True):
     permanent: bool = False
 
 
-class VmState(msgspec.Struct, kw_only=True):
+class VmView(msgspec.Struct, kw_only=True):
+    """The part of a VM's state that people are shown."""
+
     # identity
     plan: str
     migration: str
@@ -68,14 +78,43 @@ class VmState(msgspec.Struct, kw_only=True):
     namespace: str
     seq: int = 0  # order within the migration (queue order)
     host: str = ""
-    # itinerary
+    # where it is
     flow: Flow
     warm: bool = False
     remote: bool = False
     steps: list[StepState] = msgspec.field(default_factory=list)
-    cursor: int = 0
     status: VmStatus = VmStatus.QUEUED
     phase: str = "Pending"
+    disks: list[DiskState] = msgspec.field(default_factory=list)
+    source_power: str = ""  # stored by StorePowerState: on | off | unknown
+    # history
+    errors: list[VmError] = msgspec.field(default_factory=list)
+    created: str = ""
+    started: str = ""
+    ended: str = ""
+    power_restored: bool = False
+    cancel_reason: str = ""
+
+    def step(self, name: str) -> StepState | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(d.done for d in self.disks)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(d.total for d in self.disks)
+
+    @property
+    def last_error(self) -> str:
+        return self.errors[-1].reason if self.errors else ""
+
+
+class VmState(VmView, kw_only=True):
+    """The whole stored state: the view plus what the controller's steps need and produce."""
+
+    cursor: int = 0
     # what the steps need
     provider: SourceRef
     inventory: Vm
@@ -89,36 +128,12 @@ class VmState(msgspec.Struct, kw_only=True):
     max_attempts: int = 3
     retry_base: float = 2.0  # seconds before the 2nd attempt; doubles per attempt
     # what the steps produced
-    source_power: str = ""  # stored by StorePowerState: on | off | unknown
     powered_off: bool = False
     precopy: int = 0
     volumes: list[Volume] = msgspec.field(default_factory=list)
     inspection: Inspection | None = None
-    disks: list[DiskState] = msgspec.field(default_factory=list)
-    # history
-    errors: list[VmError] = msgspec.field(default_factory=list)
-    created: str = ""
-    started: str = ""
-    ended: str = ""
-    power_restored: bool = False
-    cancel_reason: str = ""
     finalized: bool = False  # the end's side effects (power, clean-up) were carried out
-
-    def step(self, name: str) -> StepState | None:
-        return next((s for s in self.steps if s.name == name), None)
 
     @property
     def current(self) -> StepState | None:
         return self.steps[self.cursor] if self.cursor < len(self.steps) else None
-
-    @property
-    def done_bytes(self) -> int:
-        return sum(d.done for d in self.disks)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(d.total for d in self.disks)
-
-    @property
-    def last_error(self) -> str:
-        return self.errors[-1].reason if self.errors else ""

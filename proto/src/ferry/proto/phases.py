@@ -1,4 +1,9 @@
-"""Names of the steps (phases) of a VM's itinerary and of the states they pass through.
+"""The names a migration and its VMs pass through, shared by whoever writes or reads them.
+
+The controller writes these into the per-VM state and the Migration's status;
+the command line and any auditor read them back. As ``StrEnum`` members they
+compare equal to the plain strings already stored, so a stored document keeps
+decoding.
 
 The step names follow the workflow this project implements (Started,
 CreateDataVolumes, CopyDisks, AllocateDisks, ConvertGuest, CreateVM, …,
@@ -49,6 +54,26 @@ class VmStatus(StrEnum):
     @property
     def ended(self) -> bool:
         return self in (VmStatus.SUCCEEDED, VmStatus.FAILED, VmStatus.CANCELED)
+
+
+class MigrationPhase(StrEnum):
+    """A Migration's ``status.phase``; empty until the controller accepts or rejects it."""
+
+    NOT_STARTED = ""
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+    REJECTED = "Rejected"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (MigrationPhase.NOT_STARTED, MigrationPhase.RUNNING)
+
+    @property
+    def shown(self) -> str:
+        """The phase as people read it: a migration nobody has accepted yet is Pending."""
+        return self.value or "Pending"
 
 
 class Flow(StrEnum):

@@ -1,0 +1,179 @@
+"""Admission: turn a ``migration.start`` into queued VMs, or reject it with reasons.
+
+Before anything runs, the whole migration is checked (``planning.preflight``):
+the objects it names exist, the source answers, every VM is found and mapped.
+One bad VM rejects the migration, and nothing is touched: a half-started
+migration is worse than one that says, per VM, what to fix. When it passes,
+each VM's state (its itinerary included) is stored, queued for the scheduler,
+and the Migration is marked Running.
+
+Starting is idempotent: a redelivered start finds the Migration's phase set and
+does nothing, and VMs stored by a start that a kill cut short are kept as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from ferry.bus import Bus, Context
+from ferry.migration_controller import planning
+from ferry.migration_controller.completion import Completion
+from ferry.migration_controller.scheduler import Scheduler
+from ferry.migration_controller.settings import ControllerSettings
+from ferry.migration_controller.sources import Sources
+from ferry.migration_controller.store import ALL, MissingObject, Objects, VmStates
+from ferry.proto import migration, objects
+from ferry.proto.inventory import Vm as InventoryVm
+from ferry.proto.phases import MigrationPhase, VmStatus
+from ferry.proto.state import VmState, now_iso
+from ferry.proto.volume import SourceRef
+
+log = logging.getLogger(__name__)
+
+STORE_BATCH = 64  # VM states stored at once: parallel writes, indexed in plan order
+
+
+class Admission:
+    def __init__(
+        self,
+        bus: Bus,
+        settings: ControllerSettings,
+        objects_: Objects,
+        vms: VmStates,
+        *,
+        scheduler: Scheduler,
+        completion: Completion,
+        sources: Sources,
+        clock: Callable[[], float],
+    ) -> None:
+        self._bus = bus
+        self._settings = settings
+        self._objects = objects_
+        self._vms = vms
+        self._scheduler = scheduler
+        self._completion = completion
+        self._sources = sources
+        self._clock = clock
+
+    async def on_start(self, cmd: migration.StartMigration, ctx: Context) -> None:
+        await self.start_migration(cmd.migration, cmd.cutover)
+
+    async def start_migration(self, name: str, cutover: str | None = None) -> None:
+        mig = await self._objects.find(objects.Migration, name)
+        if mig is None:
+            await self._reject(
+                "", name, {planning.PLAN_KEY: [f"Migration {name!r} does not exist"]}
+            )
+            return
+        if mig.status.phase:
+            return  # already accepted or rejected (a redelivered start)
+        plan_name = mig.spec.plan.name
+        try:
+            plan = await self._objects.get(objects.Plan, plan_name, f"Migration {name}")
+            by = f"Plan {plan_name}"
+            source = await self._objects.get(objects.Provider, plan.spec.provider.source.name, by)
+            target = await self._objects.get(
+                objects.Provider, plan.spec.provider.destination.name, by
+            )
+            networks = await self._objects.get(objects.NetworkMap, plan.spec.map.network.name, by)
+            storage = await self._objects.get(objects.StorageMap, plan.spec.map.storage.name, by)
+        except MissingObject as err:
+            await self._reject(plan_name, name, {planning.PLAN_KEY: [str(err)]})
+            return
+        if cutover:
+            mig.spec.cutover = datetime.fromisoformat(cutover.replace("Z", "+00:00"))
+        inventory, unreachable = await self._inventory(source)
+        done = {  # migrated by an earlier migration; this one's own VMs (a start cut short) stay
+            s.vm
+            for s in self._all_states()
+            if s.plan == plan.name and s.status is VmStatus.SUCCEEDED and s.migration != name
+        }
+        check = planning.preflight(
+            plan, source, inventory, networks, storage, unreachable, frozenset(done)
+        )
+        if not check.ok:
+            await self._reject(plan.name, name, check.reasons)
+            return
+        self._scheduler.set_limits(plan)
+        now = self._clock()
+        limits = planning.Limits(
+            max_attempts=self._settings.controller.max_attempts,
+            retry_base=self._settings.controller.retry_base_seconds,
+        )
+        fresh = [
+            planning.vm_state(
+                plan=plan, migration=mig, source=source, destination=target, networks=networks,
+                storage=storage, wanted=wanted, vm=found, target_name=check.target_names[found.id],
+                seq=seq, now=now, limits=limits,
+            )
+            for seq, (wanted, found) in enumerate(check.vms)
+        ]  # fmt: skip
+        for chunk in range(0, len(fresh), STORE_BATCH):
+            batch = fresh[chunk : chunk + STORE_BATCH]
+            stored = await asyncio.gather(*(self._vms.create(s) for s in batch))
+            for state in stored:
+                self._scheduler.index(state)
+        started = [s.name for s in fresh]
+        skipped = sorted(
+            s.name
+            for s in self._all_states()
+            if s.plan == plan.name and s.vm in done and s.migration != name
+        )
+
+        def running(status: dict[str, Any]) -> None:
+            status.update(phase=MigrationPhase.RUNNING, started=now_iso(now), reasons={})
+
+        await self._objects.set_status(objects.Migration, name, running)
+        await self._bus.publish(
+            migration.MigrationStarted(
+                plan=plan.name, migration=name, vm=ALL, vms=started, skipped=sorted(set(skipped))
+            )
+        )
+        self._scheduler.kick()
+        await self._completion.maybe_complete(name)
+
+    async def finish_start(self, name: str) -> None:
+        """Complete a start that a kill cut short, then see whether the migration ended.
+
+        VMs stored but the Migration never marked Running: the controller died inside
+        ``start_migration``. Its command is not always delivered again (JetStream
+        stops after ``max_deliver`` deliveries, and deliveries to a killed process
+        count), and without the Running phase the migration would never complete.
+        Starting again is idempotent: stored VMs are kept as they are.
+        """
+        mig = await self._objects.find(objects.Migration, name)
+        if mig is not None and not mig.status.phase:
+            log.info("completing the interrupted start of migration %s", name)
+            await self.start_migration(name)
+            return
+        await self._completion.maybe_complete(name)
+
+    async def _inventory(self, source: objects.Provider) -> tuple[list[InventoryVm] | None, str]:
+        ref = SourceRef(provider=source.name, type=source.spec.type, url=source.spec.url)
+        try:
+            provider = self._sources.get(ref)
+            await provider.check()
+            return await provider.inventory(), ""
+        except Exception as err:
+            self._sources.forget(source.name)
+            return None, str(err) or type(err).__name__
+
+    async def _reject(self, plan: str, name: str, reasons: dict[str, list[str]]) -> None:
+        log.warning("migration %s rejected: %s", name, reasons)
+        if await self._objects.find(objects.Migration, name) is not None:
+            when = now_iso(self._clock())
+
+            def rejected(status: dict[str, Any]) -> None:
+                status.update(phase=MigrationPhase.REJECTED, reasons=reasons, completed=when)
+
+            await self._objects.set_status(objects.Migration, name, rejected)
+        await self._bus.publish(
+            migration.MigrationRejected(plan=plan, migration=name, vm=ALL, reasons=reasons)
+        )
+
+    def _all_states(self) -> list[VmState]:
+        return [s for s, _ in self._vms.cache.values()]

@@ -1,0 +1,135 @@
+"""The end of a VM and of a migration.
+
+When a VM fails or is canceled, what it changed is put back: the source's
+power as it was (when the migration had started powering it off), and the
+volumes the services created removed. These side effects run after the VM's
+end is stored and are marked done (``finalized``) only once they ran, so a
+controller killed in between does them again on start-up (``engine.finish_actions``).
+
+A migration completes when every one of its VMs ended and was finalized: its
+phase is set from the VMs' outcomes and ``MigrationCompleted`` is published,
+once per process (the bus drops a second one: its id is the same).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from ferry.bus import Bus
+from ferry.migration_controller import engine
+from ferry.migration_controller.scheduler import Scheduler
+from ferry.migration_controller.sources import Sources
+from ferry.migration_controller.store import ALL, Objects
+from ferry.proto import migration, objects, vm, volume
+from ferry.proto.base import Message
+from ferry.proto.inventory import PowerState
+from ferry.proto.phases import MigrationPhase, VmStatus
+from ferry.proto.state import VmError, VmState, now_iso
+
+log = logging.getLogger(__name__)
+
+Change = Callable[[VmState], list[engine.Action]]
+
+CLEANUP = "Cleanup"
+"""The step of clean-up commands; the controller ignores their failures (nothing to retry)."""
+
+
+def mark_finalized(s: VmState) -> list[engine.Action]:
+    s.finalized = True
+    return []
+
+
+class Completion:
+    def __init__(
+        self,
+        bus: Bus,
+        objects_: Objects,
+        scheduler: Scheduler,
+        states: Callable[[str], VmState],
+        sources: Sources,
+        clock: Callable[[], float],
+    ) -> None:
+        self._bus = bus
+        self._objects = objects_
+        self._scheduler = scheduler
+        self._states = states
+        self._sources = sources
+        self._clock = clock
+        self._completed: set[str] = set()
+
+    async def restore_power(self, state: VmState) -> Change:
+        """Power the source on again if it ran; the change that records how it went."""
+        try:
+            if state.source_power == PowerState.ON.value:
+                await self._sources.get(state.provider).power_on(state.inventory)
+        except Exception as err:
+            log.error("could not restore the source power of %s: %s", state.name, err)
+            now, why = now_iso(self._clock()), str(err)
+
+            def record(s: VmState) -> list[engine.Action]:
+                s.errors.append(VmError(step="RestorePower", attempt=1, reason=why, time=now))
+                return []
+
+            return record
+
+        def restored(s: VmState) -> list[engine.Action]:
+            s.power_restored = True
+            event = migration.SourcePowerRestored(**engine.ids(s), state=s.source_power)
+            return [engine.Emit(event)]
+
+        return restored
+
+    async def cleanup(self, s: VmState, *, vm_too: bool) -> None:
+        """Ask the services to remove the VM's VirtualMachine (if it may exist) and volumes.
+
+        The VirtualMachine goes first: it is what holds the volumes. Both commands
+        look before they delete, so repeating them after a restart is harmless.
+        """
+        ids = engine.ids(s)
+        commands: list[Message] = []
+        if vm_too:
+            commands.append(
+                vm.DeleteVm(**ids, step=CLEANUP, namespace=s.namespace, target_name=s.target_name)
+            )
+        commands.append(
+            volume.CleanupVolumes(**ids, step=CLEANUP, namespace=s.namespace, all_volumes=True)
+        )
+        await self._bus.publish_many(commands)
+
+    async def maybe_complete(self, name: str) -> None:
+        """Complete the migration if all its VMs ended and their ends were carried out."""
+        if name in self._completed:
+            return
+        states = [self._states(k) for k in self._scheduler.keys_of(name)]
+        if any(not s.status.ended or not s.finalized for s in states):
+            return
+        mig = await self._objects.find(objects.Migration, name)
+        if mig is None or mig.status.phase in (MigrationPhase.NOT_STARTED, MigrationPhase.REJECTED):
+            return
+        self._completed.add(name)
+        count = Counter(s.status for s in states)
+        ok, bad, off = count[VmStatus.SUCCEEDED], count[VmStatus.FAILED], count[VmStatus.CANCELED]
+        phase = MigrationPhase.SUCCEEDED
+        if bad:
+            phase = MigrationPhase.FAILED
+        elif off:
+            phase = MigrationPhase.CANCELED
+        when = now_iso(self._clock())
+
+        def ended(status: dict[str, Any]) -> None:
+            status.update(phase=phase, completed=status.get("completed") or when)
+
+        await self._objects.set_status(objects.Migration, name, ended)
+        await self._bus.publish(
+            migration.MigrationCompleted(
+                plan=mig.spec.plan.name,
+                migration=name,
+                vm=ALL,
+                succeeded=ok,
+                failed=bad,
+                canceled=off,
+            )
+        )
