@@ -336,8 +336,9 @@ class Services:
             await self._act(cmd, ctx)
             return vm.VmRunning(**_ids(cmd), step=cmd.step, name=cmd.target_name)
 
-        # Registered as the vm-service registers it (cancelable, the router's default).
-        @r.handler(vm.DeleteVm)
+        # Registered as the vm-service registers it (not cancelable: clean-up of a
+        # canceled VM must still delete it).
+        @r.handler(vm.DeleteVm, cancelable=False)
         async def delete(cmd: vm.DeleteVm, ctx: Context) -> vm.VmDeleted:
             self.machines.discard(cmd.vm)
             return vm.VmDeleted(**_ids(cmd), step=cmd.step, name=cmd.target_name)

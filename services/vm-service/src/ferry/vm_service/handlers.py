@@ -117,7 +117,9 @@ def register(router: Router, platform: VmPlatform, settings: HandlerSettings | N
             plan=cmd.plan, migration=cmd.migration, vm=cmd.vm, step=cmd.step, name=stopped.name
         )
 
-    @router.handler(vm.DeleteVm)
+    # Clean-up of a canceled VM sends DeleteVm while the VM's cancel mark is set: it
+    # must run anyway, as the volume-service's CleanupVolumes does.
+    @router.handler(vm.DeleteVm, cancelable=False)
     async def delete_vm(cmd: vm.DeleteVm, ctx: Context) -> vm.VmDeleted:
         # Deleting what is already gone succeeds: a redelivery must not fail the step.
         try:
