@@ -9,22 +9,24 @@ decodes). Both use :class:`NbdClient`; asyncio callers reach it through
 other way round.
 
 Why a hand-written client rather than libnbd's own Python binding (Debian's
-``python3-libnbd``): measured with ``bench/nbd/run.py`` (1 GiB from a
-``qemu-nbd`` on a Unix socket, image in ``/dev/shm``, 4 MiB reads, best of three
-rounds on two shared cores), this client read at 1,190 MiB/s on one connection
-and 2,745 MiB/s on four (the copy engine runs several); libnbd's ``aio_pread``
-into the same buffer read at 2,740 and 2,660 MiB/s, its ``pread`` at 1,750 and
-2,160 MiB/s; CPU per GiB was 0.13-0.23 s for all of them. Writes: 1,525 against
-1,586 MiB/s. Where the copy engine works (several connections) the two are
-equal; the binding wins on a single connection, which the copy engine never
-uses alone. Listing 8,192 extents took libnbd's block status 3 ms and
-``qemu-img map`` 38 ms: once per disk, not worth a dependency. And the binding
-is not installable into the venv: Debian builds it for ``/usr/bin/python3``
-only (no wheel to lock), it loads into the venv's interpreter only because both
-are CPython 3.11 and only when imported by path from the system's
-dist-packages, and a service image would have to carry the system's Python
+``python3-libnbd``), measured with ``bench/nbd/run.py``: 1 GiB read from a
+``qemu-nbd`` on a Unix socket (image in ``/dev/shm``) in the copy engine's 4 MiB
+chunks, best of four rounds on two shared cores, the order of the candidates
+rotated per round. On one connection this client read at 2,660 MiB/s, libnbd's
+``aio_pread`` into the same buffer at 2,320 and its ``pread`` at 1,730; on four
+connections (the copy engine runs several) 2,570 against 2,250 and 2,160. CPU
+per GiB was 0.11-0.27 s for all of them, writes 1,520 against 1,340 MiB/s. The
+runs differ by ±30 % from one another on this machine (an earlier run without
+the rotation put libnbd ahead on one connection), so the honest reading is:
+equal speed. libnbd's block status listed 8,192 extents in 3 ms where
+``qemu-img map`` takes 40 ms, once per disk. Against no gain stands the cost:
+Debian builds the binding for ``/usr/bin/python3`` only (nothing to lock in
+``requirements.lock``); it loads into the venv's interpreter only because both
+are CPython 3.11 and only when its two files are imported by path from the
+system's dist-packages; a service image would have to carry the system's Python
 minor version for it. The former asyncio client of the providers (one request
-at a time, a fresh ``bytes`` per read) read at 815 MiB/s: it is the one dropped.
+at a time, no pipelining) read at 815 MiB/s; through :class:`AsyncNbdClient`
+the same reads now run at 1,650.
 
 The client speaks the oldest, simplest part of the protocol: fixed newstyle
 handshake with ``NBD_OPT_EXPORT_NAME``, simple replies, READ (pipelined),
