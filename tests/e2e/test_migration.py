@@ -28,9 +28,8 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from ferry.testing.stack import (
+from ferry.testing.migration import (
     FLOW3,
-    LocalStack,
     apply_yaml,
     finished,
     guest_ova,
@@ -38,9 +37,9 @@ from ferry.testing.stack import (
     ova_objects,
     place_ovas,
     plant_secret,
-    processes_named,
     start_migration,
 )
+from ferry.testing.stack import LocalStack, processes_named
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1500)]
 

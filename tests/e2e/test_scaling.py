@@ -15,17 +15,16 @@ from typing import Any
 
 import pytest
 
-from ferry.testing.stack import (
-    LocalStack,
+from ferry.testing.migration import (
     apply_yaml,
     finished,
     guest_ova,
     of_type,
     ova_objects,
     place_ovas,
-    processes_named,
     start_migration,
 )
+from ferry.testing.stack import LocalStack, processes_named
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
 

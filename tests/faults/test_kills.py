@@ -27,18 +27,20 @@ from typing import Any
 
 import pytest
 
-from ferry.testing.stack import (
+from ferry.testing.migration import (
     FLOW3,
-    EventRecorder,
-    LocalStack,
     apply_yaml,
     finished,
     guest_ova,
     of_type,
     ova_objects,
     place_ovas,
-    processes_named,
     start_migration,
+)
+from ferry.testing.stack import (
+    EventRecorder,
+    LocalStack,
+    processes_named,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(2100)]

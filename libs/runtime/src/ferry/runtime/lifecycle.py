@@ -30,6 +30,7 @@ from ferry.runtime import logs
 from ferry.runtime.health import HealthServer, Readiness
 from ferry.runtime.metrics import Metrics
 from ferry.runtime.settings import ServiceSettings
+from ferry.runtime.stack import services
 
 log = logging.getLogger("ferry.runtime")
 
@@ -56,7 +57,7 @@ BuildRouter = Callable[[Bus, S], Runnable | Awaitable[Runnable]]
 
 def process_name(service: Service) -> str:
     """The name a service goes by in logs, metrics and envelope sources."""
-    return "migration-controller" if service is Service.CONTROLLER else f"{service.value}-service"
+    return services.of(service).name
 
 
 class Runtime:

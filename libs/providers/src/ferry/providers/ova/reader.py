@@ -16,7 +16,7 @@ from typing import Self
 
 from ferry.proto.inventory import Extent
 from ferry.providers.base import ProviderError, QemuSource
-from ferry.providers.nbd import NbdClient, NbdServer
+from ferry.providers.nbd import AsyncNbdClient, NbdServer
 from ferry.providers.ova.image import Image, qemu_img_json
 
 Resolved = tuple[Image, Callable[[], Awaitable[None]] | None]
@@ -31,7 +31,7 @@ class OvaDiskReader:
         self._image: Image | None = None
         self._fd: int | None = None
         self._server: NbdServer | None = None
-        self._client: NbdClient | None = None
+        self._client: AsyncNbdClient | None = None
         self._start_lock = asyncio.Lock()
 
     @property
@@ -118,11 +118,11 @@ class OvaDiskReader:
                 self._server = server
             return self._server
 
-    async def _nbd_client(self) -> NbdClient:
+    async def _nbd_client(self) -> AsyncNbdClient:
         server = await self._nbd_server()
         async with self._start_lock:
             if self._client is None:
-                self._client = await NbdClient.connect(server.socket)
+                self._client = await AsyncNbdClient.connect(server.socket)
             return self._client
 
 
