@@ -35,7 +35,7 @@ from ferry.migration_controller.settings import ControllerSettings
 from ferry.migration_controller.state import VmError, VmState, now_iso
 from ferry.migration_controller.store import MissingObject, Objects, VmStates
 from ferry.proto import conversion, migration, objects, subjects, vm, volume
-from ferry.proto.base import Event, Failed, Message
+from ferry.proto.base import Event, Failed, Message, StepEvent
 from ferry.proto.inventory import PowerState
 from ferry.proto.inventory import Vm as InventoryVm
 from ferry.proto.subjects import Service
@@ -637,7 +637,7 @@ class Controller(Router):
             if cur is None or cur.status is not StepStatus.RUNNING:
                 return []
             step = itinerary.step_of(s.flow, cur.name)
-            said = getattr(evt, "step", "")
+            said = evt.step if isinstance(evt, StepEvent) else ""
             if type(evt) not in step.done_on or (said and said != engine.label(cur)):
                 return []
             if step.absorb is not None:
