@@ -178,9 +178,7 @@ async def test_redelivered_command_of_a_done_conversion_is_not_converted_again(
     settings = Settings(data_dir=tmp_path / "data")
     gone = [Volume(disk_id=source_vm.disks[0].id, name="x", size=1, path=str(tmp_path / "x"))]
     cmd = command(source_vm, gone, ova_dir)
-    earlier = GuestConverted(
-        plan=cmd.plan, migration=cmd.migration, vm=cmd.vm, step=cmd.step, seconds=123.0
-    )
+    earlier = GuestConverted(**cmd.reply(), seconds=123.0)
 
     async def lookup(ref: SourceRef) -> OvaProvider:
         return provider

@@ -30,6 +30,7 @@ from ferry.platform.local import transfer, workload
 from ferry.platform.local.settings import LocalSettings
 from ferry.platform.local.volumes import LocalVolumes
 from ferry.platform.volumes import Phase, VolumeRequest, VolumeState
+from ferry.proto import label
 from ferry.proto.inventory import DiskFormat, VolumeMode, VolumeTarget
 from ferry.proto.volume import VolumeSource
 
@@ -293,7 +294,7 @@ async def test_populator_fills_prime_rebinds_and_removes_prime(
     # Given a PVC with a populator: ensuring it also creates the prime claim
     volume = await platform.ensure_volume(request("d0", 24 * MiB, VolumeSource.POPULATOR))
     prime = await platform.get_volume(NS, transfer.prime_name(volume.name))
-    assert prime is not None and prime.temporary and prime.labels[volumes.LABEL_TEMPORARY]
+    assert prime is not None and prime.temporary and prime.labels[label.TEMPORARY]
     # And pvcinit binds the prime, not the original
     await platform.bind_volumes(NS, MIG, VM)
     assert (await platform.get_volume(NS, volume.name)).pv == ""  # type: ignore[union-attr]

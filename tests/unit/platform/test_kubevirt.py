@@ -89,7 +89,7 @@ def test_bios_vm_with_cpu_memory_labels_and_halted_run_strategy() -> None:
     assert manifest["metadata"]["labels"] == {
         "ferry.io/plan": "plan-a",
         "ferry.io/migration": "mig-1",
-        "ferry.io/vm-id": "vm-42",
+        "ferry.io/vm": "vm-42",
     }
     assert manifest["spec"]["runStrategy"] == "Halted"
     assert domain(manifest)["cpu"] == {"sockets": 2, "cores": 2, "threads": 2}

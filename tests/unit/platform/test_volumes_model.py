@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from ferry.platform import volumes
+from ferry.platform import kubevirt, volumes
+from ferry.platform.kubernetes import objects
+from ferry.proto import label
 from ferry.proto.inventory import VolumeMode
 
 MiB = 1024 * 1024
@@ -54,8 +56,19 @@ def test_volume_name_is_deterministic_dns_and_distinct_per_disk() -> None:
 
 def test_labels_carry_migration_vm_and_disk() -> None:
     assert volumes.labels_for("m", "v", "d") == {
-        volumes.LABEL_MIGRATION: "m",
-        volumes.LABEL_VM: "v",
-        volumes.LABEL_DISK: "d",
+        "ferry.io/migration": "m",
+        "ferry.io/vm": "v",
+        "ferry.io/disk": "d",
     }
-    assert volumes.LABEL_DISK not in volumes.labels_for("m", "v")
+    assert label.DISK not in volumes.labels_for("m", "v")
+
+
+def test_volumes_and_virtual_machines_share_the_ownership_labels() -> None:
+    # Given the labels of a VM's volumes (either platform) and of its VirtualMachine
+    local = volumes.labels_for("mig-1", "vm-42")
+    kube = objects.volume_labels("mig-1", "vm-42")
+    machine = kubevirt.Owner(plan="p", migration="mig-1", vm_id="vm-42").labels()
+
+    # Then one selector finds them all: the same keys with the same values
+    assert local == kube == {label.MIGRATION: "mig-1", label.VM: "vm-42"}
+    assert local.items() <= machine.items()

@@ -97,3 +97,55 @@ def test_unknown_fields_are_ignored_unknown_types_rejected() -> None:
         envelope.unwrap(headers, data)
     with pytest.raises(UnknownMessageType, match="ce-id"):
         Envelope.from_headers({"ce-type": "x"})
+
+
+def test_header_values_follow_the_nats_binding_encoding() -> None:
+    # Given the binding's own example and a subject with every character it names
+    # When they are encoded, Then the example matches section 3.1.3.2 to the letter
+    assert envelope.encode_value("Euro \u20ac \U0001f600") == "Euro%20%E2%82%AC%20%F0%9F%98%80"
+    assert envelope.encode_value('a "b" 100%20') == "a%20%22b%22%20100%2520"
+    # and printable ASCII other than space, quote and percent stays as it is
+    assert envelope.encode_value("p/m/v:1;x=y&z?#~") == "p/m/v:1;x=y&z?#~"
+
+
+def test_header_values_decode_as_the_binding_says() -> None:
+    # Lower-case hex and needless encoding are accepted
+    assert envelope.decode_value("%e2%82%ac%41") == "\u20acA"
+    # a double-quoted value from an older writer is unquoted before percent-decoding
+    assert envelope.decode_value('"a \\"b\\" %25"') == 'a "b" %'
+    # and bytes that are not UTF-8 (an overlong space) are rejected
+    with pytest.raises(UnknownMessageType, match="UTF-8"):
+        envelope.decode_value("%C0%A0")
+
+
+def test_envelope_headers_round_trip_hostile_subjects() -> None:
+    # Given a message about a VM whose name has spaces, a percent and non-ASCII
+    message = migration.VmCanceled(plan="p", migration="m 1", vm="Win Server 100%20ok.ova ü")
+    env, data = envelope.wrap(message, "ferry/test")
+
+    # When its headers are written and read back (names in any case)
+    headers = {k.upper(): v for k, v in env.headers().items()}
+    back, _ = envelope.unwrap(headers, data)
+
+    # Then the subject is unchanged and datacontenttype travels as ce-datacontenttype
+    assert back == env and back.subject == "p/m 1/Win Server 100%20ok.ova ü"
+    assert env.headers()["ce-datacontenttype"] == "application/json"
+    assert "Content-Type" not in env.headers()
+
+
+def test_headers_written_before_the_binding_was_followed_read_raw() -> None:
+    # Given headers as Ferry wrote them before: raw values, Content-Type, no ce-datacontenttype
+    old = {
+        "ce-id": "x:1",
+        "ce-source": "ferry/test",
+        "ce-type": "migration.vm_canceled.v1",
+        "ce-subject": "p/m/Win Server 100%20ok.ova",
+        "ce-time": "2026-01-01T00:00:00Z",
+        "ce-specversion": "1.0",
+        "Content-Type": "application/json",
+    }
+
+    # When they are read, Then the values are taken as they are (no decoding round)
+    env = Envelope.from_headers(old)
+    assert env.subject == "p/m/Win Server 100%20ok.ova"
+    assert env.datacontenttype == "application/json"

@@ -9,7 +9,7 @@ older producers stay valid.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 
 import msgspec
 
@@ -53,6 +53,15 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
         return build(self.owner(), self.short_name(), self.migration, self.vm)
 
 
+class Reply(TypedDict):
+    """What an event answering a command copies from it; see ``Command.reply``."""
+
+    plan: str
+    migration: str
+    vm: str
+    step: str
+
+
 class Command(Message, frozen=True, kw_only=True):
     """Work for the service named by the tag's domain.
 
@@ -66,11 +75,31 @@ class Command(Message, frozen=True, kw_only=True):
 
     kind: ClassVar[str] = "cmd"
 
+    def reply(self) -> Reply:
+        """The ids and step an answer to this command carries: ``Done(**cmd.reply(), ...)``.
+
+        A TypedDict unpacked into the event's own constructor, rather than a
+        ``reply(Done, **fields)`` wrapper, because a ParamSpec cannot drop the id
+        parameters from the event's signature: only the direct call lets mypy
+        check the remaining fields' names and types.
+        """
+        return Reply(plan=self.plan, migration=self.migration, vm=self.vm, step=self.step)
+
 
 class Event(Message, frozen=True, kw_only=True):
     """A fact, published to the audit stream."""
 
     kind: ClassVar[str] = "evt"
+
+
+class StepEvent(Event, frozen=True, kw_only=True):
+    """An event answering a command of an itinerary step: ``step`` names that step.
+
+    Empty when the command was sent outside an itinerary; the controller then
+    matches the event by type alone.
+    """
+
+    step: str = ""
 
 
 class Failed(Event, frozen=True, kw_only=True):

@@ -102,7 +102,8 @@ ROUTES: tuple[Route, ...] = (
     Route(vm.VmRunning, (M,), (C,), "PowerOn done: the VM reached Running"),
     Route(vm.PowerOff, (), (M,), "the VirtualMachine stopped (nothing sends it yet)"),
     Route(vm.VmStopped, (M,), (), "audit: the VirtualMachine stopped"),
-    Route(vm.DeleteVm, (C,), (M,), "clean-up of a failed or canceled VM: its VirtualMachine deleted"),
+    Route(vm.DeleteVm, (C,), (M,),
+          "clean-up of a failed or canceled VM: its VirtualMachine deleted"),
     Route(vm.VmDeleted, (M,), (), "audit: the VirtualMachine deleted"),
     Route(vm.VmServiceFailed, (R,), (C,), "the running step fails (retried unless permanent)"),
 )  # fmt: skip

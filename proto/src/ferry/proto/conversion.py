@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import msgspec
 
-from ferry.proto.base import Command, Event, Failed
+from ferry.proto.base import Command, Failed, StepEvent
 from ferry.proto.inventory import Inspection, Vm, Volume
 from ferry.proto.volume import SourceRef
 
@@ -25,8 +25,7 @@ class ConvertGuest(Command, frozen=True, kw_only=True, tag="conversion.convert_g
     timeout_seconds: int = 3600
 
 
-class ConversionProgress(Event, frozen=True, kw_only=True, tag="conversion.progress.v1"):
-    step: str = ""
+class ConversionProgress(StepEvent, frozen=True, kw_only=True, tag="conversion.progress.v1"):
     stage: str  # e.g. "Opening the source", "Inspecting", "Copying disk 1/1"
     disk: int | None = None  # 1-based disk index while copying
     disks: int | None = None
@@ -34,8 +33,7 @@ class ConversionProgress(Event, frozen=True, kw_only=True, tag="conversion.progr
     run: int = 1  # which delivery of the command this run is (a restarted conversion: 2…)
 
 
-class GuestConverted(Event, frozen=True, kw_only=True, tag="conversion.guest_converted.v1"):
-    step: str = ""
+class GuestConverted(StepEvent, frozen=True, kw_only=True, tag="conversion.guest_converted.v1"):
     mode: ConversionMode = ConversionMode.FULL
     inspection: Inspection = msgspec.field(default_factory=Inspection)
     volumes: list[Volume] = msgspec.field(default_factory=list)

@@ -1,7 +1,11 @@
 """CloudEvents 1.0 envelopes in the NATS protocol binding's binary content mode.
 
-Context attributes travel as NATS headers named ``ce-<attribute>``; the data is
-the message's JSON and ``Content-Type`` carries ``datacontenttype``. The event id
+Context attributes travel as NATS headers named ``ce-<attribute>``, including
+``ce-datacontenttype`` (the NATS binding, unlike the HTTP one, has no
+``Content-Type`` mapping: that header only tells structured mode apart); the data
+is the message's JSON. Header values are percent-encoded as the binding's
+section 3.1.3.2 requires, so a subject made of a VM's name (spaces, ``%``,
+non-ASCII) comes back exactly as it went in. The event id
 doubles as the JetStream ``Nats-Msg-Id``: it is derived from the type and the
 encoded data, so the same message published twice has the same id and the
 stream's duplicate window drops the second copy.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from urllib.parse import quote, unquote_to_bytes
 
 import msgspec
 
@@ -25,6 +30,15 @@ from ferry.proto.base import Message
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
 MSG_ID_HEADER = "Nats-Msg-Id"
+CE_PREFIX = "ce-"
+# Ferry before it followed the binding wrote values raw and datacontenttype as
+# Content-Type; streams keep such events, so a Content-Type without
+# ce-datacontenttype marks values to read as they are.
+_LEGACY_TYPE = "content-type"
+
+# Printable ASCII stays as it is, except the three the binding names: space and
+# the double quote (so no value ever needs quoting) and percent itself.
+_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ' "%')
 
 _encoder = msgspec.json.Encoder()
 
@@ -45,32 +59,59 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     datacontenttype: str = CONTENT_TYPE
 
     def headers(self) -> dict[str, str]:
-        return {
-            "ce-id": self.id,
-            "ce-source": self.source,
-            "ce-type": self.type,
-            "ce-subject": self.subject,
-            "ce-time": self.time,
-            "ce-specversion": self.specversion,
-            "Content-Type": self.datacontenttype,
-            MSG_ID_HEADER: self.id,
-        }
+        attributes = msgspec.structs.asdict(self)
+        headers = {CE_PREFIX + name: encode_value(value) for name, value in attributes.items()}
+        headers[MSG_ID_HEADER] = self.id
+        return headers
 
     @classmethod
     def from_headers(cls, headers: dict[str, str] | None) -> Envelope:
-        h = headers or {}
-        try:
-            return cls(
-                id=h["ce-id"],
-                source=h.get("ce-source", ""),
-                type=h["ce-type"],
-                subject=h.get("ce-subject", ""),
-                time=h.get("ce-time", ""),
-                specversion=h.get("ce-specversion", SPECVERSION),
-                datacontenttype=h.get("Content-Type", CONTENT_TYPE),
-            )
-        except KeyError as missing:
-            raise UnknownMessageType(f"message without CloudEvents header {missing}") from None
+        # Header names are case-insensitive in NATS as in HTTP.
+        h = {name.lower(): value for name, value in (headers or {}).items()}
+        legacy = CE_PREFIX + "datacontenttype" not in h and _LEGACY_TYPE in h
+        if legacy:
+            h[CE_PREFIX + "datacontenttype"] = h[_LEGACY_TYPE]
+
+        def attribute(name: str, default: str | None = None) -> str:
+            raw = h.get(CE_PREFIX + name, default)
+            if raw is None:
+                raise UnknownMessageType(f"message without CloudEvents header 'ce-{name}'")
+            return raw if legacy else decode_value(raw)
+
+        return cls(
+            id=attribute("id"),
+            source=attribute("source", ""),
+            type=attribute("type"),
+            subject=attribute("subject", ""),
+            time=attribute("time", ""),
+            specversion=attribute("specversion", SPECVERSION),
+            datacontenttype=attribute("datacontenttype", CONTENT_TYPE),
+        )
+
+
+def encode_value(value: str) -> str:
+    """A header value as the NATS binding writes it (section 3.1.3.2): UTF-8, upper-case hex."""
+    return quote(value, safe=_SAFE, encoding="utf-8", errors="strict")
+
+
+def decode_value(value: str) -> str:
+    """The binding's reading: unquote an RFC 7230 quoted string, then one round of
+    percent-decoding that rejects invalid UTF-8 (``%C0%A0``), which
+    ``urllib.parse.unquote`` would silently replace."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = _unquote_quoted_string(value[1:-1])
+    try:
+        return unquote_to_bytes(value).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UnknownMessageType(f"CloudEvents header value is not UTF-8: {value!r}") from error
+
+
+def _unquote_quoted_string(inner: str) -> str:
+    out: list[str] = []
+    chars = iter(inner)
+    for c in chars:
+        out.append(next(chars, "\\") if c == "\\" else c)
+    return "".join(out)
 
 
 def encode(message: Message) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ferry.proto.base import Command, Event, Failed
+from ferry.proto.base import Command, Event, Failed, StepEvent
 
 
 class StartMigration(Command, frozen=True, kw_only=True, tag="migration.start.v1"):
@@ -83,8 +83,7 @@ class VmFailed(Event, frozen=True, kw_only=True, tag="migration.vm_failed.v1"):
     power_restored: bool = False
 
 
-class VmCanceled(Event, frozen=True, kw_only=True, tag="migration.vm_canceled.v1"):
-    step: str = ""
+class VmCanceled(StepEvent, frozen=True, kw_only=True, tag="migration.vm_canceled.v1"):
     power_restored: bool = False
 
 

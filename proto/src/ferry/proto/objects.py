@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -183,31 +183,6 @@ class NetworkDestination(_Model):
     namespace: str = ""
 
 
-class NetworkPair(_Model):
-    source: SourceRefSelector
-    destination: NetworkDestination
-
-
-class NetworkMapSpec(_Model):
-    provider: ProviderPair
-    map: list[NetworkPair] = Field(default_factory=list)
-
-
-class NetworkMap(FerryObjectBase):
-    kind: Literal["NetworkMap"] = "NetworkMap"
-    spec: NetworkMapSpec
-    status: ProviderStatus = Field(default_factory=ProviderStatus)
-
-    KIND: ClassVar[str] = "NetworkMap"
-    PLURAL: ClassVar[str] = "networkmaps"
-
-    def refs(self) -> list[tuple[str, str, str]]:
-        return _provider_refs(self.spec.provider)
-
-    def find(self, key: str) -> NetworkDestination | None:
-        return next((p.destination for p in self.spec.map if p.source.matches(key)), None)
-
-
 class StorageDestination(_Model):
     storageClass: str
     volumeMode: VolumeMode = VolumeMode.FILESYSTEM
@@ -215,29 +190,58 @@ class StorageDestination(_Model):
     format: Literal["raw", "qcow2"] = "raw"
 
 
-class StoragePair(_Model):
+Destination = TypeVar("Destination", NetworkDestination, StorageDestination)
+
+
+class MapPair(_Model, Generic[Destination]):
+    """One source network or storage and where it goes on the target."""
+
     source: SourceRefSelector
-    destination: StorageDestination
+    destination: Destination
+
+    @classmethod
+    def model_parametrized_name(cls, params: tuple[Any, ...]) -> str:
+        # NetworkPair, StoragePair: the names validation errors have always shown.
+        name: str = params[0].__name__
+        return name.removesuffix("Destination") + "Pair"
 
 
-class StorageMapSpec(_Model):
+class MapSpec(_Model, Generic[Destination]):
     provider: ProviderPair
-    map: list[StoragePair] = Field(default_factory=list)
+    map: list[MapPair[Destination]] = Field(default_factory=list)
+
+    @classmethod
+    def model_parametrized_name(cls, params: tuple[Any, ...]) -> str:
+        name: str = params[0].__name__
+        return name.removesuffix("Destination") + "MapSpec"
 
 
-class StorageMap(FerryObjectBase):
-    kind: Literal["StorageMap"] = "StorageMap"
-    spec: StorageMapSpec
+class PairMap(FerryObjectBase, Generic[Destination]):
+    """A NetworkMap or a StorageMap: source networks or storages paired with targets."""
+
+    kind: str  # each kind pins it; declared here so documents keep kind before spec
+    spec: MapSpec[Destination]
     status: ProviderStatus = Field(default_factory=ProviderStatus)
-
-    KIND: ClassVar[str] = "StorageMap"
-    PLURAL: ClassVar[str] = "storagemaps"
 
     def refs(self) -> list[tuple[str, str, str]]:
         return _provider_refs(self.spec.provider)
 
-    def find(self, key: str) -> StorageDestination | None:
+    def find(self, key: str) -> Destination | None:
         return next((p.destination for p in self.spec.map if p.source.matches(key)), None)
+
+
+class NetworkMap(PairMap[NetworkDestination]):
+    kind: Literal["NetworkMap"] = "NetworkMap"
+
+    KIND: ClassVar[str] = "NetworkMap"
+    PLURAL: ClassVar[str] = "networkmaps"
+
+
+class StorageMap(PairMap[StorageDestination]):
+    kind: Literal["StorageMap"] = "StorageMap"
+
+    KIND: ClassVar[str] = "StorageMap"
+    PLURAL: ClassVar[str] = "storagemaps"
 
 
 def _provider_refs(pair: ProviderPair) -> list[tuple[str, str, str]]:

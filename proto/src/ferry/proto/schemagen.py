@@ -59,7 +59,7 @@ def asyncapi() -> dict[str, Any]:
                     "ce-subject": {"type": "string"},
                     "ce-time": {"type": "string", "format": "date-time"},
                     "ce-specversion": {"const": envelope.SPECVERSION},
-                    "Content-Type": {"const": envelope.CONTENT_TYPE},
+                    "ce-datacontenttype": {"const": envelope.CONTENT_TYPE},
                     "Nats-Msg-Id": {"type": "string"},
                 },
             },

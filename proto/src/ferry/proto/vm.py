@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ferry.proto.base import Command, Event, Failed
+from ferry.proto.base import Command, Failed, StepEvent
 from ferry.proto.inventory import Inspection, NetworkTarget, Vm, Volume
 
 
@@ -18,8 +18,7 @@ class CreateVm(Command, frozen=True, kw_only=True, tag="vm.create_vm.v1"):
     run: bool = False  # desired running state (from source power and targetPowerState)
 
 
-class VmCreated(Event, frozen=True, kw_only=True, tag="vm.vm_created.v1"):
-    step: str = ""
+class VmCreated(StepEvent, frozen=True, kw_only=True, tag="vm.vm_created.v1"):
     name: str
     namespace: str
     manifest: str = ""  # local platform: path of the VirtualMachine manifest
@@ -32,14 +31,12 @@ class PowerOn(Command, frozen=True, kw_only=True, tag="vm.power_on.v1"):
     boot_timeout_seconds: int = 600
 
 
-class VmStarting(Event, frozen=True, kw_only=True, tag="vm.vm_starting.v1"):
-    step: str = ""
+class VmStarting(StepEvent, frozen=True, kw_only=True, tag="vm.vm_starting.v1"):
     name: str
     console: str = ""
 
 
-class VmRunning(Event, frozen=True, kw_only=True, tag="vm.vm_running.v1"):
-    step: str = ""
+class VmRunning(StepEvent, frozen=True, kw_only=True, tag="vm.vm_running.v1"):
     name: str
     boot_seconds: float = 0.0
     console: str = ""
@@ -50,8 +47,7 @@ class PowerOff(Command, frozen=True, kw_only=True, tag="vm.power_off.v1"):
     target_name: str
 
 
-class VmStopped(Event, frozen=True, kw_only=True, tag="vm.vm_stopped.v1"):
-    step: str = ""
+class VmStopped(StepEvent, frozen=True, kw_only=True, tag="vm.vm_stopped.v1"):
     name: str
 
 
@@ -60,8 +56,7 @@ class DeleteVm(Command, frozen=True, kw_only=True, tag="vm.delete_vm.v1"):
     target_name: str
 
 
-class VmDeleted(Event, frozen=True, kw_only=True, tag="vm.vm_deleted.v1"):
-    step: str = ""
+class VmDeleted(StepEvent, frozen=True, kw_only=True, tag="vm.vm_deleted.v1"):
     name: str
 
 

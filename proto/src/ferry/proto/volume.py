@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import msgspec
 
-from ferry.proto.base import Command, Event, Failed
+from ferry.proto.base import Command, Failed, StepEvent
 from ferry.proto.inventory import DiskCopy, ProviderType, Vm, Volume, VolumeTarget
 
 
@@ -39,8 +39,7 @@ class CreateVolumes(Command, frozen=True, kw_only=True, tag="volume.create_volum
     targets: list[VolumeTarget]
 
 
-class VolumesCreated(Event, frozen=True, kw_only=True, tag="volume.volumes_created.v1"):
-    step: str = ""
+class VolumesCreated(StepEvent, frozen=True, kw_only=True, tag="volume.volumes_created.v1"):
     volumes: list[Volume] = msgspec.field(default_factory=list)
 
 
@@ -50,8 +49,7 @@ class AllocateDisks(Command, frozen=True, kw_only=True, tag="volume.allocate_dis
     namespace: str
 
 
-class DisksAllocated(Event, frozen=True, kw_only=True, tag="volume.disks_allocated.v1"):
-    step: str = ""
+class DisksAllocated(StepEvent, frozen=True, kw_only=True, tag="volume.disks_allocated.v1"):
     volumes: list[Volume] = msgspec.field(default_factory=list)
 
 
@@ -69,10 +67,9 @@ class CopyDisks(Command, frozen=True, kw_only=True, tag="volume.copy_disks.v1"):
     final: bool = True
 
 
-class DiskProgress(Event, frozen=True, kw_only=True, tag="volume.disk_progress.v1"):
+class DiskProgress(StepEvent, frozen=True, kw_only=True, tag="volume.disk_progress.v1"):
     """Bytes done of one disk; throttled by the sender (a few per second at most)."""
 
-    step: str = ""
     disk_id: str
     done: int
     total: int
@@ -80,8 +77,7 @@ class DiskProgress(Event, frozen=True, kw_only=True, tag="volume.disk_progress.v
     precopy: int = 0  # warm-migration round this progress belongs to
 
 
-class DisksCopied(Event, frozen=True, kw_only=True, tag="volume.disks_copied.v1"):
-    step: str = ""
+class DisksCopied(StepEvent, frozen=True, kw_only=True, tag="volume.disks_copied.v1"):
     disks: list[DiskCopy] = msgspec.field(default_factory=list)
     precopy: int = 0  # warm-migration round (0 for cold)
     volumes: list[Volume] = msgspec.field(default_factory=list)  # as bound after the copy
@@ -95,8 +91,7 @@ class CleanupVolumes(Command, frozen=True, kw_only=True, tag="volume.cleanup.v1"
     all_volumes: bool = False
 
 
-class VolumesCleaned(Event, frozen=True, kw_only=True, tag="volume.cleaned.v1"):
-    step: str = ""
+class VolumesCleaned(StepEvent, frozen=True, kw_only=True, tag="volume.cleaned.v1"):
     removed: list[str] = msgspec.field(default_factory=list)
 
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ferry.proto import label
 from ferry.proto.inventory import (
     Disk,
     Firmware,
@@ -41,9 +42,6 @@ from ferry.proto.vm import CreateVm
 API_VERSION = "kubevirt.io/v1"
 KIND = "VirtualMachine"
 
-LABEL_PLAN = "ferry.io/plan"
-LABEL_MIGRATION = "ferry.io/migration"
-LABEL_VM_ID = "ferry.io/vm-id"
 ANNOTATION_SOURCE_NAME = "ferry.io/source-vm-name"
 ANNOTATION_SOURCE_ID = "ferry.io/source-vm-id"
 ANNOTATION_GUEST_OS = "ferry.io/guest-os"
@@ -88,9 +86,9 @@ class Owner:
 
     def labels(self) -> dict[str, str]:
         return {
-            LABEL_PLAN: label_value(self.plan),
-            LABEL_MIGRATION: label_value(self.migration),
-            LABEL_VM_ID: label_value(self.vm_id),
+            label.PLAN: label_value(self.plan),
+            label.MIGRATION: label_value(self.migration),
+            label.VM: label_value(self.vm_id),
         }
 
 
@@ -332,7 +330,7 @@ def build(
 def owner_labels(manifest: Mapping[str, Any]) -> dict[str, str]:
     """The ownership labels of a built VirtualMachine (what "the same VM" means)."""
     labels = manifest.get("metadata", {}).get("labels", {})
-    keys = (LABEL_PLAN, LABEL_MIGRATION, LABEL_VM_ID)
+    keys = (label.PLAN, label.MIGRATION, label.VM)
     return {k: str(labels[k]) for k in keys if k in labels}
 
 

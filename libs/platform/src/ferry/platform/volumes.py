@@ -28,14 +28,9 @@ from typing import Protocol
 import msgspec
 
 from ferry.platform.copy.source import ImageRef
+from ferry.proto import label
 from ferry.proto.inventory import DiskCopy, Volume, VolumeMode, VolumeTarget
 from ferry.proto.volume import VolumeSource
-
-LABEL_MIGRATION = "ferry.io/migration"
-LABEL_VM = "ferry.io/vm"
-LABEL_DISK = "ferry.io/disk"
-LABEL_TEMPORARY = "ferry.io/temporary"
-LABEL_PRIME_OF = "ferry.io/prime-of"
 
 # CDI's default: 5.5 % of a Filesystem volume goes to filesystem metadata, and
 # the image is first aligned to 1 MiB (CDIConfig spec.filesystemOverhead.global).
@@ -135,9 +130,9 @@ class VolumeNotFound(VolumeError, LookupError):
 
 
 def labels_for(migration: str, vm: str, disk_id: str | None = None) -> dict[str, str]:
-    labels = {LABEL_MIGRATION: migration, LABEL_VM: vm}
+    labels = {label.MIGRATION: migration, label.VM: vm}
     if disk_id is not None:
-        labels[LABEL_DISK] = disk_id
+        labels[label.DISK] = disk_id
     return labels
 
 

@@ -19,7 +19,7 @@ def allocate(vm: str, namespace: str = "ns", migration: str = "m1") -> volume.Al
 
 
 def allocated(cmd: volume.AllocateDisks) -> volume.DisksAllocated:
-    return volume.DisksAllocated(plan=cmd.plan, migration=cmd.migration, vm=cmd.vm, step=cmd.step)
+    return volume.DisksAllocated(**cmd.reply())
 
 
 class Running:

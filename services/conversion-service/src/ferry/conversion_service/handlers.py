@@ -99,10 +99,7 @@ def register(
             if not throttle.admit(update):
                 return
             event = ConversionProgress(
-                plan=cmd.plan,
-                migration=cmd.migration,
-                vm=cmd.vm,
-                step=cmd.step,
+                **cmd.reply(),
                 stage=update.stage,
                 disk=update.disk,
                 disks=update.disks,
@@ -121,10 +118,7 @@ def register(
                 ctx.log.info("converting %s (%s)", cmd.inventory.name, cmd.mode.value)
                 result = await converter.convert(job_of(cmd, source), progress)
                 event = GuestConverted(
-                    plan=cmd.plan,
-                    migration=cmd.migration,
-                    vm=cmd.vm,
-                    step=cmd.step,
+                    **cmd.reply(),
                     mode=cmd.mode,
                     inspection=result.inspection,
                     volumes=list(cmd.volumes),

@@ -23,7 +23,7 @@ from ferry.migration_controller.scheduler import Scheduler
 from ferry.migration_controller.settings import ControllerSettings
 from ferry.migration_controller.store import ALL, VmStates
 from ferry.proto import conversion, migration, vm, volume
-from ferry.proto.base import Event, Failed, Message
+from ferry.proto.base import Event, Failed, Message, StepEvent
 from ferry.proto.phases import Flow, StepStatus
 from ferry.proto.state import VmState
 
@@ -113,7 +113,7 @@ class Reactions:
             if cur is None or cur.status is not StepStatus.RUNNING:
                 return []
             step = itinerary.step_of(s.flow, cur.name)
-            said = getattr(evt, "step", "")
+            said = evt.step if isinstance(evt, StepEvent) else ""
             if type(evt) not in step.done_on or (said and said != engine.label(cur)):
                 return []
             if step.absorb is not None:

@@ -60,10 +60,7 @@ def register(router: Router, platform: VmPlatform, settings: HandlerSettings | N
             "VirtualMachine %s/%s ready (existed: %s)", cmd.namespace, info.name, info.existed
         )
         return vm.VmCreated(
-            plan=cmd.plan,
-            migration=cmd.migration,
-            vm=cmd.vm,
-            step=cmd.step,
+            **cmd.reply(),
             name=info.name,
             namespace=info.namespace,
             manifest=info.manifest,
@@ -80,10 +77,7 @@ def register(router: Router, platform: VmPlatform, settings: HandlerSettings | N
             started = await platform.start_vm(found.namespace, found.name)
             await ctx.emit(
                 vm.VmStarting(
-                    plan=cmd.plan,
-                    migration=cmd.migration,
-                    vm=cmd.vm,
-                    step=cmd.step,
+                    **cmd.reply(),
                     name=started.name,
                     console=started.console,
                 )
@@ -97,10 +91,7 @@ def register(router: Router, platform: VmPlatform, settings: HandlerSettings | N
             ) from None
         ctx.log.info("VM %s running after %.1f s", running.name, running.boot_seconds or 0.0)
         return vm.VmRunning(
-            plan=cmd.plan,
-            migration=cmd.migration,
-            vm=cmd.vm,
-            step=cmd.step,
+            **cmd.reply(),
             name=running.name,
             boot_seconds=running.boot_seconds or 0.0,
             console=running.console,
@@ -113,9 +104,7 @@ def register(router: Router, platform: VmPlatform, settings: HandlerSettings | N
         except VmNotFound as error:
             raise PermanentError(str(error)) from None
         stopped = await platform.stop_vm(found.namespace, found.name)
-        return vm.VmStopped(
-            plan=cmd.plan, migration=cmd.migration, vm=cmd.vm, step=cmd.step, name=stopped.name
-        )
+        return vm.VmStopped(**cmd.reply(), name=stopped.name)
 
     # Clean-up of a canceled VM sends DeleteVm while the VM's cancel mark is set: it
     # must run anyway, as the volume-service's CleanupVolumes does.
@@ -126,13 +115,8 @@ def register(router: Router, platform: VmPlatform, settings: HandlerSettings | N
             found = await _locate(platform, cmd)
         except VmNotFound:
             return vm.VmDeleted(
-                plan=cmd.plan,
-                migration=cmd.migration,
-                vm=cmd.vm,
-                step=cmd.step,
+                **cmd.reply(),
                 name=kubevirt.dns_label(cmd.target_name) if cmd.target_name else "",
             )
         await platform.delete_vm(found.namespace, found.name)
-        return vm.VmDeleted(
-            plan=cmd.plan, migration=cmd.migration, vm=cmd.vm, step=cmd.step, name=found.name
-        )
+        return vm.VmDeleted(**cmd.reply(), name=found.name)

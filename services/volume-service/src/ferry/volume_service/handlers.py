@@ -84,10 +84,7 @@ class VolumeHandlers:
                 made.append(await self.platform.ensure_volume(request))
         ctx.log.info("%d %s volumes ready", len(made), cmd.source.value)
         return volume.VolumesCreated(
-            plan=cmd.plan,
-            migration=cmd.migration,
-            vm=cmd.vm,
-            step=cmd.step,
+            **cmd.reply(),
             volumes=[v.to_proto() for v in made],
         )
 
@@ -146,10 +143,7 @@ class VolumeHandlers:
         claims = [v for v in bound if not v.temporary]
         ctx.log.info("pvcinit bound %d volumes", len(claims))
         return volume.DisksAllocated(
-            plan=cmd.plan,
-            migration=cmd.migration,
-            vm=cmd.vm,
-            step=cmd.step,
+            **cmd.reply(),
             volumes=[v.to_proto() for v in claims],
         )
 
@@ -196,10 +190,7 @@ class VolumeHandlers:
         )
         bound = await self._require_volumes(cmd.namespace, cmd.migration, cmd.vm)
         return volume.DisksCopied(
-            plan=cmd.plan,
-            migration=cmd.migration,
-            vm=cmd.vm,
-            step=cmd.step,
+            **cmd.reply(),
             disks=copies,
             precopy=cmd.precopy,
             volumes=[v.to_proto() for v in bound],
@@ -288,9 +279,7 @@ class VolumeHandlers:
                     cmd.namespace, cmd.migration, cmd.vm
                 )
         ctx.log.info("removed %d %svolumes", len(removed), "" if cmd.all_volumes else "temporary ")
-        return volume.VolumesCleaned(
-            plan=cmd.plan, migration=cmd.migration, vm=cmd.vm, step=cmd.step, removed=removed
-        )
+        return volume.VolumesCleaned(**cmd.reply(), removed=removed)
 
 
 def _copy_of(claim: VolumeState) -> DiskCopy | None:
@@ -310,10 +299,7 @@ def _check_checksums(copy: DiskCopy) -> None:
 def _progress_event(cmd: volume.CopyDisks) -> Callable[[TransferProgress], volume.DiskProgress]:
     def make(p: TransferProgress) -> volume.DiskProgress:
         return volume.DiskProgress(
-            plan=cmd.plan,
-            migration=cmd.migration,
-            vm=cmd.vm,
-            step=cmd.step,
+            **cmd.reply(),
             disk_id=p.disk_id,
             done=p.done,
             total=p.total,

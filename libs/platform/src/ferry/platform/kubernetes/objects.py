@@ -46,13 +46,10 @@ from ferry.platform.kubernetes.client import DATA_VOLUME, PVC, Resource
 from ferry.platform.kubevirt import label_value
 from ferry.platform.volumes import (
     ALIGN,
-    LABEL_DISK,
-    LABEL_MIGRATION,
-    LABEL_TEMPORARY,
-    LABEL_VM,
     VolumeRequest,
     required_size,
 )
+from ferry.proto import label
 from ferry.proto.inventory import VolumeMode
 from ferry.proto.volume import VolumeSource
 
@@ -69,7 +66,6 @@ ANNOTATION_FORMAT = "ferry.io/format"
 # "find by labels" would no longer find what this migration made.
 ANNOTATION_KEEP_DV = "cdi.kubevirt.io/storage.deleteAfterCompletion"
 
-LABEL_PVCINIT = "ferry.io/pvcinit"
 
 _POPULATOR_SPEC: dict[str, Any] = {
     "type": "object",
@@ -160,9 +156,9 @@ def validate_object(obj: Mapping[str, Any]) -> None:
 
 def volume_labels(migration: str, vm: str, disk_id: str | None = None) -> dict[str, str]:
     """The ownership labels, as valid label values (ids may hold ``/`` or spaces)."""
-    labels = {LABEL_MIGRATION: label_value(migration), LABEL_VM: label_value(vm)}
+    labels = {label.MIGRATION: label_value(migration), label.VM: label_value(vm)}
     if disk_id is not None:
-        labels[LABEL_DISK] = label_value(disk_id)
+        labels[label.DISK] = label_value(disk_id)
     return labels
 
 
@@ -294,7 +290,7 @@ def pvcinit_pod(
         container["volumeMounts"] = mounts
     if devices:
         container["volumeDevices"] = devices
-    labels = {**volume_labels(migration, vm), LABEL_PVCINIT: "true", LABEL_TEMPORARY: "true"}
+    labels = {**volume_labels(migration, vm), label.PVCINIT: "true", label.TEMPORARY: "true"}
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -37,7 +37,6 @@ from ferry.platform.kubernetes.objects import POPULATOR
 from ferry.platform.kubernetes.settings import KubernetesPlatformSettings
 from ferry.platform.kubevirt import label_value
 from ferry.platform.volumes import (
-    LABEL_TEMPORARY,
     Phase,
     ProgressCallback,
     TransferProgress,
@@ -50,6 +49,7 @@ from ferry.platform.volumes import (
     required_size,
     volume_name,
 )
+from ferry.proto import label
 from ferry.proto.inventory import Checksum, DiskCopy, VolumeMode
 from ferry.proto.volume import VolumeSource
 
@@ -436,10 +436,10 @@ class KubeVolumes:
         """pvcinit pods, temporary claims, and the populator CRs of filled claims."""
         labels = objects.volume_labels(migration, vm)
         removed: list[str] = []
-        for pod in await self.client.list(POD, namespace, {**labels, LABEL_TEMPORARY: "true"}):
+        for pod in await self.client.list(POD, namespace, {**labels, label.TEMPORARY: "true"}):
             if await self.client.delete(POD, namespace, _meta(pod)["name"], grace_seconds=0):
                 removed.append(_meta(pod)["name"])
-        for pvc in await self.client.list(PVC, namespace, {**labels, LABEL_TEMPORARY: "true"}):
+        for pvc in await self.client.list(PVC, namespace, {**labels, label.TEMPORARY: "true"}):
             if await self.client.delete(PVC, namespace, _meta(pvc)["name"]):
                 removed.append(_meta(pvc)["name"])
         filled = {

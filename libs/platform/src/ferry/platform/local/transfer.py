@@ -36,13 +36,12 @@ from ferry.platform.copy.sink import open_sink
 from ferry.platform.copy.source import ImageRef, open_source
 from ferry.platform.local.storage import StorageConfig, Store
 from ferry.platform.volumes import (
-    LABEL_PRIME_OF,
-    LABEL_TEMPORARY,
     Phase,
     VolumeError,
     VolumeNotFound,
     VolumeState,
 )
+from ferry.proto import label
 from ferry.proto.inventory import DiskCopy
 from ferry.proto.volume import VolumeSource
 
@@ -170,7 +169,7 @@ def run_importer(store: Store, job: Job) -> Done:
 
 
 def new_prime(claim: VolumeState) -> VolumeState:
-    labels = {**claim.labels, LABEL_TEMPORARY: "true", LABEL_PRIME_OF: claim.name}
+    labels = {**claim.labels, label.TEMPORARY: "true", label.PRIME_OF: claim.name}
     return msgspec.structs.replace(
         claim,
         name=prime_name(claim.name),

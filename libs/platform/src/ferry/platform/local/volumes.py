@@ -19,8 +19,6 @@ from ferry.platform.local import transfer, workload
 from ferry.platform.local.settings import LocalSettings
 from ferry.platform.local.storage import Store
 from ferry.platform.volumes import (
-    LABEL_MIGRATION,
-    LABEL_VM,
     Phase,
     ProgressCallback,
     TransferProgress,
@@ -33,6 +31,7 @@ from ferry.platform.volumes import (
     required_size,
     volume_name,
 )
+from ferry.proto import label
 from ferry.proto.inventory import DiskCopy, VolumeMode
 from ferry.proto.volume import VolumeSource
 
@@ -210,8 +209,8 @@ class LocalVolumes:
             for storage_class in {c.storage_class for c in claims}:
                 for pv in self.store.pvs(storage_class):
                     owned = (
-                        pv.labels.get(LABEL_MIGRATION) == migration
-                        and pv.labels.get(LABEL_VM) == vm
+                        pv.labels.get(label.MIGRATION) == migration
+                        and pv.labels.get(label.VM) == vm
                         and pv.claim.startswith(f"{namespace}/")
                     )
                     if owned and pv.name not in referenced:
