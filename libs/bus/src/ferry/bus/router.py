@@ -47,7 +47,7 @@ from nats.js.errors import APIError
 from ferry.bus import cancellation, topology
 from ferry.bus.errors import Canceled, PermanentError, TemporaryError
 from ferry.proto import envelope, registry, subjects
-from ferry.proto.base import Message
+from ferry.proto.base import FailureOutcome, Message
 from ferry.proto.envelope import Envelope
 from ferry.proto.subjects import Bucket, Service
 
@@ -68,6 +68,7 @@ BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
 SETTLED_MEMORY = 4096  # stream sequences a replica remembers having acked or terminated
 _EMIT_KEEPALIVE_SECONDS = 1.0
+_OUTCOMES = {"exhausted": FailureOutcome.GAVE_UP, "canceled": FailureOutcome.CANCELED}
 
 
 def backoff(deliveries: int) -> float:
@@ -672,6 +673,7 @@ class _Run:
                         detail=detail,
                         deliveries=held.deliveries,
                         canceled=canceled,
+                        outcome=_OUTCOMES.get(label, FailureOutcome.PERMANENT),
                     ),
                     cause=_cause(held),
                 )

@@ -35,7 +35,7 @@ from ferry.migration_controller.settings import ControllerSettings
 from ferry.migration_controller.state import VmError, VmState, now_iso
 from ferry.migration_controller.store import MissingObject, Objects, VmStates
 from ferry.proto import conversion, migration, objects, subjects, vm, volume
-from ferry.proto.base import Event, Failed, Message
+from ferry.proto.base import Event, Failed, FailureOutcome, Message
 from ferry.proto.inventory import PowerState
 from ferry.proto.inventory import Vm as InventoryVm
 from ferry.proto.subjects import Service
@@ -650,8 +650,10 @@ class Controller(Router):
         key = await self._known(evt)
         if key is None or evt.canceled or evt.step == "Cleanup":
             return
+        # Out of deliveries may work on another attempt; the deliveries rule still
+        # covers producers older than ``outcome`` (which defaults to permanent).
         transient = (
-            evt.reason.startswith("gave up after")
+            evt.outcome is FailureOutcome.GAVE_UP
             or evt.deliveries >= self.settings.bus.max_deliver
         )
         reason = evt.reason
