@@ -653,8 +653,7 @@ class Controller(Router):
         # Out of deliveries may work on another attempt; the deliveries rule still
         # covers producers older than ``outcome`` (which defaults to permanent).
         transient = (
-            evt.outcome is FailureOutcome.GAVE_UP
-            or evt.deliveries >= self.settings.bus.max_deliver
+            evt.outcome is FailureOutcome.GAVE_UP or evt.deliveries >= self.settings.bus.max_deliver
         )
         reason = evt.reason
         now = self.clock()
