@@ -231,14 +231,9 @@ class Consumer:
 
 
 def _job(src: Source, msg: Msg) -> Job:
-    parts = msg.subject.split(".")
-    mig, vm = (parts[4], parts[5]) if len(parts) == 6 else (msg.subject, "")
     sequence = _sequence(src, msg)
-    return Job(
-        msg=msg,
-        lane=f"{mig}.{vm}",
-        migration_token=mig,
-        vm_token=vm,
+    return Job.of(
+        msg,
         deliveries=_deliveries(msg),
         max_deliver=src.max_deliver,
         sequence=sequence,

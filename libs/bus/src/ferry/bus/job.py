@@ -73,6 +73,30 @@ class Job:
     envelope: Envelope | None = None
     message: Message | None = None
 
+    @classmethod
+    def of(
+        cls,
+        msg: Delivery,
+        *,
+        deliveries: int,
+        max_deliver: int,
+        sequence: tuple[str, int] | None = None,
+        origin: str = "",
+    ) -> Job:
+        """A job on the lane its subject names: ``ferry.cmd.<svc>.<name>.<migration>.<vm>``."""
+        parts = msg.subject.split(".")
+        mig, vm = (parts[4], parts[5]) if len(parts) == 6 else (msg.subject, "")
+        return cls(
+            msg=msg,
+            lane=f"{mig}.{vm}",
+            migration_token=mig,
+            vm_token=vm,
+            deliveries=deliveries,
+            max_deliver=max_deliver,
+            sequence=sequence,
+            origin=origin,
+        )
+
     @property
     def type_name(self) -> str:
         """The message type, from the envelope once decoded, else from its header."""
