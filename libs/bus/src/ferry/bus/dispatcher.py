@@ -26,11 +26,9 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgspec
-
 from ferry.bus.context import Context
 from ferry.bus.errors import Canceled
-from ferry.bus.job import Job, Route, quietly
+from ferry.bus.job import Identity, Job, Route, quietly
 from ferry.bus.outcome import Ack, Attempt, GiveUp, Retry, Verdict, as_messages, backoff, scrub
 from ferry.proto import envelope, registry
 from ferry.proto.base import FailureOutcome, Message
@@ -52,16 +50,6 @@ class Publisher(Protocol):
     async def publish(self, message: Message, *, cause: str = "") -> object: ...
     async def publish_many(self, messages: Iterable[Message], *, cause: str = "") -> object: ...
     async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> object: ...
-
-
-class _Identity(msgspec.Struct, kw_only=True):
-    """Enough of any message to attribute a failure to its VM."""
-
-    plan: str = ""
-    migration: str = ""
-    vm: str = ""
-    step: str = ""
-    attempt: int = 1
 
 
 class Dispatcher:
@@ -274,7 +262,7 @@ class Dispatcher:
             [scrub(line) for line in verdict.detail],
             verdict.label,
         )
-        identity = _identity(job.message, job.msg.data)
+        identity = Identity.of(job.message, job.msg.data)
         extra = {"migration": identity.migration, "vm": identity.vm, "type": job.type_name}
         canceled = verdict.outcome is FailureOutcome.CANCELED
         try:
@@ -331,18 +319,3 @@ class Dispatcher:
         message = job.message
         migration, vm = (message.migration, message.vm) if message is not None else ("", "")
         return {"migration": migration, "vm": vm, "type": job.type_name}
-
-
-def _identity(message: Message | None, data: bytes) -> _Identity:
-    if message is not None:
-        return _Identity(
-            plan=message.plan,
-            migration=message.migration,
-            vm=message.vm,
-            step=str(getattr(message, "step", "")),
-            attempt=int(getattr(message, "attempt", 1)),
-        )
-    try:
-        return msgspec.json.decode(data, type=_Identity)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return _Identity()

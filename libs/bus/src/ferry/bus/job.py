@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import msgspec
+
 from ferry.bus.outcome import Result
 from ferry.proto import envelope
 from ferry.proto.base import Message
@@ -51,6 +53,31 @@ class Route:
     cls: type[Message]
     fn: Handler[Any]
     cancelable: bool
+
+
+class Identity(msgspec.Struct, kw_only=True):
+    """Enough of any message to attribute a failure to its VM, even one that did not decode."""
+
+    plan: str = ""
+    migration: str = ""
+    vm: str = ""
+    step: str = ""
+    attempt: int = 1
+
+    @classmethod
+    def of(cls, message: Message | None, data: bytes) -> Identity:
+        if message is not None:
+            return cls(
+                plan=message.plan,
+                migration=message.migration,
+                vm=message.vm,
+                step=str(getattr(message, "step", "")),
+                attempt=int(getattr(message, "attempt", 1)),
+            )
+        try:
+            return msgspec.json.decode(data, type=cls)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return cls()
 
 
 @dataclass(eq=False)
