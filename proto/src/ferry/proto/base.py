@@ -9,6 +9,7 @@ older producers stay valid.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import ClassVar, TypedDict
 
 import msgspec
@@ -102,11 +103,26 @@ class StepEvent(Event, frozen=True, kw_only=True):
     step: str = ""
 
 
+class FailureOutcome(StrEnum):
+    """Why the bus gave up on a command: a field to branch on, never the reason's text.
+
+    ``gave_up``: it kept failing until it ran out of deliveries (it might work on
+    another attempt); ``permanent``: the handler said it can never succeed (or the
+    message could not be handled at all); ``canceled``: its VM was canceled.
+    """
+
+    GAVE_UP = "gave_up"
+    PERMANENT = "permanent"
+    CANCELED = "canceled"
+
+
 class Failed(Event, frozen=True, kw_only=True):
     """A command that can never succeed (permanent error, or out of retries).
 
     Each service has its own subclass (``volume.failed.v1``…); the bus library
     emits it when a handler gives up, the controller turns it into a step failure.
+    ``outcome`` says why; ``canceled`` predates it and is kept (fields are never
+    removed): the two always agree, whichever one a producer set.
     """
 
     command_type: str
@@ -116,3 +132,12 @@ class Failed(Event, frozen=True, kw_only=True):
     detail: list[str] = msgspec.field(default_factory=list)
     deliveries: int = 1
     canceled: bool = False
+    outcome: FailureOutcome = FailureOutcome.PERMANENT
+
+    def __post_init__(self) -> None:
+        # A producer older than ``outcome`` only sets ``canceled``, a newer one may only
+        # set ``outcome``: readers may trust either field.
+        if self.canceled and self.outcome is not FailureOutcome.CANCELED:
+            msgspec.structs.force_setattr(self, "outcome", FailureOutcome.CANCELED)
+        elif self.outcome is FailureOutcome.CANCELED and not self.canceled:
+            msgspec.structs.force_setattr(self, "canceled", True)

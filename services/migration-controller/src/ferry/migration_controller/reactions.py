@@ -23,7 +23,7 @@ from ferry.migration_controller.scheduler import Scheduler
 from ferry.migration_controller.settings import ControllerSettings
 from ferry.migration_controller.store import ALL, VmStates
 from ferry.proto import conversion, migration, vm, volume
-from ferry.proto.base import Event, Failed, Message, StepEvent
+from ferry.proto.base import Event, Failed, FailureOutcome, Message, StepEvent
 from ferry.proto.phases import Flow, StepStatus
 from ferry.proto.state import VmState
 
@@ -126,8 +126,10 @@ class Reactions:
         key = await self._known(evt)
         if key is None or evt.canceled or evt.step == "Cleanup":
             return
+        # Out of deliveries may work on another attempt; the deliveries rule still
+        # covers producers older than ``outcome`` (which defaults to permanent).
         transient = (
-            evt.reason.startswith("gave up after")
+            evt.outcome is FailureOutcome.GAVE_UP
             or evt.deliveries >= self._settings.bus.max_deliver
         )
         reason = evt.reason

@@ -1,0 +1,264 @@
+"""The NATS side of a run: bind durable pull consumers, fetch into the dispatcher, shut down.
+
+* **bounds** — a replica fetches only as many messages as it has free slots,
+  so the shared durable consumer spreads work over replicas;
+* **not twice** — a redelivery reaching the replica that still holds, or just
+  settled, the same stream sequence is recognised and not run again;
+* **shutdown** — stop fetching, give running handlers ``grace_seconds``, then
+  nak what is left (no delay) so another replica picks it up at once. Acks and
+  in-progress acks keep flowing until the last handler is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError
+
+from ferry.bus import topology
+from ferry.bus.dispatcher import Dispatcher
+from ferry.bus.job import Job, quietly
+from ferry.bus.middleware import Middleware
+from ferry.proto import subjects
+from ferry.proto.subjects import Service
+
+if TYPE_CHECKING:
+    from ferry.bus.connection import Bus
+    from ferry.bus.router import Router
+
+# Redelivery warnings keep the logger name they had before the router was split.
+log = logging.getLogger("ferry.bus.router")
+
+
+def events_consumer_name(service: Service) -> str:
+    return f"{service.value}-events"
+
+
+@dataclass(eq=False)
+class Source:
+    """A durable pull consumer the router takes work from."""
+
+    stream: str
+    consumer: str
+    sub: JetStreamContext.PullSubscription
+    ack_wait: float
+    max_deliver: int
+
+
+class Consumer:
+    """One ``Router.run``: its sources, fetch loops and shutdown around a dispatcher."""
+
+    def __init__(
+        self,
+        router: Router,
+        bus: Bus,
+        middleware: Sequence[Middleware],
+        concurrency: int,
+        fetch_wait: float,
+    ) -> None:
+        self.router = router
+        self.bus = bus
+        self.service = router.service
+        self.middleware = list(middleware)
+        self.concurrency = concurrency
+        self.fetch_wait = fetch_wait
+        self.sources: list[Source] = []
+        self.reserved = 0
+        self.halt = asyncio.Event()  # set when shutdown starts, whatever triggered it
+        self.dispatcher: Dispatcher | None = None
+
+    async def serve(self, stop: asyncio.Event, grace_seconds: float) -> None:
+        await self._bind()
+        ack_wait = min(src.ack_wait for src in self.sources)
+        dispatcher = Dispatcher(
+            self.router, self.bus, self.middleware, bus=self.bus, ack_wait=ack_wait
+        )
+        self.dispatcher = dispatcher
+        started: list[Middleware] = []
+        fetchers: list[asyncio.Task[None]] = []
+        try:
+            for mw in self.middleware:
+                started.append(mw)
+                await mw.start(dispatcher)
+            fetchers = [
+                asyncio.create_task(
+                    self._fetch_loop(dispatcher, src), name=f"ferry-fetch-{src.consumer}"
+                )
+                for src in self.sources
+            ]
+            log.info(
+                "%s router running: %s (concurrency %d)",
+                self.service.value,
+                ", ".join(self.router.types),
+                self.concurrency,
+            )
+            await stop.wait()
+            await self._shutdown(dispatcher, fetchers, grace_seconds)
+        except asyncio.CancelledError:
+            await self._shutdown(dispatcher, fetchers, 0.0)
+            raise
+        finally:
+            for mw in reversed(started):
+                with contextlib.suppress(Exception):
+                    await mw.stop()
+            for src in self.sources:
+                with contextlib.suppress(Exception):
+                    await src.sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await self.bus.nc.flush(timeout=5)
+
+    # -- setup -------------------------------------------------------------------
+
+    async def _bind(self) -> None:
+        await topology.declare(self.bus, self.bus.settings, [self.service])
+        intake = self.router.intake
+        if intake.kind == "commands":
+            stream = subjects.command_stream(self.service)
+            consumer = subjects.command_consumer(self.service)
+        else:
+            stream = subjects.EVENTS_STREAM
+            consumer = intake.durable or events_consumer_name(self.service)
+            base = topology.command_consumer(self.bus.settings, self.service)
+            config = api.ConsumerConfig(
+                name=consumer,
+                durable_name=consumer,
+                description=f"events the {self.service.value} service reacts to",
+                deliver_policy=api.DeliverPolicy.ALL,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=base.ack_wait,
+                # No server-side cap: a delivery held by a replica that died (kill -9
+                # during a restart storm) still counts, and a capped event would never
+                # come back, leaving its VM waiting forever. Handler failures are still
+                # given up on after ``max_deliver`` deliveries, by the retries middleware.
+                max_deliver=-1,
+                max_ack_pending=base.max_ack_pending,
+                filter_subjects=list(intake.filter_subjects) or [subjects.all_events()],
+            )
+            await self.bus.js.add_consumer(stream, config=config)
+        self.sources.append(await self._source(stream, consumer))
+
+    async def _source(self, stream: str, consumer: str) -> Source:
+        info = await self.bus.js.consumer_info(stream, consumer)
+        sub = await self.bus.js.pull_subscribe_bind(consumer, stream=stream)
+        ack_wait = float(info.config.ack_wait or self.bus.settings.ack_wait_seconds)
+        max_deliver = int(info.config.max_deliver or self.bus.settings.max_deliver)
+        if max_deliver < 1:
+            max_deliver = self.bus.settings.max_deliver
+        return Source(stream, consumer, sub, ack_wait, max_deliver)
+
+    # -- fetching ----------------------------------------------------------------
+
+    def _free(self, dispatcher: Dispatcher) -> int:
+        return self.concurrency - len(dispatcher.held) - self.reserved
+
+    async def _fetch_loop(self, dispatcher: Dispatcher, src: Source) -> None:
+        while not self.halt.is_set():
+            free = self._free(dispatcher)
+            if free <= 0:
+                dispatcher.slot_freed.clear()
+                await _wait_any(self.halt, dispatcher.slot_freed)
+                continue
+            self.reserved += free
+            try:
+                msgs = await self._fetch(src, free)
+            finally:
+                self.reserved -= free
+            for msg in msgs:
+                if self.halt.is_set():
+                    await quietly(msg.nak())
+                elif not await self._redelivered_here(dispatcher, src, msg):
+                    dispatcher.accept(_job(src, msg))
+
+    async def _redelivered_here(self, dispatcher: Dispatcher, src: Source, msg: Msg) -> bool:
+        """A second delivery of a message this replica holds or already settled: don't run it.
+
+        Still held (queued or running): the held copy's ack or nak settles the stream
+        sequence, so this copy is dropped. Already acked or terminated here (the
+        settlement came after ack_wait, or was lost): settle this copy the same way.
+        A message this replica nak'ed is a wanted retry and runs again.
+        """
+        held, verb = dispatcher.redelivered_here(_sequence(src, msg))
+        if held:
+            log.warning("%s redelivered while still held here; not run twice", msg.subject)
+            return True
+        if verb is None:
+            return False
+        log.warning("%s redelivered after it was settled here; settled again", msg.subject)
+        await quietly(msg.ack() if verb == "ack" else msg.term())
+        return True
+
+    async def _fetch(self, src: Source, batch: int) -> list[Msg]:
+        try:
+            return await src.sub.fetch(batch, timeout=self.fetch_wait)
+        except (NatsTimeoutError, TimeoutError):
+            return []
+        except ConnectionClosedError:
+            await asyncio.sleep(self.fetch_wait)
+            return []
+        except APIError as err:
+            log.warning("fetch from %s/%s failed: %s", src.stream, src.consumer, err)
+            await asyncio.sleep(self.fetch_wait)
+            return []
+
+    # -- shutdown ----------------------------------------------------------------
+
+    async def _shutdown(
+        self, dispatcher: Dispatcher, fetchers: list[asyncio.Task[None]], grace_seconds: float
+    ) -> None:
+        dispatcher.stopping = True
+        self.halt.set()
+        log.info("%s router stopping: %d in flight", self.service.value, len(dispatcher.held))
+        await asyncio.gather(*fetchers, return_exceptions=True)
+        for lane in dispatcher.lanes.values():
+            for job in list(lane):
+                if job.state == "queued":
+                    await dispatcher.nak(job, 0.0)
+        if dispatcher.lane_tasks and grace_seconds > 0:
+            await asyncio.wait(set(dispatcher.lane_tasks), timeout=grace_seconds)
+        for job in list(dispatcher.held):
+            job.interrupt("shutdown", "ferry: shutting down")
+        if dispatcher.lane_tasks:
+            await asyncio.wait(set(dispatcher.lane_tasks), timeout=10.0)
+
+
+def _job(src: Source, msg: Msg) -> Job:
+    sequence = _sequence(src, msg)
+    return Job.of(
+        msg,
+        deliveries=_deliveries(msg),
+        max_deliver=src.max_deliver,
+        sequence=sequence,
+        origin=f"{src.stream}:{sequence[1]}" if sequence is not None else "",
+    )
+
+
+def _sequence(src: Source, msg: Msg) -> tuple[str, int] | None:
+    try:
+        return (src.consumer, int(msg.metadata.sequence.stream))
+    except Exception:
+        return None
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:
+        return 1
+
+
+async def _wait_any(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

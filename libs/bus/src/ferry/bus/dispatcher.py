@@ -1,0 +1,321 @@
+"""The dispatcher: lanes of held messages, one handler call each, and settling the verdict.
+
+Transport-free on purpose: it takes :class:`~ferry.bus.job.Job` s from whoever
+fetched them (the NATS consumer in :mod:`ferry.bus.consumer`, or the in-memory
+test broker) and publishes through a :class:`Publisher`. Cross-cutting
+behaviour (retries, cancellation, dead letters, keep-alive, metrics, time
+limits) is middleware; what stays here is what every message needs:
+
+* **order and bounds** — jobs of one (migration, vm) lane run one after another,
+  lanes run in parallel;
+* **publish, then ack** — a crash between the two redelivers the command, the
+  handler (idempotent) runs again, and the deterministic message id makes the
+  second publish of the same result a no-op;
+* **give up** — terminate, after publishing the service's ``Failed`` event
+  with its outcome (and whatever middleware adds, such as a dead letter);
+* **settled memory** — stream sequences this replica holds or has acked or
+  terminated, so that a redelivery caused by a stall is not run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ferry.bus.context import Context
+from ferry.bus.errors import Canceled
+from ferry.bus.job import Identity, Job, Route, quietly
+from ferry.bus.outcome import Ack, Attempt, GiveUp, Retry, Verdict, as_messages, backoff, scrub
+from ferry.proto import envelope, registry
+from ferry.proto.base import FailureOutcome, Message
+from ferry.proto.subjects import Service
+
+if TYPE_CHECKING:
+    from ferry.bus.connection import Bus
+    from ferry.bus.middleware.base import Call, Middleware
+    from ferry.bus.router import Router
+
+log = logging.getLogger(__name__)
+
+SETTLED_MEMORY = 4096  # stream sequences a replica remembers having acked or terminated
+
+
+class Publisher(Protocol):
+    """Where results go: the bus, or the in-memory broker's outbox."""
+
+    async def publish(self, message: Message, *, cause: str = "") -> object: ...
+    async def publish_many(self, messages: Iterable[Message], *, cause: str = "") -> object: ...
+    async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> object: ...
+
+
+class Dispatcher:
+    """Held jobs and their lanes, for one ``Router.run`` (or one test broker)."""
+
+    def __init__(
+        self,
+        router: Router,
+        publisher: Publisher,
+        middleware: Sequence[Middleware],
+        *,
+        bus: Bus | None = None,
+        ack_wait: float | None = None,
+    ) -> None:
+        self.router = router
+        self.service: Service = router.service
+        self.publisher = publisher
+        self.middleware = list(middleware)
+        self.bus = bus
+        self.ack_wait = ack_wait  # the shortest of the sources': what keep-alive must beat
+        self.failed_type = registry.FAILED[router.service]
+        self.held: set[Job] = set()
+        # A job held here whose ack_wait ran out anyway (this process was starved of CPU
+        # longer than the keep-alive period) is redelivered, possibly to this very
+        # replica: by stream sequence, such a copy is recognised and never run twice.
+        self.by_sequence: dict[tuple[str, int], Job] = {}
+        self.settled: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self.lanes: dict[str, deque[Job]] = {}
+        self.lane_tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self.slot_freed = asyncio.Event()
+
+    # -- publishing --------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[Message], *, cause: str) -> None:
+        if len(messages) == 1:
+            await self.publisher.publish(messages[0], cause=cause)
+        elif messages:
+            await self.publisher.publish_many(messages, cause=cause)
+
+    # -- holding -----------------------------------------------------------------
+
+    def redelivered_here(self, sequence: tuple[str, int] | None) -> tuple[bool, str | None]:
+        """Whether a delivery of ``sequence`` is a copy of one held or settled here.
+
+        Returns (held here, how it was settled here). A job this replica nak'ed
+        is a wanted retry: neither.
+        """
+        if sequence is None:
+            return False, None
+        return sequence in self.by_sequence, self.settled.get(sequence)
+
+    def accept(self, job: Job) -> None:
+        """Hold ``job`` and queue it on its lane, starting the lane if idle."""
+        self.held.add(job)
+        if job.sequence is not None:
+            self.by_sequence[job.sequence] = job
+        self._in_flight()
+        queue = self.lanes.get(job.lane)
+        if queue is None:
+            queue = self.lanes[job.lane] = deque()
+            task = asyncio.create_task(self._lane(job.lane, queue), name=f"ferry-lane-{job.lane}")
+            self.lane_tasks.add(task)
+            task.add_done_callback(self.lane_tasks.discard)
+        queue.append(job)
+
+    def route_of(self, job: Job) -> Route | None:
+        return job.route or self.router.route(job.type_name)
+
+    async def _lane(self, lane: str, queue: deque[Job]) -> None:
+        try:
+            while queue:
+                job = queue[0]
+                try:
+                    if job.state == "queued":
+                        await self._process(job)
+                except Exception:
+                    log.exception("router failed to settle a message on %s", job.msg.subject)
+                    await self.nak(job, backoff(job.deliveries))
+                finally:
+                    queue.popleft()
+                    self._release(job)
+        finally:
+            if self.lanes.get(lane) is queue:
+                del self.lanes[lane]
+
+    def _release(self, job: Job) -> None:
+        job.state = "done"
+        if job.sequence is not None and self.by_sequence.get(job.sequence) is job:
+            del self.by_sequence[job.sequence]
+        if job in self.held:
+            self.held.discard(job)
+            self._in_flight()
+            self.slot_freed.set()
+
+    def _in_flight(self) -> None:
+        for mw in self.middleware:
+            mw.in_flight(len(self.held))
+
+    # -- one message -------------------------------------------------------------
+
+    async def _process(self, job: Job) -> None:
+        if self.stopping:
+            await self.nak(job, 0.0)
+            return
+        await self.settle(job, await self._verdict(job))
+
+    async def _verdict(self, job: Job) -> Verdict:
+        events_intake = self.router.intake.kind == "events"
+        try:
+            job.envelope, job.message = envelope.unwrap(job.msg.headers, job.msg.data)
+        except envelope.UnknownMessageType as err:
+            if events_intake and job.type_name != "unknown":
+                return Ack(label="ignored")  # a newer producer's event: open world
+            return GiveUp(FailureOutcome.PERMANENT, f"undecodable message: {err}", label="invalid")
+        except ValueError as err:
+            return GiveUp(FailureOutcome.PERMANENT, f"undecodable message: {err}", label="invalid")
+        job.route = self.router.route(job.type_name)
+        if job.route is None and events_intake:
+            return Ack(label="ignored")
+        if job.route is None:
+            reason = f"the {self.service.value} service has no handler for {job.type_name}"
+            return GiveUp(FailureOutcome.PERMANENT, reason, label="invalid")
+        for mw in self.middleware:
+            verdict = await mw.before(job)
+            if verdict is not None:
+                return verdict
+        return self._judge(job, await self._run_handler(job, job.route))
+
+    async def _run_handler(self, job: Job, route: Route) -> Attempt:
+        assert job.envelope is not None and job.message is not None
+        ctx = Context(self, job, job.envelope, job.message)
+        message = job.message
+
+        async def handle() -> Any:
+            return await route.fn(message, ctx)
+
+        call: Call = handle
+        for mw in reversed(self.middleware):
+            call = mw.wrap(job, call)
+        started = time.monotonic()
+        # The handler runs inside this lane's task (no task per message); to
+        # interrupt it, middleware or shutdown cancel the lane task while ``job.task``
+        # is set and mark why in ``job.cancel_reason``.
+        lane_task = asyncio.current_task()
+        job.state = "running"
+        job.task = lane_task
+        try:
+            result = await call()
+        except asyncio.CancelledError:
+            if job.cancel_reason is None:
+                raise  # the lane itself is being torn down
+            return Attempt(interrupted=True, seconds=time.monotonic() - started)
+        except Exception as err:
+            return Attempt(error=err, seconds=time.monotonic() - started)
+        finally:
+            job.task = None
+            if job.cancel_reason is not None and lane_task is not None:
+                while lane_task.cancelling():
+                    lane_task.uncancel()
+        return Attempt(result=result, seconds=time.monotonic() - started)
+
+    def _judge(self, job: Job, attempt: Attempt) -> Verdict:
+        """The one rule from a handler's end to a verdict: middleware in order, then success.
+
+        Interrupted by shutdown, the job goes back at once for another replica;
+        a handler that raised ``Canceled`` itself is canceled all the same.
+        """
+        shutdown = job.cancel_reason == "shutdown"
+        failed = attempt.interrupted or attempt.error is not None
+        if shutdown and failed and not isinstance(attempt.error, Canceled):
+            return Retry(0.0)
+        for mw in self.middleware:
+            verdict = mw.judge(job, attempt)
+            if verdict is not None:
+                return verdict
+        if attempt.error is None:
+            return Ack(attempt.result, attempt.seconds)
+        return Retry(backoff(job.deliveries), "error")  # no middleware judged: retry anyway
+
+    # -- settling ----------------------------------------------------------------
+
+    async def settle(self, job: Job, verdict: Verdict) -> None:
+        if isinstance(verdict, Ack):
+            verdict = await self._succeed(job, verdict)
+        elif isinstance(verdict, GiveUp):
+            verdict = await self._give_up(job, verdict)
+        else:
+            await self.nak(job, verdict.delay)
+        for mw in self.middleware:
+            mw.after(job, verdict)
+
+    async def _succeed(self, job: Job, verdict: Ack) -> Verdict:
+        outputs = as_messages(verdict.result)
+        try:
+            await self.publish(outputs, cause=job.cause)
+        except Exception as err:
+            log.warning("could not publish results: %s", err, extra=self._extra(job))
+            retry = Retry(backoff(job.deliveries), "error")
+            await self.nak(job, retry.delay)
+            return retry
+        await self.ack(job)
+        return verdict
+
+    async def _give_up(self, job: Job, verdict: GiveUp) -> Verdict:
+        """Terminate: publish the Failed event (and what middleware adds), then term."""
+        verdict = GiveUp(
+            verdict.outcome,
+            scrub(verdict.reason),
+            [scrub(line) for line in verdict.detail],
+            verdict.label,
+        )
+        identity = Identity.of(job.message, job.msg.data)
+        extra = {"migration": identity.migration, "vm": identity.vm, "type": job.type_name}
+        canceled = verdict.outcome is FailureOutcome.CANCELED
+        try:
+            if identity.migration:
+                failed = self.failed_type(
+                    plan=identity.plan,
+                    migration=identity.migration,
+                    vm=identity.vm,
+                    command_type=job.type_name,
+                    step=identity.step,
+                    attempt=identity.attempt,
+                    reason=verdict.reason,
+                    detail=verdict.detail,
+                    deliveries=job.deliveries,
+                    canceled=canceled,
+                    outcome=verdict.outcome,
+                )
+                await self.publisher.publish(failed, cause=job.cause)
+            for mw in self.middleware:
+                await mw.reported(job, verdict)
+        except Exception as err:
+            log.error("could not report a failed message, will retry: %s", err, extra=extra)
+            retry = Retry(backoff(job.deliveries))
+            await self.nak(job, retry.delay)
+            return retry
+        log_fn = log.info if canceled else log.error
+        log_fn("gave up on %s: %s", job.type_name, verdict.reason, extra=extra)
+        await quietly(job.msg.term())
+        self._remember(job, "term")
+        return verdict
+
+    async def ack(self, job: Job) -> None:
+        await quietly(job.msg.ack())
+        self._remember(job, "ack")
+
+    async def nak(self, job: Job, delay: float) -> None:
+        if job.state == "done":
+            return
+        job.state = "done"
+        if job.sequence is not None and self.by_sequence.get(job.sequence) is job:
+            del self.by_sequence[job.sequence]  # its redelivery is the wanted retry
+        await quietly(job.msg.nak(delay=delay if delay > 0 else None))
+
+    def _remember(self, job: Job, verb: str) -> None:
+        if job.sequence is None:
+            return
+        self.settled[job.sequence] = verb
+        self.settled.move_to_end(job.sequence)
+        while len(self.settled) > SETTLED_MEMORY:
+            self.settled.popitem(last=False)
+
+    @staticmethod
+    def _extra(job: Job) -> dict[str, str]:
+        message = job.message
+        migration, vm = (message.migration, message.vm) if message is not None else ("", "")
+        return {"migration": migration, "vm": vm, "type": job.type_name}
