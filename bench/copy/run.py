@@ -46,7 +46,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 
 from ferry.platform.copy import checksum
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.images import ImageRef
 from ferry.platform.local.settings import LocalSettings
 from ferry.platform.local.volumes import LocalVolumes
 from ferry.platform.volumes import VolumeRequest

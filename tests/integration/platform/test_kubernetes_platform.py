@@ -28,7 +28,7 @@ import msgspec
 import pytest
 
 from ferry.platform import factory, kubevirt
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes import objects
 from ferry.platform.kubernetes.client import Forbidden
 from ferry.platform.kubernetes.platform import KubernetesPlatform

@@ -22,10 +22,10 @@ import msgspec
 import psutil
 import pytest
 
-from ferry.platform import durable, factory, volumes
+from ferry.platform import durable, errors, factory, volumes
 from ferry.platform.base import Platform
-from ferry.platform.copy import checksum, errors
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.copy import checksum
+from ferry.platform.images import ImageRef
 from ferry.platform.local import transfer, workload
 from ferry.platform.local.settings import LocalSettings
 from ferry.platform.local.volumes import LocalVolumes
@@ -530,7 +530,7 @@ def test_factory_builds_the_local_platform_and_names_the_others(tmp_path: Path) 
 SERVICE_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.images import ImageRef
 from ferry.platform.local.settings import LocalSettings
 from ferry.platform.local.volumes import LocalVolumes
 from ferry.platform.volumes import VolumeState

@@ -18,7 +18,7 @@ from kubernetes_asyncio.client import (  # type: ignore[import-untyped,unused-ig
     Configuration,
 )
 
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes.client import KubeClient
 from ferry.platform.kubernetes.settings import KubernetesPlatformSettings
 from ferry.platform.kubernetes.vms import KubeVms

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.images import ImageRef
 from ferry.platform.local import qemu
 from ferry.platform.local.settings import LocalSettings
 from ferry.platform.local.vms import LocalVms

@@ -14,7 +14,7 @@ import contextlib
 import shutil
 from collections.abc import Mapping
 
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.images import ImageRef
 from ferry.platform.local import transfer, workload
 from ferry.platform.local.settings import LocalSettings
 from ferry.platform.local.storage import Store
