@@ -20,9 +20,9 @@ from kubernetes_asyncio.client import (  # type: ignore[import-untyped,unused-ig
 
 from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes.client import KubeClient
-from ferry.platform.kubernetes.settings import KubernetesPlatformSettings
 from ferry.platform.kubernetes.vms import KubeVms
 from ferry.platform.kubernetes.volumes import KubeVolumes
+from ferry.platform.settings import KubernetesSettings
 from ferry.platform.vms import VmInfo
 from ferry.platform.volumes import ProgressCallback, VolumeRequest, VolumeState
 from ferry.proto.inventory import DiskCopy, Volume
@@ -30,10 +30,10 @@ from ferry.proto.inventory import DiskCopy, Volume
 if TYPE_CHECKING:
     from ferry.platform.base import Platform
 
-__all__ = ["KubernetesPlatform", "KubernetesPlatformSettings"]
+__all__ = ["KubernetesPlatform"]
 
 
-async def api_client(settings: KubernetesPlatformSettings) -> ApiClient:
+async def api_client(settings: KubernetesSettings) -> ApiClient:
     """An ``ApiClient`` for the configured cluster: explicit host, in-cluster, or kubeconfig."""
     configuration = Configuration()
     if settings.host:
@@ -51,7 +51,7 @@ async def api_client(settings: KubernetesPlatformSettings) -> ApiClient:
 
 
 class KubernetesPlatform:
-    def __init__(self, settings: KubernetesPlatformSettings, api: ApiClient | None = None) -> None:
+    def __init__(self, settings: KubernetesSettings, api: ApiClient | None = None) -> None:
         self.settings = settings
         self._api = api
         self._lock = asyncio.Lock()

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferry.platform.settings import QemuSettings as QemuSettings  # what a launch reads
 from ferry.proto.inventory import Volume
 
-DEFAULT_BOOT_MARKER = r"login:"
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 _QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _UNITS = {
@@ -72,24 +72,6 @@ class SpecError(ValueError):
 
 class LaunchError(RuntimeError):
     """QEMU refused to start; the message holds its own error text."""
-
-
-@dataclass(frozen=True)
-class QemuSettings:
-    """How the local platform runs QEMU."""
-
-    binary: str = "qemu-system-x86_64"
-    accel: str = ""  # "kvm", "tcg", or "" to probe KVM and fall back to TCG
-    ovmf_dir: Path = Path("/usr/share/OVMF")
-    boot_marker: str = DEFAULT_BOOT_MARKER  # regex the guest prints once it is up
-    powerdown_seconds: float = 60.0  # ACPI power-off grace before "quit"
-    quit_seconds: float = 5.0  # "quit" grace before SIGKILL
-    console_tail_lines: int = 30
-    poll_seconds: float = 0.25
-
-    def __post_init__(self) -> None:
-        # Settings often arrive as plain strings (environment, a dict of values).
-        object.__setattr__(self, "ovmf_dir", Path(self.ovmf_dir))
 
 
 # -- the spec, as QEMU needs it ------------------------------------------------

@@ -20,8 +20,8 @@ import msgspec
 
 from ferry.platform import errors
 from ferry.platform.errors import WorkloadCrashed
-from ferry.platform.local.settings import LocalSettings
 from ferry.platform.local.transfer import Done, Error, Job, Line, ProgressLine, Stage
+from ferry.platform.settings import LocalSettings
 from ferry.platform.volumes import VolumeError
 
 _DECODER = msgspec.json.Decoder(Line)
