@@ -1,4 +1,4 @@
-"""The whole local platform: :class:`LocalVolumes` and the vm-service's ``LocalVms``.
+"""The whole local platform: :class:`LocalVolumes`, ``LocalVms`` and ``LocalWorkloads``.
 
 Volumes live under the storage root (``<data_dir>/storage`` unless set), VMs under
 ``<data_dir>/vms``; this class only forwards, so each half stays testable on its own.
@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ferry.platform.images import ImageRef
+from ferry.platform.local.processes import LocalWorkloads
 from ferry.platform.local.vms import LocalVms
 from ferry.platform.local.volumes import LocalVolumes
 from ferry.platform.settings import LocalSettings
 from ferry.platform.vms import VmInfo
 from ferry.platform.volumes import ProgressCallback, VolumeRequest, VolumeState
+from ferry.platform.workloads import LineHandler, Workload
 from ferry.proto.inventory import DiskCopy, Volume
 
 
@@ -31,6 +33,7 @@ class LocalPlatform:
         self.settings = settings
         self.volumes = LocalVolumes(settings)
         self.vms = LocalVms(data_dir, settings.qemu)
+        self.workloads = LocalWorkloads()
 
     # volumes
     async def ensure_volume(self, request: VolumeRequest) -> VolumeState:
@@ -82,3 +85,9 @@ class LocalPlatform:
 
     async def delete_vm(self, namespace: str, name: str) -> bool:
         return await self.vms.delete_vm(namespace, name)
+
+    # workloads
+    async def run_workload(
+        self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None
+    ) -> int:
+        return await self.workloads.run_workload(workload, log, on_line)
