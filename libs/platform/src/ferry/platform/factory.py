@@ -9,12 +9,15 @@ using one never loads the other's dependencies.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ferry.platform.base import Platform
 from ferry.platform.settings import PlatformSettings
 
 NAMES = ("local", "kubernetes")
+
+log = logging.getLogger(__name__)
 
 
 class UnknownPlatform(ValueError):
@@ -30,9 +33,14 @@ def create(settings: PlatformSettings, *, data_dir: Path) -> Platform:
     if settings.kind == "local":
         from ferry.platform.local.platform import LocalPlatform
 
+        log.info("target platform: local (data dir %s)", data_dir)
         return LocalPlatform(settings.local, Path(data_dir))
     if settings.kind == "kubernetes":
         from ferry.platform.kubernetes.platform import KubernetesPlatform
 
-        return KubernetesPlatform(settings.kubernetes)
+        # Says how it will connect, never with what: a kubeconfig may embed credentials.
+        kube = settings.kubernetes
+        how = "API host" if kube.host else "in-cluster" if kube.in_cluster else "kubeconfig"
+        log.info("target platform: kubernetes (%s)", how)
+        return KubernetesPlatform(kube)
     raise UnknownPlatform(f"unknown platform {settings.kind!r}; choose one of {', '.join(NAMES)}")
