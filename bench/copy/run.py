@@ -46,9 +46,9 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 
 from ferry.platform.copy import checksum
-from ferry.platform.copy.source import ImageRef
-from ferry.platform.local.settings import LocalSettings
+from ferry.platform.images import ImageRef
 from ferry.platform.local.volumes import LocalVolumes
+from ferry.platform.settings import LocalSettings
 from ferry.platform.volumes import VolumeRequest
 from ferry.proto.inventory import DiskFormat, VolumeTarget
 from ferry.proto.volume import VolumeSource
@@ -223,7 +223,7 @@ class Case:
 
 def run_ferry(work: Path, case: Case, run: int, verify: bool = True) -> Sample:
     """One import through the real importer workload, on a fresh volume."""
-    platform = LocalVolumes(LocalSettings(data_dir=work / "ferry", verify_readback=verify))
+    platform = LocalVolumes(LocalSettings(storage_root=work / "ferry", verify_readback=verify))
     migration = f"bench-{run}-{abs(hash(case.name))}"
     request = VolumeRequest(
         namespace="bench",

@@ -23,6 +23,7 @@ from conversion_harness import (
 from ferry.conversion_service import v2v
 from ferry.conversion_service.progress import Progress
 from ferry.conversion_service.settings import ConversionSettings
+from ferry.platform.local.processes import LocalWorkloads
 from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import Vm, Volume
 from ferry.providers.ova.provider import OvaProvider
@@ -48,7 +49,7 @@ async def test_in_place_conversion_of_copied_disk(
 ) -> None:
     # Given the guest's disk copied into a volume by an importer (no virtio in its initramfs)
     volumes = copied_volumes(tmp_path / "volumes", source_vm, Path(guest.raw))
-    converter = v2v.Converter(settings, tmp_path / "data")
+    converter = v2v.Converter(settings, tmp_path / "data", LocalWorkloads())
     env = await converter.environment()
     assert initramfs_modules(volumes[0].path, env) == []
     stages: list[str] = []
@@ -88,7 +89,7 @@ async def test_disk_without_an_os_fails_with_a_clear_reason(
         ["guestfish", "-N", f"{disk}=fs:ext4:64M", "exit"],
         check=True,
         capture_output=True,
-        env=await v2v.Converter(settings, tmp_path).environment(),
+        env=await v2v.Converter(settings, tmp_path, LocalWorkloads()).environment(),
     )
     volumes = [
         Volume(
@@ -96,7 +97,7 @@ async def test_disk_without_an_os_fails_with_a_clear_reason(
         )
     ]
     before = sha256(disk)
-    converter = v2v.Converter(settings, tmp_path / "data")
+    converter = v2v.Converter(settings, tmp_path / "data", LocalWorkloads())
 
     # When it is converted in place
     with pytest.raises(v2v.ConversionError) as raised:
@@ -129,7 +130,7 @@ async def test_corrupted_ova_fails_and_leaves_volumes_and_source_alone(
     (vm,) = await provider.inventory()
     volumes = blank_volumes(tmp_path / "volumes", vm)
     source_digest = sha256(damaged)
-    converter = v2v.Converter(settings, tmp_path / "data")
+    converter = v2v.Converter(settings, tmp_path / "data", LocalWorkloads())
 
     # When virt-v2v is asked to convert it
     with pytest.raises(v2v.ConversionError) as raised:
@@ -152,7 +153,7 @@ async def test_time_limit_kills_virt_v2v_and_its_appliance(
 ) -> None:
     # Given a full conversion with a time limit far shorter than it needs
     volumes = blank_volumes(tmp_path / "volumes", source_vm)
-    converter = v2v.Converter(settings, tmp_path / "data")
+    converter = v2v.Converter(settings, tmp_path / "data", LocalWorkloads())
     started = asyncio.get_running_loop().time()
 
     # When the limit passes
@@ -174,7 +175,7 @@ async def test_cancel_mid_conversion_leaves_no_process(
 ) -> None:
     # Given a full conversion whose appliance is up (virt-v2v is inspecting the guest)
     volumes = blank_volumes(tmp_path / "volumes", source_vm)
-    converter = v2v.Converter(settings, tmp_path / "data")
+    converter = v2v.Converter(settings, tmp_path / "data", LocalWorkloads())
     inspecting = asyncio.Event()
 
     async def progress(update: Progress) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ferry.platform.copy import checksum, engine, errors, sink, source
+from ferry.platform import errors, images
+from ferry.platform.copy import checksum, engine, sink, source
 from ferry.proto.inventory import DiskFormat
 
 KiB = 1024
@@ -92,7 +93,7 @@ def test_format_matrix_matches_qemu_img_convert(
     # Given a source image in fmt_in, and what qemu-img convert makes of it
     image = source_in(fmt_in, raw_image, tmp_path)
     expected = reference_digest(image, source.qemu_format(fmt_in), tmp_path)
-    src = source.open_source(source.ImageRef(path=str(image), format=fmt_in))
+    src = source.open_source(images.ImageRef(path=str(image), format=fmt_in))
     target = tmp_path / f"out.{fmt_out}"
     # When Ferry copies it into a fmt_out target
     try:
@@ -155,6 +156,7 @@ def test_progress_is_throttled_and_ends_at_total(tmp_path: Path) -> None:
 
 RESUME_SCRIPT = """
 import sys, pathlib
+from ferry.platform import images
 from ferry.platform.copy import engine, sink, source
 src = source.RawFileSource(sys.argv[1])
 out = sink.open_sink(sys.argv[2], sys.argv[4], src.size)
@@ -220,7 +222,7 @@ def _python() -> str:
 
 def test_source_missing_is_source_gone(tmp_path: Path) -> None:
     with pytest.raises(errors.SourceGoneError, match="does not exist"):
-        source.open_source(source.ImageRef(path=str(tmp_path / "nope.raw")))
+        source.open_source(images.ImageRef(path=str(tmp_path / "nope.raw")))
 
 
 def test_source_shrinking_mid_copy_is_source_gone(tmp_path: Path) -> None:
@@ -273,7 +275,7 @@ def test_eio_from_the_source_is_a_source_io_error(tmp_path: Path) -> None:
     # Given an NBD source that answers every read with EIO
     image = make_raw(tmp_path / "e.raw", 8 * MiB, [(0, MiB)])
     with nbdkit_failing(tmp_path, image) as sock:
-        src = source.open_source(source.ImageRef(path="eio-disk", nbd_socket=sock))
+        src = source.open_source(images.ImageRef(path="eio-disk", nbd_socket=sock))
         # When copied
         with pytest.raises(errors.SourceIOError, match="EIO"):
             engine.copy(src, new_target(tmp_path / "o.raw", "raw", src.size), tmp_path / "st")
@@ -307,7 +309,8 @@ def test_full_target_is_no_space(tmp_path: Path, small_tmpfs: Path) -> None:
 
 FSIZE_SCRIPT = """
 import resource, sys, pathlib
-from ferry.platform.copy import engine, errors, sink, source
+from ferry.platform import errors, images
+from ferry.platform.copy import engine, sink, source
 src = source.RawFileSource(sys.argv[1])
 pathlib.Path(sys.argv[2]).touch()
 resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 1024 * 1024, 2 * 1024 * 1024))
@@ -342,7 +345,7 @@ def test_qcow2_with_a_backing_file_is_refused_before_reading(tmp_path: Path) -> 
     before = os.stat(secret).st_atime_ns
     # When opened as a source
     with pytest.raises(errors.InvalidSourceError, match="backing file"):
-        source.open_source(source.ImageRef(path=str(overlay), format=DiskFormat.QCOW2))
+        source.open_source(images.ImageRef(path=str(overlay), format=DiskFormat.QCOW2))
     # Then the backing file was never read
     assert os.stat(secret).st_atime_ns == before
 
@@ -364,7 +367,7 @@ def test_vmdk_extent_outside_its_directory_is_refused(tmp_path: Path) -> None:
     )
     # When opened as a source, it is refused
     with pytest.raises(errors.InvalidSourceError, match="outside its directory"):
-        source.open_source(source.ImageRef(path=str(descriptor), format=DiskFormat.VMDK_FLAT))
+        source.open_source(images.ImageRef(path=str(descriptor), format=DiskFormat.VMDK_FLAT))
 
 
 def test_raw_disk_inside_a_bigger_file_is_read_in_place(tmp_path: Path, raw_image: Path) -> None:
@@ -374,7 +377,7 @@ def test_raw_disk_inside_a_bigger_file_is_read_in_place(tmp_path: Path, raw_imag
         f.write(b"H" * 1536)
         f.write(raw_image.read_bytes())
         f.write(b"T" * 4096)
-    ref = source.ImageRef(path=str(archive), offset=1536, size=SIZE)
+    ref = images.ImageRef(path=str(archive), offset=1536, size=SIZE)
     # When copied
     src = source.open_source(ref)
     result = engine.copy(src, new_target(tmp_path / "o.raw", "raw", SIZE), tmp_path / "st")
@@ -392,7 +395,7 @@ def test_provider_qemu_source_option_tree_is_copied(tmp_path: Path, raw_image: P
         format="vmdk", options={"driver": "vmdk", "file": {"driver": "file", "filename": str(vmdk)}}
     )
     # When turned into an ImageRef and copied to qcow2
-    src = source.open_source(source.from_qemu_source(qemu, path=str(vmdk)))
+    src = source.open_source(images.from_qemu_source(qemu, path=str(vmdk)))
     result = engine.copy(src, new_target(tmp_path / "o.qcow2", "qcow2", SIZE), tmp_path / "st")
     src.close()
     # Then the digest is the disk's
@@ -415,7 +418,7 @@ def test_provider_raw_window_is_read_directly(tmp_path: Path, raw_image: Path) -
         },
     )
     # When turned into an ImageRef
-    ref = source.from_qemu_source(qemu)
+    ref = images.from_qemu_source(qemu)
     # Then it is a plain file window (pread, no qemu-nbd), and copies the disk exactly
     assert (ref.path, ref.offset, ref.size, ref.qemu_options) == (str(archive), 512, SIZE, None)
     src = source.open_source(ref)

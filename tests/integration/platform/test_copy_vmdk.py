@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ferry.platform.copy import checksum, engine, errors, sink, source, vmdk
+from ferry.platform import errors, images
+from ferry.platform.copy import checksum, engine, sink, source, vmdk
 from ferry.proto.inventory import DiskFormat
 
 KiB = 1024
@@ -55,7 +56,7 @@ def qemu_digest(image: Path, tmp: Path) -> str:
 
 
 def copy(image: Path, tmp: Path) -> engine.Result:
-    src = source.open_source(source.ImageRef(path=str(image), format=DiskFormat.VMDK_STREAM))
+    src = source.open_source(images.ImageRef(path=str(image), format=DiskFormat.VMDK_STREAM))
     try:
         target = sink.open_sink(str(tmp / "out.raw"), "raw", src.size)
         return engine.copy(src, target, tmp / "state")
@@ -122,7 +123,7 @@ def test_stream_vmdk_is_decoded_in_process_exactly_as_qemu_reads_it(
     # Given a streamOptimized VMDK made by qemu-img
     image = to_vmdk(make_raw(tmp_path / "d.raw", size, layout), tmp_path / "d.vmdk")
     # When it is opened as a source
-    src = source.open_source(source.ImageRef(path=str(image), format=DiskFormat.VMDK_STREAM))
+    src = source.open_source(images.ImageRef(path=str(image), format=DiskFormat.VMDK_STREAM))
     # Then it is decoded in-process (no qemu-nbd), with the disk's size
     assert isinstance(src, vmdk.VmdkStreamSource)
     assert src.size == size
@@ -136,7 +137,7 @@ def test_directory_found_through_the_footer_like_vmware_writes_it(tmp_path: Path
     # Given a streamOptimized VMDK whose header defers to a footer (VMware's layout)
     raw = make_raw(tmp_path / "d.raw", 24 * MiB, [(2 * MiB, 3 * MiB), (20 * MiB, 64 * KiB)])
     image = move_header_to_footer(to_vmdk(raw, tmp_path / "d.vmdk"))
-    src = source.open_source(source.ImageRef(path=str(image), format=DiskFormat.VMDK_STREAM))
+    src = source.open_source(images.ImageRef(path=str(image), format=DiskFormat.VMDK_STREAM))
     assert isinstance(src, vmdk.VmdkStreamSource)
     src.close()
     # When copied, the result is what qemu reads from the same file
@@ -148,7 +149,7 @@ def test_other_vmdk_shapes_are_left_to_qemu(tmp_path: Path) -> None:
     raw = make_raw(tmp_path / "d.raw", 16 * MiB, [(MiB, 3 * MiB)])
     image = to_vmdk(raw, tmp_path / "sparse.vmdk", "monolithicSparse")
     # When opened, qemu reads it, and the copy is still exact
-    src = source.open_source(source.ImageRef(path=str(image), format=DiskFormat.VMDK))
+    src = source.open_source(images.ImageRef(path=str(image), format=DiskFormat.VMDK))
     assert isinstance(src, source.QemuImageSource)
     src.close()
     assert copy(image, tmp_path).target.digest == qemu_digest(image, tmp_path)

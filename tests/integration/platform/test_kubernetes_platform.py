@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,12 +29,13 @@ import msgspec
 import pytest
 
 from ferry.platform import factory, kubevirt
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes import objects
 from ferry.platform.kubernetes.client import Forbidden
 from ferry.platform.kubernetes.platform import KubernetesPlatform
 from ferry.platform.kubernetes.volumes import BindTimeout
 from ferry.platform.schemas import SchemaValidationError
+from ferry.platform.settings import KubernetesSettings, PlatformSettings
 from ferry.platform.vms import BootFailed, VmConflict, VmPhase
 from ferry.platform.volumes import (
     Phase,
@@ -140,7 +142,10 @@ def make_platform(cluster: kmock.KubernetesEmulator, **changes: Any) -> Kubernet
         "stop_timeout": 10,
         **changes,
     }
-    made = factory.create("kubernetes", settings)
+    made = factory.create(
+        PlatformSettings(kind="kubernetes", kubernetes=KubernetesSettings.model_validate(settings)),
+        data_dir=Path("unused"),
+    )
     assert isinstance(made, KubernetesPlatform)
     return made
 

@@ -21,14 +21,15 @@ from pathlib import Path
 import msgspec
 import psutil
 import pytest
+from pydantic import ValidationError
 
-from ferry.platform import durable, factory, volumes
+from ferry.platform import durable, errors, factory, volumes
 from ferry.platform.base import Platform
-from ferry.platform.copy import checksum, errors
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.copy import checksum
+from ferry.platform.images import ImageRef
 from ferry.platform.local import transfer, workload
-from ferry.platform.local.settings import LocalSettings
 from ferry.platform.local.volumes import LocalVolumes
+from ferry.platform.settings import LocalSettings, PlatformSettings
 from ferry.platform.volumes import Phase, VolumeRequest, VolumeState
 from ferry.proto import label
 from ferry.proto.inventory import DiskFormat, VolumeMode, VolumeTarget
@@ -79,7 +80,7 @@ def request(
 
 
 def settings(tmp_path: Path, **extra: object) -> LocalSettings:
-    return LocalSettings(data_dir=tmp_path / "data", checkpoint_seconds=0.1, **extra)  # type: ignore[arg-type]
+    return LocalSettings(storage_root=tmp_path / "data", checkpoint_seconds=0.1, **extra)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -519,26 +520,35 @@ async def test_cleanup_removes_temporaries_then_everything(
 
 
 def test_factory_builds_the_local_platform_and_names_the_others(tmp_path: Path) -> None:
-    made: Platform = factory.create("local", {"data_dir": str(tmp_path)})
+    made: Platform = factory.create(PlatformSettings(), data_dir=tmp_path)
     assert hasattr(made, "ensure_volume") and hasattr(made, "create_vm")
     from ferry.platform.kubernetes.platform import KubernetesPlatform
+    from ferry.platform.local.platform import LocalPlatform
 
-    assert isinstance(factory.create("kubernetes", {}), KubernetesPlatform)
-    with pytest.raises(factory.UnknownPlatform, match="local, kubernetes"):
-        factory.create("openshift", {})
+    assert isinstance(made, LocalPlatform)
+    # Volumes under <data_dir>/storage, VMs under <data_dir>/vms, as before the seam
+    assert made.volumes.settings.storage_root == tmp_path / "storage"
+    assert made.vms.root == (tmp_path / "vms").resolve()
+    assert isinstance(
+        factory.create(PlatformSettings(kind="kubernetes"), data_dir=tmp_path), KubernetesPlatform
+    )
+    with pytest.raises(ValidationError, match="local"):
+        PlatformSettings.model_validate({"kind": "openshift"})
 
 
 SERVICE_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-from ferry.platform.copy.source import ImageRef
-from ferry.platform.local.settings import LocalSettings
+from ferry.platform.images import ImageRef
 from ferry.platform.local.volumes import LocalVolumes
+from ferry.platform.settings import LocalSettings
 from ferry.platform.volumes import VolumeState
 import msgspec
 
 async def main():
-    settings = LocalSettings(data_dir=Path(sys.argv[1]), checkpoint_seconds=0.1, max_rate=16 << 20)
+    settings = LocalSettings(
+        storage_root=Path(sys.argv[1]), checkpoint_seconds=0.1, max_rate=16 << 20
+    )
     volume = msgspec.json.decode(sys.argv[2].encode(), type=VolumeState)
     await LocalVolumes(settings).import_disk(volume, ImageRef(path=sys.argv[3]))
 
@@ -558,7 +568,7 @@ async def test_killing_the_service_kills_its_importer_and_the_next_run_resumes(
             platform.settings.python,
             "-c",
             SERVICE_SCRIPT,
-            str(platform.settings.data_dir),
+            str(platform.settings.storage_root),
             msgspec.json.encode(volume).decode(),
             str(big),
         ]

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ferry.bus import Bus, TopologySettings, declare
+from ferry.platform.settings import LocalSettings, PlatformSettings
 from ferry.proto.subjects import Service
 from ferry.testing.bus import Running
 from ferry.volume_service import app
@@ -40,10 +41,17 @@ async def ova(tmp_path: Path) -> volume_harness.Ova:
     return await volume_harness.make_ova(tmp_path / "import")
 
 
-def service_settings(tmp_path: Path, **volumes: Any) -> Settings:
+def service_settings(tmp_path: Path, **changes: Any) -> Settings:
+    """The service's settings; each change goes to its group (``volumes`` or the platform's)."""
     defaults: dict[str, Any] = {"progress_interval_seconds": 0.2, "checkpoint_seconds": 0.2}
-    defaults.update(volumes)
-    return Settings(data_dir=tmp_path / "data", volumes=VolumeSettings(**defaults))
+    defaults.update(changes)
+    own = {k: v for k, v in defaults.items() if k in VolumeSettings.model_fields}
+    local = {k: v for k, v in defaults.items() if k not in own}
+    return Settings(
+        data_dir=tmp_path / "data",
+        volumes=VolumeSettings(**own),
+        platform=PlatformSettings(local=LocalSettings(**local)),
+    )
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ async def test_importer_copy_of_a_stream_optimized_ova_matches_with_progress(
     assert result.source.digest == tree_digest(ova.raw)  # the VMDK decoded to the raw source
     assert result.bytes_copied == 16 * MiB  # only the data, holes stay holes
     # And the volume file holds exactly the source disk's bytes
-    path = Path(read_claim(settings.storage_root(), result.volume)["path"])
+    path = Path(read_claim(settings.data_dir / "storage", result.volume)["path"])
     assert sha256_prefix(path, disk.capacity) == sha256_prefix(ova.raw, disk.capacity)
     assert os.stat(path).st_blocks * 512 < disk.capacity  # sparse
     # And progress came per disk, throttled, rising to the total
@@ -111,7 +111,7 @@ async def test_two_disks_copied_in_parallel_into_qcow2_volumes(
         assert result.source == result.target
         assert result.source.digest == tree_digest(raw)
         # And the volume is a qcow2 image whose guest bytes are the source's
-        path = Path(read_claim(settings.storage_root(), result.volume)["path"])
+        path = Path(read_claim(settings.data_dir / "storage", result.volume)["path"])
         compared = subprocess.run(
             ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(raw), str(path)],
             capture_output=True,
@@ -364,7 +364,7 @@ async def test_source_shrinking_mid_copy_fails_and_the_volume_is_emptied(
         # When the OVA is cut short while its disk is being read
         os.truncate(raw_ova.path, 64 * 1024)
         (failed,) = await wait_for(bus, volume.VolumeFailed)
-        claim = read_claim(settings.storage_root(), created.volumes[0].name)
+        claim = read_claim(settings.data_dir / "storage", created.volumes[0].name)
 
     # Then the step fails once as "source gone", and what was written is discarded
     assert isinstance(failed, volume.VolumeFailed) and isinstance(created, volume.VolumesCreated)

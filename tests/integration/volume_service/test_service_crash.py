@@ -61,8 +61,8 @@ def _start(nats_url: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
         FERRY_BUS__ACK_WAIT_SECONDS=str(TOPOLOGY.ack_wait_seconds),
         FERRY_BUS__MAX_DELIVER=str(TOPOLOGY.max_deliver),
         FERRY_BUS__DUPLICATE_WINDOW_SECONDS=str(TOPOLOGY.duplicate_window_seconds),
-        FERRY_VOLUMES__MAX_RATE=str(8 * MiB),
-        FERRY_VOLUMES__CHECKPOINT_SECONDS="0.2",
+        FERRY_PLATFORM__LOCAL__MAX_RATE=str(8 * MiB),
+        FERRY_PLATFORM__LOCAL__CHECKPOINT_SECONDS="0.2",
         FERRY_VOLUMES__PROGRESS_INTERVAL_SECONDS="0.2",
     )
     with log.open("ab") as out:

@@ -21,7 +21,8 @@ from typing import Any
 
 from ferry.bus import Bus
 from ferry.platform.copy import engine
-from ferry.platform.copy.source import ImageRef, open_source
+from ferry.platform.copy.source import open_source
+from ferry.platform.images import ImageRef
 from ferry.proto import subjects, volume
 from ferry.proto.base import Message
 from ferry.proto.inventory import ProviderType, Vm, VolumeMode, VolumeTarget

@@ -6,7 +6,8 @@ guest (``-v -x``), trimmed.
 
 from __future__ import annotations
 
-from ferry.conversion_service.progress import OutputReader, Progress, is_noise, split_lines
+from ferry.conversion_service.progress import OutputReader, Progress, is_noise
+from ferry.platform.workloads import split_lines
 
 RUN = """\
 [   0.0] Setting up the source: -i ova /tmp/ova/ferry-test-guest.ova

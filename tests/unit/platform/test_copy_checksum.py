@@ -6,7 +6,8 @@ import errno
 
 from blake3 import blake3
 
-from ferry.platform.copy import checksum, engine, errors
+from ferry.platform import errors
+from ferry.platform.copy import checksum, engine
 from ferry.proto.inventory import Extent
 
 KiB = 1024

@@ -8,6 +8,7 @@ the requests themselves.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from ferry.platform.kubernetes.platform import KubernetesPlatform
 from ferry.platform.kubernetes.vms import vm_phase
 from ferry.platform.kubernetes.volumes import percent, state_of
 from ferry.platform.schemas import SchemaValidationError
+from ferry.platform.settings import PlatformSettings
 from ferry.platform.vms import VmPhase
 from ferry.platform.volumes import Phase, VolumeRequest, required_size
 from ferry.proto.inventory import VolumeMode, VolumeTarget
@@ -270,9 +272,12 @@ def test_api_errors_say_whether_a_retry_can_help(
 def test_the_factory_makes_a_kubernetes_platform_without_connecting() -> None:
     # Given settings naming an API server that is not there
     # When the factory builds the platform
-    made = factory.create("kubernetes", {"host": "http://127.0.0.1:9", "poll_seconds": 1})
+    settings = PlatformSettings.model_validate(
+        {"kind": "kubernetes", "kubernetes": {"host": "http://127.0.0.1:9", "poll_seconds": 1}}
+    )
+    made = factory.create(settings, data_dir=Path("unused"))
 
     # Then it is built (the client connects on first use), and bad settings are refused
     assert isinstance(made, KubernetesPlatform)
     with pytest.raises(ValueError, match="filesystem_overhead"):
-        factory.create("kubernetes", {"filesystem_overhead": 1.5})
+        PlatformSettings.model_validate({"kubernetes": {"filesystem_overhead": 1.5}})

@@ -19,7 +19,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ferry.platform.settings import PlatformSettings
 from ferry.runtime import settings
+
+# The chart deploys to a cluster: it sets the platform's kind and its kubernetes group;
+# the local group belongs to `ferry up` and docker-compose.
+CHART_PLATFORM = {
+    name: doc
+    for name, doc in settings.environment_names(PlatformSettings, "FERRY_PLATFORM__").items()
+    if not name.startswith("FERRY_PLATFORM__LOCAL__")
+}
+EVERY_PLATFORM = settings.environment_names(PlatformSettings, "FERRY_PLATFORM__")
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "ferry"
@@ -123,7 +133,7 @@ def test_chart_metadata_and_values_parse() -> None:
 def test_values_settings_use_the_settings_names() -> None:
     # Given the settings block of the values and the settings model
     values = yaml.safe_load((CHART / "values.yaml").read_text())["settings"]
-    known = settings.environment_names()
+    known = settings.environment_names() | CHART_PLATFORM
 
     # When every leaf is turned into its FERRY_ variable
     def leaves(tree: dict[str, Any], prefix: str) -> list[str]:
@@ -160,7 +170,7 @@ def test_rendered_chart_is_valid_kubernetes() -> None:
 def test_deployments_probe_health_and_pass_settings_as_env() -> None:
     # Given the rendered Deployments
     deployments = [o for o in _objects() if o["kind"] == "Deployment"]
-    known = settings.environment_names()
+    known = settings.environment_names() | CHART_PLATFORM
 
     for deployment in deployments:
         container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -171,7 +181,13 @@ def test_deployments_probe_health_and_pass_settings_as_env() -> None:
         env = {e["name"]: e["value"] for e in container["env"]}
         assert set(env) <= set(known)
         assert env["FERRY_NATS__URL"] == "nats://nats:4222"
-        assert all(isinstance(v, str) and v for v in env.values())
+        # (empty only where empty means "not set": no API host or kubeconfig in a pod)
+        unset = {f"FERRY_PLATFORM__KUBERNETES__{n}" for n in ("HOST", "KUBECONFIG", "CONTEXT")}
+        assert all(isinstance(v, str) and (v or k in unset) for k, v in env.items())
+        # and the services that use the target platform run on the cluster, in-cluster
+        if deployment["metadata"]["name"] != "ferry-migration-controller":
+            assert env["FERRY_PLATFORM__KIND"] == "kubernetes"
+            assert env["FERRY_PLATFORM__KUBERNETES__IN_CLUSTER"] == "true"
         # and the grace period outlasts the drain
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace > float(env["FERRY_WORKERS__GRACE_SECONDS"])
@@ -225,7 +241,7 @@ def test_compose_file_runs_nats_with_jetstream_and_the_four_services() -> None:
     assert any(v.endswith(":/data") for v in services["nats"]["volumes"])
 
     # and every service runs its console script against nats, with settings it knows
-    known = settings.environment_names()
+    known = settings.environment_names() | EVERY_PLATFORM
     for name in SERVICES:
         service = services[name]
         assert service["command"] == [f"ferry-{name}"]

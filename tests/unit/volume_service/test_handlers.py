@@ -7,7 +7,7 @@ from typing import cast
 import pytest
 
 from ferry.bus import PermanentError, TemporaryError
-from ferry.platform.copy import errors as copy_errors
+from ferry.platform import errors as copy_errors
 from ferry.platform.local.workload import WorkloadCrashed
 from ferry.platform.volumes import InsufficientStorage, VolumePlatform
 from ferry.proto import volume

@@ -7,50 +7,77 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ferry.platform.local.platform import LocalPlatformSettings
+from ferry.platform import factory
+from ferry.platform.local.platform import LocalPlatform
 from ferry.runtime.settings import environment_names
 from ferry.volume_service import app
 from ferry.volume_service.settings import Settings
 
 
 def test_defaults_put_storage_and_secrets_under_the_data_dir(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Given only a data dir
-    monkeypatch.setenv("FERRY_DATA_DIR", "/srv/ferry")
+    monkeypatch.setenv("FERRY_DATA_DIR", str(tmp_path))
     settings = app.Settings()
-    # Then the local platform stores volumes in <data_dir>/storage
-    assert settings.platform == "local"
-    assert settings.storage_root() == Path("/srv/ferry/storage")
-    assert settings.secrets_dir() == Path("/srv/ferry/secrets")
+    # When the factory builds the platform from them
+    platform = factory.create(settings.platform, data_dir=settings.data_dir)
+    # Then it is the local platform, storing volumes in <data_dir>/storage
+    assert settings.platform.kind == "local"
+    assert isinstance(platform, LocalPlatform)
+    assert platform.volumes.settings.storage_root == tmp_path / "storage"
+    assert settings.secrets_dir() == tmp_path / "secrets"
     assert settings.volumes.progress_interval_seconds == 1.0
 
 
-def test_nested_variables_set_the_volume_group(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given the group's variables, as the Helm chart would set them
-    monkeypatch.setenv("FERRY_VOLUMES__STORAGE_ROOT", "/mnt/volumes")
-    monkeypatch.setenv("FERRY_VOLUMES__STORAGE_CLASSES", '{"fast": "/mnt/ssd"}')
+def test_nested_variables_set_the_platform_and_volume_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the groups' variables, as the Helm chart would set them
+    monkeypatch.setenv("FERRY_PLATFORM__LOCAL__STORAGE_ROOT", "/mnt/volumes")
+    monkeypatch.setenv("FERRY_PLATFORM__LOCAL__STORAGE_CLASSES", '{"fast": "/mnt/ssd"}')
+    monkeypatch.setenv("FERRY_PLATFORM__LOCAL__COPY_WORKERS", "8")
+    monkeypatch.setenv("FERRY_PLATFORM__LOCAL__MAX_RATE", "1048576")
+    monkeypatch.setenv("FERRY_PLATFORM__LOCAL__QEMU__ACCEL", "tcg")
     monkeypatch.setenv("FERRY_VOLUMES__PROGRESS_INTERVAL_SECONDS", "0.5")
-    monkeypatch.setenv("FERRY_VOLUMES__COPY_WORKERS", "8")
     monkeypatch.setenv("FERRY_VOLUMES__DISKS_IN_PARALLEL", "2")
-    monkeypatch.setenv("FERRY_VOLUMES__MAX_RATE", "1048576")
     settings = Settings()
-    # Then the platform gets a valid configuration from them
-    local = LocalPlatformSettings.model_validate(settings.platform_settings())
-    assert local.data_dir == Path("/mnt/volumes")
+    # Then the platform group and the service's own group hold them
+    local = settings.platform.local
+    assert local.storage_root == Path("/mnt/volumes")
     assert local.storage_classes == {"fast": Path("/mnt/ssd")}
-    assert (local.copy_workers, local.max_rate) == (8, 1048576.0)
+    assert (local.copy_workers, local.max_rate, local.qemu.accel) == (8, 1048576.0, "tcg")
     assert settings.volumes.disks_in_parallel == 2
     assert settings.volumes.progress_interval_seconds == 0.5
+
+
+def test_the_kubernetes_platform_is_reached_from_its_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the kind and the kubernetes group (local keys absent: they are not forced on it)
+    monkeypatch.setenv("FERRY_PLATFORM__KIND", "kubernetes")
+    monkeypatch.setenv("FERRY_PLATFORM__KUBERNETES__IN_CLUSTER", "true")
+    monkeypatch.setenv("FERRY_PLATFORM__KUBERNETES__PVCINIT_IMAGE", "ferry-pvcinit:1")
+    settings = Settings()
+    # When the factory builds it
+    from ferry.platform.kubernetes.platform import KubernetesPlatform
+
+    platform = factory.create(settings.platform, data_dir=settings.data_dir)
+    # Then it is the kubernetes platform with those settings (it connects on first use)
+    assert isinstance(platform, KubernetesPlatform)
+    assert platform.settings.in_cluster is True
+    assert platform.settings.pvcinit_image == "ferry-pvcinit:1"
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("FERRY_PLATFORM", "openshift"),
+        ("FERRY_PLATFORM__KIND", "openshift"),
         ("FERRY_VOLUMES__PROGRESS_INTERVAL_SECONDS", "0.01"),
-        ("FERRY_VOLUMES__COPY_WORKERS", "0"),
-        ("FERRY_VOLUMES__FILESYSTEM_OVERHEAD", "1.5"),
+        ("FERRY_PLATFORM__LOCAL__COPY_WORKERS", "0"),
+        ("FERRY_PLATFORM__LOCAL__FILESYSTEM_OVERHEAD", "1.5"),
+        ("FERRY_PLATFORM__KUBERNETES__BIND_TIMEOUT", "-1"),
+        ("FERRY_PLATFORM__LOCAL__TYPO", "1"),
         ("FERRY_VOLUMES__TYPO", "1"),
     ],
 )
@@ -66,7 +93,10 @@ def test_bad_values_are_errors_that_name_the_field(
 
 def test_every_setting_is_documented() -> None:
     names = environment_names(Settings)
-    for wanted in ("STORAGE_ROOT", "PROGRESS_INTERVAL_SECONDS", "COPY_WORKERS", "MAX_RATE"):
-        assert f"FERRY_VOLUMES__{wanted}" in names
-    assert "FERRY_PLATFORM" in names
+    for wanted in ("STORAGE_ROOT", "COPY_WORKERS", "MAX_RATE", "QEMU__ACCEL"):
+        assert f"FERRY_PLATFORM__LOCAL__{wanted}" in names
+    for wanted in ("HOST", "KUBECONFIG", "IN_CLUSTER", "PVCINIT_IMAGE", "CONVERSION_IMAGE"):
+        assert f"FERRY_PLATFORM__KUBERNETES__{wanted}" in names
+    assert "FERRY_VOLUMES__PROGRESS_INTERVAL_SECONDS" in names
+    assert "FERRY_PLATFORM__KIND" in names
     assert all(description for description in names.values()), names

@@ -1,47 +1,46 @@
-"""Pick a target platform by name; services never import an implementation.
+"""Get the target platform the settings name; services never import an implementation.
 
-``create("local", {"data_dir": …})`` gives the embedded platform (files and
-child processes); ``"kubernetes"`` drives a cluster with KubeVirt and CDI (its
-client connects on first use).
-Implementations are imported here, lazily, so that using one never loads the
-other's dependencies.
+``create(settings.platform, data_dir=settings.data_dir)`` is the one way a service
+gets its platform: ``kind`` local gives the embedded platform (files, child
+processes, QEMU), ``kind`` kubernetes drives a cluster with KubeVirt and CDI (its
+client connects on first use). Implementations are imported here, lazily, so that
+using one never loads the other's dependencies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import logging
+from pathlib import Path
 
 from ferry.platform.base import Platform
+from ferry.platform.settings import PlatformSettings
 
 NAMES = ("local", "kubernetes")
+
+log = logging.getLogger(__name__)
 
 
 class UnknownPlatform(ValueError):
     """The settings name a platform Ferry does not have."""
 
 
-class PlatformUnavailable(RuntimeError):
-    """The platform exists in name but cannot be used yet or here; the message says why."""
+def create(settings: PlatformSettings, *, data_dir: Path) -> Platform:
+    """The platform ``settings.kind`` names, configured from its own sub-group.
 
+    ``data_dir`` is the service's data directory: the local platform keeps its VMs
+    there and, unless a storage root is set, its volumes under ``<data_dir>/storage``.
+    """
+    if settings.kind == "local":
+        from ferry.platform.local.platform import LocalPlatform
 
-def create(name: str, settings: Mapping[str, Any] | Any) -> Platform:
-    """The platform called ``name``, configured from ``settings`` (a mapping or model)."""
-    if name == "local":
-        from ferry.platform.local.platform import LocalPlatform, LocalPlatformSettings
+        log.info("target platform: local (data dir %s)", data_dir)
+        return LocalPlatform(settings.local, Path(data_dir))
+    if settings.kind == "kubernetes":
+        from ferry.platform.kubernetes.platform import KubernetesPlatform
 
-        if isinstance(settings, LocalPlatformSettings):
-            return LocalPlatform(settings)
-        values = settings.model_dump() if hasattr(settings, "model_dump") else dict(settings)
-        return LocalPlatform(LocalPlatformSettings.model_validate(values))
-    if name == "kubernetes":
-        from ferry.platform.kubernetes.platform import (
-            KubernetesPlatform,
-            KubernetesPlatformSettings,
-        )
-
-        if isinstance(settings, KubernetesPlatformSettings):
-            return KubernetesPlatform(settings)
-        values = settings.model_dump() if hasattr(settings, "model_dump") else dict(settings)
-        return KubernetesPlatform(KubernetesPlatformSettings.model_validate(values))
-    raise UnknownPlatform(f"unknown platform {name!r}; choose one of {', '.join(NAMES)}")
+        # Says how it will connect, never with what: a kubeconfig may embed credentials.
+        kube = settings.kubernetes
+        how = "API host" if kube.host else "in-cluster" if kube.in_cluster else "kubeconfig"
+        log.info("target platform: kubernetes (%s)", how)
+        return KubernetesPlatform(kube)
+    raise UnknownPlatform(f"unknown platform {settings.kind!r}; choose one of {', '.join(NAMES)}")

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import msgspec
 
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.images import ImageRef
 from ferry.proto import label
 from ferry.proto.inventory import DiskCopy, Volume, VolumeMode, VolumeTarget
 from ferry.proto.volume import VolumeSource

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import Protocol, TypeVar
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from ferry.bus import Bus, Observer, topology
 from ferry.bus.connection import redact
@@ -221,6 +223,17 @@ def load_settings(cls: type[S]) -> S:
             where = "FERRY_" + "__".join(str(p).upper() for p in error["loc"])
             lines.append(f"  {where}: {error['msg']}")
         print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None
+    except SettingsError as bad:
+        # A group given as one variable (FERRY_PLATFORM=kubernetes) must be JSON;
+        # pydantic-settings names only the field, so spell out the variable and the fix.
+        field = re.search(r'field "([^"]+)"', str(bad))
+        where = f"FERRY_{field.group(1).upper()}" if field else "a FERRY_ variable"
+        print(
+            f"invalid settings (1 error):\n  {where}: is a settings group; set its fields "
+            f"one by one ({where}__<FIELD>) or give it as a JSON object",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None
 
 

@@ -4,7 +4,10 @@ Groups nest with ``__``: ``FERRY_NATS__URL``, ``FERRY_HTTP__PORT``,
 ``FERRY_WORKERS__CONCURRENCY``; top-level fields stand alone (``FERRY_DATA_DIR``).
 The Helm chart's ``settings:`` block uses the same names, so a value documented
 here is the value to set there. Each service extends :class:`ServiceSettings`
-with its own fields; pydantic turns a bad value into an error that names it.
+with its own fields; pydantic turns a bad value into an error that names it. The
+target platform's group (``FERRY_PLATFORM__KIND``, ``FERRY_PLATFORM__LOCAL__…``,
+``FERRY_PLATFORM__KUBERNETES__…``) is declared by ``ferry.platform.settings`` and
+added by the services that use a platform: this library does not import it.
 """
 
 from __future__ import annotations
@@ -133,10 +136,6 @@ class ServiceSettings(BaseSettings):
     data_dir: Path = Field(
         default=Path(".ferry"),
         description="Where the local platform keeps volumes, manifests and logs.",
-    )
-    platform: str = Field(
-        default="local",
-        description="Target platform implementation: local (files and QEMU) or kubernetes.",
     )
     nats: NatsSettings = Field(default_factory=NatsSettings, description=NatsSettings.__doc__)
     http: HttpSettings = Field(default_factory=HttpSettings, description=HttpSettings.__doc__)

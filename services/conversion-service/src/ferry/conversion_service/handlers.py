@@ -22,6 +22,7 @@ from ferry.conversion_service import lease as leases
 from ferry.conversion_service import v2v
 from ferry.conversion_service.progress import Progress
 from ferry.conversion_service.settings import Settings
+from ferry.platform import factory as platforms
 from ferry.proto.conversion import ConversionMode, ConversionProgress, ConvertGuest, GuestConverted
 from ferry.proto.volume import SourceRef
 from ferry.providers import factory
@@ -74,7 +75,11 @@ def register(
     converter: v2v.Converter | None = None,
 ) -> v2v.Converter:
     """Add the ConvertGuest handler to ``router``; returns the converter it uses."""
-    converter = converter or v2v.Converter(settings.conversion, Path(settings.data_dir))
+    if converter is None:
+        # virt-v2v runs as a workload of the configured platform: a child process tree
+        # locally, a conversion pod in a cluster.
+        platform = platforms.create(settings.platform, data_dir=settings.data_dir)
+        converter = v2v.Converter(settings.conversion, Path(settings.data_dir), platform)
 
     @router.handler(ConvertGuest)
     async def convert_guest(cmd: ConvertGuest, ctx: Context) -> GuestConverted:

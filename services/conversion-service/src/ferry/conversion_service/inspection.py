@@ -24,8 +24,8 @@ from typing import BinaryIO
 
 from defusedxml import ElementTree as SafeET
 
-from ferry.conversion_service import process
 from ferry.conversion_service.progress import Decisions, OutputReader
+from ferry.platform.workloads import Workload, WorkloadPlatform
 from ferry.proto.inventory import Firmware, Inspection, Vm, Volume
 
 
@@ -128,6 +128,7 @@ def inspector_command(binary: str, volumes: Sequence[Volume]) -> list[str]:
 
 
 async def inspect_disks(
+    workloads: WorkloadPlatform,
     binary: str,
     volumes: Sequence[Volume],
     *,
@@ -143,17 +144,18 @@ async def inspect_disks(
         reader.feed(line)
 
     log_file.write(f"\n=== {' '.join(inspector_command(binary, volumes))}\n".encode())
-    with tempfile.TemporaryFile() as output:
-        status = await process.run(
-            inspector_command(binary, volumes),
-            env=env,
-            log_file=log_file,
-            on_line=note,
+    with tempfile.NamedTemporaryFile(prefix="ferry-inspector-") as output:
+        workload = Workload(
+            name="virt-inspector",
+            argv=inspector_command(binary, volumes),
+            env=dict(env),
+            volumes={v.name: v.path for v in volumes},
             time_limit=time_limit,
             grace=grace,
-            stdout=output,
+            output=output.name,
         )
-        output.seek(0)
+        status = await workloads.run_workload(workload, log_file, note)
+        output.seek(0)  # the workload wrote through its own handle on the same file
         document = output.read()
     log_file.write(document)
     if status != 0:

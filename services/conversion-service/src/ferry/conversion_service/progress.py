@@ -87,12 +87,6 @@ class Decisions:
         return self.capabilities.get("arch")
 
 
-def split_lines(buffer: str) -> tuple[list[str], str]:
-    """Complete lines of ``buffer`` (ended by ``\\n`` or ``\\r``) and the unfinished rest."""
-    parts = re.split(r"\r\n|\r|\n", buffer)
-    return parts[:-1], parts[-1]
-
-
 def clean(line: str) -> str:
     return _ANSI.sub("", line).rstrip()
 

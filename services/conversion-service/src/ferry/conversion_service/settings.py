@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ferry.platform.settings import PlatformSettings
 from ferry.runtime.settings import ServiceSettings, WorkersSettings
 
 
@@ -101,6 +102,9 @@ class Settings(ServiceSettings):
         default_factory=_one_at_a_time,
         description="Conversions run in parallel by one replica (default 1: each one "
         "runs a QEMU appliance for minutes).",
+    )
+    platform: PlatformSettings = Field(
+        default_factory=PlatformSettings, description=PlatformSettings.__doc__
     )
     conversion: ConversionSettings = Field(
         default_factory=ConversionSettings, description=ConversionSettings.__doc__

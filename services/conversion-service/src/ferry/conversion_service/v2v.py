@@ -49,9 +49,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from ferry.conversion_service import accel, domain, inspection, process
+from ferry.conversion_service import accel, domain, inspection
 from ferry.conversion_service.progress import Decisions, OutputReader, Progress
 from ferry.conversion_service.settings import ConversionSettings
+from ferry.platform.workloads import (
+    Workload,
+    WorkloadError,
+    WorkloadPlatform,
+    WorkloadTimedOut,
+)
 from ferry.proto import subjects
 from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import Inspection, Vm, Volume
@@ -222,9 +228,12 @@ def sweep_orphans(*folders: Path) -> list[Path]:
 class Converter:
     """Runs conversions on this host; one instance per service."""
 
-    def __init__(self, settings: ConversionSettings, data_dir: Path) -> None:
+    def __init__(
+        self, settings: ConversionSettings, data_dir: Path, workloads: WorkloadPlatform
+    ) -> None:
         self.settings = settings
         self.data_dir = data_dir
+        self.workloads = workloads
         sweep_orphans(settings.work_dir, settings.large_tmp_dir)
 
     async def environment(self) -> dict[str, str]:
@@ -289,14 +298,18 @@ class Converter:
         logged = inspection.from_log(decisions)
         if logged is not None and not self.settings.verify_with_inspector:
             return logged
-        return await inspection.inspect_disks(
-            self.settings.virt_inspector,
-            job.volumes,
-            env=env,
-            log_file=log_file,
-            time_limit=self.settings.inspect_timeout_seconds,
-            grace=self.settings.kill_grace_seconds,
-        )
+        try:
+            return await inspection.inspect_disks(
+                self.workloads,
+                self.settings.virt_inspector,
+                job.volumes,
+                env=env,
+                log_file=log_file,
+                time_limit=self.settings.inspect_timeout_seconds,
+                grace=self.settings.kill_grace_seconds,
+            )
+        except WorkloadError as error:
+            raise ConversionError(f"virt-inspector: {error}") from None
 
     async def _run(
         self,
@@ -347,20 +360,23 @@ class Converter:
                 await on_progress(update)
 
         try:
-            status = await process.run(
-                argv,
+            workload = Workload(
+                name=f"{job.mode.value}-conversion",
+                argv=argv,
                 env=env,
-                log_file=log_file,
-                on_line=on_line,
+                volumes={v.name: v.path for v in job.volumes},
+                workdir=str(workdir),
                 time_limit=job.timeout_seconds,
                 grace=self.settings.kill_grace_seconds,
-                cwd=str(workdir),
             )
-        except process.TimedOut as error:
+            status = await self.workloads.run_workload(workload, log_file, on_line)
+        except WorkloadTimedOut as error:
             raise ConversionTimedOut(
                 f"conversion exceeded its time limit of {error.seconds:g}s and was killed",
                 reader.tail(),
             ) from None
+        except WorkloadError as error:  # it never started: not on this platform, no volumes
+            raise ConversionError(str(error)) from None
         if status != 0:
             reason, detail = reader.failure(self.settings.error_lines)
             raise ConversionError(reason, detail)

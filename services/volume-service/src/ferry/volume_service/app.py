@@ -1,7 +1,7 @@
 """The volume-service's router, as the runtime asks for it (``build_router``).
 
-The platform is chosen by name through the platform factory (the service never
-imports an implementation) and configured from the ``volumes`` settings group;
+The platform comes from the platform factory, configured by the shared
+``platform`` settings group (the service never imports an implementation);
 providers are opened per command from the objects bucket and mounted secrets.
 Tests may hand in their own platform or provider lookup.
 """
@@ -28,9 +28,11 @@ def build_router(
 ) -> Router:
     """CreateVolumes, AllocateDisks, CopyDisks and CleanupVolumes on one router."""
     if platform is None:
-        platform = factory.create(settings.platform, settings.platform_settings())
+        platform = factory.create(settings.platform, data_dir=settings.data_dir)
     if providers is None:
         providers = Providers(bus, MountedSecrets(settings.secrets_dir()))
     router = Router(Service.VOLUME)
-    handlers.register(router, platform, providers, settings.volumes)
+    handlers.register(
+        router, platform, providers, settings.volumes, settings.platform.filesystem_overhead
+    )
     return router

@@ -11,7 +11,7 @@ is retried: the next delivery resumes from the checkpoint.
 from __future__ import annotations
 
 from ferry.bus import PermanentError, TemporaryError
-from ferry.platform.copy import errors as copy_errors
+from ferry.platform import errors as copy_errors
 from ferry.platform.volumes import VolumeError
 from ferry.providers.base import ProviderError
 

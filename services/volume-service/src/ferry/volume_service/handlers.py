@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 
 from ferry.bus import Context, PermanentError, Router
 from ferry.platform.volumes import (
+    DEFAULT_FILESYSTEM_OVERHEAD,
     Phase,
     ProgressCallback,
     TransferProgress,
@@ -65,12 +66,17 @@ class VolumeHandlers:
     """The handlers, bound to one platform, one way to open providers, one set of settings."""
 
     def __init__(
-        self, platform: VolumePlatform, providers: OpenProvider, settings: VolumeSettings
+        self,
+        platform: VolumePlatform,
+        providers: OpenProvider,
+        settings: VolumeSettings,
+        filesystem_overhead: float = DEFAULT_FILESYSTEM_OVERHEAD,
     ) -> None:
         self.platform = platform
         self.providers = providers
         self.settings = settings
-        self.filesystem_overhead = settings.filesystem_overhead
+        # The platform's own figure, so a request that cannot fit fails before anything exists.
+        self.filesystem_overhead = filesystem_overhead
 
     # -- CreateVolumes -------------------------------------------------------------
 
@@ -311,10 +317,14 @@ def _progress_event(cmd: volume.CopyDisks) -> Callable[[TransferProgress], volum
 
 
 def register(
-    router: Router, platform: VolumePlatform, providers: OpenProvider, settings: VolumeSettings
+    router: Router,
+    platform: VolumePlatform,
+    providers: OpenProvider,
+    settings: VolumeSettings,
+    filesystem_overhead: float = DEFAULT_FILESYSTEM_OVERHEAD,
 ) -> VolumeHandlers:
     """Add the four handlers to ``router``; returns the object that holds them."""
-    handlers = VolumeHandlers(platform, providers, settings)
+    handlers = VolumeHandlers(platform, providers, settings, filesystem_overhead)
     router.handler(volume.CreateVolumes)(handlers.create_volumes)
     router.handler(volume.AllocateDisks)(handlers.allocate_disks)
     router.handler(volume.CopyDisks)(handlers.copy_disks)

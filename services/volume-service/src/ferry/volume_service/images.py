@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferry.platform.copy.source import ImageRef, from_qemu_source
+from ferry.platform.images import ImageRef, from_qemu_source
 from ferry.proto.inventory import DiskFormat
 from ferry.providers.base import QemuSource
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import msgspec
 
-from ferry.platform import durable
-from ferry.platform.copy import checksum, errors
+from ferry.platform import durable, errors
+from ferry.platform.copy import checksum
 
 
 class State(msgspec.Struct, frozen=True, kw_only=True):

@@ -50,7 +50,8 @@ from pathlib import Path
 
 import msgspec
 
-from ferry.platform.copy import checksum, errors
+from ferry.platform import errors
+from ferry.platform.copy import checksum
 from ferry.platform.copy.checkpoint import Checkpoint, State
 from ferry.platform.copy.sink import DIRECT_ALIGN, DiskSink, RangeWriter
 from ferry.platform.copy.source import DiskSource, RangeReader

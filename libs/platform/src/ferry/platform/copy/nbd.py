@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ferry.platform.copy import errors
+from ferry.platform import errors
 from ferry.providers.nbd import NbdClient, NbdError
 
 __all__ = ["NbdClient", "NbdError", "QemuNbd", "exported"]

@@ -12,7 +12,8 @@ import errno
 import os
 from typing import Protocol
 
-from ferry.platform.copy import errors, nbd
+from ferry.platform import errors
+from ferry.platform.copy import nbd
 from ferry.platform.copy.source import (
     DiskSource,
     QemuImageSource,

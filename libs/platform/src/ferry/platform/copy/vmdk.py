@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Iterator
 from types import ModuleType
 
-from ferry.platform.copy import errors
+from ferry.platform import errors
 from ferry.proto.inventory import Extent
 
 

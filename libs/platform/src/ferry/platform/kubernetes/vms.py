@@ -30,7 +30,7 @@ from ferry.platform.kubernetes.client import (
     AlreadyExists,
     KubeClient,
 )
-from ferry.platform.kubernetes.settings import KubernetesPlatformSettings
+from ferry.platform.settings import KubernetesSettings
 from ferry.platform.vms import BootFailed, VmConflict, VmInfo, VmNotFound, VmPhase, VmPlatform
 from ferry.proto.inventory import Volume
 
@@ -95,7 +95,7 @@ def vm_phase(
 
 
 class KubeVms:
-    def __init__(self, client: KubeClient, settings: KubernetesPlatformSettings) -> None:
+    def __init__(self, client: KubeClient, settings: KubernetesSettings) -> None:
         self.client = client
         self.settings = settings
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes import objects
 from ferry.platform.kubernetes.client import (
     DATA_VOLUME,
@@ -34,8 +34,8 @@ from ferry.platform.kubernetes.client import (
     KubeClient,
 )
 from ferry.platform.kubernetes.objects import POPULATOR
-from ferry.platform.kubernetes.settings import KubernetesPlatformSettings
 from ferry.platform.kubevirt import label_value
+from ferry.platform.settings import KubernetesSettings
 from ferry.platform.volumes import (
     Phase,
     ProgressCallback,
@@ -196,7 +196,7 @@ def _unverified(volume: VolumeState, seconds: float) -> DiskCopy:
 
 
 class KubeVolumes:
-    def __init__(self, client: KubeClient, settings: KubernetesPlatformSettings) -> None:
+    def __init__(self, client: KubeClient, settings: KubernetesSettings) -> None:
         self.client = client
         self.settings = settings
 

@@ -1,7 +1,7 @@
-"""The whole local platform: :class:`LocalVolumes` and the vm-service's ``LocalVms``.
+"""The whole local platform: :class:`LocalVolumes`, ``LocalVms`` and ``LocalWorkloads``.
 
-Both halves keep their own state under the same ``data_dir`` (``volumes/`` and
-``vms/``); this class only forwards, so each half stays testable on its own.
+Volumes live under the storage root (``<data_dir>/storage`` unless set), VMs under
+``<data_dir>/vms``; this class only forwards, so each half stays testable on its own.
 Forwarding is spelled out (not ``__getattr__``) so that mypy checks this class
 against the whole :class:`~ferry.platform.base.Platform` protocol: a method added
 to either half fails type-checking here until it is forwarded.
@@ -10,31 +10,30 @@ to either half fails type-checking here until it is forwarded.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
-from pydantic import Field
-
-from ferry.platform.copy.source import ImageRef
-from ferry.platform.local import qemu
-from ferry.platform.local.settings import LocalSettings
+from ferry.platform.images import ImageRef
+from ferry.platform.local.processes import LocalWorkloads
 from ferry.platform.local.vms import LocalVms
 from ferry.platform.local.volumes import LocalVolumes
+from ferry.platform.settings import LocalSettings
 from ferry.platform.vms import VmInfo
 from ferry.platform.volumes import ProgressCallback, VolumeRequest, VolumeState
+from ferry.platform.workloads import LineHandler, Workload
 from ferry.proto.inventory import DiskCopy, Volume
 
 
-class LocalPlatformSettings(LocalSettings):
-    qemu: dict[str, Any] = Field(
-        default_factory=dict, description="How VMs run under QEMU (see local.qemu.QemuSettings)."
-    )
-
-
 class LocalPlatform:
-    def __init__(self, settings: LocalPlatformSettings) -> None:
+    def __init__(self, settings: LocalSettings, data_dir: Path) -> None:
+        """Volumes under ``settings.storage_root`` (default ``<data_dir>/storage``), VMs under
+        ``<data_dir>/vms``."""
+        if settings.storage_root is None:
+            settings = settings.model_copy(update={"storage_root": Path(data_dir) / "storage"})
         self.settings = settings
         self.volumes = LocalVolumes(settings)
-        self.vms = LocalVms(settings.data_dir, qemu.QemuSettings(**settings.qemu))
+        self.vms = LocalVms(data_dir, settings.qemu)
+        self.workloads = LocalWorkloads()
 
     # volumes
     async def ensure_volume(self, request: VolumeRequest) -> VolumeState:
@@ -86,3 +85,9 @@ class LocalPlatform:
 
     async def delete_vm(self, namespace: str, name: str) -> bool:
         return await self.vms.delete_vm(namespace, name)
+
+    # workloads
+    async def run_workload(
+        self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None
+    ) -> int:
+        return await self.workloads.run_workload(workload, log, on_line)

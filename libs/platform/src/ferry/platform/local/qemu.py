@@ -10,17 +10,14 @@ survives a restart of the vm-service, which finds it again by pid *and* kernel
 start time (a recycled pid is not mistaken for it). Launch errors still arrive
 synchronously, because QEMU's parent only exits once the VM is set up.
 
-KVM is used only when it demonstrably runs a guest: a probe boots the host's
-Linux kernel under KVM and needs it to get to its end (there are nested setups
-where /dev/kvm opens and even SeaBIOS runs, yet Linux hangs). Otherwise TCG,
-which is slow but always works. The answer is cached until the host reboots.
+KVM is used only when it demonstrably runs a guest (:mod:`ferry.platform.local.kvm`);
+the serial console is read by :mod:`ferry.platform.local.console`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -28,7 +25,6 @@ import re
 import shutil
 import signal
 import struct
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -36,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferry.platform.local import kvm
+from ferry.platform.settings import QemuSettings as QemuSettings  # what a launch reads
 from ferry.proto.inventory import Volume
 
-DEFAULT_BOOT_MARKER = r"login:"
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 _QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _UNITS = {
@@ -72,24 +69,6 @@ class SpecError(ValueError):
 
 class LaunchError(RuntimeError):
     """QEMU refused to start; the message holds its own error text."""
-
-
-@dataclass(frozen=True)
-class QemuSettings:
-    """How the local platform runs QEMU."""
-
-    binary: str = "qemu-system-x86_64"
-    accel: str = ""  # "kvm", "tcg", or "" to probe KVM and fall back to TCG
-    ovmf_dir: Path = Path("/usr/share/OVMF")
-    boot_marker: str = DEFAULT_BOOT_MARKER  # regex the guest prints once it is up
-    powerdown_seconds: float = 60.0  # ACPI power-off grace before "quit"
-    quit_seconds: float = 5.0  # "quit" grace before SIGKILL
-    console_tail_lines: int = 30
-    poll_seconds: float = 0.25
-
-    def __post_init__(self) -> None:
-        # Settings often arrive as plain strings (environment, a dict of values).
-        object.__setattr__(self, "ovmf_dir", Path(self.ovmf_dir))
 
 
 # -- the spec, as QEMU needs it ------------------------------------------------
@@ -347,86 +326,6 @@ def command(
     return args + _disk_args(spec) + _nic_args(spec)
 
 
-# -- accelerator -------------------------------------------------------------------
-
-
-_PROBE_SECONDS = 10.0
-
-
-def _run_probe(argv: list[str], log: Path, done: bytes | None, seconds: float) -> bool:
-    """Run a probe VM; success is ``done`` in its log, or (``None``) a clean exit."""
-    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
-        deadline = time.monotonic() + seconds
-        try:
-            while time.monotonic() < deadline:
-                if process.poll() is not None:
-                    return done is None and process.returncode == 0
-                if done is not None and log.exists() and done in log.read_bytes():
-                    return True
-                time.sleep(0.05)
-            return False
-        finally:
-            process.kill()
-
-
-def _probe_kvm(binary: str) -> bool:
-    """True when KVM runs a guest, not just opens: a Linux kernel must boot to its end.
-
-    A host kernel (``/boot/vmlinuz-*``) is booted without a root disk under KVM
-    with ``-no-reboot``: it panics at mounting root, and QEMU exits, within a
-    second or two on a working KVM. Nested setups exist where KVM opens and
-    even runs SeaBIOS, yet Linux hangs forever; this is the probe that tells.
-    Without a host kernel, SeaBIOS reaching its boot stage is the fallback test.
-    """
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False
-    base = [binary, "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "128"]
-    base += ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
-    kernels = sorted(Path("/boot").glob("vmlinuz-*"))
-    with tempfile.TemporaryDirectory(prefix="ferry-kvm-") as tmp:
-        log = Path(tmp) / "probe.log"
-        if kernels and os.access(kernels[-1], os.R_OK):
-            argv = [*base, "-serial", f"file:{log}", "-kernel", str(kernels[-1])]
-            argv += ["-append", "console=ttyS0 panic=-1"]
-            return _run_probe(argv, log, None, _PROBE_SECONDS)
-        argv = [*base, "-chardev", f"file,id=bios,path={log}"]
-        argv += ["-device", "isa-debugcon,iobase=0x402,chardev=bios"]
-        return _run_probe(argv, log, b"Booting from", _PROBE_SECONDS)
-
-
-def _probe_cache(binary: str) -> Path:
-    """Where this boot's probe result is kept: the answer holds until the host reboots."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = str(os.getpid())
-    resolved = shutil.which(binary) or binary
-    key = hashlib.sha256(f"{boot}:{resolved}:{os.getuid()}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"ferry-accel-{key}"
-
-
-@functools.cache
-def _detected(binary: str) -> str:
-    cache = _probe_cache(binary)
-    with contextlib.suppress(OSError):
-        cached = cache.read_text().strip()
-        if cached in ("kvm", "tcg"):
-            return cached
-    accel = "kvm" if _probe_kvm(binary) else "tcg"
-    with contextlib.suppress(OSError):
-        temporary = cache.with_name(f"{cache.name}.{os.getpid()}")
-        temporary.write_text(accel)
-        os.replace(temporary, cache)
-    return accel
-
-
-async def accelerator(settings: QemuSettings) -> str:
-    """The accelerator to use: the setting, else KVM if the probe boots, else TCG."""
-    if settings.accel:
-        return settings.accel
-    return await asyncio.to_thread(_detected, settings.binary)
-
-
 # -- processes -----------------------------------------------------------------------
 
 
@@ -487,7 +386,7 @@ async def launch(
     spec: MachineSpec, files: RuntimeFiles, settings: QemuSettings
 ) -> tuple[ProcessRef, str]:
     """Start QEMU daemonized; returns its process and the accelerator used."""
-    accel = await accelerator(settings)
+    accel = await kvm.accelerator(settings)
     files.directory.mkdir(parents=True, exist_ok=True)
     if files.console.exists():
         files.console.replace(files.console.with_suffix(".log.1"))
@@ -567,48 +466,3 @@ async def terminate(
             os.kill(ref.pid, signal.SIGKILL)
         await _wait_gone(ref, 5.0, settings.poll_seconds)
     return False
-
-
-# -- console ---------------------------------------------------------------------------
-
-_CONTROL = re.compile(
-    r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|[()#][A-Za-z0-9]|[@-Z\\-_a-z=>78])|[\x00-\x08\x0b-\x1f\x7f]"
-)
-
-
-def console_tail(path: Path, lines: int) -> list[str]:
-    """The last ``lines`` non-empty lines of a console log, without escape sequences."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 64 * 1024))
-            text = handle.read().decode(errors="replace")
-    except FileNotFoundError:
-        return []
-    cleaned = (_CONTROL.sub("", line).rstrip() for line in text.replace("\r", "\n").split("\n"))
-    return [line for line in cleaned if line][-lines:]
-
-
-class ConsoleWatch:
-    """Follows a serial console log and tells when a pattern appeared."""
-
-    _WINDOW = 4096  # characters kept so a marker split across reads is still seen
-
-    def __init__(self, path: Path, pattern: str) -> None:
-        self.path = path
-        self.pattern = re.compile(pattern)
-        self._offset = 0
-        self._window = ""
-
-    def seen(self) -> bool:
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read()
-        except FileNotFoundError:
-            return False
-        self._offset += len(chunk)
-        self._window = (self._window + _CONTROL.sub("", chunk.decode(errors="replace")))[
-            -self._WINDOW :
-        ]
-        return bool(self.pattern.search(self._window))

@@ -40,7 +40,7 @@ from ferry.proto.inventory import VolumeMode
 
 
 class StorageConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """What the store and the workloads need of :class:`~.settings.LocalSettings`.
+    """What the store and the workloads need of :class:`~ferry.platform.settings.LocalSettings`.
 
     A plain struct, so that a workload process starts without loading pydantic.
     """

@@ -31,9 +31,11 @@ import sys
 
 import msgspec
 
-from ferry.platform.copy import engine, errors
+from ferry.platform import errors
+from ferry.platform.copy import engine
 from ferry.platform.copy.sink import open_sink
-from ferry.platform.copy.source import ImageRef, open_source
+from ferry.platform.copy.source import open_source
+from ferry.platform.images import ImageRef
 from ferry.platform.local.storage import StorageConfig, Store
 from ferry.platform.volumes import (
     Phase,

@@ -34,7 +34,7 @@ import msgspec
 import yaml
 
 from ferry.platform import kubevirt
-from ferry.platform.local import qemu
+from ferry.platform.local import console, qemu
 from ferry.platform.vms import BootFailed, VmConflict, VmInfo, VmNotFound, VmPhase, VmPlatform
 from ferry.proto.inventory import Volume
 
@@ -159,7 +159,7 @@ class LocalVms:
             return record
         if record.phase in (VmPhase.STARTING, VmPhase.RUNNING):
             runtime = self.runtime(record.namespace, record.name)
-            tail = qemu.console_tail(runtime.console, self.settings.console_tail_lines)
+            tail = console.console_tail(runtime.console, self.settings.console_tail_lines)
             return self._write(
                 msgspec.structs.replace(
                     record,
@@ -311,7 +311,7 @@ class LocalVms:
         if record.process is None:
             raise BootFailed(record.reason or "the VM is not started", record.console_tail)
         runtime = self.runtime(namespace, name)
-        watch = qemu.ConsoleWatch(runtime.console, self.settings.boot_marker)
+        watch = console.ConsoleWatch(runtime.console, self.settings.boot_marker)
         process = record.process
         deadline = process.started_at + time_limit
         while True:
@@ -345,14 +345,14 @@ class LocalVms:
             record = self._read(namespace, name)
             if record is not None and record.process == process:
                 await qemu.terminate(process.ref(), runtime, self.settings, graceful=False)
-                tail = qemu.console_tail(runtime.console, self.settings.console_tail_lines)
+                tail = console.console_tail(runtime.console, self.settings.console_tail_lines)
                 failed = msgspec.structs.replace(
                     record, phase=VmPhase.FAILED, process=None, reason=reason, console_tail=tail
                 )
                 self._write(failed)
                 self._set_run_strategy(namespace, name, run=False)
                 return BootFailed(reason, tail)
-        tail = qemu.console_tail(runtime.console, self.settings.console_tail_lines)
+        tail = console.console_tail(runtime.console, self.settings.console_tail_lines)
         return BootFailed(reason, tail)
 
     async def stop_vm(self, namespace: str, name: str) -> VmInfo:

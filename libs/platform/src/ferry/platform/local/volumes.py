@@ -14,10 +14,10 @@ import contextlib
 import shutil
 from collections.abc import Mapping
 
-from ferry.platform.copy.source import ImageRef
+from ferry.platform.images import ImageRef
 from ferry.platform.local import transfer, workload
-from ferry.platform.local.settings import LocalSettings
-from ferry.platform.local.storage import Store
+from ferry.platform.local.storage import StorageConfig, Store
+from ferry.platform.settings import LocalSettings
 from ferry.platform.volumes import (
     Phase,
     ProgressCallback,
@@ -36,10 +36,26 @@ from ferry.proto.inventory import DiskCopy, VolumeMode
 from ferry.proto.volume import VolumeSource
 
 
+def storage_config(settings: LocalSettings) -> StorageConfig:
+    """What the store and the workload processes need of the settings (no pydantic there)."""
+    if settings.storage_root is None:
+        raise ValueError("the local platform needs a storage root (the factory sets one)")
+    return StorageConfig(
+        data_dir=str(settings.storage_root),
+        storage_classes={k: str(v) for k, v in settings.storage_classes.items()},
+        filesystem_overhead=settings.filesystem_overhead,
+        check_capacity=settings.check_capacity,
+        copy_workers=settings.copy_workers,
+        checkpoint_seconds=settings.checkpoint_seconds,
+        verify_readback=settings.verify_readback,
+        max_rate=settings.max_rate,
+    )
+
+
 class LocalVolumes:
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
-        self.store = Store(settings.storage_config())
+        self.store = Store(storage_config(settings))
 
     # -- ensure --------------------------------------------------------------------
 

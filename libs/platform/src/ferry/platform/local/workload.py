@@ -18,19 +18,13 @@ from collections.abc import Callable
 
 import msgspec
 
-from ferry.platform.copy import errors
-from ferry.platform.local.settings import LocalSettings
+from ferry.platform import errors
+from ferry.platform.errors import WorkloadCrashed
 from ferry.platform.local.transfer import Done, Error, Job, Line, ProgressLine, Stage
+from ferry.platform.settings import LocalSettings
 from ferry.platform.volumes import VolumeError
 
 _DECODER = msgspec.json.Decoder(Line)
-
-
-class WorkloadCrashed(errors.CopyError):
-    """The workload process ended without a result (killed, crashed)."""
-
-    code = "workload_crashed"
-    permanent = False
 
 
 def command(settings: LocalSettings, kind: str) -> list[str]:

@@ -12,10 +12,15 @@ import io
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from ferry.conversion_service import process
+from ferry.platform import factory
+from ferry.platform.local import processes as process
+from ferry.platform.local.processes import LocalWorkloads
+from ferry.platform.settings import PlatformSettings
+from ferry.platform.workloads import Workload, WorkloadError, WorkloadsNotBuilt, WorkloadTimedOut
 
 # Prints the pids of its helpers, then waits; like virt-v2v with nbdkit and qemu.
 TREE = textwrap.dedent(
@@ -56,7 +61,7 @@ async def test_time_limit_kills_the_whole_tree() -> None:
     helpers = Helpers()
     log = io.BytesIO()
     # When its time limit passes
-    with pytest.raises(process.TimedOut) as raised:
+    with pytest.raises(WorkloadTimedOut) as raised:
         await process.run(
             [sys.executable, "-c", TREE],
             env=os.environ,
@@ -135,3 +140,51 @@ def test_members_include_descendants_in_their_own_process_group() -> None:
     # Given this test process (which is not a session leader of its children)
     # Then members() of a pid that leads nothing is just its descendants, never us
     assert os.getpid() not in process.members(os.getpid())
+
+
+# -- the workload seam ------------------------------------------------------------------
+
+
+async def test_a_local_workload_streams_its_lines_and_returns_its_status(tmp_path) -> None:
+    # Given a workload that prints two lines and exits 3, with a volume that exists
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"")
+    workload = Workload(
+        name="echo",
+        argv=[sys.executable, "-c", "print('one'); print('two'); raise SystemExit(3)"],
+        env={"PATH": os.environ["PATH"]},
+        volumes={"disk-1": str(disk)},
+        workdir=str(tmp_path),
+        time_limit=30,
+    )
+    lines: list[str] = []
+
+    async def on_line(line: str) -> None:
+        lines.append(line)
+
+    # When the local platform runs it
+    status = await LocalWorkloads().run_workload(workload, io.BytesIO(), on_line)
+
+    # Then the lines came back as they came, and the status is the workload's
+    assert (status, lines) == (3, ["one", "two"])
+
+
+async def test_a_local_workload_whose_volume_is_missing_does_not_start(tmp_path) -> None:
+    workload = Workload(
+        name="convert",
+        argv=["true"],
+        volumes={"disk-1": str(tmp_path / "absent.img")},
+        time_limit=30,
+    )
+    with pytest.raises(WorkloadError, match="disk-1"):
+        await LocalWorkloads().run_workload(workload, io.BytesIO())
+
+
+async def test_the_kubernetes_platform_says_its_workloads_are_not_built() -> None:
+    # Given the kubernetes platform (it would connect on first use; it never gets to)
+    platform = factory.create(PlatformSettings(kind="kubernetes"), data_dir=Path("unused"))
+    workload = Workload(name="full-conversion", argv=["virt-v2v"], time_limit=30)
+
+    # When a conversion is run on it, then it fails at once and says why
+    with pytest.raises(WorkloadsNotBuilt, match="not built yet"):
+        await platform.run_workload(workload, io.BytesIO())

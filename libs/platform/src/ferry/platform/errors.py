@@ -1,13 +1,32 @@
-"""Why a copy failed, as types the volume-service can turn into a precise reason.
+"""Why a disk transfer failed, as types a service can turn into a precise reason.
 
-Every error carries ``reason``: one short, user-facing sentence. ``permanent``
-says whether retrying the same copy can help (a full disk will not empty itself;
-a dropped connection may come back).
+These belong to the platform's interface, not to one implementation: the local
+copy engine raises them in its workload processes, and a cluster's importer or
+populator pod reports the same codes, so the volume-service judges a failure
+the same way on every platform without importing either. Every error carries
+``reason``: one short, user-facing sentence. ``permanent`` says whether retrying
+the same copy can help (a full disk will not empty itself; a dropped connection
+may come back).
 """
 
 from __future__ import annotations
 
 import errno
+
+__all__ = [
+    "ERRORS",
+    "ChecksumMismatchError",
+    "CopyError",
+    "InvalidSourceError",
+    "NoSpaceError",
+    "SourceGoneError",
+    "SourceIOError",
+    "TargetIOError",
+    "WorkloadCrashed",
+    "from_code",
+    "on_read",
+    "on_write",
+]
 
 
 class CopyError(Exception):
@@ -59,6 +78,14 @@ class InvalidSourceError(CopyError):
     code = "invalid_source"
 
 
+class WorkloadCrashed(CopyError):
+    """The transfer's workload (a child process, a pod) ended without a result: killed,
+    out of memory. Worth retrying: the next attempt resumes from the checkpoint."""
+
+    code = "workload_crashed"
+    permanent = False
+
+
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _GONE = {errno.ENOENT, errno.ESTALE, errno.ENXIO, errno.ENODEV, errno.EPIPE, errno.ECONNRESET}
 
@@ -72,6 +99,7 @@ ERRORS: dict[str, type[CopyError]] = {
         SourceGoneError,
         ChecksumMismatchError,
         InvalidSourceError,
+        WorkloadCrashed,
     )
 }
 

@@ -1,9 +1,9 @@
-"""Run virt-v2v as a child that can always be stopped completely.
+"""Run a workload as a child process tree that can always be stopped completely.
 
-virt-v2v starts nbdkit and qemu-nbd for its disks, and libguestfs starts a QEMU
-appliance in a process group of its own (plus a "recovery" process meant to
-kill QEMU if virt-v2v dies). Killing virt-v2v's process group alone can
-therefore leave QEMU running. The child is started as the leader of a new
+Built for virt-v2v, the hardest case: virt-v2v starts nbdkit and qemu-nbd for its
+disks, and libguestfs starts a QEMU appliance in a process group of its own (plus
+a "recovery" process meant to kill QEMU if virt-v2v dies). Killing virt-v2v's process group alone
+can therefore leave QEMU running. The child is started as the leader of a new
 session; every helper stays in that session (setpgid does not change it), so
 "everything whose session id is the leader's pid", plus anything that
 descended from the leader, is exactly what must go. Stopping is: SIGTERM to
@@ -11,7 +11,10 @@ virt-v2v so it can remove its temporary files, a grace period, then SIGKILL to
 whatever remains, then a check that nothing does.
 
 The same sweep runs after a normal exit, so a helper that outlives virt-v2v
-never lingers either.
+never lingers either. :class:`LocalWorkloads` is the platform's workload seam on top
+of this: the workload runs with its own environment only (nothing of the service's
+is inherited) in its work directory; its volumes are the local platform's files or
+devices, already at the paths it is given, so they are checked, not mounted.
 """
 
 from __future__ import annotations
@@ -22,26 +25,22 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ferry.conversion_service.progress import split_lines
+from ferry.platform.workloads import (
+    LineHandler,
+    Workload,
+    WorkloadError,
+    WorkloadTimedOut,
+    split_lines,
+)
 
 log = logging.getLogger(__name__)
 
-LineHandler = Callable[[str], Awaitable[None]]
-
 _DRAIN_SECONDS = 2.0  # output still buffered in the pipe after the child exits
-
-
-class TimedOut(Exception):
-    """The child ran longer than its time limit and was killed."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"time limit of {seconds:g}s exceeded")
-        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,7 @@ async def run(
 
     With ``stdout`` (a real file), the child's standard output goes there and only
     its standard error is logged: for tools whose result is their output.
-    Returns the exit status. Raises :class:`TimedOut` after ``time_limit`` seconds and
+    Returns the exit status. Raises :class:`WorkloadTimedOut` after ``time_limit`` seconds and
     re-raises cancellation; in both cases, and after a normal exit, no process of
     the child's session is left.
     """
@@ -177,7 +176,7 @@ async def run(
                 await asyncio.wait({pump}, timeout=_DRAIN_SECONDS)
                 return waiter.result()
         except TimeoutError:
-            raise TimedOut(time_limit) from None
+            raise WorkloadTimedOut(time_limit) from None
     finally:
         await _stop(process, grace)  # also closes the pipe, so the pump ends
         waiter.cancel()
@@ -232,3 +231,37 @@ async def _stop(process: asyncio.subprocess.Process, grace: float) -> None:
                 process.kill()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(process.wait())
+
+
+# -- the workload seam on top of it ---------------------------------------------------
+
+
+def _missing(volumes: dict[str, str]) -> list[str]:
+    return sorted(name for name, path in volumes.items() if not os.path.exists(path))
+
+
+def _output(path: str) -> BinaryIO:
+    return open(path, "wb")
+
+
+class LocalWorkloads:
+    async def run_workload(
+        self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None
+    ) -> int:
+        missing = _missing(workload.volumes)
+        if missing:
+            raise WorkloadError(
+                f"workload {workload.name}: volumes not on this host: {', '.join(missing)}"
+            )
+        with contextlib.ExitStack() as stack:
+            stdout = stack.enter_context(_output(workload.output)) if workload.output else None
+            return await run(
+                workload.argv,
+                env=workload.env,
+                log_file=log,
+                on_line=on_line,
+                time_limit=workload.time_limit,
+                grace=workload.grace,
+                cwd=workload.workdir or None,
+                stdout=stdout,
+            )

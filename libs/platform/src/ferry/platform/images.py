@@ -1,0 +1,74 @@
+"""How a workload is told which source disk to read: :class:`ImageRef`.
+
+A transfer runs in its own workload (a child process here, an importer or
+populator pod in a cluster), so the source disk has to be described, not handed
+over. The description is part of the platform's interface: the volume-service
+builds it from a provider's disk, and every platform's workload reads it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ferry.platform import errors
+from ferry.proto.inventory import DiskFormat, Extent
+
+
+class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A serialisable source description, handed to a workload process.
+
+    Three shapes: an image file (``path`` + ``format``; a raw disk may sit at
+    ``offset`` inside a bigger file, such as an OVA archive); a qemu block-layer
+    option tree (``qemu_options``, what a provider's ``qemu_source()`` gives,
+    with ``format`` still named); or an NBD export served by someone else.
+    """
+
+    path: str = ""  # the file (for a qemu option tree: the file it reads, for identity)
+    format: DiskFormat = DiskFormat.RAW
+    offset: int = 0  # raw only: where the disk starts inside ``path``
+    qemu_options: dict[str, Any] | None = None
+    nbd_socket: str = ""  # an NBD export someone else serves (path is then a label)
+    size: int | None = None  # the disk's size when the file is bigger (raw windows)
+    extents: list[Extent] | None = None  # known allocation of an nbd_socket source
+
+
+def from_qemu_source(qemu: Any, path: str = "") -> ImageRef:
+    """An ImageRef from a provider's ``QemuSource`` (``format`` + ``options``)."""
+    formats = {"raw": DiskFormat.RAW, "qcow2": DiskFormat.QCOW2, "vmdk": DiskFormat.VMDK}
+    if qemu.format not in formats:
+        raise errors.InvalidSourceError(f"unsupported qemu format {qemu.format!r}")
+    options = dict(qemu.options)
+    window = _raw_window(options)
+    if qemu.format == "raw" and window is not None:
+        return window  # read in place with pread: no qemu-nbd round trips
+    return ImageRef(path=path, format=formats[qemu.format], qemu_options=options)
+
+
+def _raw_window(options: dict[str, Any]) -> ImageRef | None:
+    """A raw option tree over a plain file (maybe a window of it), as a direct file read."""
+    node = options.get("file")
+    plain = (
+        isinstance(node, dict)
+        and node.get("driver") == "file"
+        and set(node)
+        <= {
+            "driver",
+            "filename",
+        }
+    )
+    if (
+        options.get("driver") != "raw"
+        or not plain
+        or set(options) - {"driver", "file", "offset", "size"}
+    ):
+        return None
+    assert isinstance(node, dict)
+    size = options.get("size")
+    return ImageRef(
+        path=str(node["filename"]),
+        format=DiskFormat.RAW,
+        offset=int(options.get("offset", 0)),
+        size=int(size) if size is not None else None,
+    )

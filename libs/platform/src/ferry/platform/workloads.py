@@ -1,0 +1,81 @@
+"""The workload half of the target platform: run one command where the platform runs work.
+
+A guest conversion (and, later, every transfer) is a *workload*: locally a child
+process tree on this host, in a cluster a pod that mounts the VM's PVCs. The
+conversion-service describes what to run (:class:`Workload`) and reads the
+workload's output line by line as it comes, the same way on every platform; it
+never knows whether a pid or a pod did the work.
+
+What a workload is given must be safe to show: its command line and environment
+are visible to anyone who can list processes or read the pod, so neither ever
+holds a secret; a secret reaches a workload as a file (in its work directory, or a
+mounted Secret). Volumes are named by id and the platform says where the workload
+sees them. Cancelling the task that awaits a workload stops all of it (every
+helper process, or the pod) before the cancellation goes on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import BinaryIO, Protocol
+
+import msgspec
+
+LineHandler = Callable[[str], Awaitable[None]]
+
+
+class Workload(msgspec.Struct, frozen=True, kw_only=True):
+    """One command to run to its end, and what it may see."""
+
+    name: str  # for logs, and the pod's name in a cluster
+    argv: list[str]
+    env: dict[str, str] = msgspec.field(default_factory=dict)  # never a secret
+    volumes: dict[str, str] = msgspec.field(default_factory=dict)  # volume id → path it sees
+    workdir: str = ""  # where it runs and keeps its files; empty: the platform's choice
+    time_limit: float
+    grace: float = 5.0  # after the polite stop, before everything of it is killed
+    output: str = ""  # a file that receives standard output (a tool whose result is its
+    #                   output); then only standard error is streamed as lines
+
+
+class WorkloadError(Exception):
+    """The workload could not be run as described; the message says why."""
+
+
+class WorkloadTimedOut(WorkloadError):
+    """The workload ran longer than its time limit and was stopped, all of it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"time limit of {seconds:g}s exceeded")
+        self.seconds = seconds
+
+
+class WorkloadsNotBuilt(WorkloadError):
+    """This platform cannot run workloads yet (no pretending: the run fails, saying so)."""
+
+
+def split_lines(buffer: str) -> tuple[list[str], str]:
+    """Complete lines of ``buffer`` (ended by ``\\n`` or ``\\r``) and the unfinished rest.
+
+    ``\\r`` ends a line too: progress bars redraw themselves with it, and each redraw
+    is news for whoever follows the workload.
+    """
+    parts = re.split(r"\r\n|\r|\n", buffer)
+    return parts[:-1], parts[-1]
+
+
+class WorkloadPlatform(Protocol):
+    """Runs workloads where the platform runs work."""
+
+    async def run_workload(
+        self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None
+    ) -> int:
+        """Run ``workload`` to its end and return its exit status.
+
+        Its output is copied to ``log`` as it comes and handed to ``on_line`` line by
+        line. Raises :class:`WorkloadTimedOut` after ``workload.time_limit`` seconds,
+        :class:`WorkloadError` when it cannot start. Whatever happens (an exit, the
+        time limit, cancellation), nothing of the workload is left running.
+        """
+        ...
