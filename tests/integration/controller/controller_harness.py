@@ -143,7 +143,7 @@ class FileProvider:
 def providers_for(roots: dict[str, Path]) -> Any:
     """A provider factory for the controller: provider name -> FileProvider."""
 
-    def make(ref: SourceRef) -> Any:
+    async def make(ref: SourceRef) -> Any:
         return FileProvider(roots[ref.provider])
 
     return make

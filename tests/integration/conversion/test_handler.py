@@ -16,7 +16,7 @@ import pytest
 from conversion_harness import blank_volumes, initramfs_modules, sha256
 
 from ferry.bus import Bus, Router, TopologySettings, declare
-from ferry.conversion_service import handlers, lease
+from ferry.conversion_service import app, lease
 from ferry.conversion_service.settings import ConversionSettings, Settings
 from ferry.proto import subjects
 from ferry.proto.conversion import (
@@ -83,8 +83,8 @@ async def test_full_conversion_over_the_bus_writes_the_bound_volumes(
 
     async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
         await declare(bus, TOPOLOGY, list(Service))
-        router = Router(Service.CONVERSION)
-        converter = handlers.register(router, settings, providers=lookup)
+        converter = app.make_converter(settings)
+        router = app.build_router(bus, settings, providers=lookup, converter=converter)
 
         # When ConvertGuest arrives
         await bus.publish(command(source_vm, volumes, ova_dir, timeout_seconds=1500))
@@ -140,8 +140,7 @@ async def test_unconvertible_command_fails_with_reason_and_log(
 
     async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
         await declare(bus, TOPOLOGY, list(Service))
-        router = Router(Service.CONVERSION)
-        handlers.register(router, settings, providers=lookup)
+        router = app.build_router(bus, settings, providers=lookup)
         # When it arrives
         await bus.publish(command(source_vm, [missing], ova_dir))
         async with Running(router, bus, concurrency=1):
@@ -190,8 +189,7 @@ async def test_redelivered_command_of_a_done_conversion_is_not_converted_again(
             lease.key(cmd.migration, cmd.vm),
             lease.Claim(state="done", owner="replica-a", step="convert", attempt=1, result=earlier),
         )
-        router = Router(Service.CONVERSION)
-        handlers.register(router, settings, providers=lookup)
+        router = app.build_router(bus, settings, providers=lookup)
         # When the command is delivered (again)
         await bus.publish(cmd)
         published = await run_until(bus, router, GuestConverted)
@@ -219,8 +217,7 @@ async def test_a_vm_held_by_another_replica_waits_for_its_lease(
             lease.key(cmd.migration, cmd.vm),
             lease.Claim(state="running", owner="replica-b", expires=time.time() + 3),
         )
-        router = Router(Service.CONVERSION)
-        handlers.register(router, settings, providers=lookup)
+        router = app.build_router(bus, settings, providers=lookup)
         # When the command arrives here
         started = time.monotonic()
         await bus.publish(cmd)

@@ -38,7 +38,7 @@ class Service_:
         self.bus = bus
         self.platform = platform
         self.router = Router(Service.VM)
-        handlers.register(self.router, platform, handlers.HandlerSettings())
+        handlers.VmHandlers(platform).register(self.router)
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(self.router.run(bus, concurrency=2, stop=self.stop))
 

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 
 from ferry.conversion_service import accel, v2v
-from ferry.conversion_service.handlers import Throttle
-from ferry.conversion_service.progress import Progress
 from ferry.conversion_service.settings import Settings
 from ferry.proto.inventory import Disk, ProviderType, Vm, Volume
 
@@ -164,18 +162,6 @@ def test_settings_default_to_one_conversion_per_replica(monkeypatch: pytest.Monk
     assert settings.conversion.accel == "tcg"
     monkeypatch.setenv("FERRY_WORKERS__CONCURRENCY", "2")
     assert Settings().workers.concurrency == 2
-
-
-def test_throttle_lets_stages_through_and_thins_percentages() -> None:
-    # Given a throttle with a long interval
-    throttle = Throttle(interval=3600)
-    copying = Progress("Copying disk 1/1", disk=1, disks=1, percent=0.0)
-    # Then a new stage passes, repeated percentages do not, and 100% always does
-    assert throttle.admit(Progress("Opening the source"))
-    assert throttle.admit(copying)
-    assert not throttle.admit(Progress("Copying disk 1/1", disk=1, disks=1, percent=40.0))
-    assert throttle.admit(Progress("Copying disk 1/1", disk=1, disks=1, percent=100.0))
-    assert throttle.admit(Progress("Creating output metadata"))
 
 
 def test_run_directories_of_dead_services_are_swept(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ class Platform:
 
 def _router(platform: Platform) -> Router:
     router = Router(Service.VM)
-    handlers.register(router, platform)
+    handlers.VmHandlers(platform).register(router)
     return router
 
 

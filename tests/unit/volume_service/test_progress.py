@@ -1,4 +1,5 @@
-"""Progress throttling and the hand-off from the platform's callback to the bus."""
+"""The hand-off of transfer progress from the platform's callback to the bus
+(the throttle itself is tested in tests/unit/runtime/test_progress.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,8 @@ import pytest
 
 from ferry.platform.volumes import TransferProgress
 from ferry.proto.volume import DiskProgress
-from ferry.volume_service.progress import ProgressRelay, Throttle
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from ferry.runtime.progress import Throttle
+from ferry.volume_service.progress import ProgressRelay
 
 
 def report(disk: str, done: int, total: int = 100) -> TransferProgress:
@@ -28,26 +22,6 @@ def event(p: TransferProgress) -> DiskProgress:
     return DiskProgress(
         plan="p", migration="m", vm="v", disk_id=p.disk_id, done=p.done, total=p.total
     )
-
-
-def test_throttle_admits_first_last_and_one_per_interval_per_disk() -> None:
-    # Given a throttle of one report per second
-    clock = Clock()
-    throttle = Throttle(1.0, clock)
-    # Then the first report of each disk passes, the next ones only after a second
-    assert throttle.admit("a", 0, 100)
-    assert throttle.admit("b", 0, 100)
-    clock.now += 0.5
-    assert not throttle.admit("a", 10, 100)
-    clock.now += 0.6
-    assert throttle.admit("a", 20, 100)
-    # And a report that did not move is not repeated, however late
-    clock.now += 5
-    assert not throttle.admit("a", 20, 100)
-    # And the one that reaches the total always passes, once
-    clock.now += 0.1
-    assert throttle.admit("a", 100, 100)
-    assert not throttle.admit("a", 100, 100)
 
 
 async def test_relay_publishes_throttled_reports_handed_over_from_a_thread() -> None:

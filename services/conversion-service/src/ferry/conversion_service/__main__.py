@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 from ferry.conversion_service import app
-from ferry.conversion_service.settings import Settings
 from ferry.proto.subjects import Service
 from ferry.runtime import load_settings, run_service
 
 
 def main() -> None:
-    run_service(Service.CONVERSION, load_settings(Settings), app.build_router)
+    run_service(Service.CONVERSION, load_settings(app.Settings), app.build_router)
 
 
 if __name__ == "__main__":

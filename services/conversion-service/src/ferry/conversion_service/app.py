@@ -1,15 +1,45 @@
-"""The conversion-service's router, as the runtime asks for it (``build_router``)."""
+"""The conversion-service's router, as the runtime asks for it (``build_router``).
+
+virt-v2v runs as a workload of the configured platform (a child process tree
+locally, a conversion pod in a cluster), from the one platform factory; the
+source of a full conversion is opened by :class:`ferry.runtime.providers.Providers`,
+with the Provider object's secret. Tests may hand in their own provider lookup
+or converter.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ferry.bus import Bus, Router
-from ferry.conversion_service import handlers
+from ferry.conversion_service import v2v
+from ferry.conversion_service.handlers import ConversionHandlers, ProviderLookup
 from ferry.conversion_service.settings import Settings
+from ferry.platform import factory
 from ferry.proto.subjects import Service
+from ferry.runtime.providers import Providers
+
+__all__ = ["Settings", "build_router", "make_converter"]
 
 
-def build_router(bus: Bus, settings: Settings) -> Router:
+def make_converter(settings: Settings) -> v2v.Converter:
+    """The converter of this replica, running virt-v2v on the configured platform."""
+    platform = factory.create(settings.platform, data_dir=settings.data_dir)
+    return v2v.Converter(settings.conversion, Path(settings.data_dir), platform)
+
+
+def build_router(
+    bus: Bus,
+    settings: Settings,
+    *,
+    providers: ProviderLookup | None = None,
+    converter: v2v.Converter | None = None,
+) -> Router:
     """One handler, ConvertGuest; per-replica concurrency comes from ``settings.workers``."""
+    if converter is None:
+        converter = make_converter(settings)
+    if providers is None:
+        providers = Providers.mounted(bus, settings.providers, settings.data_dir)
     router = Router(Service.CONVERSION)
-    handlers.register(router, settings)
+    ConversionHandlers(settings.conversion, converter, providers).register(router)
     return router

@@ -13,46 +13,21 @@ before the handler lets it through.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from ferry.bus import BusError, Context, PermanentError, Router, TemporaryError
 from ferry.conversion_service import lease as leases
 from ferry.conversion_service import v2v
 from ferry.conversion_service.progress import Progress
-from ferry.conversion_service.settings import Settings
-from ferry.platform import factory as platforms
+from ferry.conversion_service.settings import ConversionSettings
 from ferry.proto.conversion import ConversionMode, ConversionProgress, ConvertGuest, GuestConverted
 from ferry.proto.volume import SourceRef
-from ferry.providers import factory
 from ferry.providers.base import ProviderError, ProviderNotSupported
+from ferry.runtime.progress import Throttle
 
 ProviderLookup = Callable[[SourceRef], Awaitable[v2v.V2vSource]]
-
-
-async def open_provider(ref: SourceRef) -> v2v.V2vSource:
-    """The provider named by ``ref`` (OVA needs no secret; others will read theirs)."""
-    return factory.create(ref)
-
-
-class Throttle:
-    """Let a progress event through on a new stage, or when it moved and time passed."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last: Progress | None = None
-        self._at = 0.0
-
-    def admit(self, update: Progress) -> bool:
-        now = time.monotonic()
-        last = self._last
-        new_stage = last is None or (update.stage, update.disk) != (last.stage, last.disk)
-        finished = update.percent == 100.0 and (last is None or last.percent != 100.0)
-        if new_stage or finished or now - self._at >= self.interval:
-            self._last, self._at = update, now
-            return True
-        return False
+"""How the handler opens the source of a full conversion: in the service,
+:class:`ferry.runtime.providers.Providers` (Provider object and its secret)."""
 
 
 def job_of(cmd: ConvertGuest, source: v2v.V2vSource | None) -> v2v.Job:
@@ -67,22 +42,22 @@ def job_of(cmd: ConvertGuest, source: v2v.V2vSource | None) -> v2v.Job:
     )
 
 
-def register(
-    router: Router,
-    settings: Settings,
-    *,
-    providers: ProviderLookup = open_provider,
-    converter: v2v.Converter | None = None,
-) -> v2v.Converter:
-    """Add the ConvertGuest handler to ``router``; returns the converter it uses."""
-    if converter is None:
-        # virt-v2v runs as a workload of the configured platform: a child process tree
-        # locally, a conversion pod in a cluster.
-        platform = platforms.create(settings.platform, data_dir=settings.data_dir)
-        converter = v2v.Converter(settings.conversion, Path(settings.data_dir), platform)
+class ConversionHandlers:
+    """The conversion-service's handler, and what it needs: the converter (virt-v2v as a
+    workload of the platform), the way to open providers, the service's settings."""
 
-    @router.handler(ConvertGuest)
-    async def convert_guest(cmd: ConvertGuest, ctx: Context) -> GuestConverted:
+    def __init__(
+        self, settings: ConversionSettings, converter: v2v.Converter, providers: ProviderLookup
+    ) -> None:
+        self.settings = settings
+        self.converter = converter
+        self.providers = providers
+
+    def register(self, router: Router) -> None:
+        """One handler per command on ``router``."""
+        router.handler(ConvertGuest)(self.convert_guest)
+
+    async def convert_guest(self, cmd: ConvertGuest, ctx: Context) -> GuestConverted:
         if not cmd.volumes:
             raise PermanentError(f"no bound volumes to convert VM {cmd.inventory.name!r} into")
         lease = leases.Lease(
@@ -91,17 +66,19 @@ def register(
             cmd.vm,
             cmd.step,
             cmd.attempt,
-            settings.conversion.lease_seconds,
+            self.settings.lease_seconds,
         )
         earlier = await lease.done_before()
         if earlier is not None:
             ctx.log.info("conversion already completed; reporting its result again")
             return earlier
-        source = await _source(cmd, providers)
-        throttle = Throttle(settings.conversion.progress_interval_seconds)
+        source = await self._source(cmd)
+        throttle = Throttle(self.settings.progress_interval_seconds)
 
         async def progress(update: Progress) -> None:
-            if not throttle.admit(update):
+            if not throttle.admit(
+                cmd.vm, update.percent or 0.0, 100.0, (update.stage, update.disk)
+            ):
                 return
             event = ConversionProgress(
                 **cmd.reply(),
@@ -121,7 +98,7 @@ def register(
         try:
             async with lease.held():
                 ctx.log.info("converting %s (%s)", cmd.inventory.name, cmd.mode.value)
-                result = await converter.convert(job_of(cmd, source), progress)
+                result = await self.converter.convert(job_of(cmd, source), progress)
                 event = GuestConverted(
                     **cmd.reply(),
                     mode=cmd.mode,
@@ -142,15 +119,14 @@ def register(
             await lease.release()
             raise
 
-    return converter
-
-
-async def _source(cmd: ConvertGuest, providers: ProviderLookup) -> v2v.V2vSource | None:
-    if cmd.mode is not ConversionMode.FULL:
-        return None
-    try:
-        return await providers(cmd.provider)
-    except ProviderNotSupported as error:
-        raise PermanentError(str(error)) from None
-    except ProviderError as error:
-        raise TemporaryError(f"provider {cmd.provider.provider!r}: {error}", delay=30.0) from None
+    async def _source(self, cmd: ConvertGuest) -> v2v.V2vSource | None:
+        if cmd.mode is not ConversionMode.FULL:
+            return None
+        try:
+            return await self.providers(cmd.provider)
+        except ProviderNotSupported as error:
+            raise PermanentError(str(error)) from None
+        except ProviderError as error:
+            raise TemporaryError(
+                f"provider {cmd.provider.provider!r}: {error}", delay=30.0
+            ) from None

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferry.platform.settings import PlatformSettings
+from ferry.runtime.providers import ProvidersSettings
 from ferry.runtime.settings import ServiceSettings, WorkersSettings
 
 
@@ -106,6 +107,12 @@ class Settings(ServiceSettings):
     platform: PlatformSettings = Field(
         default_factory=PlatformSettings, description=PlatformSettings.__doc__
     )
+    providers: ProvidersSettings = Field(
+        default_factory=ProvidersSettings, description=ProvidersSettings.__doc__
+    )
     conversion: ConversionSettings = Field(
         default_factory=ConversionSettings, description=ConversionSettings.__doc__
     )
+
+    def secrets_dir(self) -> Path:
+        return self.providers.root(self.data_dir)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from ferry.bus import Bus, Context
+from ferry.bus import Bus, Context, Router
 from ferry.migration_controller import planning
 from ferry.migration_controller.completion import Completion
 from ferry.migration_controller.scheduler import Scheduler
@@ -58,6 +58,10 @@ class Admission:
         self._completion = completion
         self._sources = sources
         self._clock = clock
+
+    def register(self, router: Router) -> None:
+        """``migration.start`` on the command router (never canceled: it starts the work)."""
+        router.handler(migration.StartMigration, cancelable=False)(self.on_start)
 
     async def on_start(self, cmd: migration.StartMigration, ctx: Context) -> None:
         await self.start_migration(cmd.migration, cmd.cutover)
@@ -155,7 +159,7 @@ class Admission:
     async def _inventory(self, source: objects.Provider) -> tuple[list[InventoryVm] | None, str]:
         ref = SourceRef(provider=source.name, type=source.spec.type, url=source.spec.url)
         try:
-            provider = self._sources.get(ref)
+            provider = await self._sources.get(ref)
             await provider.check()
             return await provider.inventory(), ""
         except Exception as err:

@@ -30,15 +30,16 @@ from ferry.migration_controller import engine, steps
 from ferry.migration_controller.admission import Admission
 from ferry.migration_controller.completion import Completion
 from ferry.migration_controller.driver import Driver
-from ferry.migration_controller.reactions import COMPLETIONS, FAILURES, Reactions
+from ferry.migration_controller.reactions import Reactions
 from ferry.migration_controller.scheduler import Scheduler
-from ferry.migration_controller.settings import ControllerSettings
-from ferry.migration_controller.sources import ProviderFactory, Sources, default_providers
+from ferry.migration_controller.settings import ControllerSettings, Settings
+from ferry.migration_controller.sources import Sources
 from ferry.migration_controller.store import Objects, VmStates
 from ferry.migration_controller.timers import Timers
-from ferry.proto import conversion, migration, objects, subjects, volume
+from ferry.proto import objects, subjects
 from ferry.proto.phases import StepStatus, VmStatus
 from ferry.proto.subjects import Service
+from ferry.runtime.providers import OpenProvider, Providers
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Controller:
         bus: Bus,
         settings: ControllerSettings,
         *,
-        providers: ProviderFactory = default_providers,
+        providers: OpenProvider | None = None,
         hooks: steps.Hooks | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -59,6 +60,8 @@ class Controller:
         self.settings = settings
         self.objects = Objects(bus)
         self.vms = VmStates(bus)
+        if providers is None:
+            providers = Providers.mounted(bus, settings.providers, settings.data_dir)
         sources = Sources(providers)
         self.scheduler = Scheduler(self.vms.require, self.objects)
         self.timers = Timers(clock)
@@ -96,9 +99,8 @@ class Controller:
 
     def _command_router(self) -> Router:
         router = Router(Service.CONTROLLER)
-        router.handler(migration.StartMigration, cancelable=False)(self.admission.on_start)
-        router.handler(migration.CancelMigration, cancelable=False)(self.reactions.on_cancel)
-        router.handler(migration.Cutover, cancelable=False)(self.reactions.on_cutover)
+        self.admission.register(router)
+        self.reactions.register_commands(router)
         return router
 
     def _event_router(self) -> Router:
@@ -110,15 +112,7 @@ class Controller:
                 filter_subjects=[subjects.events_of(s) for s in services],
             ),
         )
-        react = self.reactions
-        for done in COMPLETIONS:
-            router.handler(done, cancelable=False)(react.on_completed)
-        for failed in FAILURES:
-            router.handler(failed, cancelable=False)(react.on_failed)
-        router.handler(volume.DiskProgress, cancelable=False)(react.on_disk_progress)
-        router.handler(conversion.ConversionProgress, cancelable=False)(
-            react.on_conversion_progress
-        )
+        self.reactions.register_events(router)
         return router
 
     # -- Runnable ----------------------------------------------------------------------
@@ -196,7 +190,7 @@ def build_router(
     bus: Bus,
     settings: ControllerSettings,
     *,
-    providers: ProviderFactory = default_providers,
+    providers: OpenProvider | None = None,
     hooks: steps.Hooks | None = None,
 ) -> Controller:
     """The controller as the runtime runs it: ``await build_router(bus, s).run(bus, …)``.
@@ -208,4 +202,4 @@ def build_router(
     return Controller(bus, settings, providers=providers, hooks=hooks)
 
 
-Settings = ControllerSettings
+__all__ = ["Controller", "Settings", "build_router"]

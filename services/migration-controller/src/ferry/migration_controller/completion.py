@@ -64,7 +64,8 @@ class Completion:
         """Power the source on again if it ran; the change that records how it went."""
         try:
             if state.source_power == PowerState.ON.value:
-                await self._sources.get(state.provider).power_on(state.inventory)
+                provider = await self._sources.get(state.provider)
+                await provider.power_on(state.inventory)
         except Exception as err:
             log.error("could not restore the source power of %s: %s", state.name, err)
             now, why = now_iso(self._clock()), str(err)

@@ -5,18 +5,18 @@ Events are facts and arrive more than once or late; the engine ignores one that
 does not fit the VM's state (a step that is not running, a round or attempt
 that is over), so a reaction never has to ask whether it saw the event before.
 
-Progress arrives often: per VM it is stored and re-published at most every
-``progress_min_interval_seconds``, and always at 100 %.
+Progress arrives often: per disk of a VM it is stored and re-published at most
+every ``progress_min_interval_seconds``, and always when it reaches 100 % (the
+shared :class:`ferry.runtime.progress.Throttle`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import datetime
 
-from ferry.bus import Bus, Context, cancellation
+from ferry.bus import Bus, Context, Router, cancellation
 from ferry.migration_controller import engine, itinerary
 from ferry.migration_controller.driver import Driver
 from ferry.migration_controller.scheduler import Scheduler
@@ -26,6 +26,7 @@ from ferry.proto import conversion, migration, vm, volume
 from ferry.proto.base import Event, Failed, FailureOutcome, Message, StepEvent
 from ferry.proto.phases import Flow, StepStatus
 from ferry.proto.state import VmState
+from ferry.runtime.progress import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,21 @@ class Reactions:
         self._scheduler = scheduler
         self._driver = driver
         self._clock = clock
-        self._last_progress: dict[str, float] = {}
+        self._progress = Throttle(settings.controller.progress_min_interval_seconds)
+
+    def register_commands(self, router: Router) -> None:
+        """Cancel and cutover on the command router; a cancel must never be canceled."""
+        router.handler(migration.CancelMigration, cancelable=False)(self.on_cancel)
+        router.handler(migration.Cutover, cancelable=False)(self.on_cutover)
+
+    def register_events(self, router: Router) -> None:
+        """The services' results and progress on the event router."""
+        for done in COMPLETIONS:
+            router.handler(done, cancelable=False)(self.on_completed)
+        for failed in FAILURES:
+            router.handler(failed, cancelable=False)(self.on_failed)
+        router.handler(volume.DiskProgress, cancelable=False)(self.on_disk_progress)
+        router.handler(conversion.ConversionProgress, cancelable=False)(self.on_conversion_progress)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -143,20 +158,14 @@ class Reactions:
 
         await self._driver.transition(key, failed)
 
-    def _throttled(self, key: str, done: int, total: int) -> bool:
-        now = time.monotonic()
-        if (
-            done < total
-            and now - self._last_progress.get(key, 0.0)
-            < self._settings.controller.progress_min_interval_seconds
-        ):
-            return True
-        self._last_progress[key] = now
-        return False
+    def _throttled(self, key: str, step: str, disk: str, done: int, total: int) -> bool:
+        # Keyed per disk so that one disk's 100 % is never hidden by another's; the step
+        # is the stage, so a new round or step reporting the same numbers is still news.
+        return not self._progress.admit((key, disk), done, total, step)
 
     async def on_disk_progress(self, evt: volume.DiskProgress, ctx: Context) -> None:
         key = await self._known(evt)
-        if key is None or self._throttled(key, evt.done, evt.total):
+        if key is None or self._throttled(key, evt.step, evt.disk_id, evt.done, evt.total):
             return
         await self._driver.transition(
             key, lambda s: engine.progress(s, evt.step, evt.disk_id, evt.done, evt.total)
@@ -173,7 +182,7 @@ class Reactions:
             return  # only a full conversion copies disks; in place, the bytes are already there
         disk = state.inventory.disks[evt.disk - 1]
         done = int(disk.capacity * min(100.0, max(0.0, evt.percent)) / 100)
-        if self._throttled(key, done, disk.capacity):
+        if self._throttled(key, evt.step, disk.id, done, disk.capacity):
             return
         await self._driver.transition(
             key, lambda s: engine.progress(s, evt.step, disk.id, done, disk.capacity)

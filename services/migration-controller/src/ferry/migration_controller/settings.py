@@ -1,10 +1,15 @@
-"""The migration-controller's settings: the shared service settings plus a
-``controller`` group (``FERRY_CONTROLLER__MAX_ATTEMPTS`` …)."""
+"""The migration-controller's settings: the shared service settings, the
+``providers`` group every provider-opening service shares
+(``FERRY_PROVIDERS__SECRETS_DIR``), and a ``controller`` group of its own
+(``FERRY_CONTROLLER__MAX_ATTEMPTS`` …)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from ferry.runtime.providers import ProvidersSettings
 from ferry.runtime.settings import ServiceSettings, WorkersSettings
 
 
@@ -31,7 +36,8 @@ class ControllerGroup(BaseModel):
     progress_min_interval_seconds: float = Field(
         default=0.5,
         ge=0,
-        description="Per VM, progress is stored and re-published at most this often.",
+        description="Per disk of a VM, progress is stored and re-published at most this "
+        "often (and always when it reaches the total).",
     )
 
 
@@ -42,7 +48,19 @@ def _workers() -> WorkersSettings:
 
 
 class ControllerSettings(ServiceSettings):
+    """Everything the migration-controller reads at start-up."""
+
     workers: WorkersSettings = Field(default_factory=_workers, description=WorkersSettings.__doc__)
+    providers: ProvidersSettings = Field(
+        default_factory=ProvidersSettings, description=ProvidersSettings.__doc__
+    )
     controller: ControllerGroup = Field(
         default_factory=ControllerGroup, description=ControllerGroup.__doc__
     )
+
+    def secrets_dir(self) -> Path:
+        return self.providers.root(self.data_dir)
+
+
+Settings = ControllerSettings
+"""The name every service's ``settings.py`` gives its settings class."""

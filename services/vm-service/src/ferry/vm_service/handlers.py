@@ -13,47 +13,39 @@ guest's console when it did not boot in time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ferry.bus import Context, PermanentError, Router
 from ferry.platform import kubevirt
 from ferry.platform.vms import BootFailed, VmConflict, VmInfo, VmNotFound, VmPlatform
 from ferry.proto import vm
 from ferry.proto.base import Command
-
-
-@dataclass(frozen=True)
-class HandlerSettings:
-    """Limits the handlers apply on top of what each command asks for."""
-
-    max_boot_seconds: float | None = None  # caps PowerOn.boot_timeout_seconds when set
+from ferry.vm_service.settings import VmSettings
 
 
 def _owner(cmd: Command) -> dict[str, str]:
     return kubevirt.Owner(plan=cmd.plan, migration=cmd.migration, vm_id=cmd.vm).labels()
 
 
-async def _locate(platform: VmPlatform, cmd: vm.PowerOn | vm.PowerOff | vm.DeleteVm) -> VmInfo:
-    """The VM a command is about, found by its ownership labels.
+class VmHandlers:
+    """The vm-service's handlers, one method per command, and what they share: the
+    platform's VirtualMachines and the service's limits."""
 
-    Never by name alone: a VM of that name made by another migration is not
-    this command's to power on or delete.
-    """
-    found = await platform.find_vm(cmd.namespace, _owner(cmd))
-    if found is None:
-        raise VmNotFound(f"no VirtualMachine for VM {cmd.vm} in namespace {cmd.namespace}")
-    return found
+    def __init__(self, platform: VmPlatform, settings: VmSettings | None = None) -> None:
+        self.platform = platform
+        self.settings = settings or VmSettings()
 
+    def register(self, router: Router) -> None:
+        """One handler per command on ``router``."""
+        router.handler(vm.CreateVm)(self.create_vm)
+        router.handler(vm.PowerOn)(self.power_on)
+        router.handler(vm.PowerOff)(self.power_off)
+        # Clean-up of a canceled VM sends DeleteVm while the VM's cancel mark is set: it
+        # must run anyway, as the volume-service's CleanupVolumes does.
+        router.handler(vm.DeleteVm, cancelable=False)(self.delete_vm)
 
-def register(router: Router, platform: VmPlatform, settings: HandlerSettings | None = None) -> None:
-    """Add the vm-service's handlers to ``router``."""
-    limits = settings or HandlerSettings()
-
-    @router.handler(vm.CreateVm)
-    async def create_vm(cmd: vm.CreateVm, ctx: Context) -> vm.VmCreated:
+    async def create_vm(self, cmd: vm.CreateVm, ctx: Context) -> vm.VmCreated:
         try:
             manifest = kubevirt.from_create(cmd)
-            info = await platform.create_vm(manifest, cmd.volumes)
+            info = await self.platform.create_vm(manifest, cmd.volumes)
         except (ValueError, VmConflict) as error:  # BuildError, or a spec the platform cannot run
             raise PermanentError(f"cannot create the VirtualMachine: {error}") from None
         ctx.log.info(
@@ -67,14 +59,13 @@ def register(router: Router, platform: VmPlatform, settings: HandlerSettings | N
             existed=info.existed,
         )
 
-    @router.handler(vm.PowerOn)
-    async def power_on(cmd: vm.PowerOn, ctx: Context) -> vm.VmRunning:
+    async def power_on(self, cmd: vm.PowerOn, ctx: Context) -> vm.VmRunning:
         limit = float(cmd.boot_timeout_seconds)
-        if limits.max_boot_seconds is not None:
-            limit = min(limit, limits.max_boot_seconds)
+        if self.settings.max_boot_seconds is not None:
+            limit = min(limit, self.settings.max_boot_seconds)
         try:
-            found = await _locate(platform, cmd)
-            started = await platform.start_vm(found.namespace, found.name)
+            found = await self._locate(cmd)
+            started = await self.platform.start_vm(found.namespace, found.name)
             await ctx.emit(
                 vm.VmStarting(
                     **cmd.reply(),
@@ -82,7 +73,7 @@ def register(router: Router, platform: VmPlatform, settings: HandlerSettings | N
                     console=started.console,
                 )
             )
-            running = await platform.wait_running(found.namespace, found.name, limit)
+            running = await self.platform.wait_running(found.namespace, found.name, limit)
         except VmNotFound as error:
             raise PermanentError(str(error)) from None
         except BootFailed as error:
@@ -97,26 +88,33 @@ def register(router: Router, platform: VmPlatform, settings: HandlerSettings | N
             console=running.console,
         )
 
-    @router.handler(vm.PowerOff)
-    async def power_off(cmd: vm.PowerOff, ctx: Context) -> vm.VmStopped:
+    async def power_off(self, cmd: vm.PowerOff, ctx: Context) -> vm.VmStopped:
         try:
-            found = await _locate(platform, cmd)
+            found = await self._locate(cmd)
         except VmNotFound as error:
             raise PermanentError(str(error)) from None
-        stopped = await platform.stop_vm(found.namespace, found.name)
+        stopped = await self.platform.stop_vm(found.namespace, found.name)
         return vm.VmStopped(**cmd.reply(), name=stopped.name)
 
-    # Clean-up of a canceled VM sends DeleteVm while the VM's cancel mark is set: it
-    # must run anyway, as the volume-service's CleanupVolumes does.
-    @router.handler(vm.DeleteVm, cancelable=False)
-    async def delete_vm(cmd: vm.DeleteVm, ctx: Context) -> vm.VmDeleted:
+    async def delete_vm(self, cmd: vm.DeleteVm, ctx: Context) -> vm.VmDeleted:
         # Deleting what is already gone succeeds: a redelivery must not fail the step.
         try:
-            found = await _locate(platform, cmd)
+            found = await self._locate(cmd)
         except VmNotFound:
             return vm.VmDeleted(
                 **cmd.reply(),
                 name=kubevirt.dns_label(cmd.target_name) if cmd.target_name else "",
             )
-        await platform.delete_vm(found.namespace, found.name)
+        await self.platform.delete_vm(found.namespace, found.name)
         return vm.VmDeleted(**cmd.reply(), name=found.name)
+
+    async def _locate(self, cmd: vm.PowerOn | vm.PowerOff | vm.DeleteVm) -> VmInfo:
+        """The VM a command is about, found by its ownership labels.
+
+        Never by name alone: a VM of that name made by another migration is not
+        this command's to power on or delete.
+        """
+        found = await self.platform.find_vm(cmd.namespace, _owner(cmd))
+        if found is None:
+            raise VmNotFound(f"no VirtualMachine for VM {cmd.vm} in namespace {cmd.namespace}")
+        return found

@@ -2,8 +2,9 @@
 
 The platform comes from the platform factory, configured by the shared
 ``platform`` settings group (the service never imports an implementation);
-providers are opened per command from the objects bucket and mounted secrets.
-Tests may hand in their own platform or provider lookup.
+providers are opened per command by :class:`ferry.runtime.providers.Providers`,
+from the objects bucket and the mounted secrets. Tests may hand in their own
+platform or provider lookup.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from ferry.bus import Bus, Router
 from ferry.platform import factory
 from ferry.platform.volumes import VolumePlatform
 from ferry.proto.subjects import Service
-from ferry.volume_service import handlers
+from ferry.runtime.providers import OpenProvider, Providers
+from ferry.volume_service.handlers import VolumeHandlers
 from ferry.volume_service.settings import Settings, VolumeSettings
-from ferry.volume_service.sources import MountedSecrets, OpenProvider, Providers
 
 __all__ = ["Settings", "VolumeSettings", "build_router"]
 
@@ -30,9 +31,9 @@ def build_router(
     if platform is None:
         platform = factory.create(settings.platform, data_dir=settings.data_dir)
     if providers is None:
-        providers = Providers(bus, MountedSecrets(settings.secrets_dir()))
+        providers = Providers.mounted(bus, settings.providers, settings.data_dir)
     router = Router(Service.VOLUME)
-    handlers.register(
-        router, platform, providers, settings.volumes, settings.platform.filesystem_overhead
-    )
+    VolumeHandlers(
+        platform, providers, settings.volumes, settings.platform.filesystem_overhead
+    ).register(router)
     return router

@@ -39,13 +39,14 @@ from ferry.platform.volumes import (
 )
 from ferry.proto import volume
 from ferry.proto.inventory import Disk, DiskCopy, VolumeMode, VolumeTarget
-from ferry.proto.volume import VolumeSource
+from ferry.proto.volume import SourceRef, VolumeSource
 from ferry.providers.base import Provider
+from ferry.runtime.progress import Throttle
+from ferry.runtime.providers import OpenProvider
 from ferry.volume_service.failures import classify
 from ferry.volume_service.images import image_ref
-from ferry.volume_service.progress import ProgressRelay, Throttle
+from ferry.volume_service.progress import ProgressRelay
 from ferry.volume_service.settings import VolumeSettings
-from ferry.volume_service.sources import OpenProvider
 
 _FORMATS = {"raw", "qcow2"}
 
@@ -63,7 +64,8 @@ def outcome(what: str) -> Iterator[None]:
 
 
 class VolumeHandlers:
-    """The handlers, bound to one platform, one way to open providers, one set of settings."""
+    """The volume-service's handlers, one method per command, and what they share: the
+    platform, the way to open providers, the service's settings."""
 
     def __init__(
         self,
@@ -77,6 +79,14 @@ class VolumeHandlers:
         self.settings = settings
         # The platform's own figure, so a request that cannot fit fails before anything exists.
         self.filesystem_overhead = filesystem_overhead
+
+    def register(self, router: Router) -> None:
+        """One handler per command on ``router``."""
+        router.handler(volume.CreateVolumes)(self.create_volumes)
+        router.handler(volume.AllocateDisks)(self.allocate_disks)
+        router.handler(volume.CopyDisks)(self.copy_disks)
+        # Clean-up must run for a canceled VM: it is how a cancel removes the volumes.
+        router.handler(volume.CleanupVolumes, cancelable=False)(self.cleanup_volumes)
 
     # -- CreateVolumes -------------------------------------------------------------
 
@@ -173,7 +183,7 @@ class VolumeHandlers:
             )
         claims = await self._claims_for_copy(cmd)
         pending = [d for d in cmd.inventory.disks if _copy_of(claims[d.id]) is None]
-        provider = await self.providers(cmd.provider) if pending else None
+        provider = await self._provider(cmd.provider) if pending else None
         throttle = Throttle(self.settings.progress_interval_seconds)
         try:
             async with ProgressRelay(ctx.emit, _progress_event(cmd), throttle) as relay:
@@ -201,6 +211,10 @@ class VolumeHandlers:
             precopy=cmd.precopy,
             volumes=[v.to_proto() for v in bound],
         )
+
+    async def _provider(self, ref: SourceRef) -> Provider:
+        with outcome(f"provider {ref.provider!r}"):
+            return await self.providers(ref)
 
     async def _claims_for_copy(self, cmd: volume.CopyDisks) -> dict[str, VolumeState]:
         if not cmd.inventory.disks:
@@ -314,20 +328,3 @@ def _progress_event(cmd: volume.CopyDisks) -> Callable[[TransferProgress], volum
         )
 
     return make
-
-
-def register(
-    router: Router,
-    platform: VolumePlatform,
-    providers: OpenProvider,
-    settings: VolumeSettings,
-    filesystem_overhead: float = DEFAULT_FILESYSTEM_OVERHEAD,
-) -> VolumeHandlers:
-    """Add the four handlers to ``router``; returns the object that holds them."""
-    handlers = VolumeHandlers(platform, providers, settings, filesystem_overhead)
-    router.handler(volume.CreateVolumes)(handlers.create_volumes)
-    router.handler(volume.AllocateDisks)(handlers.allocate_disks)
-    router.handler(volume.CopyDisks)(handlers.copy_disks)
-    # Clean-up must run for a canceled VM: it is how a cancel removes the volumes.
-    router.handler(volume.CleanupVolumes, cancelable=False)(handlers.cleanup_volumes)
-    return handlers

@@ -3,11 +3,11 @@
 The platform reports progress through a plain callback, possibly from a worker
 thread, possibly many times a second. Publishing is a coroutine on the
 service's event loop. :class:`ProgressRelay` bridges the two: the callback only
-schedules a hand-off onto the loop (``call_soon_threadsafe``), a
-:class:`Throttle` keeps at most one report per disk per interval (plus the first
-and the last), and one publisher task sends the newest admitted report of each
-disk. If the bus is slower than the copy, older reports are replaced rather than
-queued, so memory stays flat and the bus is never flooded.
+schedules a hand-off onto the loop (``call_soon_threadsafe``), the shared
+:class:`ferry.runtime.progress.Throttle` keeps at most one report per disk per
+interval (plus the first and the last), and one publisher task sends the newest
+admitted report of each disk. If the bus is slower than the copy, older reports
+are replaced rather than queued, so memory stays flat and the bus is never flooded.
 """
 
 from __future__ import annotations
@@ -15,39 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from ferry.platform.volumes import TransferProgress
 from ferry.proto.volume import DiskProgress
+from ferry.runtime.progress import Throttle
 
 log = logging.getLogger("ferry.volume_service.progress")
-
-
-class Throttle:
-    """Per disk: admit the first report, the one that reaches the total, and any
-    report that moved after at least ``interval`` seconds since the last admitted one."""
-
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self._clock = clock
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def admit(self, disk_id: str, done: int, total: int) -> bool:
-        now = self._clock()
-        last = self._last.get(disk_id)
-        if last is None:
-            self._last[disk_id] = (now, done)
-            return True
-        at, last_done = last
-        finished = done >= total and last_done < total
-        moved = done != last_done and now - at >= self.interval
-        if finished or moved:
-            self._last[disk_id] = (now, done)
-            return True
-        return False
-
 
 Emit = Callable[[DiskProgress], Awaitable[None]]
 Make = Callable[[TransferProgress], DiskProgress]

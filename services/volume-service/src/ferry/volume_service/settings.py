@@ -5,9 +5,11 @@ a ``volumes`` group of its own, read from ``FERRY_…`` variables
 
 Where target disks live and how a transfer runs (storage root, copy threads,
 checkpoints, read-back) belong to the platform and are set under
-``FERRY_PLATFORM__LOCAL__…``; this group keeps what is the service's own: how many
-disks of a VM move at once, how often progress reaches the bus, where provider
-secrets are mounted.
+``FERRY_PLATFORM__LOCAL__…``; where provider secrets are mounted is the
+``providers`` group every provider-opening service shares
+(``FERRY_PROVIDERS__SECRETS_DIR``). The ``volumes`` group keeps what is the
+service's own: how many disks of a VM move at once, how often progress reaches
+the bus.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferry.platform.settings import PlatformSettings
+from ferry.runtime.providers import ProvidersSettings
 from ferry.runtime.settings import ServiceSettings
 
 
 class VolumeSettings(BaseModel):
-    """How hard one replica drives its transfers, and where provider secrets are."""
+    """How hard one replica drives its transfers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -37,12 +40,6 @@ class VolumeSettings(BaseModel):
         le=32,
         description="Disks of one VM copied at the same time (each in its own workload).",
     )
-    secrets_dir: Path | None = Field(
-        default=None,
-        description="Where provider secrets are mounted: <secrets_dir>/<namespace>/<name>/<key>, "
-        "one file per key (the layout of a Kubernetes Secret volume). Unset: "
-        "<data_dir>/secrets. Values are never logged.",
-    )
 
 
 class Settings(ServiceSettings):
@@ -51,9 +48,12 @@ class Settings(ServiceSettings):
     platform: PlatformSettings = Field(
         default_factory=PlatformSettings, description=PlatformSettings.__doc__
     )
+    providers: ProvidersSettings = Field(
+        default_factory=ProvidersSettings, description=ProvidersSettings.__doc__
+    )
     volumes: VolumeSettings = Field(
         default_factory=VolumeSettings, description=VolumeSettings.__doc__
     )
 
     def secrets_dir(self) -> Path:
-        return self.volumes.secrets_dir or Path(self.data_dir) / "secrets"
+        return self.providers.root(self.data_dir)

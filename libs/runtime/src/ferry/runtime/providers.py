@@ -1,12 +1,15 @@
-"""Opening the source side of a copy: the provider named by a command, and its secret.
+"""The one way a service opens the source a command names: Provider object, secret, factory.
 
 A command names its provider (``SourceRef``) and never carries credentials.
 The Provider object people applied (in the objects bucket) says where the
 source is and which Secret holds its credentials; the secret is read here,
 from the mounted secrets directory, handed to the provider factory and
-nowhere else: it is never logged, put in an event, or on a command line.
-When the object is not in the bucket (a command built by hand, a test) the
-reference itself is the spec, without a secret.
+nowhere else: it is never logged, put in an event, on a command line or in a
+child's environment. When the object is not in the bucket (a command built by
+hand, a test) the reference itself is the spec, without a secret.
+
+It lives in the runtime because it joins two libraries that may not know each
+other: the bus (the objects bucket) and the providers (the factory).
 """
 
 from __future__ import annotations
@@ -16,16 +19,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from ferry.bus import Bus, PermanentError
 from ferry.proto import objects, subjects
 from ferry.proto.inventory import ProviderType
 from ferry.proto.subjects import Bucket
 from ferry.proto.volume import SourceRef
 from ferry.providers import factory
-from ferry.providers.base import Provider, ProviderError
+from ferry.providers.base import Provider
 
 OpenProvider = Callable[[SourceRef], Awaitable[Provider]]
-"""What the handlers use to get a provider for a command's ``SourceRef``."""
+"""What a service's handlers use to get a provider for a command's ``SourceRef``;
+tests hand in their own."""
+
+
+class ProvidersSettings(BaseModel):
+    """Where the secrets of the Provider objects are mounted on this replica."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    secrets_dir: Path | None = Field(
+        default=None,
+        description="Where provider secrets are mounted: <secrets_dir>/<namespace>/<name>/<key>, "
+        "one file per key (the layout of a Kubernetes Secret volume). Unset: "
+        "<data_dir>/secrets. Values are never logged.",
+    )
+
+    def root(self, data_dir: Path) -> Path:
+        return self.secrets_dir or Path(data_dir) / "secrets"
 
 
 @dataclass(frozen=True)
@@ -74,19 +96,29 @@ def _component(value: str) -> str:
 
 
 class Providers:
-    """Resolves a ``SourceRef`` to a ready provider (Provider object + secret → factory)."""
+    """Resolves a ``SourceRef`` to a ready provider (Provider object + secret → factory).
+
+    What is wrong with the stored object or its secret is a :class:`PermanentError`;
+    the factory's own :class:`~ferry.providers.base.ProviderError` passes through
+    unchanged, for each service to judge as it always has.
+    """
 
     def __init__(self, bus: Bus | None, secrets: SecretStore) -> None:
         self._bus = bus
         self._secrets = secrets
 
-    async def __call__(self, ref: SourceRef) -> Provider:
+    @classmethod
+    def mounted(cls, bus: Bus | None, settings: ProvidersSettings, data_dir: Path) -> Providers:
+        """Secrets read from the directory ``settings`` names (or ``<data_dir>/secrets``)."""
+        return cls(bus, MountedSecrets(settings.root(data_dir)))
+
+    async def open(self, ref: SourceRef) -> Provider:
         spec, secret_ref = await self._spec(ref)
         secret = self._secrets.read(*secret_ref) if secret_ref is not None else None
-        try:
-            return factory.create(spec, secret)
-        except ProviderError as exc:
-            raise PermanentError(f"provider {ref.provider!r}: {exc}") from None
+        return factory.create(spec, secret)
+
+    async def __call__(self, ref: SourceRef) -> Provider:
+        return await self.open(ref)
 
     async def _spec(self, ref: SourceRef) -> tuple[Spec, tuple[str, str] | None]:
         doc = await self._document(ref.provider)
