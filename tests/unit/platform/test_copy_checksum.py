@@ -7,7 +7,7 @@ import errno
 from blake3 import blake3
 
 from ferry.platform import errors
-from ferry.platform.copy import checksum, engine
+from ferry.platform.copy import checksum, chunks
 from ferry.proto.inventory import Extent
 
 KiB = 1024
@@ -46,7 +46,7 @@ def test_chunk_groups_clip_extents_at_chunk_edges_and_skip_empty_chunks() -> Non
     size = 16 * MiB
     extents = [Extent(3 * MiB, 2 * MiB), Extent(13 * MiB, 4096)]
     # When grouped
-    groups = list(engine.chunk_groups(iter(extents), size))
+    groups = list(chunks.chunk_groups(iter(extents), size))
     # Then chunk 0 and 1 each get their part; 2 is skipped; 3 gets its extent
     assert groups == [
         (0, [Extent(3 * MiB, MiB)]),
@@ -59,11 +59,11 @@ def test_block_ranges_round_out_to_64k_and_merge() -> None:
     # Given two small extents in the same 64 KiB block and one further on
     group = [Extent(100, 10), Extent(200, 10), Extent(70 * KiB, 1)]
     # When rounded to blocks inside a chunk starting at 0
-    ranges = engine._block_ranges(group, 0, 4 * MiB)
+    ranges = chunks.block_ranges(group, 0, 4 * MiB)
     # Then the first two share block 0, and block 1 follows it, so one read covers all
     assert ranges == [(0, 128 * KiB)]
     # And a far extent stays a separate read
-    assert engine._block_ranges([Extent(0, 1), Extent(MiB, 1)], 0, 4 * MiB) == [
+    assert chunks.block_ranges([Extent(0, 1), Extent(MiB, 1)], 0, 4 * MiB) == [
         (0, 64 * KiB),
         (MiB, MiB + 64 * KiB),
     ]

@@ -40,10 +40,8 @@ disk without re-reading it.
 from __future__ import annotations
 
 import collections
-import ctypes
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,14 +49,11 @@ from pathlib import Path
 import msgspec
 
 from ferry.platform import errors
-from ferry.platform.copy import checksum
+from ferry.platform.copy import checksum, chunks, holes
 from ferry.platform.copy.checkpoint import Checkpoint, State
-from ferry.platform.copy.sink import DIRECT_ALIGN, DiskSink, RangeWriter
-from ferry.platform.copy.source import DiskSource, RangeReader
-from ferry.proto.inventory import Checksum, Extent
-
-_ZEROS = bytes(checksum.BLOCK)
-_ZEROS_CHUNK = bytes(checksum.CHUNK)
+from ferry.platform.copy.sink import DiskSink
+from ferry.platform.copy.source import DiskSource
+from ferry.proto.inventory import Checksum
 
 
 @dataclass(frozen=True)
@@ -100,164 +95,6 @@ class Result:
 
 
 ProgressCallback = Callable[[Progress], None]
-
-
-@dataclass(frozen=True)
-class _ChunkDone:
-    leaf: bytes
-    read: int  # bytes read: the allocated extents rounded out to whole blocks
-    written: int
-    allocated: int = 0  # bytes of allocated extents in the chunk (what progress counts)
-
-
-def chunk_groups(extents: Iterator[Extent], size: int) -> Iterator[tuple[int, list[Extent]]]:
-    """Extents clipped and grouped by chunk, chunks in order, empty chunks skipped."""
-    current = -1
-    group: list[Extent] = []
-    for ext in extents:
-        start, end = ext.offset, min(ext.offset + ext.length, size)
-        while start < end:
-            index = start // checksum.CHUNK
-            stop = min(end, (index + 1) * checksum.CHUNK)
-            if index != current:
-                if group:
-                    yield current, group
-                current, group = index, []
-            group.append(Extent(start, stop - start))
-            start = stop
-    if group:
-        yield current, group
-
-
-def _block_ranges(group: list[Extent], chunk_start: int, chunk_len: int) -> list[tuple[int, int]]:
-    """The chunk-relative ranges to read: extents rounded out to whole blocks, merged."""
-    out: list[tuple[int, int]] = []
-    block = checksum.BLOCK
-    for ext in group:
-        a = (ext.offset - chunk_start) // block * block
-        b = min(-(-(ext.offset + ext.length - chunk_start) // block) * block, chunk_len)
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
-def aligned_buffer(size: int) -> tuple[bytearray, int, memoryview]:
-    """A bytearray with a page-aligned window of ``size`` bytes (direct I/O needs it).
-
-    Returns the array, where the window starts in it, and the window. The
-    array is never resized (the window's export forbids it), so it never moves.
-    """
-    array = bytearray(size + DIRECT_ALIGN)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(array))
-    base = -address % DIRECT_ALIGN
-    return array, base, memoryview(array)[base : base + size]
-
-
-class _Thread:
-    """One worker thread's buffers and connections (never shared between threads).
-
-    ``buffer[base + i]`` is byte ``i`` of the chunk, ``view`` the same window.
-    """
-
-    def __init__(self, reader: RangeReader, writer: RangeWriter | None, check: RangeReader | None):
-        self.buffer, self.base, self.view = aligned_buffer(checksum.CHUNK)
-        self.reader = reader
-        self.writer = writer
-        self.check = check  # reads the target back, when verifying
-        self.echo = aligned_buffer(checksum.CHUNK)[2] if check is not None else None
-
-
-class _Workers:
-    """Per-thread buffers, readers and writers, closed together at the end."""
-
-    def __init__(self, source: DiskSource, sink: DiskSink | None, verify: bool = False) -> None:
-        self._source = source
-        self._sink = sink
-        self._verify = verify and sink is not None
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._opened: list[RangeReader | RangeWriter] = []
-
-    def _get(self) -> _Thread:
-        local = self._local
-        if not hasattr(local, "thread"):
-            reader = self._source.reader()
-            with self._lock:
-                self._opened.append(reader)
-            writer = check = None
-            if self._sink is not None:
-                writer = self._sink.writer()
-                with self._lock:
-                    self._opened.append(writer)
-                if self._verify:
-                    check = self._sink.reader()
-                    with self._lock:
-                        self._opened.append(check)
-            local.thread = _Thread(reader, writer, check)
-        thread: _Thread = local.thread
-        return thread
-
-    def chunk(self, index: int, group: list[Extent], size: int) -> _ChunkDone:
-        t = self._get()
-        start, length = checksum.chunk_span(index, size)
-        digests = checksum.block_digests_of_zeros(length)
-        read = written = 0
-        for a, b in _block_ranges(group, start, length):
-            t.reader.readinto(start + a, t.view[a:b])
-            read += b - a
-            written += self._hash_and_write(t, start, a, b, digests)
-            if t.check is not None:
-                _compare(t, start, a, b)
-        if written and self._sink is not None:
-            self._sink.start_writeback(start, length)
-        allocated = sum(ext.length for ext in group)
-        return _ChunkDone(checksum.leaf(digests), read, written, allocated)
-
-    @staticmethod
-    def _hash_and_write(t: _Thread, start: int, a: int, b: int, digests: list[bytes]) -> int:
-        """Hash the blocks of ``[a, b)``, write its non-zero runs; the bytes written."""
-        buffer, base, view, writer = t.buffer, t.base, t.view, t.writer
-        block = checksum.BLOCK
-        zeros = memoryview(_ZEROS)
-        written = 0
-        run = -1
-        for offset in range(a, b, block):
-            n = min(block, b - offset)
-            if buffer.startswith(zeros[:n], base + offset, base + offset + n):
-                if run >= 0 and writer is not None:
-                    writer.write(start + run, view[run:offset])
-                    written += offset - run
-                run = -1
-                continue
-            digests[offset // block] = checksum.block_digest(view[offset : offset + n])
-            if run < 0:
-                run = offset
-        if run >= 0 and writer is not None:
-            writer.write(start + run, view[run:b])
-            written += b - run
-        return written
-
-    def close(self) -> None:
-        for one in self._opened:
-            one.close()
-
-
-def _compare(t: _Thread, start: int, a: int, b: int) -> None:
-    """Read ``[a, b)`` of the chunk back from the target; it must equal what was hashed.
-
-    The whole range is compared, the zero blocks that were skipped included
-    (they must read back as zeros), with one ``memcmp`` and no copy.
-    """
-    assert t.check is not None and t.echo is not None
-    echo = t.echo[a:b]
-    t.check.readinto(start + a, echo)
-    if not t.buffer.startswith(echo, t.base + a, t.base + b):
-        raise errors.ChecksumMismatchError(
-            f"the target reads back different bytes than were written in "
-            f"[{start + a}, {start + b}): the write did not land"
-        )
 
 
 class _Pacer:
@@ -325,13 +162,15 @@ def _run(
     sink: DiskSink | None,
     first: int,
     options: Options,
-    on_chunk: Callable[[int, _ChunkDone], None],
+    on_chunk: Callable[[int, chunks.ChunkDone], None],
     verify: bool = False,
 ) -> None:
     """Feed chunks from ``first`` on through the workers; ``on_chunk`` sees them in order."""
     size = source.size
-    workers = _Workers(source, sink, verify)
-    inflight: collections.deque[tuple[int, Future[_ChunkDone] | _ChunkDone]] = collections.deque()
+    workers = chunks.Workers(source, sink, verify)
+    inflight: collections.deque[tuple[int, Future[chunks.ChunkDone] | chunks.ChunkDone]] = (
+        collections.deque()
+    )
     threads = _threads(options, verify)
     limit = threads * 2
 
@@ -345,20 +184,22 @@ def _run(
         with ThreadPoolExecutor(max_workers=threads) as pool:
             try:
                 expected = first
-                for index, group in chunk_groups(source.extents(), size):
+                for index, group in chunks.chunk_groups(source.extents(), size):
                     if index < first:
                         continue
                     for hole in range(expected, index):
                         _, length = checksum.chunk_span(hole, size)
                         leaf = checksum.zero_chunk_leaf(length)
-                        inflight.append((hole, _ChunkDone(leaf, 0, 0)))
+                        inflight.append((hole, chunks.ChunkDone(leaf, 0, 0)))
                         drain(limit)
                     inflight.append((index, pool.submit(workers.chunk, index, group, size)))
                     drain(limit)
                     expected = index + 1
                 for hole in range(expected, checksum.chunk_count(size)):
                     _, length = checksum.chunk_span(hole, size)
-                    inflight.append((hole, _ChunkDone(checksum.zero_chunk_leaf(length), 0, 0)))
+                    inflight.append(
+                        (hole, chunks.ChunkDone(checksum.zero_chunk_leaf(length), 0, 0))
+                    )
                     drain(limit)
                 drain(0)
             except BaseException:
@@ -376,7 +217,7 @@ def digest(source: DiskSource, options: Options | None = None) -> Checksum:
     leaves: list[bytes] = []
     total = [0]
 
-    def keep(_index: int, done: _ChunkDone) -> None:
+    def keep(_index: int, done: chunks.ChunkDone) -> None:
         leaves.append(done.leaf)
         total[0] += done.read
 
@@ -435,9 +276,9 @@ def copy(
     if options.verify or options.rehash:
         target = sink.reopen_for_reading()
         try:
-            sized = _Sized(target, size)
+            sized = holes.Sized(target, size)
             if options.verify:
-                _holes_read_as_zeros(source, sized)
+                holes.holes_read_as_zeros(source, sized)
             if options.rehash:
                 target_sum = digest(sized, options)
         finally:
@@ -459,66 +300,6 @@ def copy(
     )
 
 
-def _rounded(extents: Iterator[Extent], size: int) -> Iterator[tuple[int, int]]:
-    """``[start, end)`` of extents rounded out to whole blocks (what the copy reads), merged."""
-    block = checksum.BLOCK
-    current: tuple[int, int] | None = None
-    for ext in extents:
-        a = ext.offset // block * block
-        b = min(-(-(ext.offset + ext.length) // block) * block, size)
-        if current is not None and a <= current[1]:
-            current = (current[0], max(current[1], b))
-            continue
-        if current is not None:
-            yield current
-        current = (a, b)
-    if current is not None:
-        yield current
-
-
-def _uncovered(target: Iterator[Extent], covered: Iterator[tuple[int, int]]) -> Iterator[Extent]:
-    """The parts of the target's data extents that lie outside ``covered`` (both sorted)."""
-    cover = next(covered, None)
-    for ext in target:
-        a, end = ext.offset, ext.offset + ext.length
-        while a < end:
-            while cover is not None and cover[1] <= a:
-                cover = next(covered, None)
-            if cover is None or end <= cover[0]:
-                yield Extent(a, end - a)
-                break
-            if a < cover[0]:
-                yield Extent(a, cover[0] - a)
-            a = cover[1]
-
-
-def _holes_read_as_zeros(source: DiskSource, target: DiskSource) -> None:
-    """Everything the copy did not compare must be zeros in the target (after the flush).
-
-    The workers compared every block-rounded range they read from the source;
-    what is left is the source's holes. The target's own allocation map says
-    where it could hold anything but zeros there (stale data from a resumed
-    attempt, a stray write); those few ranges are read and must be zeros.
-    """
-    size = target.size
-    stray = _uncovered(target.extents(), _rounded(source.extents(), size))
-    reader = target.reader()
-    buffer = bytearray(checksum.CHUNK)
-    try:
-        for ext in stray:
-            for offset in range(ext.offset, ext.offset + ext.length, len(buffer)):
-                n = min(len(buffer), ext.offset + ext.length - offset)
-                view = memoryview(buffer)[:n]
-                reader.readinto(offset, view)
-                if not buffer.startswith(memoryview(_ZEROS_CHUNK)[:n]):
-                    raise errors.ChecksumMismatchError(
-                        f"the target holds data at [{offset}, {offset + n}), "
-                        "where the source is a hole"
-                    )
-    finally:
-        reader.close()
-
-
 class _Ledger:
     """Records finished chunks in order and commits checkpoints at the set cadence."""
 
@@ -533,7 +314,7 @@ class _Ledger:
         self._since = 0
         self._at = time.monotonic()
 
-    def record(self, index: int, done: _ChunkDone) -> None:
+    def record(self, index: int, done: chunks.ChunkDone) -> None:
         self._checkpoint.put_leaf(index, done.leaf)
         self.state = msgspec.structs.replace(
             self.state, watermark=index + 1, bytes_written=self.state.bytes_written + done.written
@@ -548,30 +329,3 @@ class _Ledger:
             self._checkpoint.commit(self.state)
             self._since, self._at = 0, now
         self._pacer.advance(done.allocated)
-
-
-class _Sized:
-    """A source seen with a given size (a target may be larger than the disk)."""
-
-    def __init__(self, inner: DiskSource, size: int) -> None:
-        self._inner = inner
-        self._size = size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def extents(self) -> Iterator[Extent]:
-        for ext in self._inner.extents():
-            if ext.offset >= self._size:
-                return
-            yield Extent(ext.offset, min(ext.length, self._size - ext.offset))
-
-    def reader(self) -> RangeReader:
-        return self._inner.reader()
-
-    def identity(self) -> str:
-        return self._inner.identity()
-
-    def close(self) -> None:
-        self._inner.close()
