@@ -93,7 +93,9 @@ def test_a_killed_process_is_restarted_and_its_signal_recorded(
     assert saved is not None and saved.services[0].pid == stack.services[0].pid
     assert saved.supervision["svc"].restarts == 1
     notes = [json.loads(line) for line in supervisor.log.read_text().splitlines()]
-    assert {"event": "exited", "process": "svc", "exit": "signal SIGKILL"}.items() <= notes[0].items()
+    assert {"event": "exited", "process": "svc", "exit": "signal SIGKILL"}.items() <= notes[
+        0
+    ].items()
     assert notes[1]["event"] == "restarted"
     # and the other process was left alone
     assert stack.supervision["bus"].restarts == 0
