@@ -54,7 +54,7 @@ class Program:
 class _Slot:
     program: Program
     popen: subprocess.Popen[bytes] | None  # None when adopted: not our child
-    failures: int = 0  # exits in a row, each after a fast run but the first
+    failures: int = 0  # fast failures in a row
     restart_at: float | None = None
     exits: list[str] = field(default_factory=list)
 
@@ -147,8 +147,9 @@ class Supervisor:
         how = describe_exit(slot.popen.poll() if slot.popen is not None else None)
         uptime = max(0.0, time.time() - seen.since)
         fast = uptime < self.policy.min_uptime
-        slot.failures = slot.failures + 1 if fast else 1
-        slot.exits = [*slot.exits, how][-self.policy.crash_loop_after :] if fast else [how]
+        # Only fast failures count towards a crash loop; a long run starts a new row.
+        slot.failures = slot.failures + 1 if fast else 0
+        slot.exits = [*slot.exits, how][-self.policy.crash_loop_after :] if fast else []
         seen.last_exit = how
         if fast and slot.failures >= self.policy.crash_loop_after:
             seen.health = Health.GAVE_UP
@@ -162,7 +163,7 @@ class Supervisor:
             self.note("gave up", process=name, exit=how, failures=slot.failures, log_tail=tail)
             self.say(f"{name} {how}; {seen.reason}")
             return
-        delay = self.policy.backoff(slot.failures)
+        delay = self.policy.backoff(max(1, slot.failures))
         seen.health = Health.BACKOFF
         slot.restart_at = now + delay
         self.note("exited", process=name, exit=how, uptime=round(uptime, 1), restart_in=delay)
