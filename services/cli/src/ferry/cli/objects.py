@@ -59,9 +59,10 @@ def nats_url(given: str | None) -> str:
     if given:
         return given
     from ferry.cli import stack  # the runtime engineer's `ferry up` records where NATS is
+    from ferry.runtime.stack import state
 
     try:
-        running = stack.running_stack(stack.default_data_dir().expanduser().resolve())
+        running = state.running(stack.default_data_dir().expanduser().resolve())
     except Exception:
         running = None
     return running.nats_url if running is not None else "nats://127.0.0.1:4222"

@@ -1,171 +1,41 @@
-"""``ferry up``, ``ferry down`` and ``ferry status``: the whole stack on one machine.
+"""``ferry up``, ``down``, ``status`` and ``logs``: the whole stack on one machine.
 
 ``ferry up`` starts a nats-server with JetStream (file store in the data dir,
 ``sync_interval: always`` so an acknowledged event survives a crash) and the four
 services as separate child processes, each with its own log file and HTTP port,
-then waits until every ``/readyz`` answers. What it started is written to
-``<data>/stack.json`` (pids with their kernel start times, ports), which is how a
-second ``ferry up`` finds the running stack instead of starting another, and how
-``ferry down`` stops exactly those processes and nothing that later reused a pid.
+waits until every ``/readyz`` answers, and then *supervises* them: a process that
+exits or is killed is restarted (:mod:`ferry.runtime.stack.supervisor`). In the
+foreground this command is the supervisor; with ``--detach`` a background
+supervisor process is, recorded in ``<data>/stack.json`` beside the pids and
+kernel start times of what it supervises. That file is how a second ``ferry up``
+finds the running stack (and adopts it if its supervisor died), and how ``ferry
+down`` stops exactly those processes, after making the supervisor let go so that
+nothing is restarted while the stack goes down.
 
-Processes start in their own sessions: Ctrl-C in the terminal reaches only this
-command, which then stops the services first (so they drain while the bus is
-still there) and the nats-server last.
-
-Starting, identifying, probing and stopping the processes is the stack machinery
-of :mod:`ferry.runtime.stack`, shared with the test harness; this module keeps
-what is the command's own: the state file and its lock, the foreground
-supervision, and what it prints.
+Starting, identifying, probing, supervising and stopping the processes is the
+stack machinery of :mod:`ferry.runtime.stack`, shared with the test harness;
+this module keeps what is the command's own: options, signals and printing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ferry.runtime.stack import StackError, nats, ports, processes, readiness, services
-from ferry.runtime.stack.processes import Process
+from ferry.runtime.stack import StackError, launch, processes, readiness, state
+from ferry.runtime.stack.state import Health, RestartPolicy, Stack
+from ferry.runtime.stack.supervisor import Supervisor
 
-STATE_FILE = "stack.json"
-LOCK_FILE = "stack.lock"
-STATE_VERSION = 1
-
-
-@dataclass
-class Stack:
-    """What ``ferry up`` started; stored as ``<data>/stack.json``."""
-
-    data_dir: str
-    nats_url: str
-    nats_monitor: str
-    nats: Process
-    services: list[Process] = field(default_factory=list)
-    created: float = field(default_factory=time.time)
-    foreground_pid: int | None = None
-    version: int = STATE_VERSION
-
-    def processes(self) -> list[Process]:
-        return [*self.services, self.nats]
-
-    def save(self, data_dir: Path) -> None:
-        path = data_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, data_dir: Path) -> Stack | None:
-        path = data_dir / STATE_FILE
-        try:
-            raw: dict[str, Any] = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as bad:
-            raise StackError(f"{path} is unreadable ({bad}); remove it if no stack runs") from None
-        return cls(
-            data_dir=raw["data_dir"],
-            nats_url=raw["nats_url"],
-            nats_monitor=raw["nats_monitor"],
-            nats=Process(**raw["nats"]),
-            services=[Process(**p) for p in raw["services"]],
-            created=raw.get("created", 0.0),
-            foreground_pid=raw.get("foreground_pid"),
-            version=raw.get("version", STATE_VERSION),
-        )
+STATE_FILE = state.STATE_FILE
 
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("FERRY_DATA_DIR") or ".ferry")
-
-
-@contextlib.contextmanager
-def _locked(data_dir: Path, wait: float = 5.0) -> Iterator[None]:
-    """One ``ferry up``/``down`` at a time per data dir."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait
-    with (data_dir / LOCK_FILE).open("w") as fh:
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StackError(
-                        f"another ferry up/down is working on {data_dir}; try again shortly"
-                    ) from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def stop_stack(stack: Stack, timeout: float) -> list[str]:
-    """Services first (they drain while the bus is still up), nats-server last."""
-    killed = processes.stop(stack.services, timeout)
-    killed += processes.stop([stack.nats], timeout)
-    return killed
-
-
-def running_stack(data_dir: Path) -> Stack | None:
-    """The stack recorded in ``data_dir`` if any of its processes still runs."""
-    stack = Stack.load(data_dir)
-    if stack is None:
-        return None
-    if any(p.alive() for p in stack.processes()):
-        return stack
-    (data_dir / STATE_FILE).unlink(missing_ok=True)  # stale: everything has exited
-    return None
-
-
-def start_stack(
-    data_dir: Path,
-    *,
-    nats_port: int,
-    http_port: int,
-    timeout: float,
-    foreground: bool,
-    interrupted: Callable[[], bool] = lambda: False,
-) -> Stack:
-    """Start nats-server and the services; on any failure, stop what was started."""
-    started: list[Process] = []
-    try:
-        server, bound = nats.start(data_dir, nats_port, timeout)
-        started.append(server)
-        assert bound.monitor is not None  # ferry up always turns monitoring on
-        stack = Stack(
-            data_dir=str(data_dir),
-            nats_url=bound.url,
-            nats_monitor=bound.monitor,
-            nats=server,
-            foreground_pid=os.getpid() if foreground else None,
-        )
-        for spec, port in zip(
-            services.SERVICES, ports.service_ports(http_port, len(services.SERVICES)), strict=True
-        ):
-            log = data_dir / "logs" / f"{spec.name}.log"
-            env = services.environment(data_dir, bound.url, port)
-            proc, _ = processes.spawn(spec.name, spec.argv(), log, env, port)
-            started.insert(0, proc)
-            stack.services.append(proc)
-        stack.save(data_dir)
-        readiness.wait_ready(stack.services, timeout, interrupted)
-        return stack
-    except BaseException:
-        processes.stop([p for p in started if p.name != "nats-server"], 10)
-        processes.stop([p for p in started if p.name == "nats-server"], 10)
-        (data_dir / STATE_FILE).unlink(missing_ok=True)
-        raise
 
 
 # -- output -----------------------------------------------------------------------
@@ -184,6 +54,15 @@ def describe(stack: Stack) -> str:
             f"  {proc.name:<{width}}  pid {proc.pid:<7}  {proc.url}/readyz  {proc.url}/metrics"
         )
     return "\n".join(lines)
+
+
+def _uptime(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
 # -- commands ----------------------------------------------------------------------
@@ -217,85 +96,142 @@ def up(
         typer.Option(help="HTTP port of the first service, the others follow (0: free ports)."),
     ] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60.0,
+    restart_delay: Annotated[
+        float, typer.Option(help="Seconds before restarting a process that ended.")
+    ] = RestartPolicy.delay,
+    restart_max_delay: Annotated[
+        float, typer.Option(help="Cap of the delay, which doubles with each fast failure.")
+    ] = RestartPolicy.max_delay,
+    min_uptime: Annotated[
+        float, typer.Option(help="A run shorter than this many seconds is a fast failure.")
+    ] = RestartPolicy.min_uptime,
+    crash_loop_after: Annotated[
+        int, typer.Option(help="Fast failures in a row after which a process is left down.")
+    ] = RestartPolicy.crash_loop_after,
 ) -> None:
-    """Start nats-server (JetStream) and the four services; wait until all are ready."""
+    """Start nats-server (JetStream) and the four services, wait until all are ready,
+    and keep them running (restarted with backoff when one exits)."""
     path = _resolve(data_dir)
+    policy = RestartPolicy(restart_delay, restart_max_delay, min_uptime, crash_loop_after)
     signalled: list[int] = []
     previous = {} if detach else _catch_signals(signalled)
     try:
         try:
-            with _locked(path, wait=timeout + 30):  # a concurrent up: wait, then report it
-                running = running_stack(path)
-                if running is not None:
-                    typer.echo(f"Ferry stack already running in {path}:")
-                    typer.echo(describe(running))
-                    dead = [p.name for p in running.processes() if not p.alive()]
-                    if dead:
-                        typer.echo(
-                            f"not running: {', '.join(dead)}; `ferry down`, then `ferry up`",
-                            err=True,
-                        )
+            with state.locked(path, wait=timeout + 30):  # a concurrent up: wait, then report it
+                running = state.running(path)
+                if running is not None and running.supervised():
+                    _report_running(running, path)
                     return
-                stack = start_stack(
-                    path,
-                    nats_port=nats_port,
-                    http_port=http_port,
-                    timeout=timeout,
-                    foreground=not detach,
-                    interrupted=lambda: bool(signalled),
+                if detach:
+                    stack = _detach(path, running, nats_port, http_port, timeout, policy)
+                    _say_up(stack, path, adopted=running is not None)
+                    typer.echo(f"Stop it with: ferry down --data-dir {path}")
+                    return
+                children: launch.Children = {}
+                if running is not None:
+                    stack = running
+                    running.foreground_pid = None
+                else:
+                    stack, children = launch.start(
+                        path,
+                        nats_port=nats_port,
+                        http_port=http_port,
+                        timeout=timeout,
+                        policy=policy,
+                        foreground=True,
+                        interrupted=lambda: bool(signalled),
+                    )
+                supervisor = Supervisor(
+                    stack, path, launch.programs(stack, path), children, say=_err
                 )
         except StackError as error:
             typer.echo(f"ferry up failed: {error}", err=True)
             raise typer.Exit(1) from None
-        typer.echo("Ferry stack is up and ready.")
-        typer.echo(describe(stack))
-        if detach:
-            typer.echo(f"Stop it with: ferry down --data-dir {path}")
-            return
+        _say_up(stack, path, adopted=running is not None)
         typer.echo("Press Ctrl-C to stop.")
-        code = _foreground(stack, path, signalled)
+        code = _foreground(supervisor, path, signalled)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     raise typer.Exit(code)
 
 
+def _err(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _say_up(stack: Stack, path: Path, *, adopted: bool) -> None:
+    if adopted:
+        typer.echo(f"Adopted the running Ferry stack in {path}; supervising it again.")
+    else:
+        typer.echo("Ferry stack is up and ready.")
+    typer.echo(describe(stack))
+
+
+def _report_running(running: Stack, path: Path) -> None:
+    typer.echo(f"Ferry stack already running in {path}:")
+    typer.echo(describe(running))
+    down = [name for name, seen in running.supervision.items() if seen.health is not Health.RUNNING]
+    if down:
+        typer.echo(f"not running: {', '.join(down)}; see `ferry status`", err=True)
+
+
+def _detach(
+    path: Path,
+    running: Stack | None,
+    nats_port: int,
+    http_port: int,
+    timeout: float,
+    policy: RestartPolicy,
+) -> Stack:
+    """Start the background supervisor (which starts or adopts the stack) and wait until
+    it supervises a ready stack; its log explains a failure."""
+    popen = launch.spawn_supervisor(
+        path, running is not None, nats_port, http_port, timeout, policy
+    )
+    deadline = time.monotonic() + timeout + 30
+    while time.monotonic() < deadline:
+        stack = Stack.load(path)
+        if (
+            stack is not None
+            and stack.ready
+            and stack.supervisor is not None
+            and stack.supervisor.pid == popen.pid
+        ):
+            return stack
+        if popen.poll() is not None:
+            log = path / "logs" / "supervisor.log"
+            raise StackError(processes.tail(log, 40))
+        time.sleep(0.1)
+    popen.kill()
+    raise StackError(f"the supervisor did not report a ready stack within {timeout + 30:.0f}s")
+
+
 def _catch_signals(signalled: list[int]) -> dict[int, Any]:
-    """Ctrl-C and SIGTERM only set a flag: the loops below notice it and stop in order."""
+    """Ctrl-C and SIGTERM (stop the stack) and `ferry down`'s release only set a flag:
+    the loops notice it and act in order."""
 
     def on_signal(signum: int, _frame: object) -> None:
         signalled.append(signum)
 
-    return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, launch.RELEASE)}
 
 
-def _foreground(stack: Stack, data_dir: Path, signalled: list[int]) -> int:
-    """Supervise until Ctrl-C/SIGTERM, `ferry down`, or a process exits; then stop all."""
-    code = 0
-    while not signalled:
-        time.sleep(0.3)
-        processes.reap()
-        dead = [p for p in stack.processes() if not p.alive()]
-        if dead or not (data_dir / STATE_FILE).exists():
-            # A `ferry down` from elsewhere holds the lock while it stops things.
-            with _locked(data_dir, wait=120):
-                if not (data_dir / STATE_FILE).exists():
-                    typer.echo("stack stopped by `ferry down`")
-                    return 0
-            for proc in dead:
-                typer.echo(
-                    f"{proc.name} exited unexpectedly:\n{processes.tail(proc.log)}", err=True
-                )
-            code = 1
-            break
+def _foreground(supervisor: Supervisor, data_dir: Path, signalled: list[int]) -> int:
+    """Supervise until Ctrl-C/SIGTERM (then stop everything) or `ferry down` (which
+    stops everything itself once this has let go)."""
+    supervisor.run(lambda: bool(signalled))
+    if signalled[0] == launch.RELEASE:
+        typer.echo("stack stopped by `ferry down`")
+        return 0
     typer.echo("stopping services, then nats-server …")
-    with _locked(data_dir, wait=120):
-        killed = stop_stack(stack, timeout=45)
+    with state.locked(data_dir, wait=120):
+        killed = launch.stop(supervisor.stack, timeout=45)
         (data_dir / STATE_FILE).unlink(missing_ok=True)
     if killed:
         typer.echo(f"killed after the grace period: {', '.join(killed)}", err=True)
     typer.echo("stopped")
-    return code
+    return 0
 
 
 def down(
@@ -304,15 +240,18 @@ def down(
         float, typer.Option(help="Seconds each group may take to stop before SIGKILL.")
     ] = 45.0,
 ) -> None:
-    """Stop the stack: services first (SIGTERM, drain, SIGKILL after --timeout), nats last."""
+    """Stop the stack: the supervisor first (so nothing is restarted), then the services
+    (SIGTERM, drain, SIGKILL after --timeout), nats last."""
     path = _resolve(data_dir)
     try:
-        with _locked(path, wait=2 * timeout + 30):
-            stack = running_stack(path)
+        with state.locked(path, wait=2 * timeout + 30):
+            stack = state.running(path)
             if stack is None:
                 typer.echo(f"no Ferry stack running in {path}")
                 return
-            killed = stop_stack(stack, timeout)
+            if launch.release(stack):
+                stack = Stack.load(path) or stack  # the pids it last restarted
+            killed = launch.stop(stack, timeout)
             (path / STATE_FILE).unlink(missing_ok=True)
     except StackError as error:
         typer.echo(f"ferry down failed: {error}", err=True)
@@ -323,10 +262,11 @@ def down(
 
 
 def status(data_dir: DataDir = None) -> None:
-    """Show each process of the stack and its readiness; exit 1 unless all are ready."""
+    """Show the supervisor and each process: readiness, restarts, last exit, uptime;
+    exit 1 unless all are ready and supervised."""
     path = _resolve(data_dir)
     try:
-        stack = running_stack(path)
+        stack = state.running(path)
     except StackError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from None
@@ -334,20 +274,75 @@ def status(data_dir: DataDir = None) -> None:
         typer.echo(f"no Ferry stack running in {path}")
         raise typer.Exit(1)
     typer.echo(f"NATS {stack.nats_url}  data dir {stack.data_dir}")
-    healthy = True
-    nats_ok = stack.nats.alive() and readiness.http_status(f"{stack.nats_monitor}/healthz") == 200
-    healthy &= nats_ok
-    typer.echo(f"  {'nats-server':<22} pid {stack.nats.pid:<7} {'ready' if nats_ok else 'DOWN'}")
-    for proc in stack.services:
-        code = readiness.readiness(proc) if proc.alive() else None
-        state = "ready" if code == 200 else ("not ready" if code else "DOWN")
-        healthy &= code == 200
-        typer.echo(f"  {proc.name:<22} pid {proc.pid:<7} {state:<10} {proc.url}/readyz")
+    healthy = stack.supervised()
+    if stack.supervisor is not None and healthy:
+        typer.echo(f"  {'supervisor':<22} pid {stack.supervisor.pid:<7} running")
+    else:
+        typer.echo(f"  {'supervisor':<22} {'':<11} DOWN: nothing restarts; `ferry up` adopts")
+    typer.echo(
+        f"  {'process':<22} {'pid':<11} {'state':<10} {'restarts':>8}  "
+        f"{'uptime':<8} {'last exit':<16} probe"
+    )
+    reasons = []
+    for proc in stack.processes():
+        seen = stack.supervision.get(proc.name) or state.Supervision()
+        if proc.name == "nats-server":
+            ok = proc.alive() and readiness.http_status(f"{stack.nats_monitor}/healthz") == 200
+            text, probe = ("ready" if ok else "DOWN"), f"{stack.nats_monitor}/healthz"
+        else:
+            code = readiness.readiness(proc) if proc.alive() else None
+            ok = code == 200
+            text = "ready" if ok else ("not ready" if code else "DOWN")
+            probe = f"{proc.url}/readyz"
+        if seen.health is Health.GAVE_UP:
+            text = "GAVE UP"
+            reasons.append(f"{proc.name}: {seen.reason}")
+        elif seen.health is Health.BACKOFF:
+            text = "restarting"
+        healthy &= ok
+        uptime = _uptime(time.time() - seen.since) if proc.alive() else "-"
+        typer.echo(
+            f"  {proc.name:<22} {proc.pid:<11} {text:<10} {seen.restarts:>8}  "
+            f"{uptime:<8} {seen.last_exit or '-':<16} {probe}"
+        )
+    for reason in reasons:
+        typer.echo(f"\n{reason}")
     if not healthy:
         raise typer.Exit(1)
+
+
+def logs(
+    name: Annotated[str, typer.Argument(help="A process: a service, nats-server or supervisor.")],
+    data_dir: DataDir = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines from the end.")] = 50,
+) -> None:
+    """Print the log of one process of the stack."""
+    path = _resolve(data_dir) / "logs" / f"{name}.log"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.log"))
+        typer.echo(f"no log for {name!r} in {path.parent}; known: {', '.join(known)}", err=True)
+        raise typer.Exit(1)
+    with path.open("rb") as fh:
+        text = fh.read().decode(errors="replace")
+        tail = text.splitlines()[-lines:] if lines > 0 else []
+        for line in tail:
+            typer.echo(line)
+        while follow:
+            chunk = fh.read()
+            if chunk:
+                typer.echo(chunk.decode(errors="replace"), nl=False)
+            else:
+                try:
+                    time.sleep(0.2)
+                except KeyboardInterrupt:
+                    return
 
 
 def register(app: typer.Typer) -> None:
     app.command("up")(up)
     app.command("down")(down)
     app.command("status")(status)
+    app.command("logs")(logs)

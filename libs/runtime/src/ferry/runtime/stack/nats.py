@@ -129,7 +129,9 @@ def start(
     data_dir: Path, port: int, timeout: float, *, monitor_port: int = 0
 ) -> tuple[processes.Process, Bound]:
     """``ferry up``'s server: configuration under ``<data>/nats``, store in
-    ``<data>/jetstream``, log in ``<data>/logs``; returned once it serves JetStream."""
+    ``<data>/jetstream``, log in ``<data>/logs``; returned once it serves JetStream.
+    The configuration is then rewritten with the ports it bound, so restarting the
+    same command line brings it back on them."""
     nats_dir = data_dir / "nats"
     nats_dir.mkdir(parents=True, exist_ok=True)
     config_file = nats_dir / "nats.conf"
@@ -144,4 +146,7 @@ def start(
         popen.wait()
         raise
     proc.port = bound.port
+    # A restart must come back where clients and stack.json look: pin the bound ports.
+    monitor = int(bound.monitor.rsplit(":", 1)[1]) if bound.monitor else None
+    config_file.write_text(config(data_dir / "jetstream", bound.port, monitor_port=monitor))
     return proc, bound

@@ -92,6 +92,11 @@ def spawn(
     return Process(name=name, pid=popen.pid, started=started, log=str(log), port=port), popen
 
 
+def child(pid: int) -> subprocess.Popen[bytes] | None:
+    """The Popen of a child this process started and has not reaped, if ``pid`` is one."""
+    return _children.get(pid)
+
+
 def reap() -> None:
     """Collect the exit status of children that have ended."""
     for pid, popen in list(_children.items()):
