@@ -34,6 +34,7 @@ async def console(bus: Bus, tmp_path: Path) -> AsyncIterator[str]:
         data_dir=tmp_path, http={"host": "127.0.0.1", "port": 0}, console={"keepalive_seconds": 0.5}
     )
     server = Console(settings, access.Token(TOKEN), bus, bus)
+    server.declared = True
     await server.start()
     try:
         yield f"http://127.0.0.1:{server.port}"

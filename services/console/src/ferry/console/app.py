@@ -58,6 +58,8 @@ class Console(HealthServer):
     ) -> None:
         ready = readiness or Readiness()
         ready.add("bus_connected", lambda: reader.connected and writer.connected)
+        ready.add("views_declared", lambda: self.declared)
+        self.declared = False
         super().__init__(
             NAME,
             metrics or Metrics(NAME),
@@ -198,6 +200,18 @@ def _http(bad: actions.ActionError) -> web.HTTPException:
     return kinds.get(bad.status, web.HTTPBadRequest)(text=f"{bad}\n")
 
 
+async def _wait_for_views(console: Console, stop: asyncio.Event) -> None:
+    """Ready once the services have declared the stream and buckets (``ferry up`` starts
+    everyone at once; the console may well be first)."""
+    while not stop.is_set():
+        if await views.declared(console.reader):
+            console.declared = True
+            return
+        log.info("waiting for the services to declare the audit stream and the views")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
 async def serve(settings: Settings) -> int:
     """Run the console until SIGTERM or SIGINT; the process exit code."""
     logs.configure(NAME, settings.log.level, settings.log.format)
@@ -222,6 +236,8 @@ async def serve(settings: Settings) -> int:
         console = Console(settings, token, reader, writer)
         await console.start()
         stack.push_async_callback(console.stop)
+        waiting = asyncio.create_task(_wait_for_views(console, stop))
+        stack.callback(waiting.cancel)
         log.info(
             "console on http://%s:%d/ (token in %s), nats at %s",
             settings.http.host,

@@ -45,14 +45,24 @@ class ConsoleSettings(BaseModel):
     )
 
 
-def _loopback() -> HttpSettings:
-    return HttpSettings(host="127.0.0.1")
+class LoopbackHttpSettings(HttpSettings):
+    """The console's HTTP endpoint: the page, its API and the probes."""
+
+    # A subclass, not a default instance: FERRY_HTTP__PORT alone would otherwise build a
+    # fresh group from the parent's defaults and bind every interface.
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the console binds to. Loopback by default: reads from "
+        "anywhere else need the token.",
+    )
 
 
 class Settings(ServiceSettings):
     """Everything the console reads at start-up."""
 
-    http: HttpSettings = Field(default_factory=_loopback, description=HttpSettings.__doc__)
+    http: LoopbackHttpSettings = Field(
+        default_factory=LoopbackHttpSettings, description=LoopbackHttpSettings.__doc__
+    )
     console: ConsoleSettings = Field(
         default_factory=ConsoleSettings, description=ConsoleSettings.__doc__
     )

@@ -31,6 +31,18 @@ log = logging.getLogger(__name__)
 Json = dict[str, Any]
 
 
+async def declared(bus: Bus) -> bool:
+    """Whether the services have declared what the console reads (it declares nothing:
+    its identity may only read)."""
+    try:
+        await bus.events_position()
+        for bucket in (Bucket.OBJECTS, Bucket.VMS):
+            await bus.kv(bucket, dict).keys()
+    except Exception:  # the client's not-found errors differ by what is missing
+        return False
+    return True
+
+
 async def snapshot(bus: Bus) -> Json:
     position = await bus.events_position()
     docs = await _objects(bus)
