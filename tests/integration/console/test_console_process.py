@@ -3,55 +3,15 @@ out of its log, its command line and its environment."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 
-from ferry.bus import Bus, topology
-from ferry.proto.subjects import Service
-from ferry.runtime.stack import ports, services
-
-
-async def declare(url: str) -> None:
-    async with await Bus.connect(url, name="test") as bus:
-        await topology.declare(bus, services=list(Service))
-
-
-@pytest.fixture
-def console_process(nats_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    asyncio.run(declare(nats_url))  # what the other services do when they start
-    port = ports.free_port()
-    env = services.environment(tmp_path, nats_url, port)
-    del env["FERRY_HTTP__HOST"]  # the console's own default must keep it on loopback
-    env["FERRY_LOG__LEVEL"] = "DEBUG"
-    log = tmp_path / "console.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            services.named("console").argv(), env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).close()
-                break
-            except (OSError, urllib.error.URLError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"console did not start:\n{log.read_text()}") from None
-                time.sleep(0.2)
-        yield proc, port, log
-    finally:
-        proc.terminate()
-        proc.wait(15)
+from ferry.testing.console import ConsoleProcess
 
 
 def post(port: int, path: str, token: str | None) -> int:
@@ -67,9 +27,9 @@ def post(port: int, path: str, token: str | None) -> int:
 
 
 def test_binds_loopback_and_keeps_the_token_out_of_logs_argv_and_env(
-    console_process: tuple[subprocess.Popen[bytes], int, Path], tmp_path: Path
+    console_process: ConsoleProcess, tmp_path: Path
 ) -> None:
-    proc, port, log = console_process
+    proc, port, log = console_process.proc, console_process.port, console_process.log
     # Then it listens on 127.0.0.1 only
     listening = [
         c.laddr

@@ -4,13 +4,14 @@ that need what a migration looks like without running one."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ferry.bus import Bus
 from ferry.proto import migration, objects, subjects
 from ferry.proto.inventory import Disk, ProviderType, Vm
 from ferry.proto.phases import Flow, StepStatus, VmStatus
-from ferry.proto.state import DiskState, StepState, VmState
+from ferry.proto.state import DiskState, StepState, VmState, now_iso
 from ferry.proto.subjects import Bucket
 from ferry.proto.volume import SourceRef
 
@@ -32,6 +33,7 @@ def _doc(kind: str, name: str, spec: dict[str, Any], status: dict[str, Any] | No
 
 def vm_state(vm: str, seq: int = 0, *, warm: bool = False) -> VmState:
     disks = [Disk(id=f"{vm}-d0", name="disk0", capacity=4 * GIB, storage="ds1")]
+    t = time.time() - 95  # a VM that started a minute and a half ago
     return VmState(
         plan=PLAN,
         migration=MIGRATION,
@@ -51,20 +53,20 @@ def vm_state(vm: str, seq: int = 0, *, warm: bool = False) -> VmState:
                 service="controller",
                 status=StepStatus.COMPLETED,
                 attempt=1,
-                started="2026-01-01T10:00:00.000Z",
-                ended="2026-01-01T10:00:01.000Z",
+                started=now_iso(t),
+                ended=now_iso(t + 1),
             ),
             StepState(
                 name="ConvertGuest",
                 service="conversion",
                 status=StepStatus.RUNNING,
                 attempt=2,
-                started="2026-01-01T10:00:02.000Z",
+                started=now_iso(t + 2),
             ),
             StepState(name="CreateVM", service="vm"),
         ],
         disks=[DiskState(id=d.id, name=d.name, total=d.capacity) for d in disks],
-        started="2026-01-01T10:00:00.000Z",
+        started=now_iso(t),
         provider=SourceRef(provider="src", type=ProviderType.OVA),
         inventory=Vm(id=vm, name=vm, provider_type=ProviderType.OVA, host="esx1", disks=disks),
     )
@@ -98,7 +100,7 @@ async def seed(bus: Bus, vms: tuple[str, ...] = ("web01", "db01")) -> list[VmSta
             "Migration",
             MIGRATION,
             {"plan": {"name": PLAN}},
-            {"phase": "Running", "started": "2026-01-01T10:00:00Z"},
+            {"phase": "Running", "started": now_iso(time.time() - 95)},
         ),
     )
     states = [vm_state(v, i) for i, v in enumerate(vms)]
