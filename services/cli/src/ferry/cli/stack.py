@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -183,7 +184,24 @@ def describe(stack: Stack) -> str:
         lines.append(
             f"  {proc.name:<{width}}  pid {proc.pid:<7}  {proc.url}/readyz  {proc.url}/metrics"
         )
+    lines += console_lines(stack)
     return "\n".join(lines)
+
+
+def console_lines(stack: Stack) -> list[str]:
+    """Where the console is and its token: shown on a terminal, only its file in a log."""
+    proc = next((p for p in stack.services if p.name == "console"), None)
+    if proc is None:
+        return []
+    path = Path(stack.data_dir) / "console" / "token"
+    lines = [f"console    {proc.url}/"]
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        return [*lines, f"           token for actions: in {path} once the console is up"]
+    if sys.stdout.isatty():
+        return [*lines, f"           token for actions: {token}  (also in {path})"]
+    return [*lines, f"           token for actions: in {path} (not printed into a log)"]
 
 
 # -- commands ----------------------------------------------------------------------

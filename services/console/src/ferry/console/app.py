@@ -219,7 +219,12 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    token = access.Token.load_or_create(settings.token_path())
+    try:
+        token = access.Token.load_or_create(settings.token_path())
+    except (OSError, ValueError) as bad:
+        # The chart's Secret holds an empty token until console.token is set at install.
+        log.error("console token in %s unusable: %s", settings.token_path(), bad)
+        return 2
     async with contextlib.AsyncExitStack() as stack:
         try:
             writer = await stack.enter_async_context(
