@@ -42,7 +42,9 @@ async def console(bus: Bus, tmp_path: Path) -> AsyncIterator[str]:
         await server.stop()
 
 
-async def sse(response: aiohttp.ClientResponse, count: int, within: float = 10) -> list[dict[str, Any]]:
+async def sse(
+    response: aiohttp.ClientResponse, count: int, within: float = 10
+) -> list[dict[str, Any]]:
     """Read ``count`` SSE messages: their id and decoded data."""
     got: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
@@ -99,9 +101,10 @@ async def test_stream_filters_by_vm(bus: Bus, console: str) -> None:
     await bus.publish(views.progress("db01", 2))
     await bus.publish(views.progress("web01", 3))
     # When the page asks for one VM only
-    async with aiohttp.ClientSession() as http, http.get(
-        f"{console}/api/events?after=0&vm=db01&migration={views.MIGRATION}"
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{console}/api/events?after=0&vm=db01&migration={views.MIGRATION}") as response,
+    ):
         got = await sse(response, 1)
     # Then it gets that VM's events
     assert [m["data"]["data"]["vm"] for m in got] == ["db01"]

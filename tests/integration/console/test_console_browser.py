@@ -55,7 +55,7 @@ async def test_progress_updates_live_and_cancel_with_token_reaches_the_controlle
             page.until, lambda: page.text("#live") == "live", what="the live stream"
         )
         pipeline = await asyncio.to_thread(page.text, f"{WEB01} .pipeline")
-        assert "StorePowerState" in pipeline and "ConvertGuest ×2" in pipeline
+        assert "StorePowerState" in pipeline and "ConvertGuest \u00d72" in pipeline
         await asyncio.to_thread(page.script, "window.notReloaded = true;")
 
         # When the migration makes progress

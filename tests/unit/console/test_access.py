@@ -14,7 +14,9 @@ from ferry.console import access
 TOKEN = "a-console-token-of-enough-length"
 
 
-def request(method: str, path: str, peer: str, headers: dict[str, str] | None = None) -> web.Request:
+def request(
+    method: str, path: str, peer: str, headers: dict[str, str] | None = None
+) -> web.Request:
     transport = mock.Mock()
     transport.get_extra_info.side_effect = lambda name, default=None: (
         (peer, 40000) if name == "peername" else default

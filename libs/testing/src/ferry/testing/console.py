@@ -56,7 +56,7 @@ def start(nats_url: str, data_dir: Path, within: float = 30.0) -> ConsoleProcess
     deadline = time.monotonic() + within
     while True:
         try:
-            urllib.request.urlopen(f"{console.url}/readyz", timeout=1).close()
+            urllib.request.urlopen(f"{console.url}/readyz", timeout=1).close()  # noqa: S310
             return console
         except (OSError, urllib.error.URLError):
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 COOKIE = "ferry_console"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -83,7 +84,7 @@ def is_loopback(request: web.Request) -> bool:
         return False
 
 
-def middleware(token: Token) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def middleware(token: Token) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
@@ -95,9 +96,7 @@ def middleware(token: Token) -> Callable[[web.Request, Handler], Awaitable[web.S
                 or token.matches(request.cookies.get(COOKIE))
             )
             if not allowed:
-                raise web.HTTPForbidden(
-                    text="reads from another machine need the console token\n"
-                )
+                raise web.HTTPForbidden(text="reads from another machine need the console token\n")
             return await handler(request)
         given = bearer(request)
         if not token.matches(given):

@@ -151,7 +151,7 @@ class Console(HealthServer):
         body = await _body(request)
         name = request.match_info["name"]
         if not body.get("cutover"):
-            raise web.HTTPBadRequest(text="give the cutover time: {\"cutover\": \"…\"}\n")
+            raise web.HTTPBadRequest(text='give the cutover time: {"cutover": "…"}\n')
         at = await _act(actions.cutover(self.writer, name, str(body["cutover"])))
         log.info("cutover of %s set to %s from the console", name, at)
         return web.json_response({"migration": name, "cutover": at}, status=202)
