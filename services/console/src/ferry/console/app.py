@@ -217,8 +217,13 @@ async def serve(settings: Settings) -> int:
     logs.configure(NAME, settings.log.level, settings.log.format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def signalled(sig: signal.Signals) -> None:
+        log.info("%s received: stopping", sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled, sig)
     try:
         token = access.Token.load_or_create(settings.token_path())
     except (OSError, ValueError) as bad:
@@ -251,5 +256,5 @@ async def serve(settings: Settings) -> int:
             redact(settings.nats.url),
         )
         await stop.wait()
-        log.info("console stopping")
+    log.info("%s stopped", NAME)
     return 0
