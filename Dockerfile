@@ -25,7 +25,8 @@ COPY services ./services
 RUN /opt/ferry/bin/pip install --no-cache-dir --no-deps \
       ./proto ./libs/bus ./libs/runtime ./libs/providers ./libs/platform \
       ./services/migration-controller ./services/volume-service \
-      ./services/conversion-service ./services/vm-service ./services/cli
+      ./services/conversion-service ./services/vm-service ./services/cli \
+      ./services/console
 
 RUN useradd --system --create-home --home-dir /var/lib/ferry ferry
 USER ferry

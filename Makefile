@@ -10,7 +10,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 MEMBERS := proto libs/bus libs/runtime libs/providers libs/platform libs/testing \
            services/migration-controller services/volume-service \
-           services/conversion-service services/vm-service services/cli
+           services/conversion-service services/vm-service services/cli \
+           services/console
 DATA_DIR ?= .ferry
 # `make demo` starts afresh in its own data dir each time (inside the ignored .ferry/).
 DEMO_DATA_DIR ?= .ferry/demo
@@ -18,9 +19,11 @@ DEMO_DATA_DIR ?= .ferry/demo
 JOBS ?= 4
 
 # Debian packages the tests and the demo use (virt-v2v, QEMU, libguestfs, NBD, a
-# kernel for the libguestfs appliance, debootstrap for the test guest, OVMF for UEFI).
+# kernel for the libguestfs appliance, debootstrap for the test guest, OVMF for UEFI;
+# headless Chromium and its driver for the console's browser test).
 SYSTEM_PACKAGES := qemu-utils qemu-system-x86 virt-v2v libguestfs-tools guestfs-tools \
-                   nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace
+                   nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace \
+                   chromium chromium-driver
 
 .PHONY: help
 help: ## List the targets

@@ -23,7 +23,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = ["migration-controller", "volume-service", "conversion-service", "vm-service"]
+SERVICES = ["migration-controller", "volume-service", "conversion-service", "vm-service", "console"]
 
 
 def ferry(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -78,7 +78,7 @@ def test_up_detach_probe_up_again_down(data_dir: Path) -> None:
     assert str(data_dir.resolve()) in up.stdout
     assert [s["name"] for s in state["services"]] == SERVICES
     ports = {s["port"] for s in state["services"]}
-    assert len(ports) == 4
+    assert len(ports) == len(SERVICES)
     for service in state["services"]:
         base = f"http://127.0.0.1:{service['port']}"
         assert f"{base}/readyz" in up.stdout
@@ -113,7 +113,7 @@ def test_up_detach_probe_up_again_down(data_dir: Path) -> None:
     # When the status is asked
     status_run = ferry("status", "--data-dir", str(data_dir))
     assert status_run.returncode == 0, status_run.stdout
-    assert status_run.stdout.count("ready") >= 5
+    assert status_run.stdout.count("ready") >= 1 + len(SERVICES)
 
     # When the stack is taken down
     down = ferry("down", "--data-dir", str(data_dir))

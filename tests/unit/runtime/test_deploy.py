@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ferry.console.settings import ConsoleSettings
 from ferry.platform.settings import PlatformSettings
 from ferry.runtime import settings
 
@@ -30,6 +31,7 @@ CHART_PLATFORM = {
     if not name.startswith("FERRY_PLATFORM__LOCAL__")
 }
 EVERY_PLATFORM = settings.environment_names(PlatformSettings, "FERRY_PLATFORM__")
+CONSOLE = settings.environment_names(ConsoleSettings, "FERRY_CONSOLE__")
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "ferry"
@@ -128,6 +130,7 @@ def test_chart_metadata_and_values_parse() -> None:
     assert chart["apiVersion"] == "v2"
     assert chart["name"] == "ferry"
     assert set(values["services"]) == {"controller", "volume", "conversion", "vm"}
+    assert values["console"]["token"] == ""  # set at install time, never in the chart
 
 
 def test_values_settings_use_the_settings_names() -> None:
@@ -160,16 +163,18 @@ def test_rendered_chart_is_valid_kubernetes() -> None:
     for obj in objects:
         kubernetes_validate.validate(obj, KUBERNETES, strict=True)
     kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
-    for service in SERVICES:
+    for service in (*SERVICES, "console"):
         assert f"Deployment/ferry-{service}" in kinds
         assert f"Service/ferry-{service}" in kinds
+    assert "Secret/ferry-console" in kinds
     assert "HorizontalPodAutoscaler/ferry-conversion-service" in kinds
     assert {"ServiceAccount/ferry-ferry", "ClusterRole/ferry-ferry"} <= set(kinds)
 
 
 def test_deployments_probe_health_and_pass_settings_as_env() -> None:
     # Given the rendered Deployments
-    deployments = [o for o in _objects() if o["kind"] == "Deployment"]
+    every = [o for o in _objects() if o["kind"] == "Deployment"]
+    deployments = [d for d in every if d["metadata"]["name"] != "ferry-console"]
     known = settings.environment_names() | CHART_PLATFORM
 
     for deployment in deployments:
@@ -201,6 +206,27 @@ def test_deployments_probe_health_and_pass_settings_as_env() -> None:
     # a per-service override wins, the others fall back to the global value
     assert concurrency["ferry-conversion-service"] == "1"
     assert concurrency["ferry-volume-service"] == "4"
+
+
+def test_console_reads_its_token_from_the_secret_as_a_file() -> None:
+    # Given the rendered console Deployment and its Secret
+    objects = _objects()
+    deployment = next(o for o in objects if o["metadata"]["name"] == "ferry-console")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # Then its settings are ones the console reads, the token is a mounted file of the
+    # chart's Secret, and no variable carries the token itself
+    assert set(env) <= set(settings.environment_names()) | set(CONSOLE)
+    assert container["command"] == ["ferry-console"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "token")
+    assert env["FERRY_CONSOLE__TOKEN_FILE"] == mount["mountPath"] + "/token"
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == "token")
+    assert volume["secret"]["secretName"] == "ferry-console"
+    assert all("secretKeyRef" not in str(e) for e in container["env"])
+    assert pod["automountServiceAccountToken"] is False
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
 def test_rbac_covers_the_objects_the_services_manage() -> None:

@@ -7,6 +7,10 @@ restarts without skipping or repeating events.
 
 Events whose type this process does not know (a newer producer) are skipped
 with one warning per type: the audit stream is an open world.
+
+:func:`records` also hands out each event's stream sequence: a reader that must
+resume exactly where it stopped (the console's server-sent events, whose
+``Last-Event-ID`` is that sequence) needs a position, not a time.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -44,9 +49,25 @@ def _start(since: datetime | int | None) -> api.ConsumerConfig:
     )
 
 
+@dataclass(frozen=True)
+class Record:
+    """One audit event and where it sits in the stream."""
+
+    sequence: int
+    envelope: Envelope
+    message: Message
+
+
 async def iterate(
     bus: Bus, subject: str, since: datetime | int | None, follow: bool
 ) -> AsyncIterator[tuple[Envelope, Message]]:
+    async for record in records(bus, subject, since, follow):
+        yield record.envelope, record.message
+
+
+async def records(
+    bus: Bus, subject: str, since: datetime | int | None, follow: bool
+) -> AsyncIterator[Record]:
     config = _start(since)
     sub = await bus.js.subscribe(
         subject,
@@ -68,7 +89,7 @@ async def iterate(
             msg = await sub.next_msg(timeout=None)
             decoded = _decode(msg.headers, msg.data, unknown)
             if decoded is not None:
-                yield decoded
+                yield Record(msg.metadata.sequence.stream, *decoded)
             if not follow and msg.metadata.num_pending == 0:
                 return
     finally:

@@ -264,6 +264,21 @@ class Bus:
         """
         return audit.iterate(self, subject or subjects.all_events(), since, follow)
 
+    async def events_position(self) -> int:
+        """The audit stream's last sequence (0 when empty): read it *before* a snapshot of
+        the views, then follow from ``position + 1``, and nothing falls in between."""
+        info = await self.js.stream_info(subjects.EVENTS_STREAM)
+        return int(info.state.last_seq or 0)
+
+    def records(
+        self,
+        subject: str | None = None,
+        since: datetime | int | None = None,
+        follow: bool = True,
+    ) -> AsyncIterator[audit.Record]:
+        """As :meth:`events`, each with its stream sequence (to resume from ``sequence + 1``)."""
+        return audit.records(self, subject or subjects.all_events(), since, follow)
+
 
 class _ConnectionLog:
     """nats-py's connection callbacks, logging without credentials or noise."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,6 +54,7 @@ def describe(stack: Stack) -> str:
         lines.append(
             f"  {proc.name:<{width}}  pid {proc.pid:<7}  {proc.url}/readyz  {proc.url}/metrics"
         )
+    lines += console_lines(stack)
     return "\n".join(lines)
 
 
@@ -63,6 +65,22 @@ def _uptime(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def console_lines(stack: Stack) -> list[str]:
+    """Where the console is and its token: shown on a terminal, only its file in a log."""
+    proc = next((p for p in stack.services if p.name == "console"), None)
+    if proc is None:
+        return []
+    path = Path(stack.data_dir) / "console" / "token"
+    lines = [f"console    {proc.url}/"]
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        return [*lines, f"           token for actions: in {path} once the console is up"]
+    if sys.stdout.isatty():
+        return [*lines, f"           token for actions: {token}  (also in {path})"]
+    return [*lines, f"           token for actions: in {path} (not printed into a log)"]
 
 
 # -- commands ----------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The four services of the stack, written once: process name, service token, entry point.
+"""The processes of the stack, written once: process name, service token, entry point.
+
+The four bus services carry their :class:`Service` token; the console handles no
+command and so has none (``service`` is None): it only reads the bus and serves people.
 
 Process names go into logs, metrics, envelope sources, log file names and
 ``stack.json``; the entry point is what ``python -m`` runs. The environment a
@@ -21,7 +24,7 @@ from ferry.proto.subjects import Service
 class ServiceSpec:
     """One service of the stack."""
 
-    service: Service
+    service: Service | None  # None: not a bus service (the console)
     name: str  # the process name: logs, metrics, envelope sources, log files
     module: str  # run with ``python -m``
 
@@ -35,8 +38,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(Service.VOLUME, "volume-service", "ferry.volume_service"),
     ServiceSpec(Service.CONVERSION, "conversion-service", "ferry.conversion_service"),
     ServiceSpec(Service.VM, "vm-service", "ferry.vm_service"),
+    ServiceSpec(None, "console", "ferry.console"),
 )
-"""In start order: the controller first, so its consumers exist when work arrives."""
+"""In start order: the controller first, so its consumers exist when work arrives; the
+console last, since it only reads what the others declared."""
 
 
 def of(service: Service) -> ServiceSpec:
