@@ -301,13 +301,14 @@ class ApiServer:
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await response.prepare(request)
         sent = 0
-        while True:
-            data, ended = await self.logs(namespace, name)
-            if len(data) > sent:
-                await response.write(data[sent:])
-                sent = len(data)
-            if ended or not follow:
-                break
-            await asyncio.sleep(0.05)
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # the reader went away
+            while True:
+                data, ended = await self.logs(namespace, name)
+                if len(data) > sent:
+                    await response.write(data[sent:])
+                    sent = len(data)
+                if ended or not follow:
+                    break
+                await asyncio.sleep(0.05)
+            await response.write_eof()
         return response

@@ -70,6 +70,10 @@ class Kubelet:
     def pod_dir(self, namespace: str, name: str) -> Path:
         return self.root / "pods" / namespace / name
 
+    def running(self) -> list[tuple[str, str]]:
+        """(namespace, name) of every pod whose process has not ended."""
+        return sorted(self._running)
+
     async def logs(self, namespace: str, name: str) -> tuple[bytes, bool]:
         path = self.pod_dir(namespace, name) / "log"
         data = path.read_bytes() if path.exists() else b""
