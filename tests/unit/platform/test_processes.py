@@ -188,3 +188,24 @@ async def test_the_kubernetes_platform_without_a_conversion_image_says_so() -> N
     # When a conversion is run on it, then it fails at once and says why
     with pytest.raises(WorkloadError, match="conversion_image is not set"):
         await platform.run_workload(workload, io.BytesIO())
+
+
+async def test_local_secret_files_are_private_to_the_run_and_removed_after(tmp_path: Path) -> None:
+    # Given a workload with a secret file that it only reports the mode and size of
+    secrets = tmp_path / "secrets"
+    workload = Workload(
+        name="reads-secret",
+        argv=["sh", "-c", f"stat -c '%a %s' {secrets}/password"],
+        time_limit=30,
+        secret_files={"password": b"hunter2"},
+        secret_dir=str(secrets),
+    )
+    log = io.BytesIO()
+
+    # When it runs
+    status = await LocalWorkloads().run_workload(workload, log)
+
+    # Then the file was there for it, readable by this user only, and is gone afterwards
+    assert status == 0
+    assert log.getvalue().split() == [b"600", b"7"]
+    assert not (secrets / "password").exists()
