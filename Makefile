@@ -76,6 +76,10 @@ docs: setup ## Write the message table of docs/ARCHITECTURE.md from proto/
 test-fast: setup ## Unit and integration tests not marked slow (parallel, < 2 min)
 	$(BIN)/pytest tests/unit tests/integration -m "not slow and not e2e" -q -n $(JOBS)
 
+.PHONY: test-cluster
+test-cluster: setup ## The kubernetes platform against the strict cluster stand-in (needs root)
+	$(BIN)/pytest tests/integration/cluster -q -n 2
+
 .PHONY: test
 test: system-deps setup lint ## Everything: lint, unit, integration, slow, faults, e2e
 	$(BIN)/python -m ferry.proto.schemagen --check

@@ -31,9 +31,9 @@ import pytest
 from ferry.platform import factory, kubevirt
 from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes import objects
+from ferry.platform.kubernetes.binding import BindTimeout
 from ferry.platform.kubernetes.client import Forbidden
 from ferry.platform.kubernetes.platform import KubernetesPlatform
-from ferry.platform.kubernetes.volumes import BindTimeout
 from ferry.platform.schemas import SchemaValidationError
 from ferry.platform.settings import KubernetesSettings, PlatformSettings
 from ferry.platform.vms import BootFailed, VmConflict, VmPhase

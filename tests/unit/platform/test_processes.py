@@ -20,7 +20,7 @@ from ferry.platform import factory
 from ferry.platform.local import processes as process
 from ferry.platform.local.processes import LocalWorkloads
 from ferry.platform.settings import PlatformSettings
-from ferry.platform.workloads import Workload, WorkloadError, WorkloadsNotBuilt, WorkloadTimedOut
+from ferry.platform.workloads import Workload, WorkloadError, WorkloadTimedOut
 
 # Prints the pids of its helpers, then waits; like virt-v2v with nbdkit and qemu.
 TREE = textwrap.dedent(
@@ -180,11 +180,32 @@ async def test_a_local_workload_whose_volume_is_missing_does_not_start(tmp_path)
         await LocalWorkloads().run_workload(workload, io.BytesIO())
 
 
-async def test_the_kubernetes_platform_says_its_workloads_are_not_built() -> None:
-    # Given the kubernetes platform (it would connect on first use; it never gets to)
+async def test_the_kubernetes_platform_without_a_conversion_image_says_so() -> None:
+    # Given the kubernetes platform with no conversion image (it never connects)
     platform = factory.create(PlatformSettings(kind="kubernetes"), data_dir=Path("unused"))
     workload = Workload(name="full-conversion", argv=["virt-v2v"], time_limit=30)
 
     # When a conversion is run on it, then it fails at once and says why
-    with pytest.raises(WorkloadsNotBuilt, match="not built yet"):
+    with pytest.raises(WorkloadError, match="conversion_image is not set"):
         await platform.run_workload(workload, io.BytesIO())
+
+
+async def test_local_secret_files_are_private_to_the_run_and_removed_after(tmp_path: Path) -> None:
+    # Given a workload with a secret file that it only reports the mode and size of
+    secrets = tmp_path / "secrets"
+    workload = Workload(
+        name="reads-secret",
+        argv=["sh", "-c", f"stat -c '%a %s' {secrets}/password"],
+        time_limit=30,
+        secret_files={"password": b"hunter2"},
+        secret_dir=str(secrets),
+    )
+    log = io.BytesIO()
+
+    # When it runs
+    status = await LocalWorkloads().run_workload(workload, log)
+
+    # Then the file was there for it, readable by this user only, and is gone afterwards
+    assert status == 0
+    assert log.getvalue().split() == [b"600", b"7"]
+    assert not (secrets / "password").exists()

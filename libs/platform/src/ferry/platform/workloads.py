@@ -37,6 +37,12 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True):
     grace: float = 5.0  # after the polite stop, before everything of it is killed
     output: str = ""  # a file that receives standard output (a tool whose result is its
     #                   output); then only standard error is streamed as lines
+    labels: dict[str, str] = msgspec.field(default_factory=dict)  # ownership (ferry.proto.label)
+    namespace: str = ""  # in a cluster: where its claims are (the VM's target namespace)
+    # Secret files, name → content, that the workload reads under ``secret_dir``: locally
+    # written there with mode 0600, in a cluster a Secret mounted read-only. Never env/argv.
+    secret_files: dict[str, bytes] = msgspec.field(default_factory=dict)
+    secret_dir: str = ""
 
 
 class WorkloadError(Exception):
@@ -49,6 +55,17 @@ class WorkloadTimedOut(WorkloadError):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"time limit of {seconds:g}s exceeded")
         self.seconds = seconds
+
+
+class WorkloadLost(WorkloadError):
+    """The platform ended the workload before its command did (evicted, its node gone).
+
+    Worth retrying: nothing about the workload itself said it would fail.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class WorkloadsNotBuilt(WorkloadError):

@@ -43,6 +43,7 @@ class Resource:
     version: str
     plural: str
     kind: str
+    namespaced: bool = True
 
     @property
     def api_version(self) -> str:
@@ -50,7 +51,9 @@ class Resource:
 
     def path(self, namespace: str, name: str = "", subresource: str = "") -> str:
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        path = f"{base}/namespaces/{namespace}/{self.plural}"
+        # A cluster-scoped kind (PersistentVolume, StorageClass) ignores the namespace.
+        scope = f"/namespaces/{namespace}" if self.namespaced else ""
+        path = f"{base}{scope}/{self.plural}"
         if name:
             path += f"/{name}"
         if subresource:
@@ -62,6 +65,9 @@ PVC = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 POD = Resource("", "v1", "pods", "Pod")
 DATA_VOLUME = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes", "DataVolume")
 VIRTUAL_MACHINE = Resource("kubevirt.io", "v1", "virtualmachines", "VirtualMachine")
+SECRET = Resource("", "v1", "secrets", "Secret")
+PV = Resource("", "v1", "persistentvolumes", "PersistentVolume", namespaced=False)
+STORAGE_CLASS = Resource("storage.k8s.io", "v1", "storageclasses", "StorageClass", namespaced=False)
 VMI = Resource("kubevirt.io", "v1", "virtualmachineinstances", "VirtualMachineInstance")
 
 
@@ -150,7 +156,7 @@ class KubeClient:
         return cast(dict[str, Any], result or {})
 
     async def create(self, resource: Resource, obj: Mapping[str, Any]) -> dict[str, Any]:
-        namespace = str(obj["metadata"]["namespace"])
+        namespace = str(obj["metadata"].get("namespace", ""))
         what = f"create {resource.kind} {namespace}/{obj['metadata']['name']}"
         return await self._call("POST", resource.path(namespace), what, body=dict(obj))
 

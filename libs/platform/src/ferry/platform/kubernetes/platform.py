@@ -1,7 +1,6 @@
 """The whole kubernetes platform: :class:`KubeVolumes` and :class:`KubeVms` on one client.
 
-Workloads (the conversion pod) are not built yet: :meth:`KubernetesPlatform.run_workload`
-fails with :class:`~ferry.platform.workloads.WorkloadsNotBuilt`.
+Workloads (the conversion pod) run as pods through :class:`KubeWorkloads`.
 
 The API client is made on first use, not in the constructor, because loading a
 kubeconfig is asynchronous and the factory is not; ``aclose()`` releases its
@@ -25,10 +24,11 @@ from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes.client import KubeClient
 from ferry.platform.kubernetes.vms import KubeVms
 from ferry.platform.kubernetes.volumes import KubeVolumes
+from ferry.platform.kubernetes.workloads import KubeWorkloads
 from ferry.platform.settings import KubernetesSettings
 from ferry.platform.vms import VmInfo
 from ferry.platform.volumes import ProgressCallback, VolumeRequest, VolumeState
-from ferry.platform.workloads import LineHandler, Workload, WorkloadsNotBuilt
+from ferry.platform.workloads import LineHandler, Workload, WorkloadError
 from ferry.proto.inventory import DiskCopy, Volume
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class KubernetesPlatform:
         self._lock = asyncio.Lock()
         self._volumes: KubeVolumes | None = None
         self._vms: KubeVms | None = None
+        self._workloads: KubeWorkloads | None = None
 
     async def _ready(self) -> tuple[KubeVolumes, KubeVms]:
         async with self._lock:
@@ -70,6 +71,7 @@ class KubernetesPlatform:
                 client = KubeClient(self._api)
                 self._volumes = KubeVolumes(client, self.settings)
                 self._vms = KubeVms(client, self.settings)
+                self._workloads = KubeWorkloads(client, self.settings)
             return self._volumes, self._vms
 
     async def aclose(self) -> None:
@@ -133,12 +135,11 @@ class KubernetesPlatform:
     async def run_workload(
         self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None
     ) -> int:
-        # The conversion pod (virt-v2v on the VM's PVCs) comes with the cluster work;
-        # until then a conversion here fails at once rather than pretending to run.
-        raise WorkloadsNotBuilt(
-            f"workload {workload.name}: conversion pods are not built yet on the kubernetes "
-            "platform; run the conversion-service with FERRY_PLATFORM__KIND=local"
-        )
+        if not self.settings.conversion_image:  # before any connection: a setup error
+            raise WorkloadError("kubernetes platform: conversion_image is not set; cannot run pods")
+        await self._ready()
+        assert self._workloads is not None
+        return await self._workloads.run_workload(workload, log, on_line)
 
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes import objects
+from ferry.platform.kubernetes.binding import Pvcinit
 from ferry.platform.kubernetes.client import (
     DATA_VOLUME,
     POD,
@@ -63,12 +64,6 @@ _IN_PROGRESS = {
     "PopulatorInProgress",
 }
 _PERCENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%?\s*$")
-
-
-class BindTimeout(VolumeError):
-    """pvcinit: the claims did not all bind in time; the scheduler's message says why."""
-
-    permanent = False
 
 
 class TransferTimeout(VolumeError):
@@ -295,54 +290,12 @@ class KubeVolumes:
     # -- pvcinit ---------------------------------------------------------------------
 
     async def bind_volumes(self, namespace: str, migration: str, vm: str) -> list[VolumeState]:
-        """Mount every unbound DataVolume claim of the VM in one pod, wait for Bound, delete it.
-
-        With ``WaitForFirstConsumer`` storage the scheduler then picks one node
-        for all the claims and the provisioner binds them together, or none.
-        Populator claims are left out, as on the local platform: they bind when
-        their populator re-binds the filled prime volume.
-        """
+        """pvcinit (:mod:`~ferry.platform.kubernetes.binding`): every pending claim placed."""
         labels = objects.volume_labels(migration, vm)
         states = await self.list_volumes(namespace, labels)
-        pending = [
-            s
-            for s in states
-            if s.source != VolumeSource.POPULATOR and not s.pv and s.phase == Phase.PENDING
-        ]
-        if not pending:
-            return states
-        if not self.settings.pvcinit_image:
-            raise VolumeError("kubernetes platform: pvcinit_image is not set; cannot bind volumes")
-        claims = [(s.name, s.volume_mode) for s in pending]
-        deadline = int(self.settings.bind_timeout)
-        pod = objects.pvcinit_pod(
-            namespace, migration, vm, claims, self.settings.pvcinit_image, deadline
-        )
-        await self._create(pod)
-        try:
-            await self._wait_bound(namespace, [s.name for s in pending], pod["metadata"]["name"])
-        finally:
-            await self.client.delete(POD, namespace, pod["metadata"]["name"], grace_seconds=0)
-        return await self.list_volumes(namespace, labels)
-
-    async def _wait_bound(self, namespace: str, claims: list[str], pod: str) -> None:
-        limit = time.monotonic() + self.settings.bind_timeout
-        while True:
-            unbound = []
-            for claim in claims:
-                pvc = await self.client.get(PVC, namespace, claim)
-                if ((pvc or {}).get("status") or {}).get("phase") != "Bound":
-                    unbound.append(claim)
-            if not unbound:
-                return
-            if time.monotonic() >= limit:
-                found = await self.client.get(POD, namespace, pod)
-                why = _reason(found or {}) or "no scheduler message"
-                raise BindTimeout(
-                    f"claims {', '.join(unbound)} not Bound within "
-                    f"{self.settings.bind_timeout:g} s: {why}"
-                )
-            await asyncio.sleep(self.settings.poll_seconds)
+        if await Pvcinit(self.client, self.settings).bind(namespace, migration, vm, states):
+            return await self.list_volumes(namespace, labels)
+        return states
 
     # -- transfers -------------------------------------------------------------------
 

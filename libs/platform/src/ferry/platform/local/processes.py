@@ -25,7 +25,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -244,6 +244,30 @@ def _output(path: str) -> BinaryIO:
     return open(path, "wb")
 
 
+@contextlib.contextmanager
+def _secret_files(workload: Workload) -> Iterator[None]:
+    """The workload's secret files, readable by this user only, removed when it ends."""
+    if not workload.secret_files:
+        yield
+        return
+    if not workload.secret_dir:
+        raise WorkloadError(f"workload {workload.name}: secret files but no secret_dir")
+    folder = Path(workload.secret_dir)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    written = []
+    try:
+        for name, content in workload.secret_files.items():
+            path = folder / name
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(content)
+            written.append(path)
+        yield
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+
+
 class LocalWorkloads:
     async def run_workload(
         self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None
@@ -254,6 +278,7 @@ class LocalWorkloads:
                 f"workload {workload.name}: volumes not on this host: {', '.join(missing)}"
             )
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_secret_files(workload))
             stdout = stack.enter_context(_output(workload.output)) if workload.output else None
             return await run(
                 workload.argv,
