@@ -20,7 +20,8 @@ JOBS ?= 4
 # Debian packages the tests and the demo use (virt-v2v, QEMU, libguestfs, NBD, a
 # kernel for the libguestfs appliance, debootstrap for the test guest, OVMF for UEFI).
 SYSTEM_PACKAGES := qemu-utils qemu-system-x86 virt-v2v libguestfs-tools guestfs-tools \
-                   nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace
+                   nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace \
+                   golang-go golang-github-vmware-govmomi-dev
 
 .PHONY: help
 help: ## List the targets
