@@ -54,8 +54,7 @@ def _overlay_files() -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     return {
-        str(SIMULATOR_PACKAGE / f"ferry_{path.name}"): path
-        for path in sorted(folder.glob("*.go"))
+        str(SIMULATOR_PACKAGE / f"ferry_{path.name}"): path for path in sorted(folder.glob("*.go"))
     }
 
 
