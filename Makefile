@@ -74,6 +74,10 @@ docs: setup ## Write the message table of docs/ARCHITECTURE.md from proto/
 test-fast: setup ## Unit and integration tests not marked slow (parallel, < 2 min)
 	$(BIN)/pytest tests/unit tests/integration -m "not slow and not e2e" -q -n $(JOBS)
 
+.PHONY: test-vsphere
+test-vsphere: setup ## The vSphere provider against vcsim (built from Debian's govmomi on first use)
+	$(BIN)/pytest tests/integration/vsphere tests/unit/providers/test_vsphere_validator.py -q -n $(JOBS)
+
 .PHONY: test
 test: system-deps setup lint ## Everything: lint, unit, integration, slow, faults, e2e
 	$(BIN)/python -m ferry.proto.schemagen --check

@@ -1,4 +1,4 @@
-"""vSphere inventory building and preflight concerns, from pyVmomi data objects (no I/O).
+"""vSphere inventory, preflight concerns and the shutdown grace period, without I/O.
 
 The simulator cannot hold a raw device mapping or a virtual TPM (govmomi 0.24
 stops serving when either is added), so those two concerns are checked here on
@@ -7,9 +7,13 @@ the configuration vCenter would report.
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from pyVmomi import vim
 
 from ferry.proto.inventory import ConcernCode, Firmware
+from ferry.providers.vsphere import power
 from ferry.providers.vsphere.inventory import Names, build_vm
 
 
@@ -79,3 +83,39 @@ def test_cbt_off_is_a_warm_only_concern_and_uefi_without_secure_boot_is_none() -
     assert vm.firmware is Firmware.UEFI and not vm.secure_boot
     [concern] = vm.concerns
     assert concern.code is ConcernCode.CBT_DISABLED and concern.warm_only
+
+
+class _StubbornGuest:
+    """A running VM whose guest acknowledges a shutdown through Tools and keeps running."""
+
+    def __init__(self) -> None:
+        self._moId = "vm-9"
+        self.runtime = vim.vm.RuntimeInfo(powerState="poweredOn")
+        self.guest = vim.vm.GuestInfo(toolsRunningStatus="guestToolsRunning")
+        self.asked = 0
+        self.forced = 0
+
+    def ShutdownGuest(self) -> None:  # noqa: N802 (the vSphere method's name)
+        self.asked += 1
+
+    def PowerOffVM_Task(self) -> object:  # noqa: N802
+        self.forced += 1
+        self.runtime.powerState = "poweredOff"
+        return object()
+
+
+def test_a_guest_that_ignores_the_shutdown_is_forced_off_after_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a guest that ignores the shutdown request (and tasks that end at once)
+    vm = _StubbornGuest()
+    monkeypatch.setattr(power, "POLL", 0.01)
+    monkeypatch.setattr(power.client, "wait_for", lambda task, what: None)
+
+    # When it is shut down with a short grace period
+    started = time.monotonic()
+    forced = power.shutdown(vm, timeout=0.2)
+
+    # Then it was asked first, waited for, and then forced off
+    assert (vm.asked, vm.forced, forced) == (1, 1, True)
+    assert time.monotonic() - started >= 0.2
