@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -31,8 +32,6 @@ async def test_ranges_read_from_the_flat_extent(provider: VsphereProvider, admin
 
     # When ranges are read, in parallel, across the hole and to the end
     async with provider.open_disk(vm, disk.id) as reader:
-        import asyncio
-
         parts = await asyncio.gather(
             *(reader.read(offset, 100_000) for offset in range(0, MIB, 100_000))
         )
@@ -82,6 +81,7 @@ async def test_a_datastore_path_that_404s_is_a_clear_reason(
     (datastore_dir(admin) / "DC0_H0_VM1" / "disk1-flat.vmdk").unlink()
 
     # When the disk is opened / Then the reason names the file and the 404
-    with pytest.raises(DatastoreFileMissing, match=r"\[LocalDS_0\] DC0_H0_VM1/disk1-flat.vmdk.*404"):
+    missing = r"\[LocalDS_0\] DC0_H0_VM1/disk1-flat.vmdk.*404"
+    with pytest.raises(DatastoreFileMissing, match=missing):
         async with provider.open_disk(vm, vm.disks[0].id):
             pass

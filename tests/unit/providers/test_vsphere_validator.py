@@ -95,10 +95,10 @@ class _StubbornGuest:
         self.asked = 0
         self.forced = 0
 
-    def ShutdownGuest(self) -> None:  # noqa: N802 (the vSphere method's name)
+    def ShutdownGuest(self) -> None:
         self.asked += 1
 
-    def PowerOffVM_Task(self) -> object:  # noqa: N802
+    def PowerOffVM_Task(self) -> object:
         self.forced += 1
         self.runtime.powerState = "poweredOff"
         return object()
