@@ -7,7 +7,8 @@ import os
 from typing import Any
 
 import pytest
-from vcsimkit import datastore_dir
+from pyVmomi import vim
+from vcsimkit import datastore_dir, find_vm, run
 
 from ferry.providers.nbd import AsyncNbdClient
 from ferry.providers.vsphere.disks import DatastoreFileMissing
@@ -85,3 +86,28 @@ async def test_a_datastore_path_that_404s_is_a_clear_reason(
     with pytest.raises(DatastoreFileMissing, match=missing):
         async with provider.open_disk(vm, vm.disks[0].id):
             pass
+
+
+async def test_with_cbt_on_only_allocated_areas_are_extents(
+    provider: VsphereProvider, admin: Any
+) -> None:
+    # Given a VM with CBT on whose 1 MiB disk holds data at two places, holes elsewhere
+    ref = find_vm(admin, "DC0_H0_VM0")
+    run(ref.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=True)))
+    flat = datastore_dir(admin) / "DC0_H0_VM0" / "disk1-flat.vmdk"
+    with flat.open("wb") as out:
+        out.truncate(MIB)
+        out.seek(64 * 1024)
+        out.write(b"\x01" * 4096)
+        out.seek(768 * 1024)
+        out.write(b"\x02" * 8192)
+    vm = await provider.vm("DC0_H0_VM0")
+
+    # When the disk's extents are asked
+    async with provider.open_disk(vm, vm.disks[0].id) as reader:
+        extents = await reader.extents()
+        first = await reader.read(extents[0].offset, extents[0].length)
+
+    # Then CBT's full query names just the two areas, and they hold the data
+    assert [(e.offset, e.length) for e in extents] == [(64 * 1024, 4096), (768 * 1024, 8192)]
+    assert first == b"\x01" * 4096

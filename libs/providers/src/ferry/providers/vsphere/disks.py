@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import shutil
 import ssl
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +41,7 @@ from ferry.providers.base import ProviderError, QemuSource
 from ferry.providers.nbd import NbdError
 from ferry.providers.vsphere.client import Session
 
+log = logging.getLogger(__name__)
 START_TIMEOUT = 20.0
 BACKING = re.compile(r"^\[(?P<datastore>[^\]]+)\]\s*(?P<path>.+)$")
 
@@ -72,11 +75,19 @@ class DatastoreFile:
 class DatastoreDiskReader:
     """A :class:`ferry.providers.base.DiskReader` over one flat extent on a datastore."""
 
-    def __init__(self, session: Session, file: DatastoreFile, size: int, name: str) -> None:
+    def __init__(
+        self,
+        session: Session,
+        file: DatastoreFile,
+        size: int,
+        name: str,
+        allocation: Callable[[], Awaitable[list[Extent]]] | None = None,
+    ) -> None:
         self.session = session
         self.file = file
         self.name = name
         self._size = size
+        self._allocation = allocation
         self._http: aiohttp.ClientSession | None = None
         self._dir: Path | None = None
         self._nbdkit: asyncio.subprocess.Process | None = None
@@ -180,7 +191,16 @@ class DatastoreDiskReader:
         return data
 
     async def extents(self) -> list[Extent]:
-        # The /folder path has no allocation map; the copy engine skips zero blocks.
+        """Allocated areas from CBT when the VM has it on; else the whole disk.
+
+        The /folder path has no allocation map of its own; without CBT the copy
+        engine still skips the zero blocks it reads.
+        """
+        if self._allocation is not None:
+            try:
+                return await self._allocation()
+            except ProviderError as exc:
+                log.info("disk %s: no allocation map from CBT, reading it all: %s", self.name, exc)
         return [Extent(0, self._size)] if self._size else []
 
     def qemu_source(self) -> QemuSource:

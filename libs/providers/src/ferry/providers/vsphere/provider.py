@@ -17,9 +17,9 @@ from typing import Any
 
 from pyVmomi import vmodl
 
-from ferry.proto.inventory import PowerState, Vm
+from ferry.proto.inventory import Extent, PowerState, Vm
 from ferry.providers.base import DiskNotFound, ProviderError, V2vInput, VmNotFound
-from ferry.providers.vsphere import client, inventory, power, snapshots, v2v
+from ferry.providers.vsphere import changes, client, inventory, power, snapshots, v2v
 from ferry.providers.vsphere.disks import DatastoreDiskReader, DatastoreFile
 
 
@@ -117,7 +117,18 @@ class VsphereProvider:
         if disk.rdm:
             raise ProviderError(f"disk {disk.name!r} of {vm.id} is a raw device mapping")
         file = DatastoreFile.of_backing(vm.datacenter, disk.backing)
-        return DatastoreDiskReader(self.session, file, disk.capacity, f"{vm.id}:{disk_id}")
+        allocation = None
+        if vm.change_tracking:
+
+            async def allocation() -> list[Extent]:
+                result: list[Extent] = await self._on_vm(
+                    vm, lambda ref: changes.changed_areas(ref, int(disk_id), disk.capacity)
+                )
+                return result
+
+        return DatastoreDiskReader(
+            self.session, file, disk.capacity, f"{vm.id}:{disk_id}", allocation
+        )
 
     async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
         return v2v.v2v_input(self.session, vm, workdir)

@@ -18,8 +18,6 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from pyVmomi import vim
-
 from ferry.providers.base import ProviderError
 from ferry.providers.vsphere import client
 
@@ -82,6 +80,3 @@ def remove_all(vm_ref: Any) -> list[str]:
 def tools_running(vm_ref: Any) -> bool:
     guest = vm_ref.guest
     return guest is not None and guest.toolsRunningStatus == "guestToolsRunning"
-
-
-__all__ = ["FERRY_PREFIX", "create", "leftovers", "remove_all", "snapshot_names", "vim"]
