@@ -6,10 +6,10 @@ it without VDDK or an export. Two faces, as the seam asks:
 
 - :meth:`DatastoreDiskReader.read` issues the GETs itself (aiohttp, the session's
   cookie, the provider's trust), for Python copies;
-- :meth:`DatastoreDiskReader.nbd_uri` / :meth:`qemu_source` serve the same file as
-  a raw NBD export through ``nbdkit curl``, which is what the platform's copy
-  engine opens: that engine is the one that copies in parallel, skips zeroes and
-  resumes from its checkpoint, for every source alike.
+- :meth:`DatastoreDiskReader.nbd_uri` / :meth:`qemu_source` serve the same file, from
+  the moment the reader is entered, as a raw NBD export through ``nbdkit curl``,
+  which is what the platform's copy engine opens: that engine is the one that copies
+  in parallel, skips zeroes and resumes from its checkpoint, for every source alike.
 
 The session cookie is a credential: nbdkit reads it from a 0600 file in a private
 directory (``cookie=+FILE``), never from its argv or environment. A pinned server
@@ -123,6 +123,13 @@ class DatastoreDiskReader:
             raise ProviderError(
                 f"disk {self.name}: {self.file.path} holds {length} bytes, the disk is {self._size}"
             )
+        # Served now, not on demand: the seam's qemu_source() is synchronous, and the
+        # volume-service hands it to a workload right after opening the disk.
+        try:
+            await self.nbd_uri()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(
@@ -205,7 +212,7 @@ class DatastoreDiskReader:
 
     def qemu_source(self) -> QemuSource:
         if self._dir is None:
-            raise ProviderError(f"disk {self.name}: await nbd_uri() before qemu_source()")
+            raise ProviderError(f"disk {self.name} is not open (use 'async with')")
         return QemuSource(
             format="raw",
             options={
