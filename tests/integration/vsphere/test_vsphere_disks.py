@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pyVmomi import vim
 from vcsimkit import datastore_dir, find_vm, run
 
+from ferry.platform.copy import engine, sink, source
 from ferry.providers.nbd import AsyncNbdClient
 from ferry.providers.vsphere.disks import DatastoreFileMissing
 from ferry.providers.vsphere.provider import VsphereProvider
+from ferry.volume_service.images import image_ref
 
 MIB = 1024 * 1024
 
@@ -111,3 +114,32 @@ async def test_with_cbt_on_only_allocated_areas_are_extents(
     # Then CBT's full query names just the two areas, and they hold the data
     assert [(e.offset, e.length) for e in extents] == [(64 * 1024, 4096), (768 * 1024, 8192)]
     assert first == b"\x01" * 4096
+
+
+async def test_cold_copy_through_the_platform_copy_engine(
+    provider: VsphereProvider, admin: Any, tmp_path: Path
+) -> None:
+    # Given a powered-off VM whose disk holds data around a hole
+    vm = await provider.vm("DC0_C0_RP0_VM1")
+    await provider.shutdown(vm, timeout=5)
+    content = _guest_bytes()
+    (datastore_dir(admin) / "DC0_C0_RP0_VM1" / "disk1-flat.vmdk").write_bytes(content)
+
+    # When the volume-service's path copies it: the reader's qemu source, described
+    # for a workload, opened and copied by the engine with its checkpoint
+    async with provider.open_disk(vm, vm.disks[0].id) as reader:
+        ref = image_ref(reader.qemu_source())
+
+        def run_copy() -> engine.Result:
+            src = source.open_source(ref)
+            try:
+                target = sink.open_sink(str(tmp_path / "disk.raw"), "raw", src.size)
+                return engine.copy(src, target, tmp_path / "state")
+            finally:
+                src.close()
+
+        result = await asyncio.to_thread(run_copy)
+
+    # Then the target holds the guest's bytes, verified by the engine's checksums
+    assert (tmp_path / "disk.raw").read_bytes() == content
+    assert result.size == MIB and result.source == result.target
