@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pyVmomi import vmodl
+from pyVmomi import vim, vmodl
 
 from ferry.proto.inventory import Extent, PowerState, Vm
 from ferry.providers.base import DiskNotFound, ProviderError, V2vInput, VmNotFound
@@ -66,8 +66,6 @@ class VsphereProvider:
 
     def _ref(self, si: Any, vm_id: str) -> Any:
         """The VM's managed object, checked to still exist."""
-        from pyVmomi import vim
-
         ref = vim.VirtualMachine(vm_id, stub=si._stub)
         try:
             _ = ref.name
