@@ -20,10 +20,11 @@ JOBS ?= 4
 
 # Debian packages the tests and the demo use (virt-v2v, QEMU, libguestfs, NBD, a
 # kernel for the libguestfs appliance, debootstrap for the test guest, OVMF for UEFI;
-# headless Chromium and its driver for the console's browser test).
+# headless Chromium and its driver for the console's browser test; Go and govmomi to
+# build the vSphere API simulator).
 SYSTEM_PACKAGES := qemu-utils qemu-system-x86 virt-v2v libguestfs-tools guestfs-tools \
                    nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace \
-                   chromium chromium-driver
+                   chromium chromium-driver golang-go golang-github-vmware-govmomi-dev
 
 .PHONY: help
 help: ## List the targets
@@ -79,6 +80,10 @@ test-fast: setup ## Unit and integration tests not marked slow (parallel, < 2 mi
 .PHONY: test-cluster
 test-cluster: setup ## The kubernetes platform against the strict cluster stand-in (needs root)
 	$(BIN)/pytest tests/integration/cluster -q -n 2
+
+.PHONY: test-vsphere
+test-vsphere: setup ## The vSphere provider against vcsim (built from Debian's govmomi on first use)
+	$(BIN)/pytest tests/integration/vsphere tests/unit/providers/test_vsphere_validator.py -q -n $(JOBS)
 
 .PHONY: test
 test: system-deps setup lint ## Everything: lint, unit, integration, slow, faults, e2e

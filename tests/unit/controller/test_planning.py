@@ -6,7 +6,7 @@ import msgspec
 
 from ferry.migration_controller import planning
 from ferry.proto import objects
-from ferry.proto.inventory import Disk, PowerState, ProviderType, Vm
+from ferry.proto.inventory import Concern, ConcernCode, Disk, PowerState, ProviderType, Vm
 
 from .conftest import inventory_vm
 
@@ -122,3 +122,22 @@ def test_a_disk_without_a_storage_is_not_taken_by_a_map_entry_named_by_name(
     result = planning.preflight(plan, docs["vmware"], [blank], docs["NetworkMap"], storage)  # type: ignore[arg-type]
     # Then the disk is unmapped, with the reason, instead of matching the empty id
     assert result.reasons == {"1": ["storage '' of disk 'disk0' is not in StorageMap 'disks'"]}
+
+
+def test_provider_concerns_are_reasons_and_warm_only_ones_only_for_warm_plans(
+    docs: dict[str, objects.FerryObjectBase],
+) -> None:
+    # Given a VM whose provider found a snapshot (always) and CBT off (warm only)
+    concerned = msgspec.structs.replace(
+        inventory_vm("1", "a"),
+        concerns=[
+            Concern(code=ConcernCode.SNAPSHOTS, message="the VM has snapshots (s1)"),
+            Concern(code=ConcernCode.CBT_DISABLED, message="CBT is off", warm_only=True),
+        ],
+    )
+    # When a cold and a warm plan are checked
+    cold = _check(docs, _plan(docs, [{"id": "1"}]), [concerned])
+    warm = _check(docs, _plan(docs, [{"id": "1"}], warm=True), [concerned])
+    # Then the snapshot is a reason for both, CBT only for the warm plan
+    assert cold.reasons["1"] == ["the VM has snapshots (s1)"]
+    assert warm.reasons["1"][:2] == ["the VM has snapshots (s1)", "CBT is off"]

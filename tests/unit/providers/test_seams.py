@@ -21,7 +21,6 @@ from ferry.providers.ova.reader import merged
 @pytest.mark.parametrize(
     "kind",
     [
-        ProviderType.VSPHERE,
         ProviderType.OVIRT,
         ProviderType.OPENSTACK,
         ProviderType.KUBEVIRT,

@@ -39,6 +39,27 @@ class DiskFormat(StrEnum):
     VMDK = "vmdk"  # monolithic sparse VMDK in one file
 
 
+class ConcernCode(StrEnum):
+    """Why a source VM cannot migrate as it is: what a validator found."""
+
+    CBT_DISABLED = "cbt_disabled"  # warm only: changed-block tracking is off
+    SNAPSHOTS = "snapshots"  # the VM has snapshots of its own
+    SHARED_DISK = "shared_disk"  # a disk is shared with other VMs (multi-writer)
+    RDM_DISK = "rdm_disk"  # a raw device mapping: a LUN, not a file
+    INDEPENDENT_DISK = "independent_disk"  # snapshots skip it: no consistent copy
+    VTPM = "vtpm"  # a virtual TPM whose secrets cannot be carried over
+    SECURE_BOOT = "secure_boot"  # UEFI secure boot keys cannot be carried over
+    UNSUPPORTED = "unsupported"
+
+
+class Concern(msgspec.Struct, frozen=True, kw_only=True):
+    """One reason a VM cannot migrate: the code is what services read, never the text."""
+
+    code: ConcernCode
+    message: str
+    warm_only: bool = False  # blocks warm migrations only
+
+
 class Extent(msgspec.Struct, frozen=True, array_like=True):
     """A byte range of a disk: [offset, offset + length)."""
 
@@ -55,6 +76,12 @@ class Disk(msgspec.Struct, frozen=True, kw_only=True):
     allocated: int | None = None  # bytes of data, when the source knows it
     bus: str = ""  # source controller: scsi, sata, ide, virtio, nvme
     boot_order: int | None = None
+    backing: str = ""  # the source's file for the disk ("[datastore] vm/vm.vmdk")
+    controller: str = ""  # the controller's label as the source names it
+    thin: bool | None = None  # thin provisioned (None: the source does not say)
+    mode: str = ""  # the source's disk mode (persistent, independent_persistent…)
+    shared: bool = False  # shared with other VMs (multi-writer)
+    rdm: bool = False  # a raw device mapping, not a file
 
 
 class Nic(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +110,12 @@ class Vm(msgspec.Struct, frozen=True, kw_only=True):
     disks: list[Disk] = msgspec.field(default_factory=list)
     nics: list[Nic] = msgspec.field(default_factory=list)
     warnings: list[str] = msgspec.field(default_factory=list)  # unsupported features
+    change_tracking: bool | None = None  # changed-block tracking on (None: not offered)
+    snapshots: list[str] = msgspec.field(default_factory=list)  # the source's own snapshots
+    vtpm: bool = False
+    datacenter: str = ""
+    cluster: str = ""
+    concerns: list[Concern] = msgspec.field(default_factory=list)  # the validator's reasons
 
 
 class VolumeMode(StrEnum):

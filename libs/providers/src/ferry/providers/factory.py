@@ -34,8 +34,14 @@ def create(spec: ProviderSpec, secret: Mapping[str, Any] | None = None) -> Provi
 
         settings = getattr(spec, "settings", None) or {}
         return ova.OvaProvider(ova_root(spec.url or str(settings.get("path", ""))))
+    if kind is ProviderType.VSPHERE:
+        from ferry.providers.vsphere import provider as vsphere
+
+        settings = getattr(spec, "settings", None) or {}
+        return vsphere.VsphereProvider.create(spec.url, settings, secret)
+    supported = ", ".join(t.value for t in (ProviderType.OVA, ProviderType.VSPHERE))
     raise ProviderNotSupported(
-        f"provider type {kind.value!r} is not implemented yet; supported: {ProviderType.OVA.value}"
+        f"provider type {kind.value!r} is not implemented yet; supported: {supported}"
     )
 
 

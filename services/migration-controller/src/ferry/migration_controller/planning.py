@@ -76,14 +76,16 @@ def preflight(
         seen.add(found.id)
         if found.id in skip:
             continue
-        for reason in _vm_reasons(found, networks, storage):
+        for reason in _vm_reasons(found, networks, storage, warm=plan.spec.warm):
             out.reject(wanted.key, reason)
         out.vms.append((wanted, found))
     _name_targets(out)
     return out
 
 
-def _vm_reasons(vm: Vm, networks: objects.NetworkMap, storage: objects.StorageMap) -> list[str]:
+def _vm_reasons(
+    vm: Vm, networks: objects.NetworkMap, storage: objects.StorageMap, *, warm: bool = False
+) -> list[str]:
     reasons: list[str] = []
     for nic in vm.nics:
         if nic.network and networks.find(nic.network) is None:
@@ -100,6 +102,7 @@ def _vm_reasons(vm: Vm, networks: objects.NetworkMap, storage: objects.StorageMa
         for w in vm.warnings
         if w.startswith("unsupported")
     )
+    reasons.extend(c.message for c in vm.concerns if warm or not c.warm_only)
     return reasons
 
 

@@ -1,0 +1,1 @@
+"""The vSphere source: vCenter or ESXi through pyVmomi (see ``provider``)."""
