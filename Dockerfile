@@ -28,7 +28,7 @@ RUN /opt/ferry/bin/pip install --no-cache-dir --no-deps \
       ./services/conversion-service ./services/vm-service ./services/cli \
       ./services/console
 
-RUN useradd --system --create-home --home-dir /var/lib/ferry ferry
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /var/lib/ferry ferry
 USER ferry
 WORKDIR /var/lib/ferry
 ENV FERRY_DATA_DIR=/var/lib/ferry FERRY_HTTP__PORT=8080

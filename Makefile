@@ -69,6 +69,10 @@ lint: setup ## ruff, mypy (strict) and the import-linter layer contracts
 schemas: setup ## Write the JSON Schemas and the AsyncAPI document into proto/
 	$(BIN)/python -m ferry.proto.schemagen
 
+.PHONY: crds
+crds: setup ## Write the chart's CRDs (charts/ferry/crds) from the models
+	$(BIN)/python -m ferry.platform.crdgen
+
 .PHONY: docs
 docs: setup ## Write the message table of docs/ARCHITECTURE.md from proto/
 	$(BIN)/python -m ferry.proto.docgen
@@ -89,6 +93,7 @@ test-vsphere: setup ## The vSphere provider against vcsim (built from Debian's g
 test: system-deps setup lint ## Everything: lint, unit, integration, slow, faults, e2e
 	$(BIN)/python -m ferry.proto.schemagen --check
 	$(BIN)/python -m ferry.proto.docgen --check
+	$(BIN)/python -m ferry.platform.crdgen --check
 	$(BIN)/pytest tests -m "not slow" -q -n $(JOBS)
 	$(BIN)/pytest tests -m "slow" -q
 

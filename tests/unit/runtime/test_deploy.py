@@ -21,7 +21,10 @@ import yaml
 
 from ferry.console.settings import ConsoleSettings
 from ferry.platform.settings import PlatformSettings
+from ferry.platform import crdgen
+from ferry.proto import objects as ferry_objects
 from ferry.runtime import settings
+from ferry.runtime.providers import ProvidersSettings
 
 # The chart deploys to a cluster: it sets the platform's kind and its kubernetes group;
 # the local group belongs to `ferry up` and docker-compose.
@@ -32,6 +35,7 @@ CHART_PLATFORM = {
 }
 EVERY_PLATFORM = settings.environment_names(PlatformSettings, "FERRY_PLATFORM__")
 CONSOLE = settings.environment_names(ConsoleSettings, "FERRY_CONSOLE__")
+PROVIDERS = settings.environment_names(ProvidersSettings, "FERRY_PROVIDERS__")
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "ferry"
@@ -136,7 +140,7 @@ def test_chart_metadata_and_values_parse() -> None:
 def test_values_settings_use_the_settings_names() -> None:
     # Given the settings block of the values and the settings model
     values = yaml.safe_load((CHART / "values.yaml").read_text())["settings"]
-    known = settings.environment_names() | CHART_PLATFORM
+    known = settings.environment_names() | CHART_PLATFORM | PROVIDERS
 
     # When every leaf is turned into its FERRY_ variable
     def leaves(tree: dict[str, Any], prefix: str) -> list[str]:
@@ -168,14 +172,16 @@ def test_rendered_chart_is_valid_kubernetes() -> None:
         assert f"Service/ferry-{service}" in kinds
     assert "Secret/ferry-console" in kinds
     assert "HorizontalPodAutoscaler/ferry-conversion-service" in kinds
-    assert {"ServiceAccount/ferry-ferry", "ClusterRole/ferry-ferry"} <= set(kinds)
+    for service in SERVICES:
+        assert {f"ServiceAccount/ferry-{service}", f"ClusterRole/ferry-{service}"} <= set(kinds)
+        assert f"ClusterRoleBinding/ferry-{service}" in kinds
 
 
 def test_deployments_probe_health_and_pass_settings_as_env() -> None:
     # Given the rendered Deployments
     every = [o for o in _objects() if o["kind"] == "Deployment"]
     deployments = [d for d in every if d["metadata"]["name"] != "ferry-console"]
-    known = settings.environment_names() | CHART_PLATFORM
+    known = settings.environment_names() | CHART_PLATFORM | PROVIDERS
 
     for deployment in deployments:
         container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -229,21 +235,147 @@ def test_console_reads_its_token_from_the_secret_as_a_file() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
-def test_rbac_covers_the_objects_the_services_manage() -> None:
-    # Given the ClusterRole
-    role = next(o for o in _objects() if o["kind"] == "ClusterRole")
-    granted = {
-        (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
     }
 
-    # Then DataVolumes, PVCs, Pods and VirtualMachines are covered
-    for needed in [
-        ("cdi.kubevirt.io", "datavolumes"),
-        ("", "persistentvolumeclaims"),
-        ("", "pods"),
-        ("kubevirt.io", "virtualmachines"),
-    ]:
-        assert needed in granted
+
+def test_each_service_runs_as_its_own_account_with_its_own_rules() -> None:
+    # Given the rendered chart
+    objects = _objects()
+    roles = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ClusterRole"}
+    bindings = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ClusterRoleBinding"}
+    deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+
+    for service in SERVICES:
+        name = f"ferry-{service}"
+        # Then each service's pod uses its own account, bound to its own role
+        pod = deployments[name]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == name
+        binding = bindings[name]
+        assert binding["roleRef"]["name"] == name
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": name, "namespace": "ferry-system"}
+        ]
+        # and no role grants a wildcard
+        for group, resource, verb in _granted(roles[name]):
+            assert "*" not in (group, resource, verb)
+    # and only the services that touch a kind may: Secrets never for the vm-service or the
+    # controller, VirtualMachines only for the vm-service, Ferry's CRs only the controller
+    kinds = {s: {(g, r) for g, r, _ in _granted(roles[f"ferry-{s}"])} for s in SERVICES}
+    assert ("", "secrets") not in kinds["vm-service"] | kinds["migration-controller"]
+    assert {s for s in SERVICES if ("kubevirt.io", "virtualmachines") in kinds[s]} == {
+        "vm-service"
+    }
+    assert {s for s in SERVICES if ("ferry.dev", "plans") in kinds[s]} == {"migration-controller"}
+    assert ("populators.ferry.dev", "ferryvolumepopulators") in kinds["volume-service"]
+    assert ("", "persistentvolumes", "patch") in _granted(roles["ferry-volume-service"])
+
+
+def test_every_pod_is_restricted_non_root_with_a_read_only_root() -> None:
+    # Given every rendered Deployment
+    for deployment in (o for o in _objects() if o["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        # Then the pod runs as a non-root user with the runtime's seccomp profile
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            # and its container cannot gain privileges or write its image
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context.get("privileged", False) is False
+            # (scratch space is a volume)
+            assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+    # and the image's user is the one the pods run as
+    uid = yaml.safe_load((CHART / "values.yaml").read_text())["podSecurityContext"]["runAsUser"]
+    assert f"--uid {uid}" in (ROOT / "Dockerfile").read_text()
+
+
+def test_provider_secrets_are_files_in_the_services_that_read_sources() -> None:
+    # Given a chart installed with one provider Secret
+    scope = _scope()
+    source = {"secret": {"name": "vcenter", "items": [{"key": "password", "path": "ns/vc/pw"}]}}
+    scope["Values"]["providerSecrets"] = [source]
+    rendered: list[dict[str, Any]] = []
+    for template in sorted((CHART / "templates").glob("deployment-*.yaml")):
+        rendered += [d for d in yaml.safe_load_all(render(template.read_text(), scope)) if d]
+    readers = {"ferry-migration-controller", "ferry-volume-service", "ferry-conversion-service"}
+
+    for deployment in rendered:
+        kubernetes_validate.validate(deployment, KUBERNETES, strict=True)
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        if deployment["metadata"]["name"] in readers:
+            # Then the services that open providers see the Secret read-only, as files,
+            # where FERRY_PROVIDERS__SECRETS_DIR points
+            mount = mounts["provider-secrets"]
+            assert mount["readOnly"] is True
+            assert env["FERRY_PROVIDERS__SECRETS_DIR"] == mount["mountPath"]
+            projected = volumes["provider-secrets"]["projected"]
+            assert projected["sources"] == [source]
+            assert projected["defaultMode"] == 0o400
+        else:
+            # and the others never do
+            assert "provider-secrets" not in volumes
+        assert all("secretKeyRef" not in str(e) for e in container["env"])
+
+
+def test_chart_crds_are_the_generated_ones_and_valid() -> None:
+    # Given the CRDs checked in under charts/ferry/crds and the ones the models make
+    generated = crdgen.render()
+    checked_in = {p.name: p.read_text() for p in (CHART / "crds").glob("*.yaml")}
+
+    # Then they are the same files (`make crds` after a model change)
+    assert checked_in == generated
+    crds = {c["spec"]["names"]["kind"]: c for c in crdgen.crds()}
+    assert set(crds) == {*ferry_objects.KINDS, "FerryVolumePopulator"}
+    # and each one is a valid CustomResourceDefinition with a structural schema
+    for crd in crds.values():
+        kubernetes_validate.validate(crd, KUBERNETES, strict=True)
+        assert "$ref" not in json.dumps(crd)
+        assert '"const"' not in json.dumps(crd)
+
+
+def _crd_validator(crd: dict[str, Any]) -> Any:
+    import jsonschema
+
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft4Validator(schema)
+
+
+def test_crd_schemas_accept_the_examples_and_refuse_what_the_models_refuse() -> None:
+    # Given the CRDs and the example objects people apply
+    crds = {c["spec"]["names"]["kind"]: c for c in crdgen.crds()}
+    examples = [
+        d
+        for path in sorted((ROOT / "examples").glob("*.yaml"))
+        for d in yaml.safe_load_all(path.read_text())
+        if d
+    ]
+    assert {d["kind"] for d in examples} >= {"Provider", "Plan", "NetworkMap", "StorageMap"}
+
+    # Then every example validates against its kind's CRD
+    for doc in examples:
+        errors = list(_crd_validator(crds[doc["kind"]]).iter_errors(doc))
+        assert errors == [], (doc["kind"], [e.message for e in errors])
+    # and an object the model refuses is refused by the CRD too
+    plan = next(d for d in examples if d["kind"] == "Plan")
+    bad = {**plan, "spec": {**plan["spec"], "targetPowerState": "sideways", "vms": []}}
+    with pytest.raises(ValueError):
+        ferry_objects.parse_object(bad)
+    paths = {tuple(e.path) for e in _crd_validator(crds["Plan"]).iter_errors(bad)}
+    assert paths == {("spec", "targetPowerState"), ("spec", "vms")}
 
 
 def test_renderer_refuses_what_it_does_not_understand() -> None:
