@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from ferry.console.settings import ConsoleSettings
-from ferry.platform.settings import PlatformSettings
 from ferry.platform import crdgen
+from ferry.platform.settings import PlatformSettings
 from ferry.proto import objects as ferry_objects
 from ferry.runtime import settings
 from ferry.runtime.providers import ProvidersSettings
@@ -269,9 +269,7 @@ def test_each_service_runs_as_its_own_account_with_its_own_rules() -> None:
     # controller, VirtualMachines only for the vm-service, Ferry's CRs only the controller
     kinds = {s: {(g, r) for g, r, _ in _granted(roles[f"ferry-{s}"])} for s in SERVICES}
     assert ("", "secrets") not in kinds["vm-service"] | kinds["migration-controller"]
-    assert {s for s in SERVICES if ("kubevirt.io", "virtualmachines") in kinds[s]} == {
-        "vm-service"
-    }
+    assert {s for s in SERVICES if ("kubevirt.io", "virtualmachines") in kinds[s]} == {"vm-service"}
     assert {s for s in SERVICES if ("ferry.dev", "plans") in kinds[s]} == {"migration-controller"}
     assert ("populators.ferry.dev", "ferryvolumepopulators") in kinds["volume-service"]
     assert ("", "persistentvolumes", "patch") in _granted(roles["ferry-volume-service"])
