@@ -346,7 +346,7 @@ def test_chart_crds_are_the_generated_ones_and_valid() -> None:
 
 
 def _crd_validator(crd: dict[str, Any]) -> Any:
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped,unused-ignore]
 
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return jsonschema.Draft4Validator(schema)

@@ -80,12 +80,31 @@ _POPULATOR_SPEC: dict[str, Any] = {
     },
     "additionalProperties": False,
 }
+_CHECKSUM: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "algorithm": {"type": "string"},
+        "digest": {"type": "string"},
+        "bytes": {"type": "integer", "format": "int64"},
+    },
+}
 _POPULATOR_STATUS: dict[str, Any] = {
     "type": "object",
     "properties": {
         "progress": {"type": "string"},  # percent, as Forklift's populators report it
         "phase": {"type": "string"},
         "message": {"type": "string"},
+        # What the populator pod reported when it finished: kept here because the pod
+        # is gone by the time a redelivered CopyDisks asks again.
+        "result": {
+            "type": "object",
+            "properties": {
+                "bytes_copied": {"type": "integer", "format": "int64"},
+                "seconds": {"type": "number"},
+                "source": _CHECKSUM,
+                "target": _CHECKSUM,
+            },
+        },
     },
 }
 

@@ -30,11 +30,13 @@ from ferry.platform.kubernetes.client import (
     DATA_VOLUME,
     POD,
     PVC,
+    SECRET,
     AlreadyExists,
     ClusterError,
     KubeClient,
 )
 from ferry.platform.kubernetes.objects import POPULATOR
+from ferry.platform.kubernetes.populator import Populator
 from ferry.platform.kubevirt import label_value
 from ferry.platform.settings import KubernetesSettings
 from ferry.platform.volumes import (
@@ -327,32 +329,14 @@ class KubeVolumes:
     async def populate(
         self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
     ) -> DiskCopy:
-        """Wait for the populator to fill the prime volume and re-bind it: the claim is Bound.
+        """Be the populator of the claim (:mod:`~ferry.platform.kubernetes.populator`).
 
-        Progress is the CR's ``status.progress`` (percent, as Forklift's
-        populators publish it). ``source`` is not read here, as for
-        :meth:`import_disk`; the result is unverified.
+        Prime claim, populator pod on the selected node, re-bind, prime deleted; the
+        result carries the checksums the populator pod computed while it wrote.
         """
         if volume.source != VolumeSource.POPULATOR or volume.temporary:
             raise VolumeError(f"volume {volume.name} is not a populator volume")
-        started = time.monotonic()
-        while True:
-            pvc = await self.client.get(PVC, volume.namespace, volume.name)
-            if pvc is None:
-                raise VolumeNotFound(f"no claim {volume.namespace}/{volume.name}")
-            phase = (pvc.get("status") or {}).get("phase")
-            if phase == "Bound":
-                self._report(volume, "100", started, progress)
-                return _unverified(volume, time.monotonic() - started)
-            if phase == "Lost":
-                raise VolumeError(f"claim {volume.name} lost its PersistentVolume")
-            cr = await self.client.get(POPULATOR, volume.namespace, volume.name) or {}
-            status = cr.get("status") or {}
-            if status.get("phase") == "Failed":
-                why = status.get("message") or "no reason"
-                raise VolumeError(f"populator of {volume.name} failed: {why}")
-            self._report(volume, str(status.get("progress") or ""), started, progress)
-            await self._pause(volume, started)
+        return await Populator(self.client, self.settings).populate(volume, source, progress)
 
     def _report(
         self,
@@ -407,10 +391,11 @@ class KubeVolumes:
         return removed
 
     async def delete_volumes(self, namespace: str, migration: str, vm: str) -> list[str]:
-        """Everything this migration made for the VM: pods, DataVolumes, claims, populator CRs."""
+        """Everything this migration made for the VM: pods, DataVolumes, claims, populator CRs
+        and the Secrets of populator jobs."""
         labels = objects.volume_labels(migration, vm)
         removed: list[str] = []
-        for resource in (POD, DATA_VOLUME, PVC):
+        for resource in (POD, SECRET, DATA_VOLUME, PVC):
             for obj in await self.client.list(resource, namespace, labels):
                 name = _meta(obj)["name"]
                 if await self.client.delete(resource, namespace, name) and name not in removed:
