@@ -1,0 +1,129 @@
+"""The chart's RBAC holds what the platform really calls: recorded against the stand-in.
+
+Each service's platform calls (the volume-service's volumes and populator, the
+conversion-service's workload pods) are run against the stand-in; every request
+its API server saw becomes (API group, resource, verb) and must be granted by
+that service's ClusterRole in ``charts/ferry/templates/rbac.yaml``. A call added
+to the platform without its rule fails here, not as a 403 in a cluster.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ferry.platform.images import ImageRef
+from ferry.platform.kubernetes.platform import KubernetesPlatform
+from ferry.platform.volumes import VolumeRequest
+from ferry.platform.workloads import Workload
+from ferry.proto import label
+from ferry.proto.inventory import DiskFormat, VolumeMode, VolumeTarget
+from ferry.proto.volume import VolumeSource
+from ferry.testing.cluster.api import Request
+from ferry.testing.cluster.cluster import Cluster
+
+RBAC = Path(__file__).resolve().parents[3] / "charts" / "ferry" / "templates" / "rbac.yaml"
+NS = "migrated"
+MiB = 1 << 20
+_PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)(?:/namespaces/[^/]+)?"
+    r"/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?$"
+)
+_VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def granted(service: str) -> set[tuple[str, str, str]]:
+    text = RBAC.read_text().replace("{{ .Release.Name }}", "ferry")
+    text = text.replace("{{ .Release.Namespace }}", "ferry-system")
+    [role] = [
+        d
+        for d in yaml.safe_load_all(text)
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == f"ferry-{service}"
+    ]
+    return {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+def used(requests: list[Request]) -> set[tuple[str, str, str]]:
+    calls = set()
+    for request in requests:
+        match = _PATH.match(request.path)
+        assert match is not None, request.path
+        resource = match["plural"] + (f"/{match['sub']}" if match["sub"] else "")
+        if request.method == "GET":
+            watch = request.query.get("watch") in ("true", "1")
+            verb = "get" if match["name"] else ("watch" if watch else "list")
+        else:
+            verb = _VERBS[request.method]
+        calls.add((match["group"] or "", resource, verb))
+    return calls
+
+
+def volume(disk: str, source: VolumeSource) -> VolumeRequest:
+    target = VolumeTarget(disk_id=disk, storage_class="wffc", volume_mode=VolumeMode.BLOCK)
+    return VolumeRequest(
+        namespace=NS,
+        migration="mig-1",
+        vm="vm-1",
+        disk_id=disk,
+        capacity=4 * MiB,
+        target=target,
+        source=source,
+    )
+
+
+async def test_each_services_calls_are_granted_by_its_role(
+    platform: KubernetesPlatform, cluster: Cluster, tmp_path: Path
+) -> None:
+    source = tmp_path / "disk.raw"
+    source.write_bytes(b"x" * MiB)
+    calls: dict[str, set[tuple[str, str, str]]] = {}
+
+    # When the volume-service's steps run: CreateDataVolumes, AllocateDisks, CopyDisks
+    # (the populator), then clean-up
+    blank = await platform.ensure_volume(volume("d1", VolumeSource.BLANK))
+    populated = await platform.ensure_volume(volume("d2", VolumeSource.POPULATOR))
+    await platform.bind_volumes(NS, "mig-1", "vm-1")
+    await platform.populate(populated, ImageRef(path=str(source), format=DiskFormat.RAW))
+    await platform.delete_temporary_volumes(NS, "mig-1", "vm-1")
+    calls["volume-service"] = used(cluster.api.requests)
+    cluster.api.requests.clear()
+
+    # and the conversion-service's: a conversion pod with the VM's claim and a secret file
+    workload = Workload(
+        name="convert",
+        argv=["sh", "-c", "echo converted"],
+        volumes={blank.name: "/dev/disk0"},
+        time_limit=30,
+        labels={label.MIGRATION: "mig-1", label.VM: "vm-1"},
+        namespace=NS,
+        secret_files={"password": b"s3cret"},
+        secret_dir="/etc/ferry/secrets",
+    )
+    assert await platform.run_workload(workload, io.BytesIO()) == 0
+    calls["conversion-service"] = used(cluster.api.requests)
+    cluster.api.requests.clear()
+
+    # and the volume-service removes everything of the failed VM
+    await platform.delete_volumes(NS, "mig-1", "vm-1")
+    calls["volume-service"] |= used(cluster.api.requests)
+
+    # Then every call is one the service's role grants
+    for service, made in calls.items():
+        missing: Any = sorted(made - granted(service))
+        assert missing == [], f"{service} calls what its role does not grant: {missing}"
+    # and the populator's own steps were among them (the rules that were 403s before)
+    assert ("", "persistentvolumes", "patch") in calls["volume-service"]
+    assert ("populators.ferry.dev", "ferryvolumepopulators/status", "patch") in calls[
+        "volume-service"
+    ]
+    assert ("", "pods/log", "get") in calls["conversion-service"]
