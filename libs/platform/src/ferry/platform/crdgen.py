@@ -80,10 +80,10 @@ def structural(node: dict[str, Any], defs: dict[str, Any], where: str = "$") -> 
         if len(kept) != 1:
             raise NotStructural(f"{where}: a union of {len(kept)} types")
         rest = {k: v for k, v in node.items() if k != "anyOf"}
-        out = structural({**_resolve(kept[0], defs), **rest}, defs, where)
+        chosen = structural({**_resolve(kept[0], defs), **rest}, defs, where)
         if len(kept) < len(variants):
-            out["nullable"] = True
-        return out
+            chosen["nullable"] = True
+        return chosen
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROPPED:
