@@ -70,6 +70,7 @@ CR_PATH = f"/apis/populators.ferry.dev/v1alpha1/namespaces/{NS}/ferryvolumepopul
 RESOURCES = (
     "v1/persistentvolumeclaims",
     "v1/pods",
+    "v1/secrets",
     "cdi.kubevirt.io/v1beta1/datavolumes",
     "kubevirt.io/v1/virtualmachines",
     "kubevirt.io/v1/virtualmachineinstances",
@@ -456,32 +457,6 @@ async def test_a_failed_datavolume_fails_the_import_with_cdis_reason(
     # Then the import fails with CDI's message
     with pytest.raises(VolumeError, match="Unable to process data"):
         await platform.import_disk(volume, ImageRef(path="/unused.raw"))
-
-
-async def test_populate_follows_the_cr_progress_until_the_claim_binds(
-    platform: KubernetesPlatform, controller: Controller
-) -> None:
-    # Given a populator volume whose populator reports 40 % and then re-binds the claim
-    volume = await platform.ensure_volume(request(source=VolumeSource.POPULATOR))
-
-    seen: list[TransferProgress] = []
-
-    async def populator() -> None:
-        await controller.patch(f"{CR_PATH}/{volume.name}", {"status": {"progress": "40"}})
-        await observed(seen, 40)
-        await controller.bind(volume.name)
-
-    playing = asyncio.create_task(populator())
-
-    # When it is populated
-    copy = await platform.populate(volume, ImageRef(path="/unused.raw"), seen.append)
-    await playing
-
-    # Then 40 % was reported, the copy completed, and the volume is Succeeded
-    assert any(p.done == int(10 * GiB * 0.4) for p in seen)
-    assert copy.bytes_copied == 10 * GiB
-    state = await platform.get_volume(NS, volume.name)
-    assert state is not None and state.phase == Phase.SUCCEEDED and state.pv
 
 
 async def test_forbidden_is_a_clear_permanent_error(
