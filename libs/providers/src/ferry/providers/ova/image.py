@@ -23,7 +23,7 @@ from ferry.proto.inventory import DiskFormat
 from ferry.providers.base import QemuSource
 from ferry.providers.ova import errors
 from ferry.providers.ova.descriptor import DiskRef
-from ferry.providers.ova.package import BLOCK, Location, Package, read_range
+from ferry.providers.ova.package import BLOCK, Location, Package, read_at
 
 HEAD = 64 * 1024
 SECTOR = 512
@@ -56,7 +56,7 @@ async def inspect(package: Package, ref: DiskRef) -> Image:
         raise errors.ImageSizeError(
             where, f"descriptor says {ref.file_size} bytes, the file has {location.size}"
         )
-    head = read_range(location.path, location.offset, min(HEAD, location.size))
+    head = read_at(location, 0, min(HEAD, location.size))
     image = _classify(package, location, where, head)
     _reconcile(where, ref.declared, image.format)
     if image.window is None:
@@ -123,7 +123,7 @@ def _raw_window(location: Location, offset: int, size: int) -> Image:
         "size": size,
         "file": {"driver": "file", "filename": str(location.path)},
     }
-    window = Location(location.name, location.path, offset, size)
+    window = Location(location.name, location.path, offset, size, location.identity)
     return Image(DiskFormat.RAW, QemuSource(format="raw", options=node), size, window)
 
 
@@ -179,7 +179,7 @@ def _sparse_vmdk(location: Location, where: str, head: bytes) -> Image:
         start, length = desc_offset * SECTOR, min(desc_size * SECTOR, HEAD)
         if start + length > location.size:
             raise errors.ImageSizeError(where, "embedded VMDK descriptor lies beyond the file")
-        text = read_range(location.path, location.offset + start, length)
+        text = read_at(location, start, length)
     descriptor = _descriptor_fields(where, text.split(b"\x00", 1)[0])
     if (
         descriptor.get("parentFileNameHint")

@@ -5,6 +5,13 @@ member is just ``(file, offset, size)``. Both package kinds answer the same
 question, "where are the bytes of this file name", and refuse any name that could
 lead outside the import area: ``..``, absolute paths, links, devices, FIFOs,
 duplicates, truncated members.
+
+In an unpacked folder a file is used only when it is a regular file with one link,
+on the folder's filesystem, and inside the folder after every path component is
+resolved: a hard link or a bind mount looks like a plain file by name, yet its
+bytes belong to someone else. The identity checked here (device and inode) is
+checked again on the open descriptor before any byte is read, so a file swapped
+in between is refused too. From an archive nothing is ever extracted by name.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class Location:
     path: Path
     offset: int
     size: int
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) the bytes must come from
 
 
 def safe_name(origin: Path, name: str) -> str:
@@ -62,7 +70,7 @@ class Package:
         where = self.locate(name)
         if where.size > MAX_SMALL_FILE:
             raise errors.ImageSizeError(self.source, f"{name} is {where.size} bytes, too large")
-        return read_range(where.path, where.offset, where.size)
+        return read_location(where)
 
     def manifest_name(self) -> str | None:
         stem = PurePosixPath(self.descriptor).with_suffix(".mf").as_posix()
@@ -103,6 +111,7 @@ class Folder(Package):
     def locate(self, name: str) -> Location:
         clean = safe_name(self.source, name)
         path = self.root / clean
+        root_info = self.root.lstat()
         # Every component is checked with lstat so a symlinked directory cannot
         # redirect a clean-looking name out of the folder.
         current = self.root
@@ -114,9 +123,22 @@ class Folder(Package):
                 raise errors.MissingFileError(self.source, f"no file {name!r}") from None
             if stat.S_ISLNK(info.st_mode):
                 raise errors.UnsafeMemberTypeError(self.source, f"{name!r} is a symlink")
+            if info.st_dev != root_info.st_dev:
+                raise errors.UnsafeMemberTypeError(
+                    self.source, f"{name!r} lies on another filesystem than its folder"
+                )
         if not stat.S_ISREG(info.st_mode):
             raise errors.UnsafeMemberTypeError(self.source, f"{name!r} is not a regular file")
-        return Location(clean, path, 0, info.st_size)
+        if info.st_nlink != 1:
+            raise errors.UnsafeMemberTypeError(
+                self.source,
+                f"{name!r} is a hard link ({info.st_nlink} names for one file); "
+                "copy the file into the folder",
+            )
+        resolved, root = os.path.realpath(path), os.path.realpath(self.root)
+        if os.path.commonpath([resolved, root]) != root:
+            raise errors.UnsafeMemberError(self.source, f"{name!r} resolves outside the folder")
+        return Location(clean, path, 0, info.st_size, (info.st_dev, info.st_ino))
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir())
@@ -124,13 +146,52 @@ class Folder(Package):
 
 def read_range(path: Path, offset: int, size: int) -> bytes:
     """Exactly ``size`` bytes at ``offset``, or :class:`TruncatedArchiveError`."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    return read_location(Location(path.name, path, offset, size))
+
+
+def open_checked(location: Location) -> int:
+    """A read-only descriptor of ``location``'s file, refused unless it is the file checked.
+
+    The name was checked by :meth:`Folder.locate` or :func:`index_tar`; this checks
+    the opened file itself (a regular file with one link, and the same device and
+    inode as when it was checked) so that nothing swapped in meanwhile is read.
+    """
+    fd = os.open(location.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        data = os.pread(fd, size, offset)
+        info = os.fstat(fd)
+        problem = ""
+        if not stat.S_ISREG(info.st_mode):
+            problem = "is not a regular file"
+        elif info.st_nlink != 1:
+            problem = f"is a hard link ({info.st_nlink} names for one file)"
+        elif location.identity is not None and location.identity != (info.st_dev, info.st_ino):
+            problem = "was replaced after it was checked"
+        if problem:
+            raise errors.UnsafeMemberTypeError(location.path, problem)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_at(location: Location, offset: int, size: int) -> bytes:
+    """``size`` bytes from ``offset`` within ``location``, through the same checks."""
+    return read_location(
+        Location(location.name, location.path, location.offset + offset, size, location.identity)
+    )
+
+
+def read_location(location: Location) -> bytes:
+    """All ``location.size`` bytes of a checked location, or :class:`TruncatedArchiveError`."""
+    fd = open_checked(location)
+    try:
+        data = os.pread(fd, location.size, location.offset)
     finally:
         os.close(fd)
-    if len(data) != size:
-        raise errors.TruncatedArchiveError(path, f"wanted {size} bytes at {offset}, file ends")
+    if len(data) != location.size:
+        raise errors.TruncatedArchiveError(
+            location.path, f"wanted {location.size} bytes at {location.offset}, file ends"
+        )
     return data
 
 
@@ -139,6 +200,10 @@ def index_tar(path: Path) -> dict[str, Location]:
     info = path.lstat()
     if not stat.S_ISREG(info.st_mode):
         raise errors.UnsafeMemberTypeError(path, "the OVA is not a regular file")
+    if info.st_nlink != 1:
+        raise errors.UnsafeMemberTypeError(
+            path, f"the OVA is a hard link ({info.st_nlink} names for one file); copy it instead"
+        )
     file_size = info.st_size
     if read_range(path, 0, min(2, file_size)) == b"\x1f\x8b":
         raise errors.ArchiveFormatError(path, "gzip-compressed; an OVA is an uncompressed tar")
@@ -150,7 +215,7 @@ def index_tar(path: Path) -> dict[str, Location]:
                 count += 1
                 if count > MAX_MEMBERS:
                     raise errors.TooManyMembersError(path, f"more than {MAX_MEMBERS} members")
-                location = _checked_member(path, member, file_size)
+                location = _checked_member(path, member, file_size, (info.st_dev, info.st_ino))
                 if location is None:
                     continue
                 if location.name in members:
@@ -165,7 +230,9 @@ def index_tar(path: Path) -> dict[str, Location]:
     return members
 
 
-def _checked_member(path: Path, member: tarfile.TarInfo, file_size: int) -> Location | None:
+def _checked_member(
+    path: Path, member: tarfile.TarInfo, file_size: int, identity: tuple[int, int]
+) -> Location | None:
     name = safe_name(path, member.name)
     if member.isdir():
         return None
@@ -181,7 +248,7 @@ def _checked_member(path: Path, member: tarfile.TarInfo, file_size: int) -> Loca
             f"member {name!r} ({member.size} bytes at offset {member.offset_data}) "
             f"runs past the end of the file ({file_size} bytes)",
         )
-    return Location(name, path, member.offset_data, member.size)
+    return Location(name, path, member.offset_data, member.size, identity)
 
 
 def _check_end_marker(path: Path, end: int, file_size: int) -> None:

@@ -17,6 +17,7 @@ from typing import Self
 from ferry.proto.inventory import Extent
 from ferry.providers.base import ProviderError, QemuSource
 from ferry.providers.nbd import AsyncNbdClient, NbdServer
+from ferry.providers.ova import package
 from ferry.providers.ova.image import Image, qemu_img_json
 
 Resolved = tuple[Image, Callable[[], Awaitable[None]] | None]
@@ -51,7 +52,7 @@ class OvaDiskReader:
         self._image = checked
         window = self.image.window
         if window is not None:
-            self._fd = os.open(window.path, os.O_RDONLY | os.O_NOFOLLOW)
+            self._fd = package.open_checked(window)
         return self
 
     async def __aexit__(
