@@ -438,15 +438,6 @@ def _(c: Corpus) -> None:
     _qcow2_ova(c, "qcow2-backing-file", image.read_bytes())
 
 
-@case("qcow2-backing-declared-raw", errors.UnsafeImageError)
-def _(c: Corpus) -> None:
-    image = c.outside / "backed-raw.qcow2"
-    ovfkit.run(
-        "qemu-img", "create", "-f", "qcow2", "-b", str(c.canary), "-F", "raw", str(image), "8M"
-    )
-    _qcow2_ova(c, "qcow2-backing-declared-raw", image.read_bytes(), RAW_URI)
-
-
 @case("qcow2-data-file", errors.UnsafeImageError)
 def _(c: Corpus) -> None:
     image = c.outside / "external.qcow2"
@@ -455,11 +446,6 @@ def _(c: Corpus) -> None:
         "qemu-img", "create", "-f", "qcow2", "-o", f"data_file={data_file}", str(image), "8M"
     )
     _qcow2_ova(c, "qcow2-data-file", image.read_bytes())
-
-
-@case("qcow2-declared-raw", errors.DiskFormatError)
-def _(c: Corpus) -> None:
-    _qcow2_ova(c, "qcow2-declared-raw", c.images.qcow2.read_bytes(), RAW_URI)
 
 
 @case("raw-declared-qcow2", errors.DiskFormatError)
@@ -800,3 +786,41 @@ async def test_qemu_img_check_alone_refuses_without_opening_the_target(
     assert str(image_path) in traces
     assert "canary.secret" not in traces
     assert "outside-data.raw" not in traces
+
+
+async def test_a_qcow2_declared_raw_is_read_as_raw_and_never_follows_its_backing(
+    tmp_path: Path, images: ovfkit.Images
+) -> None:
+    # Given a qcow2 whose backing file is a canary outside, in an OVA that declares it raw
+    root = tmp_path / "import"
+    root.mkdir()
+    canary = tmp_path / "canary.secret"
+    canary.write_bytes(CANARY_TEXT * 1000)
+    backed = tmp_path / "backed.qcow2"
+    ovfkit.run(
+        "qemu-img", "create", "-f", "qcow2", "-b", str(canary), "-F", "raw", str(backed), "8M"
+    )
+    data = backed.read_bytes()
+    data += b"\0" * (-len(data) % 512)  # a raw disk is whole sectors
+    ovf = ovfkit.vmware_ovf([{"href": "d.img", "size": len(data), "format": RAW_URI}], name="r")
+    ovfkit.write_ova(root / "declared-raw.ova", "r.ovf", ovf, [("d.img", data)])
+    provider = OvaProvider(root)
+
+    # When it is listed and its disk read whole
+    _AUDIT.recording, _AUDIT.opened, _AUDIT.spawned = True, [], []
+    try:
+        vm = await provider.vm("declared-raw/r")
+        [disk] = vm.disks
+        async with provider.open_disk(vm, disk.id) as reader:
+            got = await reader.read(0, reader.size)
+    finally:
+        _AUDIT.recording = False
+
+    # Then it is raw, as declared, with a warning; its bytes are the file's own
+    assert disk.format is DiskFormat.RAW
+    assert any("declared raw but begins like a qcow2 image" in w for w in vm.warnings)
+    assert got == data
+    # And the canary it names as backing file was never opened nor named to a child
+    assert str(canary) not in _AUDIT.opened
+    named = [p for argv in _AUDIT.spawned for p in OpenAudit.named_paths(argv)]
+    assert str(canary) not in named

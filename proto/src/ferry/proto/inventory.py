@@ -39,6 +39,13 @@ class DiskFormat(StrEnum):
     VMDK = "vmdk"  # monolithic sparse VMDK in one file
 
 
+class Status(StrEnum):
+    """Whether a VM (or the package holding it) can be migrated as listed."""
+
+    OK = "ok"
+    REJECTED = "rejected"  # ``errors`` says why, in the user's words
+
+
 class Extent(msgspec.Struct, frozen=True, array_like=True):
     """A byte range of a disk: [offset, offset + length)."""
 
@@ -55,6 +62,8 @@ class Disk(msgspec.Struct, frozen=True, kw_only=True):
     allocated: int | None = None  # bytes of data, when the source knows it
     bus: str = ""  # source controller: scsi, sata, ide, virtio, nvme
     boot_order: int | None = None
+    blank: bool = False  # declared by capacity only: migrated as an empty volume
+    error: str = ""  # why this disk cannot be read ("" when it can)
 
 
 class Nic(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +92,25 @@ class Vm(msgspec.Struct, frozen=True, kw_only=True):
     disks: list[Disk] = msgspec.field(default_factory=list)
     nics: list[Nic] = msgspec.field(default_factory=list)
     warnings: list[str] = msgspec.field(default_factory=list)  # unsupported features
+    status: Status = Status.OK
+    errors: list[str] = msgspec.field(default_factory=list)  # why it is rejected
+    configuration: str = ""  # the deployment option described (OVF), "" when none
+    configurations: list[str] = msgspec.field(default_factory=list)  # every one offered
+
+
+class Package(msgspec.Struct, frozen=True, kw_only=True):
+    """One unit a source is read in (an OVA file, an OVF folder), with its verdict.
+
+    A package that cannot be read at all has no VMs and its reason in ``errors``;
+    one whose descriptor reads but some disk does not lists its VMs, each with
+    its own ``status`` and ``errors``.
+    """
+
+    id: str
+    path: str
+    status: Status = Status.OK
+    errors: list[str] = msgspec.field(default_factory=list)
+    vms: list[Vm] = msgspec.field(default_factory=list)
 
 
 class VolumeMode(StrEnum):

@@ -7,6 +7,12 @@ the import area. So the header is read here first (backing file, external data
 file, descriptor extents), the qemu description is built with the format named and
 ``backing`` pinned to null, and ``qemu-img info`` confirms the result (it opens the
 image without its backing chain).
+
+The declared format is honoured: a disk declared raw is read as raw whatever its
+first bytes look like (the raw driver never follows a header's backing file), and
+a file whose bytes are not the declared VMDK or qcow2 is named for what it lacks.
+A disk declared without a file is a blank volume of its capacity, served by
+qemu's ``null-co`` driver reading zeros.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 from ferry.proto.inventory import DiskFormat
 from ferry.providers.base import QemuSource
 from ferry.providers.ova import errors
-from ferry.providers.ova.descriptor import DiskRef
+from ferry.providers.ova.disks import DiskRef
 from ferry.providers.ova.package import BLOCK, Location, Package, read_at
 
 HEAD = 64 * 1024
@@ -44,12 +50,21 @@ class Image:
     source: QemuSource
     virtual_size: int
     window: Location | None  # raw guest bytes lie here verbatim (raw, flat VMDK)
+    note: str = ""  # a warning for the VM: what was read differently than it looks
+
+
+def blank(capacity: int) -> Image:
+    """A disk with no content file: ``capacity`` bytes of zeros, no data extent."""
+    node = {"driver": "raw", "file": {"driver": "null-co", "size": capacity, "read-zeroes": True}}
+    return Image(DiskFormat.RAW, QemuSource(format="raw", options=node), capacity, None)
 
 
 async def inspect(package: Package, ref: DiskRef) -> Image:
     """Check the image of ``ref`` and describe it for qemu; errors name the file."""
     if ref.file is None:
-        raise errors.OvfFormatError(package.source, f"disk {ref.disk_id} has no file")
+        if ref.capacity is None:
+            raise errors.ImageSizeError(package.source, f"disk {ref.disk_id} has no capacity")
+        return blank(ref.capacity)
     location = package.locate(ref.file)
     where = f"{package.source}[{location.name}]"
     if ref.file_size is not None and ref.file_size != location.size:
@@ -57,16 +72,33 @@ async def inspect(package: Package, ref: DiskRef) -> Image:
             where, f"descriptor says {ref.file_size} bytes, the file has {location.size}"
         )
     head = read_at(location, 0, min(HEAD, location.size))
-    image = _classify(package, location, where, head)
-    _reconcile(where, ref.declared, image.format)
+    if ref.declared is DiskFormat.RAW:
+        image = _raw(location, where, head)
+        looks = _looks_like(head)
+        if looks:
+            note = f"disk {ref.disk_id} is declared raw but begins like {looks}; read as raw"
+            image = Image(image.format, image.source, image.virtual_size, image.window, note)
+    else:
+        image = _classify(package, location, where, head)
+        _reconcile(where, ref.declared, image.format, head)
     if image.window is None:
         image = await confirm(package, where, image)
-    if image.virtual_size > ref.capacity:
+    if ref.capacity is not None and image.virtual_size > ref.capacity:
         raise errors.ImageSizeError(
             where,
             f"image holds {image.virtual_size} bytes, the descriptor's capacity is {ref.capacity}",
         )
     return image
+
+
+def _looks_like(head: bytes) -> str:
+    if head.startswith(b"QFI\xfb"):
+        return "a qcow2 image"
+    if head.startswith((b"KDMV", b"COWD", b"VMDK")) or head.lstrip().startswith(
+        b"# Disk DescriptorFile"
+    ):
+        return "a VMDK image"
+    return ""
 
 
 def _classify(package: Package, location: Location, where: str, head: bytes) -> Image:
@@ -83,14 +115,16 @@ def _classify(package: Package, location: Location, where: str, head: bytes) -> 
     return _raw(location, where, head)
 
 
-def _reconcile(where: str, declared: DiskFormat | None, actual: DiskFormat) -> None:
+def _reconcile(where: str, declared: DiskFormat | None, actual: DiskFormat, head: bytes) -> None:
     """The descriptor and the bytes must agree on the family of format."""
     if declared is None or declared == actual:
         return
     if declared in _VMDK_FAMILY and actual in _VMDK_FAMILY:
         return
+    family = "VMDK" if declared in _VMDK_FAMILY else declared.value
+    found = _looks_like(head) or "no known image format"
     raise errors.DiskFormatError(
-        where, f"descriptor says {declared.value} but the content is {actual.value}"
+        where, f"declared {declared.value}, but the file is not a {family} image (it holds {found})"
     )
 
 

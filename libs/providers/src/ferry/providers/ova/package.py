@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ferry.providers.ova import errors
+from ferry.providers.ova.limits import DEFAULT, Limits
 
-MAX_MEMBERS = 1024  # real exports hold an OVF, a manifest, a cert and a few disks
-MAX_SMALL_FILE = 16 * 1024 * 1024  # descriptor and manifest are read into memory
 BLOCK = 512
 
 
@@ -58,6 +57,7 @@ class Package:
 
     source: Path  # the .ova file, or the .ovf descriptor of a folder
     descriptor: str  # name of the .ovf inside the package
+    limits: Limits = DEFAULT
 
     def locate(self, name: str) -> Location:
         raise NotImplementedError
@@ -68,8 +68,12 @@ class Package:
     def read_small(self, name: str) -> bytes:
         """A descriptor or manifest, bounded so a huge member cannot exhaust memory."""
         where = self.locate(name)
-        if where.size > MAX_SMALL_FILE:
-            raise errors.ImageSizeError(self.source, f"{name} is {where.size} bytes, too large")
+        if where.size > self.limits.max_descriptor_bytes:
+            raise errors.ImageSizeError(
+                self.source,
+                f"{name} is {where.size} bytes, more than {self.limits.max_descriptor_bytes} "
+                "(setting max_descriptor_bytes)",
+            )
         return read_location(where)
 
     def manifest_name(self) -> str | None:
@@ -80,9 +84,10 @@ class Package:
 class Archive(Package):
     """A ``.ova``: an uncompressed tar, indexed once, members checked as they come."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limits: Limits = DEFAULT) -> None:
         self.source = path
-        self.members = index_tar(path)
+        self.limits = limits
+        self.members = index_tar(path, limits)
         ovfs = [n for n in self.members if n.lower().endswith(".ovf") and "/" not in n]
         if len(ovfs) != 1:
             raise errors.OvfFormatError(path, f"expected one .ovf descriptor, found {len(ovfs)}")
@@ -102,8 +107,9 @@ class Archive(Package):
 class Folder(Package):
     """An unpacked OVF: the descriptor's folder is the import area."""
 
-    def __init__(self, descriptor: Path) -> None:
+    def __init__(self, descriptor: Path, limits: Limits = DEFAULT) -> None:
         self.source = descriptor
+        self.limits = limits
         self.root = descriptor.parent
         self.descriptor = descriptor.name
         self.locate(self.descriptor)
@@ -195,7 +201,7 @@ def read_location(location: Location) -> bytes:
     return data
 
 
-def index_tar(path: Path) -> dict[str, Location]:
+def index_tar(path: Path, limits: Limits = DEFAULT) -> dict[str, Location]:
     """Every regular member of the tar at ``path``, checked; nothing is extracted."""
     info = path.lstat()
     if not stat.S_ISREG(info.st_mode):
@@ -213,8 +219,16 @@ def index_tar(path: Path) -> dict[str, Location]:
             count = 0
             while (member := tar.next()) is not None:
                 count += 1
-                if count > MAX_MEMBERS:
-                    raise errors.TooManyMembersError(path, f"more than {MAX_MEMBERS} members")
+                if count > limits.max_members:
+                    raise errors.TooManyMembersError(
+                        path, f"more than {limits.max_members} members (setting max_members)"
+                    )
+                if len(member.name) > limits.max_name_length:
+                    raise errors.UnsafeMemberError(
+                        path,
+                        f"a member name is longer than {limits.max_name_length} characters "
+                        "(setting max_name_length)",
+                    )
                 location = _checked_member(path, member, file_size, (info.st_dev, info.st_ino))
                 if location is None:
                     continue
