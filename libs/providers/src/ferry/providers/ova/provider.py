@@ -185,7 +185,7 @@ class OvaProvider:
             for problem in loaded.problems.get(vm_id, []):
                 raise problem
             raise DiskNotFound(vm_id, disk_id)
-        name = loaded.files[(vm_id, disk_id)]
+        name = loaded.files.get((vm_id, disk_id))  # None: a blank disk, nothing to verify
         verify = None
         if self.verify_digests and name in loaded.entries and name not in loaded.verified:
             verify = _Verify(loaded, name)
