@@ -254,7 +254,7 @@ class OvaProvider:
             result = exc
         except OSError as exc:
             result = errors.OvaError(path, f"cannot read: {exc.strerror or exc}")
-        except Exception as exc:
+        except Exception as exc:  # one package's failure is its verdict, never the scan's
             log.debug("OVA package %s failed unexpectedly", path, exc_info=True)
             result = errors.OvaError(
                 path, f"cannot be read: {type(exc).__name__}: {_one_line(str(exc))}"
