@@ -17,7 +17,7 @@ MAX_INT = 2**63 - 1
 _DIGITS = re.compile(r"^[+-]?\d{1,40}$")
 _POWER = re.compile(r"^(\d{1,4})\s*\^\s*(\d{1,3})$")
 _REFERENCE = re.compile(r"^\$\{([^{}]{1,200})\}$")
-_WORDS = {
+_WORDS: dict[str, int] = {
     "byte": 1,
     "bytes": 1,
     "b": 1,
@@ -63,7 +63,7 @@ def unit_factor(origin: str, units: str | None) -> int:
             base, exponent = int(power[1]), int(power[2])
             if base < 2 or exponent > 62:
                 raise errors.ImageSizeError(origin, f"allocation units {units!r} overflow")
-            factor *= base**exponent
+            factor *= int(base**exponent)
         elif token.isdigit() and len(token) < 20:
             factor *= int(token)
         else:
