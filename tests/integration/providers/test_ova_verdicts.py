@@ -16,6 +16,7 @@ import ovfkit
 import pytest
 
 from ferry.proto.inventory import Status
+from ferry.providers.nbd import NbdError
 from ferry.providers.ova import descriptor, errors
 from ferry.providers.ova.limits import DEFAULT, Limits
 from ferry.providers.ova.provider import OvaProvider
@@ -251,3 +252,53 @@ def _gnu_tar(members: list[tuple[str, bytes]]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["qcow2", "stream"])
+async def test_an_image_cut_short_is_refused_on_its_disk_in_plain_words(
+    kind: str, root: Path, images: ovfkit.Images
+) -> None:
+    # Given an image cut in half, whose tables point past its end (qemu would read
+    # the missing clusters as zeros without a word)
+    whole = (images.qcow2 if kind == "qcow2" else images.stream).read_bytes()
+    cut = whole[: len(whole) // 2]
+    cut += b"\0" * (-len(cut) % 512)
+    uri = "http://en.wikipedia.org/wiki/Qcow2" if kind == "qcow2" else ovfkit.STREAM_URI
+    ovf = ovfkit.vmware_ovf([{"href": "d.img", "size": len(cut), "format": uri}], name="cut")
+    ovfkit.write_ova(root / "cut.ova", "cut.ovf", ovf, [("d.img", cut)])
+
+    # When listed
+    [package] = await OvaProvider(root).packages()
+
+    # Then the VM is there and its disk says the file is damaged or cut short
+    [error] = package.vms[0].errors
+    assert "vmdisk1 (d.img)" in error and "damaged or cut short" in error
+
+
+class _FailingClient:
+    async def read(self, offset: int, length: int) -> bytes:
+        raise NbdError(22, "NbdError: server replied errno 22")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_read_failure_names_the_disk_offset_and_problem(
+    root: Path, images: ovfkit.Images
+) -> None:
+    # Given a listed stream VMDK whose NBD reads fail as qemu-nbd fails them
+    _good(root, "vm", images.stream.read_bytes())
+    provider = OvaProvider(root)
+    vm = await provider.vm("vm/vm")
+
+    # When a range is read
+    async with provider.open_disk(vm, "vmdisk1") as reader:
+        reader._client = _FailingClient()  # type: ignore[assignment]
+        with pytest.raises(NbdError) as caught:
+            await reader.read(1 << 20, 4096)
+
+    # Then the errno is kept for the copy engine and the words say which disk, where, what
+    assert caught.value.errno == 22
+    text = caught.value.strerror
+    assert "vm/vm:vmdisk1" in text and "offset 1048576" in text and "cut short" in text
+    assert "errno" not in text

@@ -83,6 +83,8 @@ async def inspect(package: Package, ref: DiskRef) -> Image:
         _reconcile(where, ref.declared, image.format, head)
     if image.window is None:
         image = await confirm(package, where, image)
+        if image.source.format in ("qcow2", "vmdk"):
+            await check_integrity(where, image)
     if ref.capacity is not None and image.virtual_size > ref.capacity:
         raise errors.ImageSizeError(
             where,
@@ -328,8 +330,7 @@ def _check_extent_files(package: Package, where: str, extents: list[dict[str, An
             raise errors.UnsafeImageError(where, f"extent {name!r} is outside the package")
 
 
-async def qemu_img_json(where: str, args: list[str]) -> Any:
-    """Run ``qemu-img`` (the caller names the format) and decode its JSON output."""
+async def _qemu_img(where: str, args: list[str]) -> tuple[int, bytes, bytes]:
     process = await asyncio.create_subprocess_exec(
         "qemu-img",
         *args,
@@ -343,11 +344,37 @@ async def qemu_img_json(where: str, args: list[str]) -> Any:
         process.kill()
         await process.wait()
         raise errors.DiskFormatError(where, f"qemu-img {args[0]} timed out") from None
-    if process.returncode != 0:
+    return process.returncode or 0, out, err
+
+
+async def qemu_img_json(where: str, args: list[str]) -> Any:
+    """Run ``qemu-img`` (the caller names the format) and decode its JSON output."""
+    code, out, err = await _qemu_img(where, args)
+    if code != 0:
         message = err.decode(errors="replace").strip().splitlines()
-        detail = message[-1] if message else f"exit {process.returncode}"
+        detail = message[-1] if message else f"exit {code}"
         raise errors.DiskFormatError(where, f"qemu-img {args[0]} failed: {detail[-300:]}")
     try:
         return json.loads(out)
     except ValueError:
         raise errors.DiskFormatError(where, f"qemu-img {args[0]} printed no JSON") from None
+
+
+async def check_integrity(where: str, image: Image) -> None:
+    """Refuse a qcow2 or VMDK whose tables point past its end (a cut or damaged file).
+
+    qemu reads such clusters as zeros without a word, so a truncated upload would
+    migrate as a disk with holes; ``qemu-img check`` reads only the metadata.
+    Exit 3 (leaked clusters) is harmless to a reader; 0 is clean.
+    """
+    code, _, err = await _qemu_img(where, ["check", *image.source.qemu_img_args()])
+    if code in (0, 3):
+        return
+    lines = err.decode(errors="replace").strip().splitlines()
+    first = next((line for line in lines if line.startswith("ERROR")), lines[0] if lines else "")
+    detail = first.removeprefix("ERROR:").strip()[:200]
+    raise errors.DiskFormatError(
+        where,
+        f"the {image.format.value} image is damaged or cut short"
+        + (f" ({detail})" if detail else ""),
+    )

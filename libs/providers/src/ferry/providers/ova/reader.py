@@ -9,6 +9,7 @@ decoded by ``qemu-nbd`` started on demand, with the format named. Extents come f
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -16,7 +17,7 @@ from typing import Self
 
 from ferry.proto.inventory import Extent
 from ferry.providers.base import ProviderError, QemuSource
-from ferry.providers.nbd import AsyncNbdClient, NbdServer
+from ferry.providers.nbd import AsyncNbdClient, NbdError, NbdServer
 from ferry.providers.ova import package
 from ferry.providers.ova.image import Image, qemu_img_json
 
@@ -84,7 +85,19 @@ class OvaDiskReader:
         if window is not None:
             return await asyncio.to_thread(self._pread, window.offset + offset, length)
         client = await self._nbd_client()
-        return await client.read(offset, length)
+        try:
+            return await client.read(offset, length)
+        except NbdError as exc:
+            # Keep the errno (the copy engine classifies by it) but say, in the
+            # user's words, which disk, where, and what is wrong with the file.
+            raise NbdError(exc.errno or errno.EIO, self._unreadable(offset, length)) from exc
+
+    def _unreadable(self, offset: int, length: int) -> str:
+        image = self.image
+        return (
+            f"disk {self.name}: the {image.format.value} image cannot be read at guest offset "
+            f"{offset} ({length} bytes); the file is damaged or cut short"
+        )
 
     def _pread(self, offset: int, length: int) -> bytes:
         if self._fd is None:
