@@ -227,7 +227,10 @@ class OvaProvider:
             if stat.S_ISLNK(info.st_mode):
                 found.append((self._key(entry), entry))  # refused when loaded, with a reason
             elif stat.S_ISDIR(info.st_mode):
-                found.extend((self._key(p), p) for p in sorted(entry.glob("*.ovf")))
+                try:
+                    found.extend((self._key(p), p) for p in sorted(entry.glob("*.ovf")))
+                except OSError:
+                    found.append((self._key(entry), entry))  # refused when loaded, with a reason
             elif entry.suffix.lower() in (".ova", ".ovf"):
                 found.append((self._key(entry), entry))
         return found
@@ -278,6 +281,8 @@ class _Verify:
 async def _load(key: str, path: Path, info: os.stat_result, limits: Limits) -> Loaded:
     if stat.S_ISLNK(info.st_mode):
         raise errors.UnsafeMemberTypeError(path, "is a symlink; copy the file into the directory")
+    if stat.S_ISDIR(info.st_mode):
+        raise errors.OvaError(path, "the folder cannot be listed (check its permissions)")
     if path.suffix.lower() == ".ova":
         package: OvfPackage = await asyncio.to_thread(Archive, path, limits)
     else:
