@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import msgspec
+
 from ferry.proto.inventory import Disk, DiskFormat, Package, PowerState, ProviderType, Status, Vm
 from ferry.providers.base import DiskNotFound, ProviderError, V2vInput, VmNotFound
-from ferry.providers.ova import descriptor, errors, image, manifest
+from ferry.providers.ova import descriptor, domainxml, errors, image, manifest
 from ferry.providers.ova.disks import DiskRef
 from ferry.providers.ova.limits import DEFAULT, Limits
 from ferry.providers.ova.package import Archive, Folder, safe_name
@@ -192,10 +194,22 @@ class OvaProvider:
         return checked, verify
 
     async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+        """``-i libvirtxml`` over the disks as Ferry reads them (see :mod:`domainxml`)."""
         loaded = await self._loaded_for(vm.id)
-        package = loaded.package
-        target = package.source if isinstance(package, Archive) else package.source.parent
-        return V2vInput(argv=["-i", "ova", str(target)])
+        listed = _usable(loaded, next(v for v in loaded.vms if v.id == vm.id))
+        sources = []
+        for disk in vm.disks:
+            checked = loaded.images.get((vm.id, disk.id))
+            if checked is None:
+                raise DiskNotFound(vm.id, disk.id)
+            sources.append(checked.source)
+        # Always, whatever verify_digests says: virt-v2v's own -i ova checked the
+        # manifest on every conversion, and this input must not check less.
+        await self.verify(listed)
+        document = workdir / "source.xml"
+        facts = msgspec.structs.replace(listed, disks=vm.disks)
+        await asyncio.to_thread(document.write_bytes, domainxml.source_xml(facts, sources))
+        return V2vInput(argv=["-i", "libvirtxml", str(document)], files=[str(document)])
 
     async def verify(self, vm: Vm) -> None:
         """Check every manifest digest of ``vm``'s disks now (reads them whole)."""
