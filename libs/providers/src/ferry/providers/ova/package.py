@@ -212,7 +212,9 @@ def index_tar(path: Path, limits: Limits = DEFAULT) -> dict[str, Location]:
         )
     file_size = info.st_size
     if read_range(path, 0, min(2, file_size)) == b"\x1f\x8b":
-        raise errors.ArchiveFormatError(path, "gzip-compressed; an OVA is an uncompressed tar")
+        raise errors.ArchiveFormatError(
+            path, "gzip-compressed; an OVA is an uncompressed tar: gunzip it into the directory"
+        )
     members: dict[str, Location] = {}
     try:
         with tarfile.open(path, mode="r:") as tar:
