@@ -9,6 +9,7 @@ opens, so "never opened" is checked by identity, not by name.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,31 @@ def test_a_file_replaced_by_another_plain_file_is_not_read(tmp_path: Path) -> No
     # When it is read / Then the swap is noticed
     with pytest.raises(errors.UnsafeMemberTypeError, match="replaced"):
         read_location(location)
+
+
+async def test_a_filesystem_mounted_inside_the_import_area_is_refused(
+    tmp_path: Path, images: ovfkit.Images
+) -> None:
+    # Given a folder of the import area that is another filesystem's mount point,
+    # holding a complete export
+    _, root = _canary(tmp_path, images)
+    mounted = root / "mounted"
+    mounted.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "ferry-test", str(mounted)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        (mounted / "m.ovf").write_text(_raw_ovf(len(images.expected)))
+        (mounted / "d.img").write_bytes(images.expected)
+
+        # When the import area is scanned
+        found = await OvaProvider(root).scan()
+    finally:
+        subprocess.run(["umount", str(mounted)], check=False)
+
+    # Then the package is refused as lying on another filesystem
+    error = found.rejected["mounted/m"]
+    assert type(error) is errors.UnsafeMemberTypeError
+    assert "another filesystem" in str(error)

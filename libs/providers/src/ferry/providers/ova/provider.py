@@ -266,7 +266,7 @@ class OvaProvider:
             return cached[1]
         result: Loaded | errors.OvaError
         try:
-            result = await _load(key, path, info, self.limits)
+            result = await _load(key, path, info, self.limits, self.root.stat().st_dev)
         except errors.OvaError as exc:
             result = exc
         except OSError as exc:
@@ -292,9 +292,16 @@ class _Verify:
         self.loaded.verified.add(self.name)
 
 
-async def _load(key: str, path: Path, info: os.stat_result, limits: Limits) -> Loaded:
+async def _load(
+    key: str, path: Path, info: os.stat_result, limits: Limits, root_device: int
+) -> Loaded:
     if stat.S_ISLNK(info.st_mode):
         raise errors.UnsafeMemberTypeError(path, "is a symlink; copy the file into the directory")
+    if info.st_dev != root_device:
+        # A mount inside the import area puts someone else's files under a clean name.
+        raise errors.UnsafeMemberTypeError(
+            path, "lies on another filesystem than the import directory (a mount inside it)"
+        )
     if stat.S_ISDIR(info.st_mode):
         raise errors.OvaError(path, "the folder cannot be listed (check its permissions)")
     if path.suffix.lower() == ".ova":
