@@ -302,3 +302,23 @@ async def test_a_read_failure_names_the_disk_offset_and_problem(
     text = caught.value.strerror
     assert "vm/vm:vmdisk1" in text and "offset 1048576" in text and "cut short" in text
     assert "errno" not in text
+
+
+async def test_a_signed_package_with_its_descriptor_not_first_is_usable_with_warnings(
+    root: Path, images: ovfkit.Images
+) -> None:
+    # Given an OVA whose disk comes before the descriptor, with an (unchecked) certificate
+    stream = images.stream.read_bytes()
+    ovf = ovfkit.vmware_ovf([{"href": "d.vmdk", "size": len(stream)}], name="vm")
+    members = [("d.vmdk", stream), ("vm.ovf", ovf.encode()), ("vm.cert", b"not a real cert")]
+    (root / "signed.ova").write_bytes(
+        ovfkit.tar_bytes([*members, ("vm.mf", ovfkit.manifest(members[:2]))])
+    )
+
+    # When listed
+    vm = await OvaProvider(root).vm("signed/vm")
+
+    # Then it is usable, and both facts are warnings shown with the VM
+    assert vm.status is Status.OK
+    assert any("not the archive's first member" in w for w in vm.warnings)
+    assert any("signed" in w for w in vm.warnings)
