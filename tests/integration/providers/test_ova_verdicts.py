@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -322,3 +323,29 @@ async def test_a_signed_package_with_its_descriptor_not_first_is_usable_with_war
     assert vm.status is Status.OK
     assert any("not the archive's first member" in w for w in vm.warnings)
     assert any("signed" in w for w in vm.warnings)
+
+
+async def test_a_raw_disk_cut_after_listing_names_where_it_ends(
+    root: Path, images: ovfkit.Images
+) -> None:
+    # Given a listed folder export with a raw disk, cut in half afterwards
+    folder = root / "raw"
+    folder.mkdir()
+    ovf = ovfkit.vmware_ovf(
+        [{"href": "d.img", "size": len(images.expected), "format": RAW_URI}], name="raw"
+    )
+    (folder / "raw.ovf").write_text(ovf)
+    (folder / "d.img").write_bytes(images.expected)
+    provider = OvaProvider(root)
+    vm = await provider.vm("raw/raw/raw")
+    os.truncate(folder / "d.img", len(images.expected) // 2)
+
+    # When its last sector is read
+    async with provider.open_disk(vm, "vmdisk1") as reader:
+        with pytest.raises(NbdError) as caught:
+            await reader.read(len(images.expected) - 512, 512)
+
+    # Then the error says where the file ends and what that means, with an errno
+    assert caught.value.errno is not None
+    assert f"ends at byte {len(images.expected) // 2}" in caught.value.strerror
+    assert "cut short" in caught.value.strerror

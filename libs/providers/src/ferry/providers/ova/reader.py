@@ -83,7 +83,7 @@ class OvaDiskReader:
             return b""
         window = self.image.window
         if window is not None:
-            return await asyncio.to_thread(self._pread, window.offset + offset, length)
+            return await asyncio.to_thread(self._pread, window.offset + offset, length, offset)
         client = await self._nbd_client()
         try:
             return await client.read(offset, length)
@@ -99,12 +99,17 @@ class OvaDiskReader:
             f"{offset} ({length} bytes); the file is damaged or cut short"
         )
 
-    def _pread(self, offset: int, length: int) -> bytes:
+    def _pread(self, offset: int, length: int, guest: int) -> bytes:
         if self._fd is None:
             raise ProviderError(f"disk {self.name} is not open (use 'async with')")
         data = os.pread(self._fd, length, offset)
         if len(data) != length:
-            raise ProviderError(f"disk {self.name}: source ended at {offset + len(data)}")
+            raise NbdError(
+                errno.EIO,
+                f"disk {self.name}: the file ends at byte {os.fstat(self._fd).st_size}, short "
+                f"of the {length} bytes at guest offset {guest} (file offset {offset}); "
+                "the package was cut short",
+            )
         return data
 
     async def extents(self) -> list[Extent]:
