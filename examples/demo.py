@@ -78,14 +78,11 @@ def test_guest() -> dict[str, Any]:
 
 
 def place_ova(ova: Path, ova_dir: Path) -> Path:
-    """The OVA provider reads a directory and refuses symlinks: a hard link, else a copy."""
+    """A copy: the OVA provider refuses symlinks and hard links into its directory."""
     ova_dir.mkdir(parents=True, exist_ok=True)
     target = ova_dir / ova.name
     target.unlink(missing_ok=True)
-    try:
-        os.link(ova, target)
-    except OSError:
-        shutil.copy2(ova, target)
+    shutil.copy2(ova, target)
     return target
 
 

@@ -8,7 +8,6 @@ It is built once and cached; the first run may take a few minutes.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -50,10 +49,9 @@ def ova_dir(tmp_path: Path, guest: Any) -> Path:
     folder = tmp_path / "ova"
     folder.mkdir()
     target = folder / Path(guest.ova).name
-    try:
-        os.link(guest.ova, target)  # the provider refuses symlinks; a hard link is free
-    except OSError:
-        shutil.copyfile(guest.ova, target)
+    # A copy: the provider refuses symlinks and hard links, whose bytes may belong
+    # to a file outside the import area.
+    shutil.copyfile(guest.ova, target)
     return folder
 
 

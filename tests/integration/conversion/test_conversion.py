@@ -103,9 +103,11 @@ async def test_disk_without_an_os_fails_with_a_clear_reason(
     with pytest.raises(v2v.ConversionError) as raised:
         await converter.convert(job(source_vm, volumes, ConversionMode.IN_PLACE))
 
-    # Then the reason is virt-v2v's own, short, with the log kept for the rest
+    # Then the reason is in the user's words, virt-v2v's own line leads the detail,
+    # and the log is kept for the rest
     error = raised.value
-    assert "inspection could not detect the source guest" in error.reason
+    assert error.reason.startswith("no operating system was found on the source disks")
+    assert "inspection could not detect the source guest" in error.detail[0]
     assert len(error.detail) <= settings.error_lines
     assert not any(line.startswith("libguestfs:") for line in error.detail)
     assert error.log is not None and error.log.stat().st_size > 10_000

@@ -7,7 +7,7 @@ only uses a cached build and skips otherwise, so it never triggers a build.
 from __future__ import annotations
 
 import importlib.util
-import os
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -31,7 +31,11 @@ def _guest_module() -> ModuleType:
 
 @pytest.fixture
 def guest_area(tmp_path: Path) -> tuple[Path, Path]:
-    """An import directory holding (a hard link to) the cached guest OVA, and its raw disk."""
+    """An import directory holding a copy of the cached guest OVA, and its raw disk.
+
+    A copy, not a hard link: the provider refuses hard-linked files, whose bytes
+    may belong to a file outside the import area.
+    """
     if not BUILD_SCRIPT.exists():
         pytest.skip("tests/guest/build_guest.py is missing")
     guest = _guest_module()
@@ -48,10 +52,7 @@ def guest_area(tmp_path: Path) -> tuple[Path, Path]:
     ova, raw = complete[0] / "ferry-test-guest.ova", complete[0] / "disk.raw"
     root = tmp_path / "import"
     root.mkdir()
-    try:
-        os.link(ova, root / ova.name)
-    except OSError as exc:
-        pytest.skip(f"cannot hard-link the guest OVA here: {exc}")
+    shutil.copyfile(ova, root / ova.name)
     return root, raw
 
 

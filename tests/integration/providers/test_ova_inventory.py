@@ -194,9 +194,11 @@ async def test_virt_v2v_input_names_the_ova_and_no_secret(area: Path, tmp_path: 
     # When virt-v2v's input is asked for
     v2v = await provider.v2v_input(vm, tmp_path)
 
-    # Then it is "-i ova <file>" and needs no files
-    assert v2v.argv == ["-i", "ova", str(area / "web01.ova")]
-    assert v2v.files == []
+    # Then it is Ferry's own description of the VM, written in the work directory
+    document = tmp_path / "source.xml"
+    assert v2v.argv == ["-i", "libvirtxml", str(document)]
+    assert v2v.files == [str(document)]
+    assert str(area / "web01.ova") in document.read_text()
 
 
 async def test_factory_builds_the_ova_provider_from_a_source_ref(area: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ferry.proto.inventory import DiskFormat, Firmware
-from ferry.providers.ova import descriptor, errors
+from ferry.providers.ova import descriptor, dialects, disks, errors, units
 
 OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"
 RASD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
@@ -35,7 +35,7 @@ def envelope(disk_attrs: str, items: str = "", extra: str = "", vs_extra: str = 
 
 
 @pytest.mark.parametrize(
-    ("units", "expected"),
+    ("spelling", "expected"),
     [
         (None, 1),
         ("byte", 1),
@@ -44,27 +44,44 @@ def envelope(disk_attrs: str, items: str = "", extra: str = "", vs_extra: str = 
         ("byte*2^10", 2**10),
         ("MegaBytes", 2**20),
         ("GigaBytes", 2**30),
+        ("KiloBytes", 2**10),
+        ("byte * 10^3", 1000),
+        ("byte * 1024", 1024),
+        ("byte * 2^10 * 1024", 2**20),
+        ("bytes", 1),
+        ("GB", 2**30),
+        ("GiB", 2**30),
+        ("MiB", 2**20),
+        ("TeraBytes", 2**40),
+        ("  byte  *  2 ^ 20 ", 2**20),
     ],
 )
-def test_allocation_units_are_understood(units: str | None, expected: int) -> None:
+def test_allocation_units_are_understood(spelling: str | None, expected: int) -> None:
     # Given an exporter's allocation unit / When it is read / Then the factor is right
-    assert descriptor.unit_factor("x.ovf", units) == expected
+    assert units.unit_factor("x.ovf", spelling) == expected
 
 
 @pytest.mark.parametrize(
-    ("value", "units"),
-    [("-1", None), ("1" * 25, None), ("4", "byte * 2^70"), ("12abc", None), ("", None)],
+    ("value", "spelling"),
+    [
+        ("-1", None),
+        ("1" * 25, None),
+        ("4", "byte * 2^70"),
+        ("4", "byte * 2^40 * 2^40"),
+        ("12abc", None),
+        ("", None),
+    ],
 )
-def test_bad_sizes_are_refused(value: str, units: str | None) -> None:
+def test_bad_sizes_are_refused(value: str, spelling: str | None) -> None:
     # Given a negative, overflowing or non-numeric size / When scaled / Then refused
     with pytest.raises(errors.ImageSizeError):
-        descriptor.scaled("x.ovf", "capacity", value, units)
+        units.scaled("x.ovf", "capacity", value, spelling)
 
 
 def test_unknown_units_are_a_format_error() -> None:
     # Given a unit no exporter writes / When read / Then a format error names it
     with pytest.raises(errors.OvfFormatError, match="furlongs"):
-        descriptor.unit_factor("x.ovf", "furlongs")
+        units.unit_factor("x.ovf", "furlongs")
 
 
 def test_capacity_with_units_and_format_uri() -> None:
@@ -135,7 +152,7 @@ def test_vmware_cpu_topology_firmware_and_nic() -> None:
 )
 def test_declared_formats(uri: str, volume_format: str | None, expected: DiskFormat | None) -> None:
     # Given a format URI (and oVirt's volume-format) / When read / Then the format follows
-    assert descriptor.declared_format(uri, volume_format) == expected
+    assert disks.declared_format(uri, volume_format) == expected
 
 
 def test_ovirt_typed_sections_and_content_are_found() -> None:
@@ -232,7 +249,7 @@ def test_disk_attached_twice_is_refused() -> None:
 )
 def test_macs_are_normalised(value: str, expected: str) -> None:
     # Given a MAC as some exporter spells it / When normalised / Then one spelling
-    assert descriptor.normal_mac(value) == expected
+    assert dialects.normal_mac(value) == expected
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,13 @@ class Concern(msgspec.Struct, frozen=True, kw_only=True):
     warm_only: bool = False  # blocks warm migrations only
 
 
+class Status(StrEnum):
+    """Whether a VM (or the package holding it) can be migrated as listed."""
+
+    OK = "ok"
+    REJECTED = "rejected"  # ``errors`` says why, in the user's words
+
+
 class Extent(msgspec.Struct, frozen=True, array_like=True):
     """A byte range of a disk: [offset, offset + length)."""
 
@@ -82,6 +89,8 @@ class Disk(msgspec.Struct, frozen=True, kw_only=True):
     mode: str = ""  # the source's disk mode (persistent, independent_persistent…)
     shared: bool = False  # shared with other VMs (multi-writer)
     rdm: bool = False  # a raw device mapping, not a file
+    blank: bool = False  # declared by capacity only: migrated as an empty volume
+    error: str = ""  # why this disk cannot be read ("" when it can)
 
 
 class Nic(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,6 +125,25 @@ class Vm(msgspec.Struct, frozen=True, kw_only=True):
     datacenter: str = ""
     cluster: str = ""
     concerns: list[Concern] = msgspec.field(default_factory=list)  # the validator's reasons
+    status: Status = Status.OK
+    errors: list[str] = msgspec.field(default_factory=list)  # why it is rejected
+    configuration: str = ""  # the deployment option described (OVF), "" when none
+    configurations: list[str] = msgspec.field(default_factory=list)  # every one offered
+
+
+class Package(msgspec.Struct, frozen=True, kw_only=True):
+    """One unit a source is read in (an OVA file, an OVF folder), with its verdict.
+
+    A package that cannot be read at all has no VMs and its reason in ``errors``;
+    one whose descriptor reads but some disk does not lists its VMs, each with
+    its own ``status`` and ``errors``.
+    """
+
+    id: str
+    path: str
+    status: Status = Status.OK
+    errors: list[str] = msgspec.field(default_factory=list)
+    vms: list[Vm] = msgspec.field(default_factory=list)
 
 
 class VolumeMode(StrEnum):

@@ -20,7 +20,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 import msgspec
 
-from ferry.proto.inventory import Extent, PowerState, Vm
+from ferry.proto.inventory import Extent, Package, PowerState, Vm
 
 
 class ProviderError(Exception):
@@ -147,3 +147,14 @@ class Provider(Protocol):
     async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
         """virt-v2v ``-i …`` arguments for this VM, files written into ``workdir``."""
         ...
+
+
+@runtime_checkable
+class PackageLister(Protocol):
+    """A provider read in packages (OVA) that can list each one with its verdict.
+
+    :meth:`Provider.inventory` holds only the VMs that can be migrated; this holds
+    every package, rejected ones with their reasons, for ``ferry inventory``.
+    """
+
+    async def packages(self) -> list[Package]: ...

@@ -30,10 +30,14 @@ def create(spec: ProviderSpec, secret: Mapping[str, Any] | None = None) -> Provi
     """Build the provider for ``spec``; :class:`ProviderNotSupported` if not built yet."""
     kind = ProviderType(spec.type)
     if kind is ProviderType.OVA:
+        from ferry.providers.ova import limits
         from ferry.providers.ova import provider as ova
 
         settings = getattr(spec, "settings", None) or {}
-        return ova.OvaProvider(ova_root(spec.url or str(settings.get("path", ""))))
+        return ova.OvaProvider(
+            ova_root(spec.url or str(settings.get("path", ""))),
+            limits=limits.Limits.from_settings(settings),
+        )
     if kind is ProviderType.VSPHERE:
         from ferry.providers.vsphere import provider as vsphere
 

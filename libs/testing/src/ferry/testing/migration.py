@@ -10,7 +10,6 @@ stays about processes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -51,16 +50,13 @@ def guest_ova(repo: Path) -> dict[str, Any]:
 def place_ovas(stack: LocalStack, ova: Path, names: list[str]) -> Path:
     """One OVA per VM in ``<data>/ova``; the OVA provider names a VM after its file.
 
-    Hard links where possible (the provider refuses symlinks), copies otherwise.
+    Copies: the provider refuses symlinks and hard links, whose bytes may belong to
+    a file outside the import area.
     """
     folder = stack.data_dir / "ova"
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        target = folder / f"{name}.ova"
-        try:
-            os.link(ova, target)
-        except OSError:
-            shutil.copy2(ova, target)
+        shutil.copy2(ova, folder / f"{name}.ova")
     return folder
 
 

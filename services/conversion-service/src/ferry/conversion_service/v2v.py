@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from ferry.conversion_service import accel, domain, inspection
+from ferry.conversion_service import accel, domain, inspection, reasons
 from ferry.conversion_service.progress import Decisions, OutputReader, Progress
 from ferry.conversion_service.settings import ConversionSettings
 from ferry.platform.workloads import (
@@ -378,7 +378,7 @@ class Converter:
         except WorkloadError as error:  # it never started: not on this platform, no volumes
             raise ConversionError(str(error)) from None
         if status != 0:
-            reason, detail = reader.failure(self.settings.error_lines)
+            reason, detail = reasons.in_user_words(*reader.failure(self.settings.error_lines))
             raise ConversionError(reason, detail)
         if job.mode is ConversionMode.FULL:
             check_outputs(outdir, links, job.volumes)

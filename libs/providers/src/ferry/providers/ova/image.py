@@ -7,6 +7,12 @@ the import area. So the header is read here first (backing file, external data
 file, descriptor extents), the qemu description is built with the format named and
 ``backing`` pinned to null, and ``qemu-img info`` confirms the result (it opens the
 image without its backing chain).
+
+The declared format is honoured: a disk declared raw is read as raw whatever its
+first bytes look like (the raw driver never follows a header's backing file), and
+a file whose bytes are not the declared VMDK or qcow2 is named for what it lacks.
+A disk declared without a file is a blank volume of its capacity, served by
+qemu's ``null-co`` driver reading zeros.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from typing import Any
 from ferry.proto.inventory import DiskFormat
 from ferry.providers.base import QemuSource
 from ferry.providers.ova import errors
-from ferry.providers.ova.descriptor import DiskRef
-from ferry.providers.ova.package import BLOCK, Location, Package, read_range
+from ferry.providers.ova.disks import DiskRef
+from ferry.providers.ova.package import BLOCK, Location, Package, read_at
 
 HEAD = 64 * 1024
 SECTOR = 512
@@ -44,29 +50,57 @@ class Image:
     source: QemuSource
     virtual_size: int
     window: Location | None  # raw guest bytes lie here verbatim (raw, flat VMDK)
+    note: str = ""  # a warning for the VM: what was read differently than it looks
+
+
+def blank(capacity: int) -> Image:
+    """A disk with no content file: ``capacity`` bytes of zeros, no data extent."""
+    node = {"driver": "raw", "file": {"driver": "null-co", "size": capacity, "read-zeroes": True}}
+    return Image(DiskFormat.RAW, QemuSource(format="raw", options=node), capacity, None)
 
 
 async def inspect(package: Package, ref: DiskRef) -> Image:
     """Check the image of ``ref`` and describe it for qemu; errors name the file."""
     if ref.file is None:
-        raise errors.OvfFormatError(package.source, f"disk {ref.disk_id} has no file")
+        if ref.capacity is None:
+            raise errors.ImageSizeError(package.source, f"disk {ref.disk_id} has no capacity")
+        return blank(ref.capacity)
     location = package.locate(ref.file)
     where = f"{package.source}[{location.name}]"
     if ref.file_size is not None and ref.file_size != location.size:
         raise errors.ImageSizeError(
             where, f"descriptor says {ref.file_size} bytes, the file has {location.size}"
         )
-    head = read_range(location.path, location.offset, min(HEAD, location.size))
-    image = _classify(package, location, where, head)
-    _reconcile(where, ref.declared, image.format)
+    head = read_at(location, 0, min(HEAD, location.size))
+    if ref.declared is DiskFormat.RAW:
+        image = _raw(location, where, head)
+        looks = _looks_like(head)
+        if looks:
+            note = f"disk {ref.disk_id} is declared raw but begins like {looks}; read as raw"
+            image = Image(image.format, image.source, image.virtual_size, image.window, note)
+    else:
+        image = _classify(package, location, where, head)
+        _reconcile(where, ref.declared, image.format, head)
     if image.window is None:
         image = await confirm(package, where, image)
-    if image.virtual_size > ref.capacity:
+        if image.source.format in ("qcow2", "vmdk"):
+            await check_integrity(where, image)
+    if ref.capacity is not None and image.virtual_size > ref.capacity:
         raise errors.ImageSizeError(
             where,
             f"image holds {image.virtual_size} bytes, the descriptor's capacity is {ref.capacity}",
         )
     return image
+
+
+def _looks_like(head: bytes) -> str:
+    if head.startswith(b"QFI\xfb"):
+        return "a qcow2 image"
+    if head.startswith((b"KDMV", b"COWD", b"VMDK")) or head.lstrip().startswith(
+        b"# Disk DescriptorFile"
+    ):
+        return "a VMDK image"
+    return ""
 
 
 def _classify(package: Package, location: Location, where: str, head: bytes) -> Image:
@@ -83,14 +117,16 @@ def _classify(package: Package, location: Location, where: str, head: bytes) -> 
     return _raw(location, where, head)
 
 
-def _reconcile(where: str, declared: DiskFormat | None, actual: DiskFormat) -> None:
+def _reconcile(where: str, declared: DiskFormat | None, actual: DiskFormat, head: bytes) -> None:
     """The descriptor and the bytes must agree on the family of format."""
     if declared is None or declared == actual:
         return
     if declared in _VMDK_FAMILY and actual in _VMDK_FAMILY:
         return
+    family = "VMDK" if declared in _VMDK_FAMILY else declared.value
+    found = _looks_like(head) or "no known image format"
     raise errors.DiskFormatError(
-        where, f"descriptor says {declared.value} but the content is {actual.value}"
+        where, f"declared {declared.value}, but the file is not a {family} image (it holds {found})"
     )
 
 
@@ -123,7 +159,7 @@ def _raw_window(location: Location, offset: int, size: int) -> Image:
         "size": size,
         "file": {"driver": "file", "filename": str(location.path)},
     }
-    window = Location(location.name, location.path, offset, size)
+    window = Location(location.name, location.path, offset, size, location.identity)
     return Image(DiskFormat.RAW, QemuSource(format="raw", options=node), size, window)
 
 
@@ -179,7 +215,7 @@ def _sparse_vmdk(location: Location, where: str, head: bytes) -> Image:
         start, length = desc_offset * SECTOR, min(desc_size * SECTOR, HEAD)
         if start + length > location.size:
             raise errors.ImageSizeError(where, "embedded VMDK descriptor lies beyond the file")
-        text = read_range(location.path, location.offset + start, length)
+        text = read_at(location, start, length)
     descriptor = _descriptor_fields(where, text.split(b"\x00", 1)[0])
     if (
         descriptor.get("parentFileNameHint")
@@ -294,8 +330,7 @@ def _check_extent_files(package: Package, where: str, extents: list[dict[str, An
             raise errors.UnsafeImageError(where, f"extent {name!r} is outside the package")
 
 
-async def qemu_img_json(where: str, args: list[str]) -> Any:
-    """Run ``qemu-img`` (the caller names the format) and decode its JSON output."""
+async def _qemu_img(where: str, args: list[str]) -> tuple[int, bytes, bytes]:
     process = await asyncio.create_subprocess_exec(
         "qemu-img",
         *args,
@@ -309,11 +344,37 @@ async def qemu_img_json(where: str, args: list[str]) -> Any:
         process.kill()
         await process.wait()
         raise errors.DiskFormatError(where, f"qemu-img {args[0]} timed out") from None
-    if process.returncode != 0:
+    return process.returncode or 0, out, err
+
+
+async def qemu_img_json(where: str, args: list[str]) -> Any:
+    """Run ``qemu-img`` (the caller names the format) and decode its JSON output."""
+    code, out, err = await _qemu_img(where, args)
+    if code != 0:
         message = err.decode(errors="replace").strip().splitlines()
-        detail = message[-1] if message else f"exit {process.returncode}"
+        detail = message[-1] if message else f"exit {code}"
         raise errors.DiskFormatError(where, f"qemu-img {args[0]} failed: {detail[-300:]}")
     try:
         return json.loads(out)
     except ValueError:
         raise errors.DiskFormatError(where, f"qemu-img {args[0]} printed no JSON") from None
+
+
+async def check_integrity(where: str, image: Image) -> None:
+    """Refuse a qcow2 or VMDK whose tables point past its end (a cut or damaged file).
+
+    qemu reads such clusters as zeros without a word, so a truncated upload would
+    migrate as a disk with holes; ``qemu-img check`` reads only the metadata.
+    Exit 3 (leaked clusters) is harmless to a reader; 0 is clean.
+    """
+    code, _, err = await _qemu_img(where, ["check", *image.source.qemu_img_args()])
+    if code in (0, 3):
+        return
+    lines = err.decode(errors="replace").strip().splitlines()
+    first = next((line for line in lines if line.startswith("ERROR")), lines[0] if lines else "")
+    detail = first.removeprefix("ERROR:").strip()[:200]
+    raise errors.DiskFormatError(
+        where,
+        f"the {image.format.value} image is damaged or cut short"
+        + (f" ({detail})" if detail else ""),
+    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.providers.ova import errors
-from ferry.providers.ova.package import Location, Package, safe_name
+from ferry.providers.ova.package import Location, Package, open_checked, safe_name
 
 _LINE = re.compile(r"^(?P<algo>[A-Za-z0-9-]+)\s*\((?P<name>[^()]+)\)\s*=\s*(?P<hex>[0-9A-Fa-f]+)$")
 _ALGORITHMS = {"SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
@@ -59,7 +59,7 @@ def parse(origin: Path, name: str, text: bytes) -> dict[str, Entry]:
 def digest_of(location: Location, algorithm: str) -> str:
     """Hex digest of one package file, read in chunks."""
     hasher = hashlib.new(algorithm)
-    fd = os.open(location.path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = open_checked(location)
     try:
         done = 0
         while done < location.size:

@@ -4,9 +4,13 @@ The directory (local, or an NFS export mounted by the platform) is the import
 area; nothing outside it is ever opened. Each package is checked when it is first
 seen (archive index, descriptor, manifest entry of the descriptor, every disk
 image's header and ``qemu-img info``) and the result is cached until the file
-changes. A package that fails any check is left out of the inventory and its
-error is kept: asking for one of its VMs raises that error, so the user learns
-which file is wrong and why.
+changes. Each package is read in isolation: whatever goes wrong with one (an
+error, or any exception at all) becomes that package's verdict and never hides
+another. A package whose descriptor cannot be used is rejected as a whole; one
+whose descriptor reads but some disk does not keeps its VMs, each with the
+reason per disk. Only VMs with every disk usable are in :meth:`inventory`;
+:meth:`packages` lists everything with its verdict, and asking for an unusable
+VM raises its first reason, so the user learns which file is wrong and why.
 
 Disk digests from the manifest are checked when a disk is opened (once per file
 version): hashing every disk on every inventory would read the whole share.
@@ -26,11 +30,17 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
-from ferry.proto.inventory import Disk, PowerState, ProviderType, Vm
+import msgspec
+
+from ferry.proto.inventory import Disk, DiskFormat, Package, PowerState, ProviderType, Status, Vm
 from ferry.providers.base import DiskNotFound, ProviderError, V2vInput, VmNotFound
-from ferry.providers.ova import descriptor, errors, image, manifest
-from ferry.providers.ova.package import Archive, Folder, Package, safe_name
+from ferry.providers.ova import descriptor, domainxml, errors, image, manifest
+from ferry.providers.ova.disks import DiskRef
+from ferry.providers.ova.limits import DEFAULT, Limits
+from ferry.providers.ova.package import Archive, Folder, safe_name
+from ferry.providers.ova.package import Package as OvfPackage
 from ferry.providers.ova.reader import OvaDiskReader
 
 log = logging.getLogger(__name__)
@@ -43,28 +53,36 @@ class Loaded:
     """One checked package: its VMs and the checked images of their disks."""
 
     key: str
-    package: Package
+    package: OvfPackage
     vms: list[Vm]
     images: dict[tuple[str, str], image.Image]  # (vm id, disk id) → image
     files: dict[tuple[str, str], str]  # (vm id, disk id) → package file name
     entries: dict[str, manifest.Entry]
     verified: set[str] = field(default_factory=set)
+    problems: dict[str, list[errors.OvaError]] = field(default_factory=dict)  # by VM id
+
+    def first_problem(self) -> errors.OvaError | None:
+        return next((p for found in self.problems.values() for p in found), None)
 
 
 @dataclass
 class Scan:
     """What a pass over the import directory found."""
 
-    loaded: dict[str, Loaded] = field(default_factory=dict)
-    rejected: dict[str, errors.OvaError] = field(default_factory=dict)
+    loaded: dict[str, Loaded] = field(default_factory=dict)  # read, perhaps with bad disks
+    rejected: dict[str, errors.OvaError] = field(default_factory=dict)  # first reason of each
+    paths: dict[str, Path] = field(default_factory=dict)
 
 
 class OvaProvider:
     """A :class:`ferry.providers.base.Provider` over an import directory."""
 
-    def __init__(self, root: Path, *, verify_digests: bool = True) -> None:
+    def __init__(
+        self, root: Path, *, verify_digests: bool = True, limits: Limits = DEFAULT
+    ) -> None:
         self.root = Path(root)
         self.verify_digests = verify_digests
+        self.limits = limits
         self._cache: dict[Path, tuple[tuple[int, int], Loaded | errors.OvaError]] = {}
 
     # -- reachability and inventory ----------------------------------------------
@@ -79,19 +97,44 @@ class OvaProvider:
 
     async def inventory(self) -> list[Vm]:
         found = await self.scan()
-        return sorted((vm for pkg in found.loaded.values() for vm in pkg.vms), key=lambda v: v.id)
+        usable = (vm for pkg in found.loaded.values() for vm in pkg.vms if vm.status is Status.OK)
+        return sorted(usable, key=lambda v: v.id)
+
+    async def packages(self) -> list[Package]:
+        """Every package of the directory with its verdict, rejected ones included."""
+        found = await self.scan()
+        listed = []
+        for key, path in sorted(found.paths.items()):
+            loaded = found.loaded.get(key)
+            if loaded is None:
+                reason = _one_line(found.rejected[key].problem)
+                listed.append(
+                    Package(id=key, path=str(path), status=Status.REJECTED, errors=[reason])
+                )
+                continue
+            reasons = [f"VM {vm.name!r}: {e}" for vm in loaded.vms for e in vm.errors]
+            status = Status.REJECTED if reasons else Status.OK
+            listed.append(
+                Package(id=key, path=str(path), status=status, errors=reasons, vms=loaded.vms)
+            )
+        return listed
 
     async def scan(self) -> Scan:
         """Every package in the directory, checked; rejected ones with their error."""
         await self.check()
         found = Scan()
         for key, path in await asyncio.to_thread(self._candidates):
+            found.paths[key] = path
             result = await self._load_cached(key, path)
             if isinstance(result, errors.OvaError):
                 log.warning("rejected OVA package %s: %s", key, result.problem)
                 found.rejected[key] = result
-            else:
-                found.loaded[key] = result
+                continue
+            found.loaded[key] = result
+            problem = result.first_problem()
+            if problem is not None:
+                log.warning("OVA package %s has unusable disks: %s", key, problem.problem)
+                found.rejected[key] = problem
         return found
 
     async def load(self, path: Path) -> list[Vm]:
@@ -100,6 +143,9 @@ class OvaProvider:
         result = await self._load_cached(key, path)
         if isinstance(result, errors.OvaError):
             raise result
+        problem = result.first_problem()
+        if problem is not None:
+            raise problem
         return result.vms
 
     async def vm(self, id_or_name: str) -> Vm:
@@ -107,10 +153,10 @@ class OvaProvider:
         vms = [vm for pkg in found.loaded.values() for vm in pkg.vms]
         for vm in vms:
             if vm.id == id_or_name:
-                return vm
+                return _usable(found.loaded[vm.id.rsplit("/", 1)[0]], vm)
         named = [vm for vm in vms if vm.name == id_or_name]
         if len(named) == 1:
-            return named[0]
+            return _usable(found.loaded[named[0].id.rsplit("/", 1)[0]], named[0])
         if len(named) > 1:
             raise VmNotFound(id_or_name, [f"{vm.id} (ambiguous name)" for vm in named])
         package = id_or_name.rsplit("/", 1)[0]
@@ -138,18 +184,32 @@ class OvaProvider:
         loaded = await self._loaded_for(vm_id)
         checked = loaded.images.get((vm_id, disk_id))
         if checked is None:
+            for problem in loaded.problems.get(vm_id, []):
+                raise problem
             raise DiskNotFound(vm_id, disk_id)
-        name = loaded.files[(vm_id, disk_id)]
+        name = loaded.files.get((vm_id, disk_id))  # None: a blank disk, nothing to verify
         verify = None
         if self.verify_digests and name in loaded.entries and name not in loaded.verified:
             verify = _Verify(loaded, name)
         return checked, verify
 
     async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+        """``-i libvirtxml`` over the disks as Ferry reads them (see :mod:`domainxml`)."""
         loaded = await self._loaded_for(vm.id)
-        package = loaded.package
-        target = package.source if isinstance(package, Archive) else package.source.parent
-        return V2vInput(argv=["-i", "ova", str(target)])
+        listed = _usable(loaded, next(v for v in loaded.vms if v.id == vm.id))
+        sources = []
+        for disk in vm.disks:
+            checked = loaded.images.get((vm.id, disk.id))
+            if checked is None:
+                raise DiskNotFound(vm.id, disk.id)
+            sources.append(checked.source)
+        # Always, whatever verify_digests says: virt-v2v's own -i ova checked the
+        # manifest on every conversion, and this input must not check less.
+        await self.verify(listed)
+        document = workdir / "source.xml"
+        facts = msgspec.structs.replace(listed, disks=vm.disks)
+        await asyncio.to_thread(document.write_bytes, domainxml.source_xml(facts, sources))
+        return V2vInput(argv=["-i", "libvirtxml", str(document)], files=[str(document)])
 
     async def verify(self, vm: Vm) -> None:
         """Check every manifest digest of ``vm``'s disks now (reads them whole)."""
@@ -181,7 +241,10 @@ class OvaProvider:
             if stat.S_ISLNK(info.st_mode):
                 found.append((self._key(entry), entry))  # refused when loaded, with a reason
             elif stat.S_ISDIR(info.st_mode):
-                found.extend((self._key(p), p) for p in sorted(entry.glob("*.ovf")))
+                try:
+                    found.extend((self._key(p), p) for p in sorted(entry.glob("*.ovf")))
+                except OSError:
+                    found.append((self._key(entry), entry))  # refused when loaded, with a reason
             elif entry.suffix.lower() in (".ova", ".ovf"):
                 found.append((self._key(entry), entry))
         return found
@@ -203,11 +266,16 @@ class OvaProvider:
             return cached[1]
         result: Loaded | errors.OvaError
         try:
-            result = await _load(key, path, info)
+            result = await _load(key, path, info, self.limits, self.root.stat().st_dev)
         except errors.OvaError as exc:
             result = exc
         except OSError as exc:
             result = errors.OvaError(path, f"cannot read: {exc.strerror or exc}")
+        except Exception as exc:  # one package's failure is its verdict, never the scan's
+            log.debug("OVA package %s failed unexpectedly", path, exc_info=True)
+            result = errors.OvaError(
+                path, f"cannot be read: {type(exc).__name__}: {_one_line(str(exc))}"
+            )
         self._cache[path] = (stamp, result)
         return result
 
@@ -224,25 +292,35 @@ class _Verify:
         self.loaded.verified.add(self.name)
 
 
-async def _load(key: str, path: Path, info: os.stat_result) -> Loaded:
+async def _load(
+    key: str, path: Path, info: os.stat_result, limits: Limits, root_device: int
+) -> Loaded:
     if stat.S_ISLNK(info.st_mode):
         raise errors.UnsafeMemberTypeError(path, "is a symlink; copy the file into the directory")
+    if info.st_dev != root_device:
+        # A mount inside the import area puts someone else's files under a clean name.
+        raise errors.UnsafeMemberTypeError(
+            path, "lies on another filesystem than the import directory (a mount inside it)"
+        )
+    if stat.S_ISDIR(info.st_mode):
+        raise errors.OvaError(path, "the folder cannot be listed (check its permissions)")
     if path.suffix.lower() == ".ova":
-        package: Package = await asyncio.to_thread(Archive, path)
+        package: OvfPackage = await asyncio.to_thread(Archive, path, limits)
     else:
-        package = Folder(path)
+        package = Folder(path, limits)
     text = package.read_small(package.descriptor)
     entries = _manifest(package)
     if package.descriptor in entries:
         manifest.verify(package, entries[package.descriptor])
-    systems = descriptor.parse(str(package.source), text)
+    systems = descriptor.parse(str(package.source), text, limits)
     loaded = Loaded(key, package, [], {}, {}, entries)
+    notes = _package_notes(package, entries)
     for system in systems:
-        loaded.vms.append(await _vm(loaded, system, several=len(systems) > 1))
+        loaded.vms.append(await _vm(loaded, system, notes, several=len(systems) > 1))
     return loaded
 
 
-def _manifest(package: Package) -> dict[str, manifest.Entry]:
+def _manifest(package: OvfPackage) -> dict[str, manifest.Entry]:
     name = package.manifest_name()
     if name is None:
         return {}
@@ -252,33 +330,36 @@ def _manifest(package: Package) -> dict[str, manifest.Entry]:
     return entries
 
 
-async def _vm(loaded: Loaded, system: descriptor.System, *, several: bool) -> Vm:
-    vm_id = f"{loaded.key}/{system.id}"
-    warnings = list(system.warnings)
+def _package_notes(package: OvfPackage, entries: dict[str, manifest.Entry]) -> list[str]:
+    """Warnings about the package as a whole, shown with each of its VMs."""
+    notes = []
+    names = package.names()
+    if not entries:
+        notes.append("the package has no manifest: its files' digests cannot be checked")
+    if any(n.lower().endswith(".cert") for n in names):
+        notes.append("the package is signed; Ferry does not check the signature")
+    if isinstance(package, Archive) and names and names[0] != package.descriptor:
+        notes.append("the descriptor is not the archive's first member")
+    return notes
+
+
+async def _vm(loaded: Loaded, system: descriptor.System, notes: list[str], *, several: bool) -> Vm:
+    # The VirtualSystem id is encoded so that any id (slashes, spaces, colons) keeps
+    # the VM id a "<package>/<system>" pair; names derived from it are made safe
+    # where they become names (volumes, Kubernetes objects).
+    vm_id = f"{loaded.key}/{quote(system.id, safe='')}"
+    warnings = [*system.warnings, *notes]
     if several:
         warnings.append("the package holds several VMs; virt-v2v converts only the first")
     disks: list[Disk] = []
+    problems: list[errors.OvaError] = []
     for ref in system.disks:
-        if ref.file is None:
-            warnings.append(f"disk {ref.disk_id} has no content file and is skipped")
-            continue
-        checked = await image.inspect(loaded.package, ref)
-        if loaded.entries and ref.file not in loaded.entries:
-            warnings.append(f"disk file {ref.file} is not in the manifest")
-        loaded.images[(vm_id, ref.disk_id)] = checked
-        loaded.files[(vm_id, ref.disk_id)] = ref.file
-        disks.append(
-            Disk(
-                id=ref.disk_id,
-                name=ref.file,
-                capacity=ref.capacity,
-                format=checked.format,
-                allocated=ref.populated,
-                bus=ref.bus,
-                boot_order=ref.boot_order,
-                storage=STORAGE,
-            )
-        )
+        disk, problem = await _disk(loaded, vm_id, ref, warnings)
+        disks.append(disk)
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        loaded.problems[vm_id] = problems
     return Vm(
         id=vm_id,
         name=system.name,
@@ -294,4 +375,68 @@ async def _vm(loaded: Loaded, system: descriptor.System, *, several: bool) -> Vm
         disks=disks,
         nics=list(system.nics),
         warnings=warnings,
+        status=Status.REJECTED if problems else Status.OK,
+        errors=[d.error for d in disks if d.error],
+        configuration=system.configuration,
+        configurations=system.configurations,
     )
+
+
+async def _disk(
+    loaded: Loaded, vm_id: str, ref: DiskRef, warnings: list[str]
+) -> tuple[Disk, errors.OvaError | None]:
+    """One disk of the inventory, and why it cannot be used when it cannot."""
+    problem = ref.problem
+    checked: image.Image | None = None
+    if problem is None and loaded.entries and ref.file and ref.file not in loaded.entries:
+        problem = errors.ManifestError(
+            loaded.package.source, f"disk {ref.disk_id}: file {ref.file} is not in the manifest"
+        )
+    if problem is None:
+        try:
+            checked = await image.inspect(loaded.package, ref)
+        except errors.OvaError as exc:
+            problem = exc
+    capacity = ref.capacity or 0
+    if checked is not None:
+        loaded.images[(vm_id, ref.disk_id)] = checked
+        if ref.file is not None:
+            loaded.files[(vm_id, ref.disk_id)] = ref.file
+        if checked.note:
+            warnings.append(checked.note)
+        if ref.capacity is None:
+            capacity = checked.virtual_size
+            warnings.append(
+                f"disk {ref.disk_id} declares no capacity; its image's {capacity} bytes are used"
+            )
+    disk = Disk(
+        id=ref.disk_id,
+        name=ref.file or "",
+        capacity=capacity,
+        format=checked.format if checked is not None else (ref.declared or DiskFormat.RAW),
+        allocated=ref.populated,
+        bus=ref.bus,
+        boot_order=ref.boot_order,
+        storage=STORAGE,
+        blank=ref.file is None and problem is None,
+        error=_reason(ref, problem) if problem is not None else "",
+    )
+    return disk, problem
+
+
+def _reason(ref: DiskRef, problem: errors.OvaError) -> str:
+    """The problem in one line, naming the disk and its file once."""
+    text = _one_line(problem.problem)
+    if text.startswith(f"disk {ref.disk_id}"):
+        return text
+    return f"disk {ref.disk_id} ({ref.file or 'no file'}): {text}"
+
+
+def _usable(loaded: Loaded, vm: Vm) -> Vm:
+    for problem in loaded.problems.get(vm.id, []):
+        raise problem
+    return vm
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:500]

@@ -9,6 +9,7 @@ decoded by ``qemu-nbd`` started on demand, with the format named. Extents come f
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -16,7 +17,8 @@ from typing import Self
 
 from ferry.proto.inventory import Extent
 from ferry.providers.base import ProviderError, QemuSource
-from ferry.providers.nbd import AsyncNbdClient, NbdServer
+from ferry.providers.nbd import AsyncNbdClient, NbdError, NbdServer
+from ferry.providers.ova import package
 from ferry.providers.ova.image import Image, qemu_img_json
 
 Resolved = tuple[Image, Callable[[], Awaitable[None]] | None]
@@ -51,7 +53,7 @@ class OvaDiskReader:
         self._image = checked
         window = self.image.window
         if window is not None:
-            self._fd = os.open(window.path, os.O_RDONLY | os.O_NOFOLLOW)
+            self._fd = package.open_checked(window)
         return self
 
     async def __aexit__(
@@ -81,16 +83,33 @@ class OvaDiskReader:
             return b""
         window = self.image.window
         if window is not None:
-            return await asyncio.to_thread(self._pread, window.offset + offset, length)
+            return await asyncio.to_thread(self._pread, window.offset + offset, length, offset)
         client = await self._nbd_client()
-        return await client.read(offset, length)
+        try:
+            return await client.read(offset, length)
+        except NbdError as exc:
+            # Keep the errno (the copy engine classifies by it) but say, in the
+            # user's words, which disk, where, and what is wrong with the file.
+            raise NbdError(exc.errno or errno.EIO, self._unreadable(offset, length)) from exc
 
-    def _pread(self, offset: int, length: int) -> bytes:
+    def _unreadable(self, offset: int, length: int) -> str:
+        image = self.image
+        return (
+            f"disk {self.name}: the {image.format.value} image cannot be read at guest offset "
+            f"{offset} ({length} bytes); the file is damaged or cut short"
+        )
+
+    def _pread(self, offset: int, length: int, guest: int) -> bytes:
         if self._fd is None:
             raise ProviderError(f"disk {self.name} is not open (use 'async with')")
         data = os.pread(self._fd, length, offset)
         if len(data) != length:
-            raise ProviderError(f"disk {self.name}: source ended at {offset + len(data)}")
+            raise NbdError(
+                errno.EIO,
+                f"disk {self.name}: the file ends at byte {os.fstat(self._fd).st_size}, short "
+                f"of the {length} bytes at guest offset {guest} (file offset {offset}); "
+                "the package was cut short",
+            )
         return data
 
     async def extents(self) -> list[Extent]:
