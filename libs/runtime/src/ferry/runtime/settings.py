@@ -36,6 +36,17 @@ class NatsSettings(_Group):
         description="NATS server URL. A user and password in it are never logged; in "
         "Kubernetes, set it from a Secret.",
     )
+    credentials_file: Path | None = Field(
+        default=None,
+        description="File holding this process's NATS identity as JSON {user, password} "
+        "(`ferry up` writes one per service; in Kubernetes, a mounted Secret). Read from "
+        "the file only, refused if group or others may access it. Unset: anonymous.",
+    )
+    allow_group_readable_credentials: bool = Field(
+        default=False,
+        description="Accept a group-readable credentials file (a Kubernetes Secret mounted "
+        "with fsGroup for a non-root user); world access is always refused.",
+    )
 
 
 class HttpSettings(_Group):
