@@ -53,8 +53,10 @@ class HttpSettings(_Group):
     """The per-service HTTP endpoint: /metrics, /healthz, /readyz."""
 
     host: str = Field(
-        default="0.0.0.0",  # noqa: S104 - probes and Prometheus reach the pod from outside
-        description="Address the health and metrics server binds to.",
+        # Loopback unless configured: /metrics tells anyone who can reach it what runs.
+        # The chart sets 0.0.0.0 so that probes and Prometheus reach the pod.
+        default="127.0.0.1",
+        description="Address the health and metrics server binds to (the chart: 0.0.0.0).",
     )
     port: int = Field(
         default=8080, ge=0, le=65535, description="Port of the health and metrics server."
