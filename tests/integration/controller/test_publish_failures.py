@@ -33,7 +33,7 @@ async def test_a_command_whose_publish_failed_is_sent_on_the_redelivery(
         batch = list(messages)
         if not failed and any(isinstance(m, conversion.ConvertGuest) for m in batch):
             failed.append("ConvertGuest")
-            raise PublishFailed("no stream acknowledged the publish (injected)")
+            raise PublishFailed("ferry.cmd", "injected")
         return await real(batch, *args, **kwargs)
 
     monkeypatch.setattr(stack.bus, "publish_many", flaky)
@@ -60,7 +60,7 @@ async def test_a_failed_scheduler_transition_is_retried_not_only_logged(
     async def flaky(self: Driver, key: str, fn: Any, **kwargs: Any) -> None:
         if not failed and getattr(fn, "__qualname__", "").startswith("Driver.start"):
             failed.append(key)
-            raise PublishFailed("no stream acknowledged the publish (injected)")
+            raise PublishFailed("ferry.cmd", "injected")
         await real(self, key, fn, **kwargs)
 
     monkeypatch.setattr(Driver, "transition", flaky)
