@@ -72,6 +72,7 @@ async def test_the_controllers_provider_is_opened_with_its_secret(
     secret = settings.secrets_dir() / "ferry-test" / "ova-creds"
     secret.mkdir(parents=True)
     (secret / "password").write_text(SECRET_VALUE + "\n")
+    (secret / "password").chmod(0o600)  # a secret others may read is refused
     provider = await controller.driver.sources.get(ref)
 
     # Then the factory got the secret with the Provider object's settings

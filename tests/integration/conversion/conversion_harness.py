@@ -8,7 +8,11 @@ from pathlib import Path
 
 import psutil
 
-from ferry.proto.inventory import Vm, Volume
+from ferry.platform import factory
+from ferry.platform.settings import PlatformSettings
+from ferry.platform.volumes import VolumeRequest
+from ferry.proto.inventory import Vm, Volume, VolumeTarget
+from ferry.proto.volume import VolumeSource
 
 OVERHEAD = 64 << 20  # what a platform adds to a volume for filesystem overhead
 HELPERS = ("virt-v2v", "virt-v2v-in-place", "nbdkit", "qemu-nbd", "qemu-system", "nbdcopy")
@@ -38,6 +42,30 @@ def blank_volumes(folder: Path, vm: Vm) -> list[Volume]:
             )
         )
     return volumes
+
+
+async def platform_volumes(
+    data_dir: Path, vm: Vm, *, migration: str = "mig-1", vm_key: str = "vm-1"
+) -> list[Volume]:
+    """Blank volumes made and bound by the local platform, as the volume-service would:
+    the conversion-service takes their paths from these records, not from the command."""
+    platform = factory.create(PlatformSettings(), data_dir=data_dir)
+    for disk in vm.disks:
+        await platform.ensure_volume(
+            VolumeRequest(
+                namespace="default",
+                migration=migration,
+                vm=vm_key,
+                vm_name=vm.name,
+                disk_id=disk.id,
+                capacity=disk.capacity,
+                target=VolumeTarget(disk_id=disk.id, storage_class="local"),
+                source=VolumeSource.BLANK,
+            )
+        )
+    bound = await platform.bind_volumes("default", migration, vm_key)
+    order = {disk.id: index for index, disk in enumerate(vm.disks)}
+    return [v.to_proto() for v in sorted(bound, key=lambda v: order[v.disk_id])]
 
 
 def copied_volumes(folder: Path, vm: Vm, raw: Path) -> list[Volume]:

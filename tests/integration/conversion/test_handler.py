@@ -12,13 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
-from conversion_harness import blank_volumes, initramfs_modules, sha256
+from conversion_harness import initramfs_modules, platform_volumes, sha256
 
 from ferry.bus import Bus, Router, TopologySettings, declare
 from ferry.conversion_service import app, lease
 from ferry.conversion_service.settings import ConversionSettings, Settings
 from ferry.proto import subjects
+from ferry.proto.base import FailureOutcome
 from ferry.proto.conversion import (
     ConversionFailed,
     ConversionMode,
@@ -73,7 +75,7 @@ async def test_full_conversion_over_the_bus_writes_the_bound_volumes(
         data_dir=tmp_path / "data",
         conversion=ConversionSettings(progress_interval_seconds=1.0),
     )
-    volumes = blank_volumes(tmp_path / "volumes", source_vm)
+    volumes = await platform_volumes(settings.data_dir, source_vm)
     inodes = [os.stat(v.path).st_ino for v in volumes]
     source_digest = sha256(Path(guest.ova))
 
@@ -153,7 +155,7 @@ async def test_unconvertible_command_fails_with_reason_and_log(
 
     # Then the failure says which volume is missing, and no conversion ran
     (failure,) = [m for m in published if isinstance(m, ConversionFailed)]
-    assert "does not exist" in failure.reason and "gone.img" in failure.reason
+    assert "does not exist" in failure.reason and "'gone'" in failure.reason
     assert failure.deliveries == 1
     assert not [m for m in published if isinstance(m, ConversionProgress)]
 
@@ -229,3 +231,32 @@ async def test_a_vm_held_by_another_replica_waits_for_its_lease(
     assert failure.deliveries == 2
     assert "does not exist" in failure.reason
     assert waited >= 2.5
+
+
+async def test_a_command_naming_a_path_outside_the_services_volumes_is_rejected(
+    nats_url: str, tmp_path: Path
+) -> None:
+    ova_dir, provider, source_vm = tmp_path, OvaProvider(tmp_path), SMALL_VM
+    # Given a bound volume of this VM, and a file elsewhere that virt-v2v must never touch
+    settings = Settings(data_dir=tmp_path / "data")
+    (volume,) = await platform_volumes(settings.data_dir, source_vm)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    aimed = msgspec.structs.replace(volume, path=str(victim))
+
+    async def lookup(ref: SourceRef) -> OvaProvider:
+        return provider
+
+    async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
+        await declare(bus, TOPOLOGY, list(Service))
+        router = app.build_router(bus, settings, providers=lookup)
+        # When a command names the real volume but aims its path at the file
+        await bus.publish(command(source_vm, [aimed], ova_dir))
+        published = await run_until(bus, router, ConversionFailed)
+
+    # Then it is refused at once, as permanent, before anything ran; the file is intact
+    (failure,) = [m for m in published if isinstance(m, ConversionFailed)]
+    assert "path that is not the volume's" in failure.reason
+    assert failure.outcome is FailureOutcome.PERMANENT and failure.deliveries == 1
+    assert not [m for m in published if isinstance(m, ConversionProgress | GuestConverted)]
+    assert victim.read_bytes() == b"precious"

@@ -69,6 +69,7 @@ async def test_provider_object_and_secret_are_resolved_and_the_secret_never_leak
         secret = settings.secrets_dir() / "ferry-test" / "ova-creds"
         secret.mkdir(parents=True)
         (secret / "password").write_text(SECRET_VALUE + "\n")
+        (secret / "password").chmod(0o600)  # a secret others may read is refused
         await bus.publish(msgspec.structs.replace(copy_cmd, attempt=2))
         (copied,) = await wait_for(bus, volume.DisksCopied, failures_seen=1)
         published = await events(bus)

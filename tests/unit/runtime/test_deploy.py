@@ -415,3 +415,18 @@ def test_dockerfile_installs_the_lock_and_the_console_scripts_exist() -> None:
         pyproject = (ROOT / "services" / name / "pyproject.toml").read_text()
         # Then each script the compose file and the chart run is declared
         assert f'ferry-{name} = "ferry.' in pyproject
+
+
+def test_every_deployment_reads_its_own_nats_identity_from_a_secret() -> None:
+    # Given the chart's deployments
+    for service, token in [
+        ("migration-controller", "controller"),
+        ("volume-service", "volume"),
+        ("conversion-service", "conversion"),
+        ("vm-service", "vm"),
+    ]:
+        text = (CHART / "templates" / f"deployment-{service}.yaml").read_text()
+        # Then the credentials come from the service's own Secret, as a file, read-only
+        assert f"secretName: {{{{ .Release.Name }}}}-nats-{token}" in text
+        assert "FERRY_NATS__CREDENTIALS_FILE" in text and "readOnly: true" in text
+        assert "defaultMode: 0440" in text

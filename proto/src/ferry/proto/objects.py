@@ -334,6 +334,15 @@ class PlanSpec(_Model):
     maxPrecopies: int = Field(default=50, ge=1)
     description: str = ""
 
+    @field_validator("targetNamespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        # A namespace becomes a Kubernetes name and, locally, a directory: ``../..``
+        # or ``/etc`` must never reach either.
+        if not is_dns1123_label(value):
+            raise ValueError(f"{value!r} is not a DNS-1123 label (a-z, 0-9, '-', at most 63)")
+        return value
+
 
 class PlanStatus(_Model):
     phase: str = ""

@@ -7,7 +7,7 @@ client library's.
 
 from ferry.bus import cancellation, topology
 from ferry.bus.cancellation import Cancellation
-from ferry.bus.connection import Bus, Published
+from ferry.bus.connection import Bus, Credentials, Published
 from ferry.bus.errors import (
     BusError,
     Canceled,
@@ -32,6 +32,7 @@ __all__ = [
     "Conflict",
     "Context",
     "CorruptEntry",
+    "Credentials",
     "Deleted",
     "Entry",
     "Intake",

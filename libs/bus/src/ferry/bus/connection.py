@@ -10,6 +10,9 @@ Connection retries belong to nats-py: its reconnect loop (unlimited attempts)
 covers both the first connection and every reconnect, and buffers publishes
 while it reconnects. This module only bounds how long a caller waits.
 Credentials may be part of the URL; they are stripped before anything is logged.
+A process with its own identity passes :class:`Credentials` (read by the caller from a
+file): its replies then come on ``_INBOX_<user>``, the only inbox its permissions
+let it subscribe to.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -64,6 +67,22 @@ class Published:
     duplicate: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A NATS user and password; ``repr`` never shows the password."""
+
+    user: str
+    password: str
+
+    @property
+    def inbox_prefix(self) -> str:
+        """Replies to this user's requests: the server lets it subscribe here only."""
+        return f"_INBOX_{self.user}"
+
+    def __repr__(self) -> str:
+        return f"Credentials(user={self.user!r}, password=<hidden>)"
+
+
 def redact(url: str) -> str:
     """A server URL without user, password or token, for logs."""
     parts = urlsplit(url if "://" in url else f"nats://{url}")
@@ -106,19 +125,29 @@ class Bus:
         connect_timeout: float = 60.0,
         publish_timeout: float = 30.0,
         reconnect_wait: float = 0.5,
+        credentials: Credentials | None = None,
     ) -> Bus:
         """Connect, retrying with nats-py's own loop for up to ``connect_timeout`` seconds.
 
         After the first success nats-py reconnects forever; ``bus.connected``
-        tells readiness probes whether it currently is.
+        tells readiness probes whether it currently is. A server that refuses the
+        credentials (or an anonymous client) fails at once with :class:`NotConnected`.
         """
         servers = [url] if isinstance(url, str) else list(url)
         events = _ConnectionLog(", ".join(redact(s) for s in servers))
         shown = events.shown
         nc = Client()
+        identity: dict[str, Any] = {}
+        if credentials is not None:
+            identity = {
+                "user": credentials.user,
+                "password": credentials.password,
+                "inbox_prefix": credentials.inbox_prefix,
+            }
 
         try:
-            await asyncio.wait_for(
+            await _until_refused(
+                events,
                 nc.connect(
                     servers,
                     name=name,
@@ -131,11 +160,28 @@ class Bus:
                     error_cb=events.error,
                     disconnected_cb=events.disconnected,
                     reconnected_cb=events.reconnected,
+                    **identity,
                 ),
-                timeout=connect_timeout,
+                connect_timeout,
             )
-        except (TimeoutError, OSError, nats.errors.Error) as err:
+        except nats.errors.Error as err:
             await _close_quietly(nc)
+            if _refused(err, events):
+                raise NotConnected(
+                    f"NATS at {shown} refused the connection: authorization violation "
+                    f"(as {credentials.user if credentials else 'anonymous'})"
+                ) from None
+            raise NotConnected(
+                f"no NATS server reachable at {shown} within {connect_timeout:.0f}s "
+                f"({type(err).__name__})"
+            ) from None
+        except (TimeoutError, OSError) as err:
+            await _close_quietly(nc)
+            if events.refused:
+                raise NotConnected(
+                    f"NATS at {shown} refused the connection: authorization violation "
+                    f"(as {credentials.user if credentials else 'anonymous'})"
+                ) from None
             raise NotConnected(
                 f"no NATS server reachable at {shown} within {connect_timeout:.0f}s "
                 f"({type(err).__name__})"
@@ -286,8 +332,11 @@ class _ConnectionLog:
     def __init__(self, shown: str) -> None:
         self.shown = shown
         self.closing = False
+        self.refused = False
 
     async def error(self, err: Exception) -> None:
+        if _is_refusal(err):
+            self.refused = True
         if not self.closing:
             log.warning("nats: %s: %s (%s)", type(err).__name__, err, self.shown)
 
@@ -312,6 +361,39 @@ def _result(future: asyncio.Future[api.PubAck] | None) -> api.PubAck | None:
 
 def _published(msg_id: str, ack: api.PubAck) -> Published:
     return Published(id=msg_id, stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
+
+
+async def _until_refused(
+    events: _ConnectionLog, connecting: Coroutine[Any, Any, None], within: float
+) -> None:
+    """Await ``connecting`` for up to ``within`` seconds, but give up as soon as the server
+    refuses our identity: nats-py would otherwise retry a refusal until the timeout."""
+    task = asyncio.ensure_future(connecting)
+    deadline = time.monotonic() + within
+    try:
+        while not task.done():
+            if events.refused:
+                raise nats.errors.AuthorizationError
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            await asyncio.wait({task}, timeout=min(left, 0.1))
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _is_refusal(err: BaseException) -> bool:
+    return isinstance(err, nats.errors.AuthorizationError) or (
+        "authorization violation" in str(err).lower()
+    )
+
+
+def _refused(err: BaseException, events: _ConnectionLog) -> bool:
+    return events.refused or _is_refusal(err)
 
 
 async def _close_quietly(nc: Client) -> None:

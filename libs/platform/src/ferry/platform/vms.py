@@ -50,6 +50,11 @@ class VmNotFound(LookupError):
     """No VM of that namespace and name."""
 
 
+class InvalidVmName(ValueError):
+    """A namespace or name that is not a DNS-1123 label: it would not be a Kubernetes
+    name, and locally it would become a path outside the VM store (``../..``, ``/etc``)."""
+
+
 class BootFailed(Exception):
     """The guest did not come up; ``console_tail`` holds the last console lines."""
 

@@ -28,6 +28,7 @@ from ferry.proto.subjects import Bucket
 from ferry.proto.volume import SourceRef
 from ferry.providers import factory
 from ferry.providers.base import Provider
+from ferry.runtime import secretfiles
 
 OpenProvider = Callable[[SourceRef], Awaitable[Provider]]
 """What a service's handlers use to get a provider for a command's ``SourceRef``;
@@ -44,6 +45,11 @@ class ProvidersSettings(BaseModel):
         description="Where provider secrets are mounted: <secrets_dir>/<namespace>/<name>/<key>, "
         "one file per key (the layout of a Kubernetes Secret volume). Unset: "
         "<data_dir>/secrets. Values are never logged.",
+    )
+    allow_group_readable: bool = Field(
+        default=False,
+        description="Accept secret files readable by their group (a Secret volume mounted "
+        "with fsGroup); files others may read are always refused.",
     )
 
     def root(self, data_dir: Path) -> Path:
@@ -74,8 +80,9 @@ class MountedSecrets:
     so the same reader works in a pod and on one machine.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, allow_group_read: bool = False) -> None:
         self.root = root
+        self.allow_group_read = allow_group_read
 
     def read(self, namespace: str, name: str) -> dict[str, str]:
         folder = self.root / _component(namespace) / _component(name)
@@ -85,7 +92,11 @@ class MountedSecrets:
         for entry in sorted(folder.iterdir()):
             if entry.name.startswith(".") or not entry.is_file():
                 continue
-            values[entry.name] = entry.read_text().rstrip("\n")
+            try:
+                text = secretfiles.read_private(entry, allow_group_read=self.allow_group_read)
+            except secretfiles.InsecureSecretFile as error:
+                raise PermanentError(str(error)) from None
+            values[entry.name] = text.rstrip("\n")
         return values
 
 
@@ -110,7 +121,10 @@ class Providers:
     @classmethod
     def mounted(cls, bus: Bus | None, settings: ProvidersSettings, data_dir: Path) -> Providers:
         """Secrets read from the directory ``settings`` names (or ``<data_dir>/secrets``)."""
-        return cls(bus, MountedSecrets(settings.root(data_dir)))
+        return cls(
+            bus,
+            MountedSecrets(settings.root(data_dir), allow_group_read=settings.allow_group_readable),
+        )
 
     async def open(self, ref: SourceRef) -> Provider:
         spec, secret_ref = await self._spec(ref)

@@ -36,14 +36,27 @@ class NatsSettings(_Group):
         description="NATS server URL. A user and password in it are never logged; in "
         "Kubernetes, set it from a Secret.",
     )
+    credentials_file: Path | None = Field(
+        default=None,
+        description="File holding this process's NATS identity as JSON {user, password} "
+        "(`ferry up` writes one per service; in Kubernetes, a mounted Secret). Read from "
+        "the file only, refused if group or others may access it. Unset: anonymous.",
+    )
+    allow_group_readable_credentials: bool = Field(
+        default=False,
+        description="Accept a group-readable credentials file (a Kubernetes Secret mounted "
+        "with fsGroup for a non-root user); world access is always refused.",
+    )
 
 
 class HttpSettings(_Group):
     """The per-service HTTP endpoint: /metrics, /healthz, /readyz."""
 
     host: str = Field(
-        default="0.0.0.0",  # noqa: S104 - probes and Prometheus reach the pod from outside
-        description="Address the health and metrics server binds to.",
+        # Loopback unless configured: /metrics tells anyone who can reach it what runs.
+        # The chart sets 0.0.0.0 so that probes and Prometheus reach the pod.
+        default="127.0.0.1",
+        description="Address the health and metrics server binds to (the chart: 0.0.0.0).",
     )
     port: int = Field(
         default=8080, ge=0, le=65535, description="Port of the health and metrics server."

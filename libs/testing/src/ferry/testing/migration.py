@@ -66,6 +66,7 @@ def plant_secret(stack: LocalStack, name: str, values: Mapping[str, str]) -> Non
     folder.mkdir(parents=True, exist_ok=True)
     for key, value in values.items():
         (folder / key).write_text(value)
+        (folder / key).chmod(0o600)  # the services refuse a secret others may read
 
 
 def ova_objects(

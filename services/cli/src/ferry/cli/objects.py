@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ferry.bus import Bus, BusError
+from ferry.bus import Bus, BusError, Credentials
 from ferry.proto import migration, objects, subjects
 from ferry.proto.phases import MigrationPhase
 from ferry.proto.subjects import Bucket
@@ -68,10 +69,33 @@ def nats_url(given: str | None) -> str:
     return running.nats_url if running is not None else "nats://127.0.0.1:4222"
 
 
+def credentials() -> Credentials | None:
+    """The CLI's NATS identity: the file ``FERRY_NATS__CREDENTIALS_FILE`` names, else the
+    one ``ferry up`` wrote into the data dir; none (anonymous) when neither exists."""
+    from ferry.cli import stack
+    from ferry.runtime import secretfiles
+    from ferry.runtime.stack import identities, nats
+
+    named = os.environ.get("FERRY_NATS__CREDENTIALS_FILE")
+    if named:
+        path = Path(named)
+    else:
+        folder = nats.identities_dir(stack.default_data_dir().expanduser().resolve())
+        path = identities.credentials_file(folder, identities.CLI)
+        if not path.exists():
+            return None
+    try:
+        return secretfiles.credentials(path)
+    except (OSError, ValueError) as bad:
+        raise CliError(str(bad)) from None
+
+
 @asynccontextmanager
 async def connect(url: str | None) -> AsyncIterator[Bus]:
     try:
-        bus = await Bus.connect(nats_url(url), name="cli", connect_timeout=5.0)
+        bus = await Bus.connect(
+            nats_url(url), name="cli", connect_timeout=5.0, credentials=credentials()
+        )
     except BusError as bad:
         raise CliError(f"cannot reach NATS: {bad} (is the stack up? `ferry up`)") from None
     async with bus:

@@ -15,6 +15,7 @@ from ferry.bus import Bus, Router
 from ferry.conversion_service import v2v
 from ferry.conversion_service.handlers import ConversionHandlers, ProviderLookup
 from ferry.conversion_service.settings import Settings
+from ferry.conversion_service.volumes import VolumeRecords
 from ferry.platform import factory
 from ferry.proto.subjects import Service
 from ferry.runtime.providers import Providers
@@ -34,12 +35,19 @@ def build_router(
     *,
     providers: ProviderLookup | None = None,
     converter: v2v.Converter | None = None,
+    records: VolumeRecords | None = None,
 ) -> Router:
-    """One handler, ConvertGuest; per-replica concurrency comes from ``settings.workers``."""
+    """One handler, ConvertGuest; per-replica concurrency comes from ``settings.workers``.
+
+    Volume paths come from ``records`` (by default the configured platform), never
+    from the command.
+    """
     if converter is None:
         converter = make_converter(settings)
+    if records is None:
+        records = factory.create(settings.platform, data_dir=settings.data_dir)
     if providers is None:
         providers = Providers.mounted(bus, settings.providers, settings.data_dir)
     router = Router(Service.CONVERSION)
-    ConversionHandlers(settings.conversion, converter, providers).register(router)
+    ConversionHandlers(settings.conversion, converter, providers, records).register(router)
     return router

@@ -18,9 +18,11 @@ from collections.abc import Awaitable, Callable
 from ferry.bus import BusError, Context, PermanentError, Router, TemporaryError
 from ferry.conversion_service import lease as leases
 from ferry.conversion_service import v2v
+from ferry.conversion_service import volumes as owned
 from ferry.conversion_service.progress import Progress
 from ferry.conversion_service.settings import ConversionSettings
 from ferry.proto.conversion import ConversionMode, ConversionProgress, ConvertGuest, GuestConverted
+from ferry.proto.inventory import Volume
 from ferry.proto.volume import SourceRef
 from ferry.providers.base import ProviderError, ProviderNotSupported
 from ferry.runtime.progress import Throttle
@@ -30,13 +32,16 @@ ProviderLookup = Callable[[SourceRef], Awaitable[v2v.V2vSource]]
 :class:`ferry.runtime.providers.Providers` (Provider object and its secret)."""
 
 
-def job_of(cmd: ConvertGuest, source: v2v.V2vSource | None) -> v2v.Job:
+def job_of(
+    cmd: ConvertGuest, source: v2v.V2vSource | None, volumes: list[Volume] | None = None
+) -> v2v.Job:
+    """The job of ``cmd``; ``volumes`` are the platform's records of the ones it names."""
     return v2v.Job(
         migration=cmd.migration,
         vm_key=cmd.vm,
         mode=cmd.mode,
         inventory=cmd.inventory,
-        volumes=cmd.volumes,
+        volumes=cmd.volumes if volumes is None else volumes,
         timeout_seconds=cmd.timeout_seconds,
         source=source,
     )
@@ -44,14 +49,20 @@ def job_of(cmd: ConvertGuest, source: v2v.V2vSource | None) -> v2v.Job:
 
 class ConversionHandlers:
     """The conversion-service's handler, and what it needs: the converter (virt-v2v as a
-    workload of the platform), the way to open providers, the service's settings."""
+    workload of the platform), the way to open providers, the platform's volume records
+    (where a volume's path comes from), the service's settings."""
 
     def __init__(
-        self, settings: ConversionSettings, converter: v2v.Converter, providers: ProviderLookup
+        self,
+        settings: ConversionSettings,
+        converter: v2v.Converter,
+        providers: ProviderLookup,
+        records: owned.VolumeRecords,
     ) -> None:
         self.settings = settings
         self.converter = converter
         self.providers = providers
+        self.records = records
 
     def register(self, router: Router) -> None:
         """One handler per command on ``router``."""
@@ -97,13 +108,14 @@ class ConversionHandlers:
 
         try:
             async with lease.held():
+                volumes = await owned.resolve(self.records, cmd)
                 ctx.log.info("converting %s (%s)", cmd.inventory.name, cmd.mode.value)
-                result = await self.converter.convert(job_of(cmd, source), progress)
+                result = await self.converter.convert(job_of(cmd, source, volumes), progress)
                 event = GuestConverted(
                     **cmd.reply(),
                     mode=cmd.mode,
                     inspection=result.inspection,
-                    volumes=list(cmd.volumes),
+                    volumes=volumes,
                     seconds=round(result.seconds, 1),
                     log=str(result.log),
                 )

@@ -13,12 +13,19 @@ has one entry in the locks bucket (``conversion.<migration>.<vm>``):
 
 Every write is a compare-and-set on the revision: two replicas racing for the
 same VM cannot both win.
+
+The keeper that renews the claim must outlive a bus hiccup: a renewal that times
+out is retried (the claim only lapses if renewals fail for a whole lease), and
+whatever happens to the keeper never replaces the body's own result. Once the
+``done`` record is written, releasing the claim leaves it in place: deleting it
+would let a redelivered command convert the VM a second time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -30,6 +37,8 @@ import msgspec
 from ferry.bus import Bus, Conflict, TemporaryError
 from ferry.proto import subjects
 from ferry.proto.conversion import GuestConverted
+
+log = logging.getLogger(__name__)
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +83,7 @@ class Lease:
         self.seconds = seconds
         self.owner = owner or owner_id()
         self.revision = 0
+        self.completed = False
 
     def _running(self) -> Claim:
         return Claim(
@@ -121,12 +131,20 @@ class Lease:
         done = Claim(
             state="done", owner=self.owner, step=self.step, attempt=self.attempt, result=result
         )
-        with contextlib.suppress(Conflict):
+        try:
             self.revision = await self.kv.update(self.key, done, self.revision)
+            self.completed = True
+        except Conflict as error:
+            log.warning("conversion result not recorded in %s: %s", self.key, error)
 
     async def release(self) -> None:
-        with contextlib.suppress(Conflict):
+        """Give the claim up after a failure; a recorded result is never released."""
+        if self.completed:
+            return
+        try:
             await self.kv.delete(self.key, self.revision)
+        except Conflict as error:
+            log.warning("conversion lease %s not released: %s", self.key, error)
 
     @contextlib.asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
@@ -140,15 +158,22 @@ class Lease:
         lost: list[LeaseLost] = []
 
         async def keep() -> None:
+            wait = self.seconds / 3
             while True:
-                await asyncio.sleep(self.seconds / 3)
+                await asyncio.sleep(wait)
                 try:
                     await self.renew()
+                    wait = self.seconds / 3
                 except LeaseLost as error:
                     lost.append(error)
                     if body is not None:
                         body.cancel()
                     return
+                except Exception as error:  # a timeout, a reconnect: try again soon
+                    wait = max(0.05, self.seconds / 10)
+                    log.warning(
+                        "renewing conversion lease %s failed: %s; retrying", self.key, error
+                    )
 
         keeper = asyncio.create_task(keep())
         try:
@@ -160,5 +185,6 @@ class Lease:
             raise
         finally:
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # The keeper's end is never the body's: its own failures were logged.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await keeper

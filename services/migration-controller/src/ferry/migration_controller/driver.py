@@ -7,6 +7,14 @@ power, clean up, mark canceled, finish). A crash between the two repeats the
 actions on start-up, never loses the change; the commands repeated have the
 ids they had the first time, so the bus drops the duplicates.
 
+A crash is not the only way to lose the actions: a publish can fail after the
+change was stored. The event that caused the change is then redelivered, and
+finds nothing to change (its step is already done). So a redelivered event that
+changes nothing re-sends the command of the VM's running step (built again from
+the stored state: the same id, dropped by the bus if it did go out), and the
+scheduler's and timers' transitions are retried until they are stored and done,
+never only logged.
+
 One lock per VM orders its transitions; different VMs move in parallel.
 """
 
@@ -26,10 +34,14 @@ from ferry.migration_controller.sources import PERMANENT, Sources
 from ferry.migration_controller.store import VmStates
 from ferry.migration_controller.timers import Timers
 from ferry.proto.base import Message
+from ferry.proto.phases import StepStatus
 from ferry.proto.state import VmState
 from ferry.proto.subjects import Service
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
 
 Change = Callable[[VmState], list[engine.Action]]
 
@@ -85,12 +97,28 @@ class Driver:
     def start(self, key: str) -> None:
         """A queued VM got its slot (the scheduler's callback)."""
         now = self.clock()
-        self.spawn(self.transition(key, lambda s: engine.start(s, now)))
+        self.spawn(self._until_done(key, lambda s: engine.start(s, now)))
 
     def tick(self, key: str) -> None:
         """A VM's alarm rang (the timers' callback)."""
         now = self.clock()
-        self.spawn(self.transition(key, lambda s: engine.tick(s, now)))
+        self.spawn(self._until_done(key, lambda s: engine.tick(s, now)))
+
+    async def _until_done(self, key: str, fn: Change) -> None:
+        """A transition nobody redelivers: retried with backoff until it is stored and
+        its actions done. A retry after the store finds nothing to change and re-sends
+        the running step's command instead."""
+        delay = RETRY_FIRST_SECONDS
+        resend = False
+        while True:
+            try:
+                await self.transition(key, fn, resend=resend)
+                return
+            except Exception as error:
+                log.warning("transition of %s failed (%s); retrying in %.1fs", key, error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            resend = True
 
     async def stop_local(self, key: str) -> None:
         """Stop a controller-owned step in progress (a power-off, a hook), and wait for it."""
@@ -104,11 +132,28 @@ class Driver:
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    async def transition(self, key: str, fn: Change) -> None:
+    async def transition(self, key: str, fn: Change, *, resend: bool = False) -> None:
+        """Change the VM's state with ``fn``, store it, then act. With ``resend`` (the
+        cause was redelivered), a change that changes nothing re-sends the running
+        step's command: its first sending may have failed after the store."""
         async with self._lock(key):
-            _, actions = await self.vms.change(key, fn)
+            before = self.vms.get(key)
+            after, actions = await self.vms.change(key, fn)
         if actions:
             await self.perform(key, actions)
+        elif resend and after is before:
+            await self.resend(key)
+
+    async def resend(self, key: str) -> None:
+        """Send the running service step's command again, built as the first time."""
+        state = self.state(key)
+        current = state.current
+        if current is None or current.status is not StepStatus.RUNNING:
+            return
+        if self._controller_owns(key, current.name):
+            return  # the controller's own steps are resumed where they run, not re-sent
+        log.info("re-sending the command of %s step %s", key, current.name)
+        await self.run_step(key, current.name, current.attempt)
 
     async def perform(self, key: str, actions: list[engine.Action]) -> None:
         emits: list[Message] = []

@@ -60,6 +60,13 @@ def preflight(
     if inventory is None:
         out.reject(PLAN_KEY, f"provider {source.name!r} is not reachable: {unreachable}")
         return out
+    # Checked here too, not only when the Plan is applied: a stored document can be
+    # written by anything that reaches the objects bucket.
+    if not objects.is_dns1123_label(plan.spec.targetNamespace):
+        out.reject(
+            PLAN_KEY,
+            f"targetNamespace {plan.spec.targetNamespace!r} is not a DNS-1123 label",
+        )
     if plan.spec.warm and source.spec.type not in itinerary.WARM_SOURCES:
         out.reject(
             PLAN_KEY, f"warm migration is not supported for {source.spec.type.value} sources"

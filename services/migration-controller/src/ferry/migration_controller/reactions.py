@@ -135,7 +135,9 @@ class Reactions:
                 step.absorb(s, evt)
             return engine.step_done(s, cur.name, now)
 
-        await self._driver.transition(key, completed)
+        # A redelivery that finds its step done may be one whose first run stored the
+        # change but failed to send the next command: the driver sends it again.
+        await self._driver.transition(key, completed, resend=ctx.deliveries > 1)
 
     async def on_failed(self, evt: Failed, ctx: Context) -> None:
         key = await self._known(evt)
@@ -156,7 +158,7 @@ class Reactions:
                 return []  # a failure of a step (or precopy round) that is no longer running
             return engine.step_failed(s, cur.name, evt.attempt, reason, not transient, now)
 
-        await self._driver.transition(key, failed)
+        await self._driver.transition(key, failed, resend=ctx.deliveries > 1)
 
     def _throttled(self, key: str, step: str, disk: str, done: int, total: int) -> bool:
         # Keyed per disk so that one disk's 100 % is never hidden by another's; the step

@@ -35,8 +35,17 @@ import yaml
 
 from ferry.platform import kubevirt
 from ferry.platform.local import console, qemu
-from ferry.platform.vms import BootFailed, VmConflict, VmInfo, VmNotFound, VmPhase, VmPlatform
+from ferry.platform.vms import (
+    BootFailed,
+    InvalidVmName,
+    VmConflict,
+    VmInfo,
+    VmNotFound,
+    VmPhase,
+    VmPlatform,
+)
 from ferry.proto.inventory import Volume
+from ferry.proto.objects import is_dns1123_label
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +94,22 @@ class LocalVms:
 
     # -- paths and records -----------------------------------------------------
 
+    def _folder(self, namespace: str, name: str | None = None) -> Path:
+        """``root/namespace``: every path of the store is built here, from checked names,
+        because they come from a Plan and a message and must not climb out of it."""
+        for value in (namespace, name):
+            if value is not None and not is_dns1123_label(value):
+                raise InvalidVmName(f"{value!r} is not a DNS-1123 label (a-z, 0-9, '-', ≤ 63)")
+        return self.root / namespace
+
     def manifest_path(self, namespace: str, name: str) -> Path:
-        return self.root / namespace / f"{name}.yaml"
+        return self._folder(namespace, name) / f"{name}.yaml"
 
     def _record_path(self, namespace: str, name: str) -> Path:
-        return self.root / namespace / f"{name}.json"
+        return self._folder(namespace, name) / f"{name}.json"
 
     def runtime(self, namespace: str, name: str) -> qemu.RuntimeFiles:
-        return qemu.RuntimeFiles(self.root / namespace / name)
+        return qemu.RuntimeFiles(self._folder(namespace, name) / name)
 
     def _read(self, namespace: str, name: str) -> VmRecord | None:
         try:
@@ -137,6 +154,7 @@ class LocalVms:
     @contextlib.asynccontextmanager
     async def _locked(self, namespace: str, name: str) -> AsyncIterator[None]:
         """An exclusive per-VM lock, across threads, tasks and processes."""
+        self._folder(namespace, name)
         locks = self.root / ".locks"
         locks.mkdir(parents=True, exist_ok=True)
         fd = os.open(locks / f"{namespace}.{name}", os.O_RDWR | os.O_CREAT, 0o600)
@@ -217,9 +235,10 @@ class LocalVms:
         await self._ready()
         meta = manifest["metadata"]
         namespace, name = str(meta["namespace"]), str(meta["name"])
+        folder = self._folder(namespace, name)
         labels = kubevirt.owner_labels(manifest)
         qemu.machine_spec(manifest, volumes)  # fail now, not at power-on, if unbootable
-        (self.root / namespace).mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         async with self._locked(namespace, name):
             existing = self._read(namespace, name)
             if existing is not None:
@@ -247,7 +266,7 @@ class LocalVms:
 
     async def find_vm(self, namespace: str, labels: Mapping[str, str]) -> VmInfo | None:
         await self._ready()
-        for path in sorted((self.root / namespace).glob("*.json")):
+        for path in sorted(self._folder(namespace).glob("*.json")):
             record = self._read(namespace, path.stem)
             if record is not None and all(record.labels.get(k) == v for k, v in labels.items()):
                 return await self.get_vm(namespace, record.name)

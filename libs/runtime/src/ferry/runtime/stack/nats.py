@@ -6,6 +6,10 @@ tests that prove exactly that may turn it off to compare). A port of 0 asks the
 kernel for one (``-1`` in the configuration); the bound ports are read from the
 server's log, which is the only place the server tells them.
 
+``ferry up``'s server admits only the identities of
+:mod:`ferry.runtime.stack.identities` (an anonymous client is refused); its
+configuration holds their passwords, so it is written with mode 0600.
+
 The server is ready when its log says so and it serves: the JetStream health
 endpoint answers 200 when a monitoring port is configured, else a TCP
 connection to the client port is accepted.
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.runtime import natsbin
-from ferry.runtime.stack import StackError, processes, readiness
+from ferry.runtime.stack import StackError, identities, processes, readiness
 
 _LISTENING = re.compile(r"Listening for client connections on [^\s]*:(\d+)")
 _MONITOR = re.compile(r"Starting http monitor on [^\s]*:(\d+)")
@@ -48,8 +52,13 @@ def config(
     server_name: str = "ferry-local",
     fsync_always: bool = True,
     max_payload: str | None = None,
+    authorization: str | None = None,
 ) -> str:
-    """The server's configuration text; ports of 0 are chosen by the kernel."""
+    """The server's configuration text; ports of 0 are chosen by the kernel.
+
+    ``authorization`` is an ``authorization {…}`` block (see
+    :func:`ferry.runtime.stack.identities.authorization`); without it the server is open.
+    """
     store = str(store_dir).replace("\\", "\\\\").replace('"', '\\"')
     lines = [f"server_name: {server_name}", f"listen: 127.0.0.1:{port or -1}"]
     if monitor_port is not None:
@@ -60,7 +69,22 @@ def config(
     if fsync_always:
         lines.append("  sync_interval: always")
     lines.append("}")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + authorization if authorization else text
+
+
+def identities_dir(data_dir: Path) -> Path:
+    """Where ``ferry up`` keeps each identity's credentials file."""
+    return data_dir / "nats" / "identities"
+
+
+def write_config(path: Path, text: str) -> None:
+    """Write the configuration readable by its owner only: it holds passwords."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def argv(config_file: Path, log: Path) -> list[str]:
@@ -129,13 +153,17 @@ def start(
     data_dir: Path, port: int, timeout: float, *, monitor_port: int = 0
 ) -> tuple[processes.Process, Bound]:
     """``ferry up``'s server: configuration under ``<data>/nats``, store in
-    ``<data>/jetstream``, log in ``<data>/logs``; returned once it serves JetStream.
-    The configuration is then rewritten with the ports it bound, so restarting the
-    same command line brings it back on them."""
+    ``<data>/jetstream``, log in ``<data>/logs``, the identities' credentials in
+    ``<data>/nats/identities``; returned once it serves JetStream. The configuration
+    is then rewritten with the ports it bound, so restarting the same command line
+    brings it back on them."""
     nats_dir = data_dir / "nats"
     nats_dir.mkdir(parents=True, exist_ok=True)
+    nats_dir.chmod(0o700)
+    users = identities.authorization(identities.ensure(identities_dir(data_dir)))
     config_file = nats_dir / "nats.conf"
-    config_file.write_text(config(data_dir / "jetstream", port, monitor_port=monitor_port))
+    store = data_dir / "jetstream"
+    write_config(config_file, config(store, port, monitor_port=monitor_port, authorization=users))
     log = data_dir / "logs" / "nats-server.log"
     offset = log_offset(log)
     proc, popen = processes.spawn("nats-server", argv(config_file, log), log, os.environ, 0)
@@ -148,5 +176,5 @@ def start(
     proc.port = bound.port
     # A restart must come back where clients and stack.json look: pin the bound ports.
     monitor = int(bound.monitor.rsplit(":", 1)[1]) if bound.monitor else None
-    config_file.write_text(config(data_dir / "jetstream", bound.port, monitor_port=monitor))
+    write_config(config_file, config(store, bound.port, monitor_port=monitor, authorization=users))
     return proc, bound

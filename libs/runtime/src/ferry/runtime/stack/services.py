@@ -60,10 +60,13 @@ def environment(
     nats_url: str,
     http_port: int,
     extra: Mapping[str, str] | None = None,
+    *,
+    credentials: Path | None = None,
 ) -> dict[str, str]:
     """A service process's environment: the caller's, plus where its data, the bus and its
     HTTP port are. ``extra`` (a test's settings) overrides all but the port, which is
-    the slot's own."""
+    the slot's own. ``credentials`` names the service's NATS credentials *file*: the
+    secret itself never enters an environment."""
     env = dict(os.environ)
     env.update(
         {
@@ -73,6 +76,8 @@ def environment(
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if credentials is not None:
+        env["FERRY_NATS__CREDENTIALS_FILE"] = str(credentials)
     env.update(extra or {})
     env["FERRY_HTTP__PORT"] = str(http_port)
     return env
