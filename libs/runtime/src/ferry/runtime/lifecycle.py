@@ -25,10 +25,10 @@ from typing import Protocol, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from ferry.bus import Bus, Credentials, Observer, topology
+from ferry.bus import Bus, Observer, topology
 from ferry.bus.connection import redact
 from ferry.proto.subjects import Service
-from ferry.runtime import logs, secretfiles
+from ferry.runtime import logs
 from ferry.runtime.health import HealthServer, Readiness
 from ferry.runtime.metrics import Metrics
 from ferry.runtime.settings import ServiceSettings
@@ -141,21 +141,13 @@ class Runtime:
         await self._stack.aclose()
         log.info("%s stopped", self.name)
 
-    def _credentials(self) -> Credentials | None:
-        nats = self.settings.nats
-        if nats.credentials_file is None:
-            return None
-        return secretfiles.credentials(
-            nats.credentials_file, allow_group_read=nats.allow_group_readable_credentials
-        )
-
     async def _connect(self) -> Bus:
         connecting = asyncio.ensure_future(
             Bus.connect(
                 self.settings.nats.url,
                 name=self.name,
                 settings=self.settings.bus.topology(),
-                credentials=self._credentials(),
+                credentials=self.settings.nats.credentials(),
             )
         )
         stopping = asyncio.ensure_future(self.stop.wait())

@@ -19,7 +19,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ferry.bus import topology
+from ferry.bus import Credentials, topology
+from ferry.runtime import secretfiles
 
 
 class _Group(BaseModel):
@@ -47,6 +48,14 @@ class NatsSettings(_Group):
         description="Accept a group-readable credentials file (a Kubernetes Secret mounted "
         "with fsGroup for a non-root user); world access is always refused.",
     )
+
+    def credentials(self) -> Credentials | None:
+        """This process's NATS identity, read from its file (None: anonymous)."""
+        if self.credentials_file is None:
+            return None
+        return secretfiles.credentials(
+            self.credentials_file, allow_group_read=self.allow_group_readable_credentials
+        )
 
 
 class HttpSettings(_Group):

@@ -233,7 +233,12 @@ async def serve(settings: Settings) -> int:
     async with contextlib.AsyncExitStack() as stack:
         try:
             writer = await stack.enter_async_context(
-                await Bus.connect(settings.nats.url, name=NAME, settings=settings.bus.topology())
+                await Bus.connect(
+                    settings.nats.url,
+                    name=NAME,
+                    settings=settings.bus.topology(),
+                    credentials=settings.nats.credentials(),
+                )
             )
             reader = writer
             if settings.console.reader_url:
