@@ -88,8 +88,10 @@ async def test_higher_priority_plan_goes_first(stack: Stack) -> None:
     order: list[str] = []
     for _ in range(4):
         await eventually(
-            lambda: len(stack.services.holding) == 1
-            and sorted(stack.services.holding)[0][0] not in order,
+            lambda: (
+                len(stack.services.holding) == 1
+                and sorted(stack.services.holding)[0][0] not in order
+            ),
             what="the next VM",
         )
         vm = sorted(stack.services.holding)[0]

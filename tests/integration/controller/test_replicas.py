@@ -4,7 +4,6 @@ completes exactly once."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import pytest
@@ -43,6 +42,7 @@ async def test_kill_the_active_replica_mid_wave(stack: Stack) -> None:
         (victim,) = [r for r in replicas if r.proc is not None and r.proc.pid == active]
         victim.kill()
         stack.services.released.update((i, "ConvertGuest") for i in ids)
+
         # Then the standby takes the lease and every VM completes
         async def other_is_active() -> bool:
             return await _active_pid(stack) != active
