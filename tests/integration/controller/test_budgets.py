@@ -8,6 +8,7 @@ import asyncio
 
 from conftest import Stack
 from controller_harness import _doc, apply, documents, eventually, make_vm
+from test_cli import ferry
 
 from ferry.proto.inventory import ProviderType
 from ferry.proto.subjects import Bucket
@@ -58,6 +59,10 @@ async def test_two_plans_share_a_host_budget(stack: Stack) -> None:
     assert entry is not None
     reasons = set(entry.value["status"]["waiting"].values())
     assert reasons == {f"Budget esx1-cap (host esx1): {HOST_CAP}/{HOST_CAP} VMs in flight"}
+    described = (await ferry(stack, "describe", "plan", "plan1")).output
+    assert "Budget esx1-cap: host esx1: 3 VMs" in described
+    assert f"{len(first) - len(holding & set(first))} VMs waiting" in described
+    assert "esx1-cap (host esx1): 3/3 VMs in flight" in described
     # And as VMs are released one at a time, the host never runs more than its budget
     for _ in range(len(first + second)):
         await eventually(lambda: bool(stack.services.holding), what="a VM holding")
