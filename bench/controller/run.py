@@ -203,6 +203,8 @@ async def bench(
 
             async def watch() -> None:
                 async for _, msg in bus.events(subjects.events_of(Service.CONTROLLER), follow=True):
+                    if isinstance(msg, migration.MigrationRejected):
+                        raise SystemExit(f"migration {msg.migration} rejected: {msg.reasons}")
                     if isinstance(msg, migration.MigrationCompleted):
                         completed.add(msg.migration)
                         if len(completed) == plans:
@@ -211,6 +213,8 @@ async def bench(
 
             watcher = asyncio.create_task(watch())
             while not done.is_set():
+                if watcher.done():
+                    watcher.result()
                 peak = [max(m, p.memory_info().rss) for m, p in zip(peak, procs, strict=True)]
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), 0.2)
