@@ -7,8 +7,10 @@ bucket is one key in the locks bucket (``rate.<budget>``): the current window
 asks for a slice before it moves it; the grant is a compare-and-set on the
 key's revision, so grants from every replica add up to at most ``rate x
 period`` per window (a slice larger than a whole window is granted alone in an
-empty one, else it could never move). When the window is spent the mover sleeps
-until the next one; movers asking at once share it first come, first served.
+empty one, else it could never move), and within a window they keep pace with
+the clock, so its first mover cannot take all of it in a burst. A mover that
+finds the budget spent sleeps until it has room; movers share it first come,
+first served.
 
 The cost is one read and one write per slice: with 4 MiB slices at 1 GiB/s
 that is 256 grants a second across all movers. Expiry is wall-clock time, so
@@ -69,8 +71,11 @@ class SharedRate:
             entry = await self._kv.get(self._key)
             current = entry.value if entry is not None else None
             granted = current.granted if current is not None and current.window == window else 0
-            if granted and granted + nbytes > cap:
-                await asyncio.sleep(max(0.0, window + self._period - self._clock()))
+            # Within a window grants keep pace with the clock (at most one slice ahead):
+            # else the first mover of a window would take all of it in a burst.
+            if granted and (granted + nbytes > cap or granted > self.rate * (now - window)):
+                wake = min(window + self._period, window + granted / self.rate)
+                await asyncio.sleep(max(0.001, wake - self._clock()))
                 continue
             grant = Grant(window=window, granted=granted + nbytes)
             try:
