@@ -40,6 +40,7 @@ from ferry.migration_controller.store import Objects, VmStates
 from ferry.migration_controller.timers import Timers
 from ferry.proto import objects, subjects
 from ferry.proto.phases import StepStatus, VmStatus
+from ferry.proto.state import VmState
 from ferry.proto.subjects import Service
 from ferry.runtime.providers import OpenProvider, Providers
 
@@ -187,7 +188,7 @@ class Controller:
 
     async def resume(self) -> None:
         """Pick every stored VM up where it was; nothing finished runs again."""
-        states = await self.vms.load_all()
+        states = await self._unfinished(await self.vms.load_all())
         await self.scheduler.load_budgets()
         for plan in {s.plan for s in states}:
             await self.scheduler.load_limits(plan)
@@ -214,6 +215,21 @@ class Controller:
             driver.spawn(self.admission.finish_start(name))
         self.scheduler.kick()
         log.info("resumed %d VMs", len(states))
+
+    async def _unfinished(self, states: list[VmState]) -> list[VmState]:
+        """The states of migrations still going; ended ones leave memory at once."""
+        by_migration: dict[str, list[VmState]] = {}
+        for state in states:
+            by_migration.setdefault(state.migration, []).append(state)
+        keep = []
+        for name, group in by_migration.items():
+            mig = await self.objects.find(objects.Migration, name)
+            over = mig is not None and mig.status.phase.ended
+            if over and all(s.status.ended and s.finalized for s in group):
+                self.vms.forget([self.vms.key(name, s.vm) for s in group])
+            else:
+                keep.extend(group)
+        return keep
 
     def forget(self, migration: str) -> None:
         """An ended migration's VMs leave memory: it must not grow with finished waves."""
