@@ -65,7 +65,7 @@ async def main(url: str, n: int, concurrency: int) -> None:
     )
     source = InstantSource(n)
 
-    def providers(ref: SourceRef) -> InstantSource:
+    async def providers(ref: SourceRef) -> InstantSource:
         return source
 
     stop = asyncio.Event()

@@ -30,7 +30,9 @@ async def main(url: str, sources: dict[str, str]) -> None:
     settings = ControllerSettings(
         nats={"url": url},  # type: ignore[arg-type]
         bus={"max_deliver": TOPOLOGY.max_deliver, "ack_wait_seconds": TOPOLOGY.ack_wait_seconds},  # type: ignore[arg-type]
-        controller=ControllerGroup(retry_base_seconds=0.2, progress_min_interval_seconds=0.0),
+        controller=ControllerGroup(
+            retry_base_seconds=0.2, progress_min_interval_seconds=0.0, leader_lease_seconds=2.0
+        ),
     )
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

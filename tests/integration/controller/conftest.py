@@ -44,7 +44,9 @@ def controller_settings(url: str) -> ControllerSettings:
     return ControllerSettings(
         nats={"url": url},  # type: ignore[arg-type]
         bus={"max_deliver": TOPOLOGY.max_deliver, "ack_wait_seconds": TOPOLOGY.ack_wait_seconds},  # type: ignore[arg-type]
-        controller=ControllerGroup(retry_base_seconds=0.2, progress_min_interval_seconds=0.0),
+        controller=ControllerGroup(
+            retry_base_seconds=0.2, progress_min_interval_seconds=0.0, leader_lease_seconds=2.0
+        ),
     )
 
 

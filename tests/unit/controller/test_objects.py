@@ -49,7 +49,7 @@ def provider(name: str, spec: str) -> str:
 
 
 TYPES = "'ova', 'vsphere', 'ovirt', 'openstack', 'kubevirt' or 'libvirt'"
-KINDS = "Provider, NetworkMap, StorageMap, Hook, Plan, Migration"
+KINDS = "Provider, NetworkMap, StorageMap, Hook, Plan, Migration, Budget"
 BAD = [
     (
         f"{HEAD}kind: Plan\nmetadata: {{name: p}}\nspec: {{nope: 1}}\n",

@@ -6,3 +6,7 @@ and libraries import these modules; nothing here imports anything of Ferry's.
 JSON Schema and an AsyncAPI document are generated from these structs
 (``make schemas``) for consumers written in other languages.
 """
+
+# Kinds in modules of their own register themselves with ``objects`` when imported;
+# importing them here makes every reader of objects know them, whatever it imported.
+from ferry.proto import budget as _budget  # noqa: F401

@@ -330,6 +330,7 @@ class PlanSpec(_Model):
     targetPowerState: Literal["on", "off", "auto"] = "auto"
     maxInFlight: int = Field(default=20, ge=1)
     maxInFlightPerHost: int = Field(default=10, ge=1)
+    priority: int = 0  # across plans sharing a Budget: higher starts first
     precopyIntervalSeconds: int = Field(default=3600, ge=1)
     maxPrecopies: int = Field(default=50, ge=1)
     description: str = ""
@@ -349,6 +350,8 @@ class PlanStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list)
     migrations: list[str] = Field(default_factory=list)
     succeeded: list[str] = Field(default_factory=list)  # VM keys that already migrated
+    waiting: dict[str, str] = Field(default_factory=dict)  # queued VM -> what holds it (some)
+    waitingCount: int = 0
 
 
 class Plan(FerryObjectBase):
@@ -415,6 +418,15 @@ KINDS: dict[str, type[FerryObjectBase]] = {
     cls.KIND: cls for cls in (Provider, NetworkMap, StorageMap, Hook, Plan, Migration)
 }
 BY_PLURAL: dict[str, type[FerryObjectBase]] = {cls.PLURAL: cls for cls in KINDS.values()}
+
+Kind = TypeVar("Kind", bound=type[FerryObjectBase])
+
+
+def register(cls: Kind) -> Kind:
+    """Add a kind kept in a module of its own (``ferry.proto.budget``) to the ones parsed."""
+    KINDS[cls.KIND] = cls
+    BY_PLURAL[cls.PLURAL] = cls
+    return cls
 
 
 # Reading YAML ----------------------------------------------------------------

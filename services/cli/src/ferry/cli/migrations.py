@@ -21,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from rich.table import Table
 
 from ferry.bus import Bus, Conflict
+from ferry.cli import plans
 from ferry.cli.objects import ALL, CliError, NatsOption, connect, get_doc, key_of, kv, out, run
 from ferry.proto import migration, objects, subjects
 from ferry.proto.phases import StepStatus
@@ -249,13 +250,16 @@ def render(mig: objects.Migration, states: list[VmView]) -> None:
 
 
 def describe(
-    kind: Annotated[str, typer.Argument(help="migration")],
+    kind: Annotated[str, typer.Argument(help="migration or plan")],
     name: Annotated[str, typer.Argument(help="its name")],
     nats: NatsOption = None,
 ) -> None:
-    """Show a migration's pipeline per VM: steps, progress, errors."""
+    """Show a migration's pipeline per VM (steps, progress, errors), or what holds a plan's VMs."""
+    if kind.lower() in ("plan", "plans"):
+        plans.describe_plan(name, nats)
+        return
     if kind.lower() not in ("migration", "migrations"):
-        typer.echo(f"error: describe knows 'migration', not {kind!r}", err=True)
+        typer.echo(f"error: describe knows 'migration' and 'plan', not {kind!r}", err=True)
         raise typer.Exit(2)
 
     async def work() -> tuple[objects.Migration, list[VmView]]:

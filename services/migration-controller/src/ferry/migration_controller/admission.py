@@ -29,7 +29,7 @@ from ferry.migration_controller.store import ALL, MissingObject, Objects, VmStat
 from ferry.proto import migration, objects
 from ferry.proto.inventory import Vm as InventoryVm
 from ferry.proto.phases import MigrationPhase, VmStatus
-from ferry.proto.state import VmState, now_iso
+from ferry.proto.state import now_iso
 from ferry.proto.volume import SourceRef
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,8 @@ class Admission:
         if cutover:
             mig.spec.cutover = datetime.fromisoformat(cutover.replace("Z", "+00:00"))
         inventory, unreachable = await self._inventory(source)
-        done = {  # migrated by an earlier migration; this one's own VMs (a start cut short) stay
-            s.vm
-            for s in self._all_states()
-            if s.plan == plan.name and s.status is VmStatus.SUCCEEDED and s.migration != name
-        }
+        earlier = self._earlier_successes(plan.name, name)
+        done = set(earlier)
         check = planning.preflight(
             plan, source, inventory, networks, storage, unreachable, frozenset(done)
         )
@@ -103,6 +100,7 @@ class Admission:
             await self._reject(plan.name, name, check.reasons)
             return
         self._scheduler.set_limits(plan)
+        await self._scheduler.load_budgets()
         now = self._clock()
         limits = planning.Limits(
             max_attempts=self._settings.controller.max_attempts,
@@ -122,11 +120,7 @@ class Admission:
             for state in stored:
                 self._scheduler.index(state)
         started = [s.name for s in fresh]
-        skipped = sorted(
-            s.name
-            for s in self._all_states()
-            if s.plan == plan.name and s.vm in done and s.migration != name
-        )
+        skipped = sorted(earlier.values())
 
         def running(status: dict[str, Any]) -> None:
             status.update(phase=MigrationPhase.RUNNING, started=now_iso(now), reasons={})
@@ -179,5 +173,10 @@ class Admission:
             migration.MigrationRejected(plan=plan, migration=name, vm=ALL, reasons=reasons)
         )
 
-    def _all_states(self) -> list[VmState]:
-        return [s for s, _ in self._vms.cache.values()]
+    def _earlier_successes(self, plan: str, migration: str) -> dict[str, str]:
+        """VMs of the plan (id -> name) an earlier migration moved; this one's own stay."""
+        done = dict(self._vms.succeeded.get(plan, {}))
+        for s, _ in self._vms.cache.values():
+            if s.plan == plan and s.status is VmStatus.SUCCEEDED and s.migration != migration:
+                done[s.vm] = s.name
+        return done

@@ -4,15 +4,17 @@
   ``migration.cancel`` / ``migration.cutover`` (reactions) from its work queue.
 * The **event router** is a durable consumer of the events stream: the other
   services' results advance the VMs (reactions).
-* The **scheduler** starts queued VMs as slots free up (``maxInFlight`` per plan,
-  ``maxInFlightPerHost`` per source host).
+* The **scheduler** starts queued VMs as slots free up, across every plan
+  (``maxInFlight`` per plan, ``maxInFlightPerHost`` per source host, and the
+  Budgets all plans share), and says in each Plan's status what holds the rest.
 * The **timers** wake VMs whose retry backoff ran out or whose warm pause ended.
 * The **driver** is where every change goes: the engine changes the VM's state,
   the state is stored, then the engine's actions are carried out.
 * **Completion** puts back what a failed or canceled VM changed, and ends the
   migration when its last VM ended.
 
-A part that needs another gets it in its constructor; none reaches into
+Replicas are active / standby (:mod:`.leadership`): only the one holding the
+lease resumes and serves. A part that needs another gets it in its constructor; none reaches into
 another's tables. On start-up :meth:`Controller.resume` reloads every VM and
 re-runs the step each one was in.
 """
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from functools import partial
 
 from ferry.bus import Bus, Intake, Observer, Router
-from ferry.migration_controller import engine, steps
+from ferry.migration_controller import engine, leadership, steps
 from ferry.migration_controller.admission import Admission
 from ferry.migration_controller.completion import Completion
 from ferry.migration_controller.driver import Driver
@@ -38,6 +40,7 @@ from ferry.migration_controller.store import Objects, VmStates
 from ferry.migration_controller.timers import Timers
 from ferry.proto import objects, subjects
 from ferry.proto.phases import StepStatus, VmStatus
+from ferry.proto.state import VmState
 from ferry.proto.subjects import Service
 from ferry.runtime.providers import OpenProvider, Providers
 
@@ -63,10 +66,16 @@ class Controller:
         if providers is None:
             providers = Providers.mounted(bus, settings.providers, settings.data_dir)
         sources = Sources(providers)
-        self.scheduler = Scheduler(self.vms.require, self.objects)
+        self.scheduler = Scheduler(self.vms.require, self.objects, clock)
         self.timers = Timers(clock)
         self.completion = Completion(
-            bus, self.objects, self.scheduler, self.vms.require, sources, clock
+            bus,
+            self.objects,
+            self.scheduler,
+            self.vms.require,
+            sources,
+            clock,
+            forget=lambda name: self.forget(name),
         )
         self.driver = Driver(
             bus,
@@ -126,12 +135,37 @@ class Controller:
         observer: Observer | None = None,
         fetch_wait: float = 1.0,
     ) -> None:
-        """Resume stored VMs, then serve both intakes until ``stop`` is set."""
+        """Once active (:mod:`.leadership`), resume stored VMs and serve until ``stop``."""
         stop = stop or asyncio.Event()
+        lead = leadership.Leadership(bus, self.settings.controller.leader_lease_seconds)
+        if not await lead.acquire(stop):
+            return
+        holding = asyncio.create_task(lead.hold(), name="controller-lease")
+        try:
+            await self._serve(bus, holding, stop, concurrency, grace_seconds, observer, fetch_wait)
+        finally:
+            holding.cancel()
+            await asyncio.gather(holding, return_exceptions=True)
+            if not holding.cancelled() and isinstance(holding.exception(), leadership.LeaseLost):
+                log.error("controller %s lost its lease to another replica; stopped", lead.owner)
+            else:
+                await lead.release()
+
+    async def _serve(
+        self,
+        bus: Bus,
+        holding: asyncio.Task[None],
+        stop: asyncio.Event,
+        concurrency: int,
+        grace_seconds: float,
+        observer: Observer | None,
+        fetch_wait: float,
+    ) -> None:
         await self.resume()
         loops = [
             asyncio.create_task(self.scheduler.run(self.driver.start), name="controller-scheduler"),
             asyncio.create_task(self.timers.run(self.driver.tick), name="controller-timer"),
+            asyncio.create_task(self.scheduler.report(), name="controller-waiting"),
         ]
         routers = [
             asyncio.create_task(
@@ -141,7 +175,8 @@ class Controller:
         ]
         try:
             await asyncio.wait(
-                [*routers, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+                [*routers, holding, asyncio.create_task(stop.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
             )
             stop.set()
             await asyncio.gather(*routers, return_exceptions=True)
@@ -153,7 +188,8 @@ class Controller:
 
     async def resume(self) -> None:
         """Pick every stored VM up where it was; nothing finished runs again."""
-        states = await self.vms.load_all()
+        states = await self._unfinished(await self.vms.load_all())
+        await self.scheduler.load_budgets()
         for plan in {s.plan for s in states}:
             await self.scheduler.load_limits(plan)
         for state in sorted(states, key=lambda s: (s.migration, s.seq)):
@@ -179,6 +215,27 @@ class Controller:
             driver.spawn(self.admission.finish_start(name))
         self.scheduler.kick()
         log.info("resumed %d VMs", len(states))
+
+    async def _unfinished(self, states: list[VmState]) -> list[VmState]:
+        """The states of migrations still going; ended ones leave memory at once."""
+        by_migration: dict[str, list[VmState]] = {}
+        for state in states:
+            by_migration.setdefault(state.migration, []).append(state)
+        keep = []
+        for name, group in by_migration.items():
+            mig = await self.objects.find(objects.Migration, name)
+            over = mig is not None and mig.status.phase.ended
+            if over and all(s.status.ended and s.finalized for s in group):
+                self.vms.forget([self.vms.key(name, s.vm) for s in group])
+            else:
+                keep.extend(group)
+        return keep
+
+    def forget(self, migration: str) -> None:
+        """An ended migration's VMs leave memory: it must not grow with finished waves."""
+        keys = self.scheduler.forget(migration)
+        self.vms.forget(keys)
+        self.driver.forget(keys)
 
 
 async def _hook_command(store: Objects, name: str) -> tuple[list[str], int]:

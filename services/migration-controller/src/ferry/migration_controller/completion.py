@@ -51,8 +51,10 @@ class Completion:
         states: Callable[[str], VmState],
         sources: Sources,
         clock: Callable[[], float],
+        forget: Callable[[str], None] = lambda name: None,
     ) -> None:
         self._bus = bus
+        self._forget = forget
         self._objects = objects_
         self._scheduler = scheduler
         self._states = states
@@ -134,3 +136,4 @@ class Completion:
                 canceled=off,
             )
         )
+        self._forget(name)

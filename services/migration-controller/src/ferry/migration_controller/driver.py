@@ -127,6 +127,13 @@ class Driver:
             local.cancel()
             await asyncio.gather(local, return_exceptions=True)
 
+    def forget(self, keys: list[str]) -> None:
+        """Drop the locks of VMs whose migration ended (nothing holds them any more)."""
+        for key in keys:
+            lock = self._locks.get(key)
+            if lock is not None and not lock.locked():
+                del self._locks[key]
+
     # -- change, then act ----------------------------------------------------------------
 
     def _lock(self, key: str) -> asyncio.Lock:

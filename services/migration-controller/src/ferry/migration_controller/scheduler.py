@@ -1,42 +1,69 @@
-"""Which queued VMs may start now: slots per plan and per source host.
+"""Which queued VMs may start now: one scheduler across every plan.
 
-A Plan says how many of its VMs may run at once (``maxInFlight``) and how many
-of them on one source host (``maxInFlightPerHost``); VMs start in plan order as
-slots free up. The tables here are derived, never stored: on start-up the
-controller re-indexes every stored VM (a running VM takes its slot again, a
-queued one joins its plan's queue), so they need no persistence of their own.
+A VM starts when three things have room: its plan (``maxInFlight``), its plan on
+its source host (``maxInFlightPerHost``), and every Budget it touches (shared by
+all plans: :mod:`ferry.migration_controller.budgets`). Plans with a higher
+``priority`` go first; plans of equal priority take turns, one VM each, so a
+big plan queued first does not starve a small one behind it.
 
-The scheduler also knows which VMs belong to a migration: cancel, cutover and
-completion ask it.
+The tables here are derived, never stored: on start-up the controller
+re-indexes every stored VM (a running VM takes its slot again, a queued one
+joins its plan's queue), so they need no persistence of their own. Budgets are
+re-read from the objects bucket when a migration starts and every
+``BUDGET_REFRESH`` seconds, which is also how an opening window is noticed.
+
+What holds each waiting VM is written to its Plan's status (a bounded sample)
+so that ``ferry describe plan`` can say it; the scheduler also knows which VMs
+belong to a migration: cancel, cutover and completion ask it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
 
+from ferry.migration_controller.budgets import Ledger
 from ferry.migration_controller.store import Objects, VmStates
 from ferry.proto import objects
+from ferry.proto.budget import Budget
 from ferry.proto.phases import VmStatus
 from ferry.proto.state import VmState
+
+log = logging.getLogger(__name__)
+
+BUDGET_REFRESH = 10.0  # seconds between re-reads of the Budget objects
+WAITING_SHOWN = 50  # waiting VMs named in a Plan's status; the rest are counted
 
 
 @dataclass(frozen=True)
 class PlanLimits:
     max_in_flight: int = 20
     per_host: int = 10
+    priority: int = 0
 
     @classmethod
     def of(cls, plan: objects.Plan) -> PlanLimits:
-        return cls(plan.spec.maxInFlight, plan.spec.maxInFlightPerHost)
+        return cls(plan.spec.maxInFlight, plan.spec.maxInFlightPerHost, plan.spec.priority)
 
 
 class Scheduler:
-    def __init__(self, states: Callable[[str], VmState], objects_: Objects) -> None:
+    def __init__(
+        self,
+        states: Callable[[str], VmState],
+        objects_: Objects,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._states = states
         self._objects = objects_
+        self._clock = clock
+        self.ledger = Ledger()
         self._queues: dict[str, list[str]] = {}
         self._limits: dict[str, PlanLimits] = {}
         self._active: set[str] = set()
@@ -44,10 +71,19 @@ class Scheduler:
         self._per_host: Counter[tuple[str, str]] = Counter()
         self._by_migration: dict[str, list[str]] = {}
         self._kick = asyncio.Event()
+        self._shown: dict[str, tuple[dict[str, str], int]] = {}
 
     def keys_of(self, migration: str) -> list[str]:
         """The VMs of a migration, in the order they were indexed (plan order)."""
         return self._by_migration.get(migration, [])
+
+    def forget(self, migration: str) -> list[str]:
+        """Drop an ended migration's VMs from the tables; returns their keys."""
+        keys = self._by_migration.pop(migration, [])
+        for key in keys:
+            if key in self._active:  # only when its end was never carried out
+                self.finished(key)
+        return keys
 
     def index(self, state: VmState) -> None:
         """Know a VM: queue it, or count its slot when it runs already."""
@@ -70,11 +106,23 @@ class Scheduler:
         if plan is not None:
             self.set_limits(plan)
 
+    async def load_budgets(self) -> None:
+        budgets = []
+        for key in await self._objects.kv.keys(f"{Budget.KIND.lower()}."):
+            entry = await self._objects.kv.get(key)
+            if entry is None:
+                continue
+            found = objects.from_document(entry.value)
+            if isinstance(found, Budget):
+                budgets.append(found)
+        self.ledger.set_budgets(budgets)
+
     def _take_slot(self, key: str, state: VmState) -> None:
         self._active.add(key)
         self._per_plan[state.plan] += 1
         if state.host:
             self._per_host[(state.plan, state.host)] += 1
+        self.ledger.take(key, state)
 
     def finished(self, key: str) -> None:
         """A VM ended: free its slot (or its place in the queue) and look for the next."""
@@ -84,35 +132,108 @@ class Scheduler:
             self._per_plan[state.plan] -= 1
             if state.host:
                 self._per_host[(state.plan, state.host)] -= 1
+            self.ledger.give(key)
         queue = self._queues.get(state.plan)
         if queue and key in queue:
             queue.remove(key)
         self._kick.set()
 
     def kick(self) -> None:
-        """Look at the queues again (new VMs were queued)."""
+        """Look at the queues again (new VMs were queued, budgets changed)."""
         self._kick.set()
 
+    def hold(self, key: str, now: float) -> str | None:
+        """What keeps a queued VM from starting now; ``None`` when nothing does."""
+        state = self._states(key)
+        limits = self._limits.get(state.plan, PlanLimits())
+        if self._per_plan[state.plan] >= limits.max_in_flight:
+            return f"Plan {state.plan}: {limits.max_in_flight} VMs in flight (maxInFlight)"
+        if state.host and self._per_host[(state.plan, state.host)] >= limits.per_host:
+            return f"Plan {state.plan}: {limits.per_host} VMs on host {state.host} in flight"
+        return self.ledger.hold(state, now)
+
     def ready(self) -> list[str]:
-        """Queued VMs that may start now, in queue order, within both caps."""
+        """Queued VMs that may start now, by plan priority, equal plans taking turns."""
+        now = self._clock()
+        if self.ledger.closed_for_all(now):
+            return []
         ready: list[str] = []
-        for plan, queue in self._queues.items():
-            limits = self._limits.get(plan, PlanLimits())
-            for key in list(queue):
-                if self._per_plan[plan] >= limits.max_in_flight:
-                    break
-                state = self._states(key)
-                if state.host and self._per_host[(plan, state.host)] >= limits.per_host:
-                    continue
-                queue.remove(key)
-                self._take_slot(key, state)
-                ready.append(key)
+
+        def priority(plan: str) -> int:
+            return -self._limits.get(plan, PlanLimits()).priority
+
+        plans = sorted((p for p, q in self._queues.items() if q), key=priority)
+        for _, group in groupby(plans, key=priority):
+            turns = list(group)
+            while turns:
+                for plan in list(turns):
+                    key = self._next(plan, now)
+                    if key is None:
+                        turns.remove(plan)
+                        continue
+                    self._take_slot(key, self._states(key))
+                    ready.append(key)
+                if self.ledger.closed_for_all(now):
+                    return ready
         return ready
+
+    def _next(self, plan: str, now: float) -> str | None:
+        limits = self._limits.get(plan, PlanLimits())
+        if self._per_plan[plan] >= limits.max_in_flight:
+            return None
+        queue = self._queues[plan]
+        for i, key in enumerate(queue):
+            if self.hold(key, now) is None:
+                del queue[i]
+                return key
+        return None
+
+    def waiting(self, plan: str) -> tuple[dict[str, str], int]:
+        """Some of a plan's waiting VMs (by name) with what holds each, and how many wait."""
+        now = self._clock()
+        queue = self._queues.get(plan, [])
+        shown = {}
+        for key in queue[:WAITING_SHOWN]:
+            shown[self._states(key).name] = self.hold(key, now) or "starting"
+        return shown, len(queue)
 
     async def run(self, start: Callable[[str], None]) -> None:
         """Call ``start(key)`` for each VM as it gets its slot, until cancelled."""
+        refreshed = self._clock()
         while True:
-            await self._kick.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), BUDGET_REFRESH)
             self._kick.clear()
+            if self._clock() - refreshed >= BUDGET_REFRESH:
+                refreshed = self._clock()
+                try:
+                    await self.load_budgets()
+                except Exception:
+                    log.exception("could not re-read the budgets")
             for key in self.ready():
                 start(key)
+
+    async def report(self, every: float = 2.0) -> None:
+        """Keep each plan's status saying what holds its waiting VMs, until cancelled."""
+        while True:
+            await asyncio.sleep(every)
+            for plan in list(self._queues):
+                shown = self.waiting(plan)
+                if self._shown.get(plan) == shown:
+                    continue
+                try:
+                    await self._objects.set_status(objects.Plan, plan, _waiting(*shown))
+                except Exception:
+                    log.exception("could not write the waiting VMs of plan %s", plan)
+                    continue
+                self._shown[plan] = shown
+                if not shown[1]:
+                    self._queues.pop(plan, None)
+                    self._shown.pop(plan, None)
+
+
+def _waiting(waiting: dict[str, str], count: int) -> Callable[[dict[str, Any]], None]:
+    def change(status: dict[str, Any]) -> None:
+        status.update(waiting=waiting, waitingCount=count)
+
+    return change

@@ -33,6 +33,12 @@ class ControllerGroup(BaseModel):
         default="controller-events",
         description="Durable consumer of the events stream the controller advances on.",
     )
+    leader_lease_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Replicas are active / standby: the active one renews a lease this "
+        "long every third of it; a standby takes over when it lapses.",
+    )
     progress_min_interval_seconds: float = Field(
         default=0.5,
         ge=0,

@@ -16,6 +16,7 @@ import msgspec
 
 from ferry.bus import Bus, Conflict
 from ferry.proto import objects, subjects
+from ferry.proto.phases import VmStatus
 from ferry.proto.state import VmState
 from ferry.proto.subjects import Bucket
 
@@ -80,6 +81,16 @@ class VmStates:
     def __init__(self, bus: Bus) -> None:
         self.kv = bus.kv(Bucket.VMS, VmState)
         self.cache: dict[str, tuple[VmState, int]] = {}
+        # plan -> {vm id: name} migrated by a migration already forgotten: a later
+        # migration of the plan skips them; bounded by the plans' VMs, not by waves.
+        self.succeeded: dict[str, dict[str, str]] = {}
+
+    def forget(self, keys: list[str]) -> None:
+        """Drop ended VMs from memory, remembering which of them succeeded."""
+        for key in keys:
+            got = self.cache.pop(key, None)
+            if got is not None and got[0].status is VmStatus.SUCCEEDED:
+                self.succeeded.setdefault(got[0].plan, {})[got[0].vm] = got[0].name
 
     @staticmethod
     def key(migration: str, vm: str) -> str:

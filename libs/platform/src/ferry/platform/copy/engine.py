@@ -74,6 +74,9 @@ class Options:
     # independent second pass (slow: every byte read and hashed twice).
     rehash: bool = False
     max_rate: float | None = None  # bytes per second of allocated data, None = unlimited
+    # Called with each chunk's allocated bytes before the copy goes on: a rate
+    # shared with other processes (``ferry.bus.rate``) blocks here when spent.
+    throttle: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ class _Pacer:
 
     def advance(self, nbytes: int) -> None:
         self.done += nbytes
+        if self._options.throttle is not None and nbytes:
+            self._options.throttle(nbytes)
         now = time.monotonic()
         if self._options.max_rate:
             ahead = (self.done - self._base) / self._options.max_rate - (now - self._started)
