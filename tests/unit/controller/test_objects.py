@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ferry.proto import objects
+from ferry.proto import names, objects
 
 from .conftest import YAML
 
@@ -112,10 +112,10 @@ def test_secrets_are_never_inline(spec: str) -> None:
 
 
 def test_dns1123_target_names() -> None:
-    assert objects.to_dns1123_label("Web_01.Corp") == "web-01-corp"
-    assert objects.to_dns1123_label("---") == "vm"
-    assert len(objects.to_dns1123_label("x" * 100)) == 63
-    assert objects.is_dns1123_label("db-1") and not objects.is_dns1123_label("DB")
+    assert names.to_dns1123_label("Web_01.Corp") == "web-01-corp"
+    assert names.to_dns1123_label("---") == "vm"
+    assert len(names.to_dns1123_label("x" * 100)) == 63
+    assert names.is_dns1123_label("db-1") and not names.is_dns1123_label("DB")
 
 
 def test_round_trip_through_the_store_shape() -> None:

@@ -271,6 +271,13 @@ def test_each_service_runs_as_its_own_account_with_its_own_rules() -> None:
     assert ("", "secrets") not in kinds["vm-service"] | kinds["migration-controller"]
     assert {s for s in SERVICES if ("kubevirt.io", "virtualmachines") in kinds[s]} == {"vm-service"}
     assert {s for s in SERVICES if ("ferry.dev", "plans") in kinds[s]} == {"migration-controller"}
+    # and the controller may read every kind of Ferry's own CRDs (a new kind is not
+    # forgotten in its role)
+    for crd_file in (CHART / "crds").glob("*.ferry.dev.yaml"):
+        crd = yaml.safe_load(crd_file.read_text())
+        if crd["spec"]["group"] == "ferry.dev":
+            plural = crd["spec"]["names"]["plural"]
+            assert ("ferry.dev", plural, "list") in _granted(roles["ferry-migration-controller"])
     assert ("populators.ferry.dev", "ferryvolumepopulators") in kinds["volume-service"]
     assert ("", "persistentvolumes", "patch") in _granted(roles["ferry-volume-service"])
 

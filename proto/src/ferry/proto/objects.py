@@ -20,28 +20,13 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ferry.proto import names
 from ferry.proto.inventory import ProviderType, VolumeMode
 from ferry.proto.phases import MigrationPhase
 
 API_VERSION: Literal["ferry.dev/v1alpha1"] = "ferry.dev/v1alpha1"
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
 _SECRET_WORDS = ("password", "passwd", "token", "secret", "privatekey", "apikey")
-
-
-def is_dns1123_label(name: str) -> bool:
-    """A Kubernetes object name usable as a VirtualMachine name (≤ 63 chars)."""
-    return len(name) <= 63 and bool(_DNS1123_LABEL.match(name))
-
-
-def to_dns1123_label(name: str) -> str:
-    """The nearest DNS-1123 label for a source VM name (``Web_01.corp`` → ``web-01-corp``)."""
-    low = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
-    low = re.sub(r"-{2,}", "-", low)[:63].strip("-")
-    return low or "vm"
 
 
 class _Model(BaseModel):
@@ -60,7 +45,7 @@ class ObjectMeta(_Model):
     @field_validator("name", "namespace")
     @classmethod
     def _dns(cls, value: str) -> str:
-        if len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+        if not names.is_dns1123_subdomain(value):
             raise ValueError(
                 f"{value!r} is not a DNS-1123 name (lower-case letters, digits, '-', '.')"
             )
@@ -340,7 +325,7 @@ class PlanSpec(_Model):
     def _namespace(cls, value: str) -> str:
         # A namespace becomes a Kubernetes name and, locally, a directory: ``../..``
         # or ``/etc`` must never reach either.
-        if not is_dns1123_label(value):
+        if not names.is_dns1123_label(value):
             raise ValueError(f"{value!r} is not a DNS-1123 label (a-z, 0-9, '-', at most 63)")
         return value
 

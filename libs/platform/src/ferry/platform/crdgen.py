@@ -44,6 +44,8 @@ _KEPT = {
     "default",
     "minimum",
     "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
     "minLength",
     "maxLength",
     "pattern",
@@ -90,6 +92,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any], where: str = "$") -> 
             continue
         if key == "const":
             out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            # JSON Schema 2020 gives the bound itself; OpenAPI v3.0 (what a CRD speaks)
+            # gives the bound in minimum/maximum and a boolean flag beside it.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         elif key == "properties":
             out[key] = {
                 name: structural(sub, defs, f"{where}.{name}") for name, sub in value.items()

@@ -19,7 +19,7 @@ from ferry.conversion_service.v2v import ConversionError
 from ferry.platform.volumes import VolumeState, labels_for
 from ferry.proto.conversion import ConvertGuest
 from ferry.proto.inventory import Volume
-from ferry.proto.objects import is_dns1123_label
+from ferry.proto.names import is_dns1123_label
 
 
 class VolumeRecords(Protocol):

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ferry.migration_controller import itinerary
-from ferry.proto import objects
+from ferry.proto import names, objects
 from ferry.proto.inventory import NetworkTarget, PowerState, ProviderType, Vm, VolumeTarget
 from ferry.proto.state import DiskState, StepState, VmState, now_iso
 from ferry.proto.volume import SourceRef
@@ -62,7 +62,7 @@ def preflight(
         return out
     # Checked here too, not only when the Plan is applied: a stored document can be
     # written by anything that reaches the objects bucket.
-    if not objects.is_dns1123_label(plan.spec.targetNamespace):
+    if not names.is_dns1123_label(plan.spec.targetNamespace):
         out.reject(
             PLAN_KEY,
             f"targetNamespace {plan.spec.targetNamespace!r} is not a DNS-1123 label",
@@ -119,7 +119,7 @@ def _name_targets(out: Preflight) -> None:
     taken = set(explicit)
     for wanted, vm in out.vms:
         if wanted.targetName:
-            if not objects.is_dns1123_label(wanted.targetName):
+            if not names.is_dns1123_label(wanted.targetName):
                 out.reject(wanted.key, f"targetName {wanted.targetName!r} is not a DNS-1123 label")
             elif explicit[wanted.targetName] > 1:
                 out.reject(
@@ -127,7 +127,7 @@ def _name_targets(out: Preflight) -> None:
                 )
             out.target_names[vm.id] = wanted.targetName
             continue
-        base = objects.to_dns1123_label(vm.name)
+        base = names.to_dns1123_label(vm.name)
         name, n = base, 1
         while name in taken:
             n += 1

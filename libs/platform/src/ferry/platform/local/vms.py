@@ -45,7 +45,7 @@ from ferry.platform.vms import (
     VmPlatform,
 )
 from ferry.proto.inventory import Volume
-from ferry.proto.objects import is_dns1123_label
+from ferry.proto.names import is_dns1123_label
 
 log = logging.getLogger(__name__)
 
