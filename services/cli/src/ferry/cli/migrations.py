@@ -21,11 +21,14 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from rich.table import Table
 
 from ferry.bus import Bus, Conflict
+from ferry.cli import estimate
 from ferry.cli.objects import ALL, CliError, NatsOption, connect, get_doc, key_of, kv, out, run
 from ferry.proto import migration, objects, subjects
-from ferry.proto.phases import StepStatus
+from ferry.proto.estimate import PlanEstimate
+from ferry.proto.phases import StepStatus, VmStatus
 from ferry.proto.state import VmView
 from ferry.proto.subjects import Bucket
+from ferry.runtime import estimates
 
 MARK = {
     StepStatus.COMPLETED: "✓",
@@ -61,9 +64,21 @@ def parse_time(value: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+async def skipped(bus: Bus, plan: str) -> list[str]:
+    """The plan's VMs a new migration leaves out (they succeeded before), each with why."""
+    done = {
+        s.name: s.migration
+        for s in await estimates.stored_states(bus)
+        if s.plan == plan and s.status is VmStatus.SUCCEEDED
+    }
+    return [f"skipped {vm}: migrated already by migration {m}" for vm, m in sorted(done.items())]
+
+
 async def start(bus: Bus, plan: str, name: str | None, cutover: datetime | None) -> str:
     if await get_doc(bus, "Plan", plan) is None:
         raise CliError(f"Plan {plan!r} does not exist (ferry get plans)")
+    for line in await skipped(bus, plan):
+        typer.echo(line)
     name = name or f"{plan}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     doc: dict[str, Any] = {
         "apiVersion": objects.API_VERSION,
@@ -76,6 +91,8 @@ async def start(bus: Bus, plan: str, name: str | None, cutover: datetime | None)
         await kv(bus).create(key_of("Migration", name), objects.to_document(mig))
     except Conflict:
         raise CliError(f"Migration {name!r} exists already; pick another --name") from None
+    est = await estimate.of_plan(bus, plan)
+    await estimate.record(bus, name, est)
     await bus.publish(
         migration.StartMigration(
             plan=plan, migration=name, vm=ALL, cutover=cutover.isoformat() if cutover else None
@@ -214,6 +231,9 @@ def _size(n: int) -> str:
 def render(mig: objects.Migration, states: list[VmView]) -> None:
     name, plan, phase = mig.name, mig.spec.plan.name, mig.status.phase.shown
     out.print(f"[bold]Migration[/] {name}   plan {plan}   phase [bold]{phase}[/]")
+    est = estimate.recorded(mig)
+    if est is not None:
+        estimate.show_accuracy(est, states)
     for vm, reasons in mig.status.reasons.items():
         for reason in reasons:
             out.print(f"  [red]rejected[/] {vm}: {reason}", markup=True)
@@ -249,13 +269,16 @@ def render(mig: objects.Migration, states: list[VmView]) -> None:
 
 
 def describe(
-    kind: Annotated[str, typer.Argument(help="migration")],
+    kind: Annotated[str, typer.Argument(help="migration or plan")],
     name: Annotated[str, typer.Argument(help="its name")],
     nats: NatsOption = None,
 ) -> None:
-    """Show a migration's pipeline per VM: steps, progress, errors."""
+    """Show a migration's pipeline per VM (steps, progress, errors), or a plan's estimate."""
+    if kind.lower() in ("plan", "plans"):
+        describe_plan(name, nats)
+        return
     if kind.lower() not in ("migration", "migrations"):
-        typer.echo(f"error: describe knows 'migration', not {kind!r}", err=True)
+        typer.echo(f"error: describe knows 'migration' and 'plan', not {kind!r}", err=True)
         raise typer.Exit(2)
 
     async def work() -> tuple[objects.Migration, list[VmView]]:
@@ -268,6 +291,21 @@ def describe(
             return mig, await vm_states(bus, name)
 
     render(*run(work))
+
+
+def describe_plan(name: str, nats: str | None) -> None:
+    async def work() -> tuple[dict[str, Any], list[str], PlanEstimate]:
+        async with connect(nats) as bus:
+            doc = await get_doc(bus, "Plan", name)
+            if doc is None:
+                raise CliError(f"Plan {name!r} does not exist (ferry get plans)")
+            return doc, await skipped(bus, name), await estimate.of_plan(bus, name)
+
+    doc, skips, est = run(work)
+    out.print(f"[bold]Plan[/] {name}   {len(doc['spec']['vms'])} VM(s)")
+    for line in skips:
+        typer.echo(line)
+    estimate.show(est)
 
 
 # -- cancel -------------------------------------------------------------------------------
