@@ -28,7 +28,7 @@ from ferry.proto.estimate import Input, PlanEstimate, VmEstimate
 from ferry.proto.inventory import Vm
 from ferry.proto.objects import Plan
 from ferry.proto.phases import Flow, Phase, StepStatus, VmStatus
-from ferry.proto.state import VmView, now_iso, parse_iso
+from ferry.proto.state import VmState, VmView, now_iso, parse_iso
 from ferry.proto.subjects import Bucket
 from ferry.proto.volume import SourceRef
 
@@ -67,7 +67,7 @@ def source_of(provider: str, host: str) -> str:
     return f"{provider}@{host}" if host else provider
 
 
-def sample(state: Stored) -> Sample | None:
+def sample(state: Stored | VmState) -> Sample | None:
     """The measurements of a VM that succeeded; None when it holds none worth learning from."""
     if state.status is not VmStatus.SUCCEEDED or state.provider is None or not state.total_bytes:
         return None
@@ -218,8 +218,14 @@ async def stored_states(bus: Bus) -> list[Stored]:
 async def for_plan(
     bus: Bus, plan: Plan, inventory: Sequence[Vm] = (), *, now: float
 ) -> PlanEstimate:
-    """The plan's estimate; sizes from the inventory given, else from a VM's last stored state."""
-    states = await stored_states(bus)
+    """The plan's estimate from the stored states and, when given, the source's inventory."""
+    return plan_estimate(plan, await stored_states(bus), inventory, now=now)
+
+
+def plan_estimate(
+    plan: Plan, states: Sequence[Stored | VmState], inventory: Sequence[Vm] = (), *, now: float
+) -> PlanEstimate:
+    """Sizes from the inventory given, else from a VM's last stored state, else unknown (0)."""
     seen = {key: s for s in sorted(states, key=lambda s: s.created) for key in (s.vm, s.name)}
     known = {key: v for v in inventory for key in (v.id, v.name)}
     vms, hosts = [], []
