@@ -47,7 +47,7 @@ async def declared(bus: Bus) -> bool:
 async def snapshot(bus: Bus) -> Json:
     position = await bus.events_position()
     docs = await _objects(bus)
-    vms = await _vms(bus)
+    vms = await vm_states(bus)
     return {
         "position": position,
         "time": time.time(),
@@ -75,7 +75,7 @@ async def _objects(bus: Bus) -> list[objects.FerryObjectBase]:
     return found
 
 
-async def _vms(bus: Bus) -> list[VmState]:
+async def vm_states(bus: Bus) -> list[VmState]:
     store = bus.kv(Bucket.VMS, VmState)
     states = []
     for key in await store.keys():
