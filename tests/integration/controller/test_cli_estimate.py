@@ -30,6 +30,11 @@ async def test_estimate_states_its_inputs_then_learns_and_is_compared(
     stack.run_controller()
     done = await ferry(stack, "migrate", "plan1", "--wait", "--name", "m1")
     assert done.exit_code == 0, done.output
+    # And, written to a log (not a terminal), it printed one plain line per step change
+    assert "\x1b[" not in done.output and "━" not in done.output
+    steps = [line for line in done.output.splitlines() if line.split(" ", 1)[-1].startswith("a: ")]
+    assert any(line.endswith("a: StorePowerState") for line in steps), done.output
+    assert steps[-1].endswith("a: Succeeded") and len(steps) >= 4
     # Then the estimate made at the start is on the Migration and compared in describe
     doc = json.loads((await ferry(stack, "get", "migrations", "m1", "-o", "json")).output)[0]
     assert json.loads(doc["metadata"]["annotations"][ANNOTATION])["plan"] == "plan1"

@@ -163,22 +163,64 @@ class Board:
                 self.progress.update(disk_task, completed=self.progress.tasks[disk_task].total or 0)
 
 
+class Lines:
+    """For a log: one plain line per step change or end, stamped with the migration's elapsed
+    time; no bars, no escape codes, nothing cut to a width."""
+
+    def __init__(self, since: datetime) -> None:
+        self.since = since
+        self.vms: dict[str, TaskID] = {}
+        self.names: dict[str, str] = {}
+        self.result: migration.MigrationCompleted | None = None
+        self.rejected: migration.MigrationRejected | None = None
+
+    def add_vm(self, state: VmView) -> None:
+        self.vms.setdefault(state.vm, TaskID(len(self.vms)))
+        self.names[state.vm] = state.name
+
+    def _say(self, vm: str, what: str) -> None:
+        took = int((datetime.now(UTC) - self.since).total_seconds())
+        typer.echo(f"{took // 60}:{took % 60:02d} {self.names.get(vm, vm)}: {what}")
+
+    def see(self, msg: Any) -> None:
+        if isinstance(msg, migration.MigrationCompleted):
+            self.result = msg
+        elif isinstance(msg, migration.MigrationRejected):
+            self.rejected = msg
+        elif isinstance(msg, migration.MigrationStarted):
+            for vm in msg.skipped:
+                typer.echo(f"skipped {vm}: migrated already")
+        elif isinstance(msg, migration.StepStarted):
+            again = f" (attempt {msg.attempt})" if msg.attempt > 1 else ""
+            self._say(msg.vm, msg.step + again)
+        elif isinstance(msg, migration.VmCompleted):
+            self._say(msg.vm, "Succeeded")
+        elif isinstance(msg, migration.VmFailed):
+            self._say(msg.vm, f"Failed in {msg.step}: {msg.reason}")
+        elif isinstance(msg, migration.VmCanceled):
+            self._say(msg.vm, "Canceled")
+
+
 async def follow(bus: Bus, name: str, since: datetime) -> int:
-    """Draw the migration until it ends; 0 only when every VM succeeded."""
+    """Draw the migration until it ends (bars on a terminal, lines in a log); 0 only when
+    every VM succeeded."""
+    if not out.is_terminal:
+        return await _watch(bus, name, since, Lines(since))
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=False) as progress:
-        board = Board(progress)
-        async for _, msg in bus.events(
-            subjects.events_of(migration=name), since=since, follow=True
+        return await _watch(bus, name, since, Board(progress))
+
+
+async def _watch(bus: Bus, name: str, since: datetime, board: Board | Lines) -> int:
+    async for _, msg in bus.events(subjects.events_of(migration=name), since=since, follow=True):
+        if isinstance(msg, migration.MigrationStarted) or (
+            msg.vm not in board.vms and msg.vm != ALL
         ):
-            if isinstance(msg, migration.MigrationStarted) or (
-                msg.vm not in board.vms and msg.vm != ALL
-            ):
-                for state in await vm_states(bus, name):
-                    board.add_vm(state)
-            board.see(msg)
-            if board.result is not None or board.rejected is not None:
-                break
+            for state in await vm_states(bus, name):
+                board.add_vm(state)
+        board.see(msg)
+        if board.result is not None or board.rejected is not None:
+            break
     if board.rejected is not None:
         for vm, reasons in board.rejected.reasons.items():
             for reason in reasons:

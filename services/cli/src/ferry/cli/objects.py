@@ -34,7 +34,10 @@ ALL = "*"
 Document = dict[str, Any]
 T = TypeVar("T")
 
-out = Console(highlight=False)
+# Without a terminal (a log, a pipe) rich would cut tables at 80 columns: a name a user
+# must copy is never truncated, so a log gets the full width.
+_WIDE = None if sys.stdout.isatty() else 100_000
+out = Console(highlight=False, width=_WIDE)
 err = Console(stderr=True, highlight=False)
 
 NatsOption = Annotated[
