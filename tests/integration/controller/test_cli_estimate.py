@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import Stack
 from controller_harness import make_vm
-from test_cli import OVA, ferry, write_plan
+from test_cli import OVA, cli, ferry, write_plan
+from typer.testing import CliRunner
 
 from ferry.proto.estimate import ANNOTATION
 
@@ -46,3 +48,18 @@ async def test_estimate_states_its_inputs_then_learns_and_is_compared(
     # And a second migration says which VMs it skips and why
     again = await ferry(stack, "migrate", "plan1", "--name", "m2")
     assert "skipped a: migrated already by migration m1" in again.output, again.output
+
+
+def test_without_a_stack_the_cli_says_where_it_looked_and_guesses_no_nats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given no stack in the data dir and no NATS named
+    monkeypatch.setenv("FERRY_DATA_DIR", str(tmp_path / "nothing"))
+    monkeypatch.delenv("FERRY_NATS__URL", raising=False)
+    # When a command needs the bus
+    result = CliRunner().invoke(cli(), ["get", "plans"])
+    # Then it fails with one line naming where it looked and how to fix it, no traceback
+    assert result.exit_code == 1
+    assert f"no Ferry stack found in {tmp_path / 'nothing'}" in result.output
+    assert "ferry up" in result.output and "--nats" in result.output
+    assert "Traceback" not in result.output
