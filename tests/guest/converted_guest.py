@@ -56,6 +56,7 @@ import msgspec
 
 from ferry.conversion_service import domain, v2v
 from ferry.conversion_service.settings import ConversionSettings
+from ferry.platform.local.processes import LocalWorkloads
 from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import Inspection, Vm, Volume
 
@@ -211,7 +212,7 @@ async def _convert(
     work.mkdir()
     disk = work / DISK_NAME
     subprocess.run(["cp", "--sparse=always", str(guest.raw), str(disk)], check=True)
-    converter = v2v.Converter(settings, work / "data")
+    converter = v2v.Converter(settings, work / "data", LocalWorkloads())
     job = v2v.Job(
         migration="converted-guest",
         vm_key="test-guest",

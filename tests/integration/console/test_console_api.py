@@ -131,6 +131,11 @@ async def test_snapshot_shows_plans_migrations_pipeline_and_position(
     assert steps["StorePowerState"]["seconds"] == 1.0
     assert steps["ConvertGuest"]["attempt"] == 2 and steps["ConvertGuest"]["status"] == "Running"
     assert web["disks"][0]["total"] == 4 * views.GIB
+    # And the plan's estimate, sized from the stored states, states its inputs
+    estimate = snap["plans"][0]["estimate"]
+    assert {v["name"] for v in estimate["vms"]} >= {"web01"}
+    assert next(v for v in estimate["vms"] if v["name"] == "web01")["bytes"] > 0
+    assert {i["name"] for i in estimate["inputs"]} >= {"throughput", "conversion", "concurrency"}
 
 
 async def command_count(bus: Bus) -> int:

@@ -13,7 +13,7 @@ from conftest import Stack
 from controller_harness import documents, eventually, make_vm
 from typer.testing import CliRunner, Result
 
-from ferry.cli import events, inventory, migrations
+from ferry.cli import estimate, events, inventory, migrations
 from ferry.cli import objects as cli_objects
 from ferry.proto.inventory import PowerState, ProviderType
 
@@ -22,7 +22,7 @@ OVA = ProviderType.OVA
 
 def cli() -> typer.Typer:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    for module in (cli_objects, migrations, events, inventory):
+    for module in (cli_objects, migrations, estimate, events, inventory):
         module.register(app)
     return app
 

@@ -75,7 +75,9 @@ def _evaluate(expression: str, scope: dict[str, Any]) -> str:
     for index, stage in enumerate(s.strip() for s in expression.split("|")):
         words = stage.split()
         name, args = words[0], [_term(w, scope) for w in words[1:]]
-        if index == 0 and name.startswith("."):
+        if index == 0 and name == ".Files.Get":
+            value = (CHART / args[0]).read_text().rstrip("\n")
+        elif index == 0 and name.startswith("."):
             value = _term(name, scope)
         elif index == 0 and name == "toYaml":
             value = yaml.safe_dump(args[0], default_flow_style=False).rstrip("\n")
@@ -85,6 +87,8 @@ def _evaluate(expression: str, scope: dict[str, Any]) -> str:
             value = value if value not in (None, "", 0, False, {}, []) else args[0]
         elif name == "toYaml":
             value = yaml.safe_dump(value, default_flow_style=False).rstrip("\n")
+        elif name == "indent":
+            value = "\n".join(" " * args[0] + line for line in _go_str(value).splitlines())
         elif name == "nindent":
             pad = " " * args[0]
             value = "\n" + "\n".join(pad + line for line in _go_str(value).splitlines())
@@ -93,7 +97,13 @@ def _evaluate(expression: str, scope: dict[str, Any]) -> str:
     return _go_str(value)
 
 
+_IF = re.compile(r"\{\{-\s*if\s+(\S+)\s*\}\}(.*?)\{\{-\s*end\s*\}\}", re.S)
+
+
 def render(template: str, scope: dict[str, Any]) -> str:
+    # One level of `{{- if .Values.x }} … {{- end }}` around a whole file: optional objects.
+    template = _IF.sub(lambda m: m.group(2) if _lookup(m.group(1), scope) else "", template)
+
     def replace(match: re.Match[str]) -> str:
         before, trim_left, expression, trim_right, after = match.groups()
         rendered = _evaluate(expression, scope)

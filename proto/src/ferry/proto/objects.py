@@ -456,13 +456,14 @@ def parse_object(doc: Any, source: str = "<input>", index: int = 0) -> FerryObje
     try:
         return cls.model_validate(doc)
     except ValidationError as err:
-        first = err.errors()[0]
-        problem = str(first["msg"])
-        if first["type"] == "extra_forbidden":
-            problem = "unknown field"
-        more = len(err.errors()) - 1
-        suffix = f" (and {more} more)" if more else ""
-        raise ObjectError(source, f"{where}: {_loc(first['loc'])}", problem + suffix) from None
+        # Every problem, one per line: fixing a file one error per run wastes the user's time.
+        lines = []
+        for problem in err.errors():
+            text = "unknown field" if problem["type"] == "extra_forbidden" else str(problem["msg"])
+            lines.append((f"{where}: {_loc(problem['loc'])}", text))
+        (first_where, first), rest = lines[0], lines[1:]
+        more = "".join(f"\n{source}: {w}: {p}" for w, p in rest)
+        raise ObjectError(source, first_where, first + more) from None
 
 
 def load_documents(text: str, source: str = "<input>") -> list[FerryObjectBase]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ferry.cli import events, inventory, migrations, objects, service, stack
+from ferry.cli import estimate, events, inventory, migrations, objects, service, stack
 
 app = typer.Typer(
     name="ferry",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (stack, service, objects, migrations, events, inventory):
+for module in (stack, service, objects, migrations, estimate, events, inventory):
     module.register(app)
 
 

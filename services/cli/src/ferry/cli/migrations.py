@@ -21,12 +21,14 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from rich.table import Table
 
 from ferry.bus import Bus, Conflict
-from ferry.cli import plans
+from ferry.cli import estimate, plans
 from ferry.cli.objects import ALL, CliError, NatsOption, connect, get_doc, key_of, kv, out, run
 from ferry.proto import migration, objects, subjects
-from ferry.proto.phases import StepStatus
+from ferry.proto.estimate import PlanEstimate
+from ferry.proto.phases import StepStatus, VmStatus
 from ferry.proto.state import VmView
 from ferry.proto.subjects import Bucket
+from ferry.runtime import estimates
 
 MARK = {
     StepStatus.COMPLETED: "✓",
@@ -62,9 +64,21 @@ def parse_time(value: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+async def skipped(bus: Bus, plan: str) -> list[str]:
+    """The plan's VMs a new migration leaves out (they succeeded before), each with why."""
+    done = {
+        s.name: s.migration
+        for s in await estimates.stored_states(bus)
+        if s.plan == plan and s.status is VmStatus.SUCCEEDED
+    }
+    return [f"skipped {vm}: migrated already by migration {m}" for vm, m in sorted(done.items())]
+
+
 async def start(bus: Bus, plan: str, name: str | None, cutover: datetime | None) -> str:
     if await get_doc(bus, "Plan", plan) is None:
         raise CliError(f"Plan {plan!r} does not exist (ferry get plans)")
+    for line in await skipped(bus, plan):
+        typer.echo(line)
     name = name or f"{plan}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     doc: dict[str, Any] = {
         "apiVersion": objects.API_VERSION,
@@ -77,6 +91,8 @@ async def start(bus: Bus, plan: str, name: str | None, cutover: datetime | None)
         await kv(bus).create(key_of("Migration", name), objects.to_document(mig))
     except Conflict:
         raise CliError(f"Migration {name!r} exists already; pick another --name") from None
+    est = await estimate.of_plan(bus, plan)
+    await estimate.record(bus, name, est)
     await bus.publish(
         migration.StartMigration(
             plan=plan, migration=name, vm=ALL, cutover=cutover.isoformat() if cutover else None
@@ -147,22 +163,64 @@ class Board:
                 self.progress.update(disk_task, completed=self.progress.tasks[disk_task].total or 0)
 
 
+class Lines:
+    """For a log: one plain line per step change or end, stamped with the migration's elapsed
+    time; no bars, no escape codes, nothing cut to a width."""
+
+    def __init__(self, since: datetime) -> None:
+        self.since = since
+        self.vms: dict[str, TaskID] = {}
+        self.names: dict[str, str] = {}
+        self.result: migration.MigrationCompleted | None = None
+        self.rejected: migration.MigrationRejected | None = None
+
+    def add_vm(self, state: VmView) -> None:
+        self.vms.setdefault(state.vm, TaskID(len(self.vms)))
+        self.names[state.vm] = state.name
+
+    def _say(self, vm: str, what: str) -> None:
+        took = int((datetime.now(UTC) - self.since).total_seconds())
+        typer.echo(f"{took // 60}:{took % 60:02d} {self.names.get(vm, vm)}: {what}")
+
+    def see(self, msg: Any) -> None:
+        if isinstance(msg, migration.MigrationCompleted):
+            self.result = msg
+        elif isinstance(msg, migration.MigrationRejected):
+            self.rejected = msg
+        elif isinstance(msg, migration.MigrationStarted):
+            for vm in msg.skipped:
+                typer.echo(f"skipped {vm}: migrated already")
+        elif isinstance(msg, migration.StepStarted):
+            again = f" (attempt {msg.attempt})" if msg.attempt > 1 else ""
+            self._say(msg.vm, msg.step + again)
+        elif isinstance(msg, migration.VmCompleted):
+            self._say(msg.vm, "Succeeded")
+        elif isinstance(msg, migration.VmFailed):
+            self._say(msg.vm, f"Failed in {msg.step}: {msg.reason}")
+        elif isinstance(msg, migration.VmCanceled):
+            self._say(msg.vm, "Canceled")
+
+
 async def follow(bus: Bus, name: str, since: datetime) -> int:
-    """Draw the migration until it ends; 0 only when every VM succeeded."""
+    """Draw the migration until it ends (bars on a terminal, lines in a log); 0 only when
+    every VM succeeded."""
+    if not out.is_terminal:
+        return await _watch(bus, name, since, Lines(since))
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=False) as progress:
-        board = Board(progress)
-        async for _, msg in bus.events(
-            subjects.events_of(migration=name), since=since, follow=True
+        return await _watch(bus, name, since, Board(progress))
+
+
+async def _watch(bus: Bus, name: str, since: datetime, board: Board | Lines) -> int:
+    async for _, msg in bus.events(subjects.events_of(migration=name), since=since, follow=True):
+        if isinstance(msg, migration.MigrationStarted) or (
+            msg.vm not in board.vms and msg.vm != ALL
         ):
-            if isinstance(msg, migration.MigrationStarted) or (
-                msg.vm not in board.vms and msg.vm != ALL
-            ):
-                for state in await vm_states(bus, name):
-                    board.add_vm(state)
-            board.see(msg)
-            if board.result is not None or board.rejected is not None:
-                break
+            for state in await vm_states(bus, name):
+                board.add_vm(state)
+        board.see(msg)
+        if board.result is not None or board.rejected is not None:
+            break
     if board.rejected is not None:
         for vm, reasons in board.rejected.reasons.items():
             for reason in reasons:
@@ -215,6 +273,9 @@ def _size(n: int) -> str:
 def render(mig: objects.Migration, states: list[VmView]) -> None:
     name, plan, phase = mig.name, mig.spec.plan.name, mig.status.phase.shown
     out.print(f"[bold]Migration[/] {name}   plan {plan}   phase [bold]{phase}[/]")
+    est = estimate.recorded(mig)
+    if est is not None:
+        estimate.show_accuracy(est, states)
     for vm, reasons in mig.status.reasons.items():
         for reason in reasons:
             out.print(f"  [red]rejected[/] {vm}: {reason}", markup=True)
@@ -254,9 +315,10 @@ def describe(
     name: Annotated[str, typer.Argument(help="its name")],
     nats: NatsOption = None,
 ) -> None:
-    """Show a migration's pipeline per VM (steps, progress, errors), or what holds a plan's VMs."""
+    """Show a migration's pipeline per VM, or a plan: what holds its VMs, and its estimate."""
     if kind.lower() in ("plan", "plans"):
         plans.describe_plan(name, nats)
+        describe_plan(name, nats)
         return
     if kind.lower() not in ("migration", "migrations"):
         typer.echo(f"error: describe knows 'migration' and 'plan', not {kind!r}", err=True)
@@ -272,6 +334,21 @@ def describe(
             return mig, await vm_states(bus, name)
 
     render(*run(work))
+
+
+def describe_plan(name: str, nats: str | None) -> None:
+    async def work() -> tuple[dict[str, Any], list[str], PlanEstimate]:
+        async with connect(nats) as bus:
+            doc = await get_doc(bus, "Plan", name)
+            if doc is None:
+                raise CliError(f"Plan {name!r} does not exist (ferry get plans)")
+            return doc, await skipped(bus, name), await estimate.of_plan(bus, name)
+
+    doc, skips, est = run(work)
+    out.print(f"[bold]Plan[/] {name}   {len(doc['spec']['vms'])} VM(s)")
+    for line in skips:
+        typer.echo(line)
+    estimate.show(est)
 
 
 # -- cancel -------------------------------------------------------------------------------

@@ -35,7 +35,10 @@ ALL = "*"
 Document = dict[str, Any]
 T = TypeVar("T")
 
-out = Console(highlight=False)
+# Without a terminal (a log, a pipe) rich would cut tables at 80 columns: a name a user
+# must copy is never truncated, so a log gets the full width.
+_WIDE = None if sys.stdout.isatty() else 100_000
+out = Console(highlight=False, width=_WIDE)
 err = Console(stderr=True, highlight=False)
 
 NatsOption = Annotated[
@@ -43,7 +46,7 @@ NatsOption = Annotated[
     typer.Option(
         "--nats",
         envvar="FERRY_NATS__URL",
-        help="NATS URL [default: the stack `ferry up` started, else nats://127.0.0.1:4222]",
+        help="NATS URL [default: the stack `ferry up` started]",
         show_default=False,
     ),
 ]
@@ -57,16 +60,24 @@ class CliError(Exception):
 
 
 def nats_url(given: str | None) -> str:
+    """The NATS to use: the one given, else the stack ``ferry up`` recorded; never a guess,
+    since a NATS on the default port may be someone else's."""
     if given:
         return given
     from ferry.cli import stack  # the runtime engineer's `ferry up` records where NATS is
     from ferry.runtime.stack import state
 
+    where = stack.default_data_dir().expanduser().resolve()
     try:
-        running = state.running(stack.default_data_dir().expanduser().resolve())
+        running = state.running(where)
     except Exception:
         running = None
-    return running.nats_url if running is not None else "nats://127.0.0.1:4222"
+    if running is None:
+        raise CliError(
+            f"no Ferry stack found in {where}: start one with `ferry up`, "
+            "or point to one with --nats URL (or FERRY_NATS__URL)"
+        )
+    return running.nats_url
 
 
 def credentials() -> Credentials | None:

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from ferry.bus import Bus
 from ferry.bus.connection import redact
-from ferry.console import access, actions, stream, views
+from ferry.console import access, actions, gauges, stream, views
 from ferry.console.settings import Settings
 from ferry.runtime import logs
 from ferry.runtime.health import HealthServer, Readiness
@@ -39,6 +39,7 @@ __all__ = ["Console", "Settings", "serve"]
 log = logging.getLogger("ferry.console")
 
 NAME = "console"
+REFRESH_SECONDS = 15.0
 STATIC = ("index.html", "console.js", "console.css")
 TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
@@ -73,6 +74,7 @@ class Console(HealthServer):
         self.reader = reader
         self.writer = writer
         self._streams: set[asyncio.Task[Any]] = set()
+        self.views = gauges.Views(self.metrics.registry)
 
     def app(self) -> web.Application:
         app = super().app()
@@ -85,8 +87,21 @@ class Console(HealthServer):
         app.router.add_post("/api/plans/{plan}/start", self._start)
         app.router.add_post("/api/migrations/{name}/cancel", self._cancel)
         app.router.add_post("/api/migrations/{name}/cutover", self._cutover)
+        app.on_startup.append(self._start_refresh)
         app.on_shutdown.append(self._close_streams)
         return app
+
+    async def _start_refresh(self, _: web.Application) -> None:
+        self._streams.add(asyncio.create_task(self._refresh()))
+
+    async def _refresh(self) -> None:
+        # Scrapes are synchronous: the gauges show the last reading, renewed here.
+        while True:
+            try:
+                self.views.update(await views.vm_states(self.reader))
+            except Exception as bad:  # a bus hiccup must not end the refresh loop
+                log.warning("metrics views not refreshed: %s", bad)
+            await asyncio.sleep(REFRESH_SECONDS)
 
     # -- reads ---------------------------------------------------------------------
 
@@ -101,6 +116,7 @@ class Console(HealthServer):
 
     async def _snapshot(self, _: web.Request) -> web.Response:
         body = await views.snapshot(self.reader)
+        self.views.update(await views.vm_states(self.reader))
         body["event_log"] = self.settings.console.event_log
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 

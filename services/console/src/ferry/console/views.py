@@ -25,6 +25,7 @@ from ferry.proto import objects
 from ferry.proto.phases import StepStatus
 from ferry.proto.state import VmState, parse_iso
 from ferry.proto.subjects import Bucket
+from ferry.runtime import estimates
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,12 @@ async def declared(bus: Bus) -> bool:
 async def snapshot(bus: Bus) -> Json:
     position = await bus.events_position()
     docs = await _objects(bus)
-    vms = await _vms(bus)
+    vms = await vm_states(bus)
     return {
         "position": position,
         "time": time.time(),
         "providers": [_provider(p, vms) for p in docs if isinstance(p, objects.Provider)],
-        "plans": [_plan(p, docs) for p in docs if isinstance(p, objects.Plan)],
+        "plans": [_plan(p, docs, vms) for p in docs if isinstance(p, objects.Plan)],
         "migrations": sorted(
             (_migration(m, vms) for m in docs if isinstance(m, objects.Migration)),
             key=lambda m: str(m["started"] or ""),
@@ -74,7 +75,7 @@ async def _objects(bus: Bus) -> list[objects.FerryObjectBase]:
     return found
 
 
-async def _vms(bus: Bus) -> list[VmState]:
+async def vm_states(bus: Bus) -> list[VmState]:
     store = bus.kv(Bucket.VMS, VmState)
     states = []
     for key in await store.keys():
@@ -115,7 +116,7 @@ def _provider(p: objects.Provider, vms: list[VmState]) -> Json:
     }
 
 
-def _plan(p: objects.Plan, docs: list[objects.FerryObjectBase]) -> Json:
+def _plan(p: objects.Plan, docs: list[objects.FerryObjectBase], vms: list[VmState]) -> Json:
     runs = [m for m in docs if isinstance(m, objects.Migration) and m.spec.plan.name == p.name]
     runs.sort(key=lambda m: m.status.started.timestamp() if m.status.started else 0.0)
     last = runs[-1] if runs else None
@@ -131,6 +132,8 @@ def _plan(p: objects.Plan, docs: list[objects.FerryObjectBase]) -> Json:
         "migrations": [m.name for m in runs],
         # preflight reasons of the latest run: what stops this plan from starting
         "reasons": dict(last.status.reasons) if last is not None else {},
+        # before it runs: sizes and throughput from past runs (the console reads no source)
+        "estimate": msgspec.to_builtins(estimates.plan_estimate(p, vms, now=time.time())),
     }
 
 

@@ -122,7 +122,30 @@ function renderPlan(p) {
     p.description ? el("div", {}, p.description) : null,
     el("div", {}, "VMs: ", p.vms.map((v) => v.name || v.id).join(", "),
       p.succeeded.length ? ` (already migrated: ${p.succeeded.length})` : ""),
-    reasons(p.reasons));
+    reasons(p.reasons),
+    renderEstimate(p.estimate));
+}
+
+const clock = (s) => {
+  s = Math.round(s);
+  if (s >= 3600) return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+  return s >= 60 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s` : `${s}s`;
+};
+
+// Every number with the inputs behind it, measured or assumed, so a person can judge it.
+function renderEstimate(e) {
+  if (!e) return null;
+  return el("div", { class: "estimate" },
+    el("div", {}, `Estimate (${e.warm ? "warm" : "cold"}): whole plan ≈ ${clock(e.duration)}`),
+    el("table", {},
+      el("thead", {}, el("tr", {}, ["VM", "size", "cold", "cold downtime", "warm", "warm downtime"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, e.vms.map((v) => el("tr", {},
+        el("td", {}, v.name), el("td", {}, v.bytes ? bytes(v.bytes) : "unknown"),
+        el("td", {}, clock(v.cold_duration)), el("td", {}, clock(v.cold_downtime)),
+        el("td", {}, clock(v.warm_duration)), el("td", {}, clock(v.warm_downtime)))))),
+    el("ul", { class: "inputs" }, e.inputs.map((i) => el("li", {},
+      `${i.name}: ${i.unit === "B/s" ? bytes(i.value) + "/s" : i.unit === "s" ? clock(i.value) : i.value + " " + i.unit}`
+      + ` (${i.measured ? "measured" : "assumed"}${i.basis ? ": " + i.basis : ""})`))));
 }
 
 function renderProvider(p) {
