@@ -233,10 +233,18 @@ class Bus:
     async def publish_many(
         self, messages: Iterable[Message], *, cause: str = ""
     ) -> list[Published]:
-        """Publish several messages in order, pipelined, each waited for."""
-        wrapped = [(m.subject(), *envelope.wrap(m, self.source, cause)) for m in messages]
+        """Publish several messages in order, pipelined, each waited for.
+
+        Each message is stamped (its envelope's ``time``) just before it is handed to
+        the connection, not all of them up front: another task of this process may
+        publish between two of them, and the stream must then still hold this
+        process's events in the order of their times.
+        """
+        wrapped: list[tuple[str, envelope.Envelope, bytes]] = []
         futures: list[asyncio.Future[api.PubAck] | None] = []
-        for subject, env, data in wrapped:
+        for message in messages:
+            subject, (env, data) = message.subject(), envelope.wrap(message, self.source, cause)
+            wrapped.append((subject, env, data))
             try:
                 futures.append(
                     await self.js.publish_async(subject, data, headers=env.headers(), wait_stall=5)
