@@ -42,6 +42,23 @@ async def test_publish_many_keeps_order_and_dedupes(bus: Bus) -> None:
     assert [m.done for m in seen if isinstance(m, migration.Progress)] == [0, 1, 2, 3, 4]
 
 
+async def test_one_process_events_are_stored_in_the_order_of_their_times(bus: Bus) -> None:
+    # Given two tasks of one process, each publishing a batch of events at the same time
+    def batch(vm: str) -> list[migration.Progress]:
+        return [
+            migration.Progress(plan="p", migration="m", vm=vm, step="copy", done=i, total=200)
+            for i in range(200)
+        ]
+
+    # When both batches go out concurrently on the one connection
+    await asyncio.gather(bus.publish_many(batch("a")), bus.publish_many(batch("b")))
+
+    # Then the stream holds them in the order of their envelopes' times
+    times = [env.time async for env, _ in bus.events(follow=False)]
+    assert len(times) == 400
+    assert times == sorted(times)
+
+
 async def test_cloudevents_headers_on_the_wire(bus: Bus) -> None:
     # Given a published event
     event = migration.VmCompleted(plan="p", migration="m", vm="web01.example", seconds=1.0)
