@@ -18,9 +18,12 @@ DEMO_DATA_DIR ?= .ferry/demo
 JOBS ?= 4
 
 # Debian packages the tests and the demo use (virt-v2v, QEMU, libguestfs, NBD, a
-# kernel for the libguestfs appliance, debootstrap for the test guest, OVMF for UEFI).
+# kernel for the libguestfs appliance, debootstrap for the test guest, OVMF for UEFI;
+# libvirt's daemon and clients for the libvirt provider, whose Python binding
+# builds against libvirt-dev with pkg-config).
 SYSTEM_PACKAGES := qemu-utils qemu-system-x86 virt-v2v libguestfs-tools guestfs-tools \
-                   nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace
+                   nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace \
+                   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
 
 .PHONY: help
 help: ## List the targets

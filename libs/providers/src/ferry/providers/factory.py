@@ -34,8 +34,13 @@ def create(spec: ProviderSpec, secret: Mapping[str, Any] | None = None) -> Provi
 
         settings = getattr(spec, "settings", None) or {}
         return ova.OvaProvider(ova_root(spec.url or str(settings.get("path", ""))))
+    if kind is ProviderType.LIBVIRT:
+        from ferry.providers.libvirt import provider as libvirt
+
+        return libvirt.LibvirtProvider(spec.url, secret, getattr(spec, "settings", None))
+    supported = ", ".join(t.value for t in (ProviderType.OVA, ProviderType.LIBVIRT))
     raise ProviderNotSupported(
-        f"provider type {kind.value!r} is not implemented yet; supported: {ProviderType.OVA.value}"
+        f"provider type {kind.value!r} is not implemented yet; supported: {supported}"
     )
 
 
