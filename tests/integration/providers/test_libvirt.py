@@ -27,7 +27,7 @@ from ferry.providers.base import (
     VmNotFound,
     WarmSource,
 )
-from ferry.providers.libvirt import backup
+from ferry.providers.libvirt import backup, offline
 from ferry.providers.libvirt.provider import LibvirtProvider
 from ferry.testing import libvirtd
 
@@ -254,3 +254,26 @@ async def test_v2v_input_keeps_the_password_out_of_argv(
     assert all("s3cr3t" not in a for a in v2v.argv)
     [pw] = v2v.files
     assert Path(pw).read_text() == "s3cr3t!" and Path(pw).stat().st_mode & 0o777 == 0o600
+
+
+async def test_last_delta_after_power_off_reads_the_files_bitmaps_and_leaves_none(
+    provider: LibvirtProvider, guest: libvirtd.Guest
+) -> None:
+    # Given a tracked running domain that writes, then is powered off (the cutover)
+    vm = await provider.vm(guest.name)
+    async with provider.changes(vm, None) as full:
+        first = full.checkpoint
+    guest.write("vda", 16 * MiB, 4096, 0xEE)
+    await provider.shutdown(vm, timeout=0.5)
+    # When the last delta is read from the shut-off domain
+    async with provider.changes(vm, first) as last:
+        changed = await last.changed_extents("vda")
+        data = await last.read("vda", 16 * MiB, 4096)
+        assert last.checkpoint == first  # nothing can change while off: no new checkpoint
+    # Then it holds exactly the write made before the power-off
+    assert changed == [Extent(16 * MiB, BLOCK)] and data == b"\xee" * 4096
+    # And removing the checkpoint of the off domain leaves no bitmap in its file
+    await provider.remove_checkpoint(vm, first)
+    assert await provider.checkpoints(vm) == []
+    assert offline.bitmaps(str(guest.disks["vda"])) == []
+    assert os.listdir(provider.workdir) == []

@@ -18,14 +18,15 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import libvirt
 
-from ferry.proto.inventory import PowerState, Vm
+from ferry.proto.inventory import Extent, PowerState, Vm
 from ferry.providers.base import ChangedDisks, ProviderError, V2vInput, VmNotFound
-from ferry.providers.libvirt import backup, inventory, power, v2v, validator
+from ferry.providers.libvirt import backup, inventory, offline, power, v2v, validator
 from ferry.providers.libvirt.client import Client
 from ferry.providers.libvirt.reader import FileDisk, LibvirtDiskReader, SharedViews
 
@@ -151,18 +152,32 @@ class LibvirtProvider:
     # -- WarmSource -------------------------------------------------------------------
 
     def changes(self, vm: Vm, since: str | None) -> ChangedDisks:
-        return backup.Backup(self.client, vm, since, self.workdir)
+        return _View(self, vm, since)
+
+    def _view(self, vm: Vm, since: str | None, running: bool) -> ChangedDisks:
+        if running:
+            return backup.Backup(self.client, vm, since, self.workdir)
+        if not self.local:
+            raise ProviderError(f"VM {vm.name} is off on {self._host()}: no view of its disks")
+        return offline.OfflineView(self.client, vm, since, self.workdir)
 
     async def remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
         await self.client.call(self._remove_checkpoint, vm, checkpoint)
 
     def _remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
         dom = self.client.domain(vm.id)
+        active = bool(dom.isActive())
         try:
-            dom.checkpointLookupByName(checkpoint, 0).delete(0)
+            found = dom.checkpointLookupByName(checkpoint, 0)
+            # libvirt deletes an inactive domain's checkpoint only as metadata;
+            # its bitmaps are then removed from the files below.
+            found.delete(0 if active else libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
                 raise
+        if not active and self.local:
+            disks = inventory.disks(inventory.parse(dom.XMLDesc(0)))[0]
+            offline.remove_bitmaps([d.path for d in disks if d.format == "qcow2"], checkpoint)
 
     async def checkpoints(self, vm: Vm) -> list[str]:
         return await self.client.call(self._checkpoints, vm)
@@ -182,3 +197,57 @@ class LibvirtProvider:
 
     async def close(self) -> None:
         await self.client.call(self.client.close)
+
+
+class _View:
+    """The view :meth:`LibvirtProvider.changes` hands out: a backup job while the domain
+    runs, its files' bitmaps once it is off (the cutover's last delta)."""
+
+    def __init__(self, provider: LibvirtProvider, vm: Vm, since: str | None) -> None:
+        self._provider = provider
+        self._vm = vm
+        self._since = since
+        self._inner: ChangedDisks | None = None
+
+    @property
+    def _open(self) -> ChangedDisks:
+        if self._inner is None:
+            raise ProviderError(f"VM {self._vm.name}: the view is not open (use 'async with')")
+        return self._inner
+
+    @property
+    def checkpoint(self) -> str:
+        return self._open.checkpoint
+
+    @property
+    def since(self) -> str | None:
+        return self._since
+
+    async def __aenter__(self) -> Self:
+        running = await self._provider._running(self._vm)()
+        inner = self._provider._view(self._vm, self._since, running)
+        await inner.__aenter__()
+        self._inner = inner
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            await inner.__aexit__(exc_type, exc, tb)
+
+    def size(self, disk_id: str) -> int:
+        return self._open.size(disk_id)
+
+    async def changed_extents(self, disk_id: str) -> list[Extent]:
+        return await self._open.changed_extents(disk_id)
+
+    async def read(self, disk_id: str, offset: int, length: int) -> bytes:
+        return await self._open.read(disk_id, offset, length)
+
+    def nbd_export(self, disk_id: str) -> tuple[str, str]:
+        return self._open.nbd_export(disk_id)
