@@ -16,6 +16,7 @@ wants them.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 import subprocess
@@ -61,6 +62,18 @@ def ensure_running(uri: str = URI, timeout: float = 30.0) -> str:
             return uri
         time.sleep(0.2)
     raise LibvirtdUnavailable(f"libvirtd did not answer at {uri} within {timeout:.0f}s")
+
+
+def uri_or_skip() -> str:
+    """For a test fixture: the running daemon's URI; skipped locally, failed in CI."""
+    import pytest
+
+    try:
+        return ensure_running()
+    except LibvirtdUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"libvirtd is required in CI: {exc}")
+        pytest.skip(str(exc))
 
 
 @dataclass

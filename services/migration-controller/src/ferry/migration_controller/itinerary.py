@@ -23,7 +23,7 @@ from ferry.proto.subjects import Service
 
 NEEDS_CONVERSION = frozenset({ProviderType.VSPHERE, ProviderType.OVA, ProviderType.LIBVIRT})
 POPULATOR_SOURCES = frozenset({ProviderType.OVIRT, ProviderType.OPENSTACK})
-WARM_SOURCES = frozenset({ProviderType.VSPHERE, ProviderType.OVIRT})
+WARM_SOURCES = frozenset({ProviderType.VSPHERE, ProviderType.OVIRT, ProviderType.LIBVIRT})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,157 @@
+"""Warm rounds through the volume-service's real handler, the local platform and a
+real libvirt guest: a full first round, precopies that write only changed blocks,
+the last delta after the power-off, and the source left without a checkpoint.
+
+The handler runs through the in-memory broker (the bus's own dispatcher and
+middleware, no NATS); copies run in the local platform's importer workloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from ferry.bus import Router
+from ferry.platform import factory as platforms
+from ferry.platform.settings import LocalSettings, PlatformSettings
+from ferry.platform.volumes import VolumePlatform
+from ferry.proto import volume
+from ferry.proto.inventory import ProviderType, Vm, VolumeTarget
+from ferry.proto.subjects import Service
+from ferry.proto.volume import SourceRef, VolumeSource
+from ferry.providers.base import Provider
+from ferry.providers.libvirt.provider import LibvirtProvider
+from ferry.testing import libvirtd
+from ferry.testing.broker import InMemoryBroker
+from ferry.volume_service.handlers import VolumeHandlers
+from ferry.volume_service.settings import VolumeSettings
+
+MiB = 1024 * 1024
+BLOCK = 64 * 1024
+SIZE = 64 * MiB
+IDS = {"plan": "p", "migration": "m1", "vm": "v1"}
+REF = SourceRef(provider="kvm", type=ProviderType.LIBVIRT, url=libvirtd.URI)
+
+
+@pytest.fixture
+def guest() -> Iterator[libvirtd.Guest]:
+    conn = libvirt.open(libvirtd.uri_or_skip())
+    made = libvirtd.define_guest(conn, [SIZE], fill=[(0, 4 * MiB, 0x11), (32 * MiB, 8 * MiB, 0x22)])
+    yield made
+    made.remove()
+    conn.close()
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[LibvirtProvider]:
+    work = libvirtd.scratch_dir("ferry-work-")
+    made = LibvirtProvider(libvirtd.uri_or_skip(), {}, {"workdir": str(work)})
+    yield made
+    await made.close()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> VolumePlatform:
+    settings = PlatformSettings(local=LocalSettings(checkpoint_seconds=0.2))
+    return platforms.create(settings, data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+async def broker(
+    platform: VolumePlatform, provider: LibvirtProvider
+) -> AsyncIterator[InMemoryBroker]:
+    async def open_provider(ref: SourceRef) -> Provider:
+        return provider
+
+    router = Router(Service.VOLUME)
+    VolumeHandlers(platform, open_provider, VolumeSettings(progress_interval_seconds=0.2)).register(
+        router
+    )
+    async with InMemoryBroker(router) as running:
+        yield running
+
+
+def _round(vm: Vm, precopy: int, since: str, *, final: bool = False) -> volume.CopyDisks:
+    return volume.CopyDisks(
+        **IDS,
+        step=f"CopyDisks@{precopy}",
+        namespace="ns",
+        provider=REF,
+        inventory=vm,
+        precopy=precopy,
+        final=final,
+        warm=True,
+        since=since,
+    )
+
+
+def _copied(delivered: object) -> volume.DisksCopied:
+    found = [m for m in delivered.published if isinstance(m, volume.DisksCopied)]  # type: ignore[attr-defined]
+    assert found, f"no DisksCopied: {delivered}"
+    return found[-1]
+
+
+def _sha_qcow2(path: Path) -> str:
+    raw = path.with_suffix(".raw")
+    subprocess.run(
+        ["qemu-img", "convert", "-U", "-O", "raw", "-f", "qcow2", str(path), str(raw)], check=True
+    )
+    try:
+        return hashlib.sha256(raw.read_bytes()).hexdigest()
+    finally:
+        raw.unlink()
+
+
+async def test_warm_rounds_copy_only_changed_blocks_and_leave_nothing_at_the_source(
+    broker: InMemoryBroker,
+    provider: LibvirtProvider,
+    platform: VolumePlatform,
+    guest: libvirtd.Guest,
+) -> None:
+    # Given a running guest and an importer volume for its disk
+    vm = await provider.vm(guest.name)
+    created = await broker.send(
+        volume.CreateVolumes(
+            **IDS,
+            step="CreateDataVolumes",
+            namespace="ns",
+            source=VolumeSource.IMPORTER,
+            provider=REF,
+            inventory=vm,
+            targets=[VolumeTarget(disk_id="vda", storage_class="standard")],
+        )
+    )
+    assert created.settled == "ack", created
+    # When the first round copies the disk in full
+    first = _copied(await broker.send(_round(vm, 0, "")))
+    assert first.changed == 12 * MiB and first.checkpoint
+    # And the guest writes between precopies, each round copying from the last checkpoint
+    since, copied = first.checkpoint, []
+    for precopy, offset in ((1, 8 * MiB), (2, 48 * MiB)):
+        guest.write("vda", offset, 4096, 0x30 + precopy)
+        done = _copied(await broker.send(_round(vm, precopy, since)))
+        copied.append((done.changed, done.disks[0].bytes_copied))
+        assert await provider.checkpoints(vm) == [since, done.checkpoint]
+        since = done.checkpoint
+    # Then each precopy wrote only the changed block, far below the disk size
+    assert copied == [(BLOCK, BLOCK), (BLOCK, BLOCK)]
+    # When the guest writes once more, is powered off, and the last delta runs
+    guest.write("vda", 60 * MiB, 4096, 0x77)
+    await provider.shutdown(vm, timeout=0.5)
+    last = _copied(await broker.send(_round(vm, 3, since, final=True)))
+    # Then the last delta held that one block, the whole disks' digests agree,
+    assert (last.changed, last.disks[0].bytes_copied) == (BLOCK, BLOCK)
+    assert last.disks[0].source.digest == last.disks[0].target.digest
+    assert last.disks[0].source.algorithm != "sha256-changed-ranges"
+    # the target holds exactly the source's bytes, and no checkpoint is left at the source
+    [claim] = [v for v in await platform.list_volumes("ns", {}) if not v.temporary]
+    target = hashlib.sha256(Path(claim.path).read_bytes()[:SIZE]).hexdigest()
+    assert target == _sha_qcow2(guest.disks["vda"])
+    assert last.checkpoint == "" and await provider.checkpoints(vm) == []
