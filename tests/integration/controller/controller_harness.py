@@ -224,6 +224,7 @@ class Services:
         self.script = script or {}
         self.ran: list[tuple[str, str, int]] = []
         self.cleaned: list[str] = []
+        self.since: list[tuple[str, str]] = []  # (CopyDisks step, its since) per round
         self.machines: set[str] = set()  # VMs whose VirtualMachine exists (created, not deleted)
         self.holding: set[tuple[str, str]] = set()
         self.released: set[tuple[str, str]] = set()
@@ -285,7 +286,17 @@ class Services:
                 )
                 for d in cmd.inventory.disks
             ]
-            return volume.DisksCopied(**_ids(cmd), step=cmd.step, disks=copies)
+            # A warm round counts from the checkpoint the previous round handed back.
+            self.since.append((cmd.step, cmd.since))
+            checkpoint = "" if cmd.final or not cmd.warm else f"cp-{cmd.precopy}"
+            return volume.DisksCopied(
+                **_ids(cmd),
+                step=cmd.step,
+                disks=copies,
+                precopy=cmd.precopy,
+                checkpoint=checkpoint,
+                changed=7,
+            )
 
         @r.handler(volume.CleanupVolumes, cancelable=False)
         async def cleanup(cmd: volume.CleanupVolumes, ctx: Context) -> volume.VolumesCleaned:

@@ -44,6 +44,19 @@ async def test_warm_precopies_until_cutover(stack: Stack) -> None:
     assert state["precopy"] == rounds - 1
     paused = next(s for s in state["steps"] if s["name"] == "CopyingPaused")
     assert paused["runs"] == rounds
+    # And every round counted changes from the checkpoint the previous one returned
+    since = dict(stack.services.since)
+    assert since["CopyDisks"] == ""
+    assert [since[f"CopyDisks@{i}"] for i in range(1, rounds)] == [
+        f"cp-{i}" for i in range(rounds - 1)
+    ]
+    assert since["Finalize"] == f"cp-{rounds - 1}"
+    # And ``ferry describe`` can show each round, the last one after the power-off
+    assert [(r["precopy"], r["final"], r["changed"]) for r in state["rounds"]] == [
+        *[(i, False, 7) for i in range(rounds)],
+        (rounds - 1, True, 7),
+    ]
+    assert state["checkpoint"] == ""
 
 
 async def test_pre_and_post_hooks_run_with_the_vm_in_their_environment(
