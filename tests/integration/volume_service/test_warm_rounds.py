@@ -8,10 +8,12 @@ middleware, no NATS); copies run in the local platform's importer workloads.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import libvirt
@@ -19,13 +21,15 @@ import pytest
 
 from ferry.bus import Router
 from ferry.platform import factory as platforms
+from ferry.platform.local.transfer import FAULT_PAUSE_ENV
 from ferry.platform.settings import LocalSettings, PlatformSettings
 from ferry.platform.volumes import VolumePlatform
 from ferry.proto import volume
-from ferry.proto.inventory import ProviderType, Vm, VolumeTarget
+from ferry.proto.inventory import PowerState, ProviderType, Vm, VolumeTarget
 from ferry.proto.subjects import Service
 from ferry.proto.volume import SourceRef, VolumeSource
 from ferry.providers.base import Provider
+from ferry.providers.libvirt import backup
 from ferry.providers.libvirt.provider import LibvirtProvider
 from ferry.testing import libvirtd
 from ferry.testing.broker import InMemoryBroker
@@ -117,17 +121,7 @@ async def test_warm_rounds_copy_only_changed_blocks_and_leave_nothing_at_the_sou
 ) -> None:
     # Given a running guest and an importer volume for its disk
     vm = await provider.vm(guest.name)
-    created = await broker.send(
-        volume.CreateVolumes(
-            **IDS,
-            step="CreateDataVolumes",
-            namespace="ns",
-            source=VolumeSource.IMPORTER,
-            provider=REF,
-            inventory=vm,
-            targets=[VolumeTarget(disk_id="vda", storage_class="standard")],
-        )
-    )
+    created = await broker.send(_create(vm))
     assert created.settled == "ack", created
     # When the first round copies the disk in full
     first = _copied(await broker.send(_round(vm, 0, "")))
@@ -155,3 +149,60 @@ async def test_warm_rounds_copy_only_changed_blocks_and_leave_nothing_at_the_sou
     target = hashlib.sha256(Path(claim.path).read_bytes()[:SIZE]).hexdigest()
     assert target == _sha_qcow2(guest.disks["vda"])
     assert last.checkpoint == "" and await provider.checkpoints(vm) == []
+
+
+async def test_a_round_canceled_mid_copy_leaves_no_export_and_the_source_running(
+    broker: InMemoryBroker,
+    provider: LibvirtProvider,
+    guest: libvirtd.Guest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a warm VM whose first round is done and whose second round's copy hangs
+    vm = await provider.vm(guest.name)
+    await broker.send(_create(vm))
+    first = _copied(await broker.send(_round(vm, 0, "")))
+    guest.write("vda", 8 * MiB, 4096, 0x31)
+    monkeypatch.setenv(FAULT_PAUSE_ENV, "bound")  # the workload stops itself mid-round
+    running = await broker.start(_round(vm, 1, first.checkpoint))
+    await _until(lambda: _job_running(guest))
+    # When the migration is canceled
+    broker.cancel("m1")
+    done = await running.settled()
+    # Then the round ended canceled, its backup job and export are gone, the source runs
+    assert done.settled == "term" and done.failed is not None and done.failed.canceled
+    assert not _job_running(guest)
+    assert not [p for p in os.listdir(provider.workdir) if p.startswith(backup.WORKDIR_PREFIX)]
+    assert await provider.power_state(vm) == PowerState.ON
+    # And the controller's clean-up removes every checkpoint Ferry made
+    left = await provider.checkpoints(vm)
+    assert first.checkpoint in left
+    for checkpoint in left:
+        await provider.remove_checkpoint(vm, checkpoint)
+    assert await provider.checkpoints(vm) == []
+
+
+def _create(vm: Vm) -> volume.CreateVolumes:
+    return volume.CreateVolumes(
+        **IDS,
+        step="CreateDataVolumes",
+        namespace="ns",
+        source=VolumeSource.IMPORTER,
+        provider=REF,
+        inventory=vm,
+        targets=[VolumeTarget(disk_id="vda", storage_class="standard")],
+    )
+
+
+def _job_running(guest: libvirtd.Guest) -> bool:
+    try:
+        guest.dom.backupGetXMLDesc(0)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+async def _until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)

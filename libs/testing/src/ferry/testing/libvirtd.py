@@ -166,7 +166,11 @@ def define_guest(
     <interface type='user'><mac address='{guest.mac}'/><model type='virtio'/></interface>
   </devices>
 </domain>"""
-    dom = conn.defineXML(xml)
+    conn.defineXML(xml)
     if start:
-        dom.create()
+        try:
+            guest.dom.create()
+        except libvirt.libvirtError:
+            guest.remove()  # a guest that cannot start must not outlive the test
+            raise
     return guest

@@ -167,6 +167,8 @@ class LibvirtProvider:
     def _remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
         dom = self.client.domain(vm.id)
         active = bool(dom.isActive())
+        if active:
+            backup.abort_leftover(dom)  # a killed round's job would hold the checkpoint
         try:
             found = dom.checkpointLookupByName(checkpoint, 0)
             # libvirt deletes an inactive domain's checkpoint only as metadata;
