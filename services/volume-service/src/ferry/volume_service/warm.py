@@ -13,9 +13,11 @@ source was powered off, the last one (``final``). A round here is:
    (``since`` itself is kept, so a redelivered round can run again); the last
    round removes every checkpoint, so nothing is left at the source.
 
-A redelivered first round whose volumes are already filled must not take a fresh
-checkpoint (writes between the first copy and it would be lost): it counts from
-the oldest checkpoint Ferry left instead, which covers them.
+A first round run again after a crash must not count from a fresh checkpoint:
+the volumes hold bytes read by the killed attempt (all of them, or up to the
+copy's resume point), and writes since that attempt's view would be lost. The
+oldest checkpoint Ferry left covers them: a filled first round becomes a delta
+from it, and a resumed one hands it to the next round.
 """
 
 from __future__ import annotations
@@ -54,9 +56,8 @@ async def copy_round(
 ) -> Round:
     vm = cmd.inventory
     since = cmd.since or None
-    filled = all(c.phase == Phase.SUCCEEDED for c in claims.values())
-    if since is None and filled:
-        left = await source.checkpoints(vm)
+    left = await source.checkpoints(vm) if since is None else []
+    if since is None and all(c.phase == Phase.SUCCEEDED for c in claims.values()):
         if not left:
             raise PermanentError(
                 f"VM {vm.name}: the first round's volumes are filled but no checkpoint "
@@ -73,11 +74,14 @@ async def copy_round(
                 await _one(platform, view, cmd, disk.id, extents, claims[disk.id], progress)
             )
         taken = view.checkpoint
-    keep = set() if cmd.final else {since, taken}
+    # A first round that resumed a killed attempt's copy holds bytes read before this
+    # view: the next round must count from that attempt's checkpoint, which covers them.
+    follow = left[0] if since is None and left else taken
+    keep = set() if cmd.final else {since, taken, follow}
     for old in await source.checkpoints(vm):
         if old not in keep:
             await source.remove_checkpoint(vm, old)
-    return Round(copies, "" if cmd.final else taken, changed)
+    return Round(copies, "" if cmd.final else follow, changed)
 
 
 async def _one(
