@@ -97,7 +97,7 @@ async def main(size_mib: int, rounds: int, writes: int) -> None:
                     provider=ref,
                     inventory=vm,
                     targets=[target],
-                )  # fmt: skip
+                )
             )
             done, took = await _send(broker, _command(vm, ref, 0, "", False))
             rows.append(("full (round 0)", done.changed, done.disks[0].bytes_copied, took))
