@@ -76,6 +76,12 @@ docs: setup ## Write the message table of docs/ARCHITECTURE.md from proto/
 test-fast: setup ## Unit and integration tests not marked slow (parallel, < 2 min)
 	$(BIN)/pytest tests/unit tests/integration -m "not slow and not e2e" -q -n $(JOBS)
 
+.PHONY: test-kvm
+test-kvm: system-deps setup ## The libvirt/KVM source: provider, warm rounds, controller's warm loop (starts libvirtd)
+	$(BIN)/pytest tests/unit/providers/test_libvirt_inventory.py tests/unit/volume_service/test_warm.py \
+	  tests/integration/providers/test_libvirt.py tests/integration/volume_service/test_warm_rounds.py \
+	  tests/integration/controller/test_warm_and_hooks.py -q
+
 .PHONY: test
 test: system-deps setup lint ## Everything: lint, unit, integration, slow, faults, e2e
 	$(BIN)/python -m ferry.proto.schemagen --check
