@@ -242,10 +242,24 @@ def render(mig: objects.Migration, states: list[VmView]) -> None:
             pct = 100 * d.done / d.total if d.total else 0.0
             check = f"  {d.checksum}" if d.checksum else ""
             typer.echo(f"  disk {d.name}: {_size(d.done)} / {_size(d.total)} ({pct:.0f}%){check}")
+        for line in rounds(s):
+            typer.echo(line)
         for e in s.errors:
             out.print(f"  [red]error[/] {e.step} attempt {e.attempt}: {e.reason}")
         if s.power_restored:
             out.print(f"  source power restored ({s.source_power})")
+
+
+def rounds(s: VmView) -> list[str]:
+    """A warm VM's copy rounds: what changed at the source, what was written, how long."""
+    lines = []
+    for r in s.rounds:
+        what = "final delta" if r.final else ("full copy" if r.precopy == 0 else "precopy")
+        lines.append(
+            f"  round {r.precopy} ({what}): {_size(r.changed)} changed, "
+            f"{_size(r.copied)} copied in {r.seconds:.1f} s"
+        )
+    return lines
 
 
 def describe(
