@@ -222,7 +222,14 @@ class VolumeHandlers:
         throttle = Throttle(self.settings.progress_interval_seconds)
         with outcome(f"warm round {cmd.precopy}"):
             async with ProgressRelay(ctx.emit, _progress_event(cmd), throttle) as relay:
-                done = await warm.copy_round(self.platform, source, cmd, claims, relay.callback)
+                done = await warm.copy_round(
+                    self.platform,
+                    source,
+                    cmd,
+                    claims,
+                    relay.callback,
+                    verify_whole=self.settings.warm_final_verify,
+                )
         for copy in done.copies:
             _check_checksums(copy)
         ctx.log.info(

@@ -8,7 +8,8 @@ source was powered off, the last one (``final``). A round here is:
    of every disk taken together with a new checkpoint;
 2. round 0 copies every allocated extent with the ordinary, verified importer copy;
    later rounds write only the changed extents onto the filled volumes
-   (``apply_changes``), and the last one also compares the whole disks;
+   (``apply_changes``), and the last one also compares the whole disks (unless
+   the service's ``warm_final_verify`` is off);
 3. checkpoints older than ``since`` are removed once the round's data is written
    (``since`` itself is kept, so a redelivered round can run again); the last
    round removes every checkpoint, so nothing is left at the source.
@@ -53,6 +54,8 @@ async def copy_round(
     cmd: volume.CopyDisks,
     claims: dict[str, VolumeState],
     progress: ProgressCallback,
+    *,
+    verify_whole: bool = True,
 ) -> Round:
     vm = cmd.inventory
     since = cmd.since or None
@@ -70,8 +73,9 @@ async def copy_round(
         for disk in vm.disks:
             extents = await view.changed_extents(disk.id)
             changed += sum(e.length for e in extents)
+            claim = claims[disk.id]
             copies.append(
-                await _one(platform, view, cmd, disk.id, extents, claims[disk.id], progress)
+                await _one(platform, view, cmd, disk.id, extents, claim, progress, verify_whole)
             )
         taken = view.checkpoint
     # A first round that resumed a killed attempt's copy holds bytes read before this
@@ -92,6 +96,7 @@ async def _one(
     extents: list[Extent],
     claim: VolumeState,
     progress: ProgressCallback,
+    verify_whole: bool,
 ) -> DiskCopy:
     socket, export = view.nbd_export(disk_id)
     ref = ImageRef(
@@ -103,4 +108,4 @@ async def _one(
     )
     if view.since is None:
         return await platform.import_disk(claim, ref, progress)
-    return await platform.apply_changes(claim, ref, progress, last=cmd.final)
+    return await platform.apply_changes(claim, ref, progress, last=cmd.final and verify_whole)

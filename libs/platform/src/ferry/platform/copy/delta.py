@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ferry.platform import errors
@@ -101,8 +102,11 @@ def apply(
         src = Checksum(algorithm=ALGORITHM, digest=read_hash.hexdigest(), bytes=total)
         dst = Checksum(algorithm=ALGORITHM, digest=back_hash.hexdigest(), bytes=total)
         if whole is not None and src.digest == dst.digest:
-            src = engine.digest(whole, options)
-            dst = engine.digest(holes.Sized(target, size), options)
+            # Both disks are read at once: the cutover's downtime waits for this.
+            with ThreadPoolExecutor(2) as pool:
+                source_sum = pool.submit(engine.digest, whole, options)
+                target_sum = pool.submit(engine.digest, holes.Sized(target, size), options)
+                src, dst = source_sum.result(), target_sum.result()
     finally:
         target.close()
     if src.digest != dst.digest:
