@@ -79,7 +79,7 @@ test-fast: setup ## Unit and integration tests not marked slow (parallel, < 2 mi
 .PHONY: test-kvm
 test-kvm: system-deps setup ## The libvirt/KVM source: provider, warm rounds, controller's warm loop (starts libvirtd)
 	$(BIN)/pytest tests/unit/providers/test_libvirt_inventory.py tests/unit/volume_service/test_warm.py \
-	  tests/integration/providers/test_libvirt.py tests/integration/volume_service/test_warm_rounds.py \
+	  tests/integration/providers/test_libvirt.py tests/integration/volume_service/test_libvirt_source.py \
 	  tests/integration/controller/test_warm_and_hooks.py -q
 
 .PHONY: test

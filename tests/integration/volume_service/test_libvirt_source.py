@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import libvirt
+import msgspec
 import pytest
 
 from ferry.bus import Router
@@ -206,3 +207,30 @@ async def _until(check: Callable[[], bool], timeout: float = 30.0) -> None:
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+async def test_cold_flow_two_populates_from_a_shut_off_domain(
+    broker: InMemoryBroker,
+    provider: LibvirtProvider,
+    platform: VolumePlatform,
+    guest: libvirtd.Guest,
+) -> None:
+    # Given a shut-off domain (the cold flow powered it off) and a PVC + populator for its disk
+    guest.dom.destroy()
+    vm = await provider.vm(guest.name)
+    create = msgspec.structs.replace(_create(vm), source=VolumeSource.POPULATOR)
+    assert (await broker.send(create)).settled == "ack"
+    allocated = await broker.send(volume.AllocateDisks(**IDS, step="AllocateDisks", namespace="ns"))
+    assert allocated.settled == "ack"
+    # When the populator copies it (a cold CopyDisks)
+    cold = msgspec.structs.replace(_round(vm, 0, ""), warm=False, final=True, step="CopyDisks")
+    copied = _copied(await broker.send(cold))
+    # Then the claim holds the disk's bytes, verified, and no prime volume is left
+    [disk] = copied.disks
+    assert disk.source == disk.target and disk.source.bytes == SIZE
+    claims = await platform.list_volumes("ns", {})
+    assert [c.temporary for c in claims] == [False]
+    target = hashlib.sha256(Path(claims[0].path).read_bytes()[:SIZE]).hexdigest()
+    assert target == _sha_qcow2(guest.disks["vda"])
+    # And nothing of Ferry's is left at the source: no checkpoint, no export
+    assert await provider.checkpoints(vm) == [] and os.listdir(provider.workdir) == []
