@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -112,13 +112,13 @@ class LibvirtProvider:
             vm, disk_id, self._running(vm), self._views, self._file(vm, disk_id)
         )
 
-    def _running(self, vm: Vm) -> Any:
+    def _running(self, vm: Vm) -> Callable[[], Awaitable[bool]]:
         async def running() -> bool:
             return await self.client.call(lambda: bool(self.client.domain(vm.id).isActive()))
 
         return running
 
-    def _file(self, vm: Vm, disk_id: str) -> Any:
+    def _file(self, vm: Vm, disk_id: str) -> Callable[[], Awaitable[FileDisk]]:
         async def file_disk() -> FileDisk:
             if not self.local:
                 raise ProviderError(
