@@ -18,6 +18,7 @@ from pathlib import Path
 
 import libvirt
 import msgspec
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from ferry.bus import Router
@@ -234,3 +235,43 @@ async def test_cold_flow_two_populates_from_a_shut_off_domain(
     assert target == _sha_qcow2(guest.disks["vda"])
     # And nothing of Ferry's is left at the source: no checkpoint, no export
     assert await provider.checkpoints(vm) == [] and os.listdir(provider.workdir) == []
+
+
+async def test_a_first_round_killed_mid_copy_resumes_and_loses_no_write(
+    provider: LibvirtProvider, guest: libvirtd.Guest, tmp_path: Path
+) -> None:
+    # Given a first round copying slowly (throttled) into a fresh volume
+    settings = LocalSettings(checkpoint_seconds=0.2, max_rate=12 * MiB)
+    slow = platforms.create(PlatformSettings(local=settings), data_dir=tmp_path / "slow")
+
+    async def open_provider(ref: SourceRef) -> Provider:
+        return provider
+
+    router = Router(Service.VOLUME)
+    VolumeHandlers(slow, open_provider, VolumeSettings(progress_interval_seconds=0.2)).register(
+        router
+    )
+    vm = await provider.vm(guest.name)
+    async with InMemoryBroker(router) as broker:
+        await broker.send(_create(vm))
+        running = await broker.start(_round(vm, 0, ""))
+        await _until(lambda: _progress(broker) >= 6 * MiB)
+        # When the guest rewrites a range the copy already passed, and the workload is killed
+        guest.write("vda", 0, 4096, 0x5A)
+        for child in psutil.Process().children(recursive=True):
+            if "ferry.platform.local.importer" in " ".join(child.cmdline()):
+                child.kill()
+        assert (await running.settled()).settled == "nak"
+        # And the round is delivered again, then a precopy follows from what it returned
+        first = _copied(await broker.send(_round(vm, 0, "")))
+        again = _copied(await broker.send(_round(vm, 1, first.checkpoint)))
+    # Then the rewritten block came over in the precopy: the target equals the source
+    assert again.changed >= BLOCK
+    [claim] = [v for v in await slow.list_volumes("ns", {}) if not v.temporary]
+    target = hashlib.sha256(Path(claim.path).read_bytes()[:SIZE]).hexdigest()
+    assert target == _sha_qcow2(guest.disks["vda"])
+
+
+def _progress(broker: InMemoryBroker) -> int:
+    done = [m.done for m in broker.published if isinstance(m, volume.DiskProgress)]
+    return max(done, default=0)
