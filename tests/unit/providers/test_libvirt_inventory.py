@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ferry.proto.inventory import DiskFormat, Firmware, PowerState, ProviderType, Vm
 from ferry.proto.volume import SourceRef
 from ferry.providers import factory
+from ferry.providers.base import ProviderError
 from ferry.providers.libvirt import backup, inventory, v2v, validator
 from ferry.providers.libvirt.provider import LibvirtProvider
 
@@ -140,3 +143,20 @@ def test_factory_builds_the_libvirt_provider_without_connecting() -> None:
     made = factory.create(ref, {"username": "ops", "password": "pw"})
     assert isinstance(made, LibvirtProvider) and not made.local
     assert "pw" not in repr(made) and "pw" not in repr(made.client)
+
+
+def test_the_work_directory_must_be_ours_and_closed_to_others(tmp_path: Path) -> None:
+    # Given a work directory others may write into (a socket could be swapped there)
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(ProviderError, match="writable by others"):
+        backup.job_dir(open_dir)
+    # And a symlink standing in for one
+    (tmp_path / "link").symlink_to(open_dir)
+    with pytest.raises(ProviderError, match="not a directory owned"):
+        backup.job_dir(tmp_path / "link")
+    # When it is created by the provider itself, it is 0711 and the job's directory inside it
+    made = backup.job_dir(tmp_path / "work")
+    assert made.parent == tmp_path / "work" and made.name.startswith(backup.WORKDIR_PREFIX)
+    assert (tmp_path / "work").stat().st_mode & 0o777 == 0o711

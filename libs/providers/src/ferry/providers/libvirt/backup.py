@@ -77,6 +77,24 @@ def checkpoint_xml(name: str, targets: list[str], all_targets: list[str]) -> str
     return f"<domaincheckpoint><name>{escape(name)}</name><disks>{disks}</disks></domaincheckpoint>"
 
 
+def job_dir(workdir: Path) -> Path:
+    """A fresh directory for one job's sockets and scratch files.
+
+    The work directory must be ours: whoever owns it could swap a job's directory
+    for one of their own and read the guest's disks through the socket. QEMU's user
+    must pass through it (0711) to reach its own directory inside.
+    """
+    workdir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    info = workdir.lstat()
+    if not workdir.is_dir() or workdir.is_symlink() or info.st_uid != os.geteuid():
+        raise ProviderError(f"work directory {workdir} is not a directory owned by this process")
+    if info.st_mode & 0o022:
+        raise ProviderError(
+            f"work directory {workdir} is writable by others (mode {info.st_mode & 0o777:o})"
+        )
+    return Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=workdir))
+
+
 def _qemu_owner(dom: libvirt.virDomain) -> tuple[int, int] | None:
     root = inventory.parse(dom.XMLDesc(0))
     for label in root.findall("seclabel"):
@@ -183,9 +201,7 @@ class Backup:
         abort_leftover(dom)
         if self._since and self._since not in [c.getName() for c in dom.listAllCheckpoints(0)]:
             raise CheckpointGone(self._vm.name, self._since)
-        # QEMU's user must pass through the work directory to reach its socket directory.
-        self._workdir.mkdir(mode=0o711, parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=self._workdir))
+        self._dir = job_dir(self._workdir)
         owner = _qemu_owner(dom)
         if owner is not None:
             os.chown(self._dir, *owner)
@@ -207,11 +223,15 @@ class Backup:
             raise ProviderError(
                 f"VM {self._vm.name}: backup could not start: {describe(exc)}"
             ) from None
-        for node in inventory.parse(dom.backupGetXMLDesc(0)).findall("disks/disk"):
-            if node.get("backup") == "yes":
-                name = node.get("name", "")
-                self._exports[name] = node.get("exportname") or name
-                self._bitmaps[name] = node.get("exportbitmap", "")
+        try:
+            for node in inventory.parse(dom.backupGetXMLDesc(0)).findall("disks/disk"):
+                if node.get("backup") == "yes":
+                    name = node.get("name", "")
+                    self._exports[name] = node.get("exportname") or name
+                    self._bitmaps[name] = node.get("exportbitmap", "")
+        except BaseException:
+            self._end()  # begun but not described: never leave the job behind
+            raise
 
     async def close(self) -> None:
         readers, self._readers = self._readers, {}

@@ -59,7 +59,7 @@ class Client:
             return fn(*args)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                raise VmNotFound(str(args[0]) if args else "?") from None
+                raise VmNotFound(describe(exc)) from None  # it vanished while Ferry worked
             raise ProviderError(describe(exc)) from None
 
     def connection(self) -> libvirt.virConnect:

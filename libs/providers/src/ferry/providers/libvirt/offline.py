@@ -21,7 +21,6 @@ import contextlib
 import json
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -29,7 +28,7 @@ from typing import Self
 from ferry.proto.inventory import Extent, Vm
 from ferry.providers.base import CheckpointGone, ProviderError
 from ferry.providers.libvirt import inventory
-from ferry.providers.libvirt.backup import WORKDIR_PREFIX, merged, qemu_img_map
+from ferry.providers.libvirt.backup import job_dir, merged, qemu_img_map
 from ferry.providers.libvirt.client import Client
 from ferry.providers.nbd import AsyncNbdClient, NbdClient, NbdError
 
@@ -86,8 +85,7 @@ class OfflineView:
     async def __aenter__(self) -> Self:
         xml = await self._client.call(self._inactive_xml)
         files = {d.target: d for d in inventory.disks(inventory.parse(xml))[0]}
-        self._workdir.mkdir(mode=0o711, parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=self._workdir))
+        self._dir = job_dir(self._workdir)
         try:
             for disk in self._vm.disks:
                 found = files.get(disk.id)
