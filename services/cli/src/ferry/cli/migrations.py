@@ -325,7 +325,40 @@ def cancel(
     run(work)
 
 
+# -- cutover ------------------------------------------------------------------------------
+
+
+def cutover(
+    name: Annotated[str, typer.Argument(help="the warm Migration")],
+    at: Annotated[
+        str, typer.Option("--at", help="RFC 3339 time or 'now': when precopies end")
+    ] = "now",
+    nats: NatsOption = None,
+) -> None:
+    """Set or move a warm migration's cutover while its precopies run (safe to repeat)."""
+    when = parse_time(at)
+
+    async def work() -> None:
+        async with connect(nats) as bus:
+            mig = await get_doc(bus, "Migration", name)
+            if mig is None:
+                raise CliError(f"Migration {name!r} does not exist (ferry get migrations)")
+
+            def record(doc: dict[str, Any]) -> dict[str, Any]:
+                return {**doc, "spec": {**doc["spec"], "cutover": when.isoformat()}}
+
+            await kv(bus).mutate(key_of("Migration", name), record)
+            plan = mig["spec"]["plan"]["name"]
+            await bus.publish(
+                migration.Cutover(plan=plan, migration=name, vm=ALL, cutover=when.isoformat())
+            )
+            typer.echo(f"migration/{name} cutover at {when.isoformat()}")
+
+    run(work)
+
+
 def register(app: typer.Typer) -> None:
     app.command("migrate")(migrate)
     app.command("describe")(describe)
     app.command("cancel")(cancel)
+    app.command("cutover")(cutover)
