@@ -26,10 +26,10 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
@@ -75,6 +75,25 @@ def checkpoint_xml(name: str, targets: list[str], all_targets: list[str]) -> str
         for t in all_targets
     )
     return f"<domaincheckpoint><name>{escape(name)}</name><disks>{disks}</disks></domaincheckpoint>"
+
+
+async def settle(closing: Coroutine[Any, Any, None]) -> None:
+    """Run a view's start or clean-up to its end, even when the task is canceled meanwhile.
+
+    ``asyncio.shield`` alone lets a second cancel return at once while the clean-up
+    goes on in the background: the handler would then report a canceled round while
+    its backup job still exports the guest's disks. The cancel is re-raised after.
+    """
+    task = asyncio.ensure_future(closing)
+    canceled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            canceled = True
+    task.result()
+    if canceled:
+        raise asyncio.CancelledError
 
 
 def job_dir(workdir: Path) -> Path:
@@ -183,7 +202,13 @@ class Backup:
         return str(self._dir / "nbd.sock")
 
     async def __aenter__(self) -> Self:
-        await self._client.call(self._begin)
+        # libvirt works on a thread that a cancel does not stop: wait for it, then end
+        # whatever it began, so a cancel while the job starts leaves no export behind.
+        try:
+            await settle(self._client.call(self._begin))
+        except BaseException:
+            await settle(self.close())
+            raise
         return self
 
     async def __aexit__(
@@ -192,7 +217,7 @@ class Backup:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await asyncio.shield(self.close())
+        await settle(self.close())
 
     def _begin(self) -> None:
         dom = self._client.domain(self._vm.id)

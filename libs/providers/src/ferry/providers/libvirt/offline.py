@@ -28,7 +28,7 @@ from typing import Self
 from ferry.proto.inventory import Extent, Vm
 from ferry.providers.base import CheckpointGone, ProviderError
 from ferry.providers.libvirt import inventory
-from ferry.providers.libvirt.backup import job_dir, merged, qemu_img_map
+from ferry.providers.libvirt.backup import job_dir, merged, qemu_img_map, settle
 from ferry.providers.libvirt.client import Client
 from ferry.providers.nbd import AsyncNbdClient, NbdClient, NbdError
 
@@ -95,7 +95,7 @@ class OfflineView:
                     raise CheckpointGone(self._vm.name, self._since)
                 await self._serve(disk.id, found.path, found.format)
         except BaseException:
-            await asyncio.shield(self.close())
+            await settle(self.close())
             raise
         return self
 
@@ -136,7 +136,7 @@ class OfflineView:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await asyncio.shield(self.close())
+        await settle(self.close())
 
     async def close(self) -> None:
         readers, self._readers = self._readers, {}

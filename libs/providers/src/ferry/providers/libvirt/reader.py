@@ -17,7 +17,7 @@ from typing import Self
 
 from ferry.proto.inventory import Extent, Vm
 from ferry.providers.base import DiskNotFound, ProviderError, QemuSource
-from ferry.providers.libvirt.backup import Backup, merged, qemu_img_map
+from ferry.providers.libvirt.backup import Backup, merged, qemu_img_map, settle
 from ferry.providers.nbd import AsyncNbdClient, NbdServer
 
 _QEMU_FORMATS = {"raw": "raw", "qcow2": "qcow2"}
@@ -115,7 +115,7 @@ class LibvirtDiskReader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await asyncio.shield(self.close())
+        await settle(self.close())
 
     async def close(self) -> None:
         if self._client is not None:
