@@ -21,10 +21,12 @@ JOBS ?= 4
 # Debian packages the tests and the demo use (virt-v2v, QEMU, libguestfs, NBD, a
 # kernel for the libguestfs appliance, debootstrap for the test guest, OVMF for UEFI;
 # headless Chromium and its driver for the console's browser test; Go and govmomi to
-# build the vSphere API simulator).
+# build the vSphere API simulator; libvirt's daemon and clients for the libvirt
+# provider, whose Python binding builds against libvirt-dev with pkg-config).
 SYSTEM_PACKAGES := qemu-utils qemu-system-x86 virt-v2v libguestfs-tools guestfs-tools \
                    nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace \
-                   chromium chromium-driver golang-go golang-github-vmware-govmomi-dev
+                   chromium chromium-driver golang-go golang-github-vmware-govmomi-dev \
+                   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
 
 .PHONY: help
 help: ## List the targets
@@ -88,6 +90,12 @@ test-cluster: setup ## The kubernetes platform against the strict cluster stand-
 .PHONY: test-vsphere
 test-vsphere: setup ## The vSphere provider against vcsim (built from Debian's govmomi on first use)
 	$(BIN)/pytest tests/integration/vsphere tests/unit/providers/test_vsphere_validator.py -q -n $(JOBS)
+
+.PHONY: test-kvm
+test-kvm: system-deps setup ## The libvirt/KVM source: provider, warm rounds, controller's warm loop (starts libvirtd)
+	$(BIN)/pytest tests/unit/providers/test_libvirt_inventory.py tests/unit/volume_service/test_warm.py \
+	  tests/integration/providers/test_libvirt.py tests/integration/volume_service/test_libvirt_source.py \
+	  tests/integration/controller/test_warm_and_hooks.py -q
 
 .PHONY: test
 test: system-deps setup lint ## Everything: lint, unit, integration, slow, faults, e2e

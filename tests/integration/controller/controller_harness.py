@@ -139,6 +139,25 @@ class FileProvider:
     async def power_on(self, vm: Vm) -> None:
         self._set(vm.id, PowerState.ON.value)
 
+    # Change tracking (a WarmSource): checkpoints a test seeds, which clean-up must remove.
+
+    def seed_checkpoints(self, vm_id: str, names: list[str]) -> None:
+        (self.root / f"checkpoints-{vm_id}.json").write_text(json.dumps(names))
+
+    def checkpoint_names(self, vm_id: str) -> list[str]:
+        path = self.root / f"checkpoints-{vm_id}.json"
+        return list(json.loads(path.read_text())) if path.exists() else []
+
+    async def checkpoints(self, vm: Vm) -> list[str]:
+        return self.checkpoint_names(vm.id)
+
+    async def remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
+        left = [c for c in await self.checkpoints(vm) if c != checkpoint]
+        self.seed_checkpoints(vm.id, left)
+
+    def changes(self, vm: Vm, since: str | None) -> Any:
+        raise NotImplementedError("the stand-in volume-service reads no source")
+
 
 def providers_for(roots: dict[str, Path]) -> Any:
     """A provider factory for the controller: provider name -> FileProvider."""
@@ -224,6 +243,7 @@ class Services:
         self.script = script or {}
         self.ran: list[tuple[str, str, int]] = []
         self.cleaned: list[str] = []
+        self.since: list[tuple[str, str]] = []  # (CopyDisks step, its since) per round
         self.machines: set[str] = set()  # VMs whose VirtualMachine exists (created, not deleted)
         self.holding: set[tuple[str, str]] = set()
         self.released: set[tuple[str, str]] = set()
@@ -285,7 +305,17 @@ class Services:
                 )
                 for d in cmd.inventory.disks
             ]
-            return volume.DisksCopied(**_ids(cmd), step=cmd.step, disks=copies)
+            # A warm round counts from the checkpoint the previous round handed back.
+            self.since.append((cmd.step, cmd.since))
+            checkpoint = "" if cmd.final or not cmd.warm else f"cp-{cmd.precopy}"
+            return volume.DisksCopied(
+                **_ids(cmd),
+                step=cmd.step,
+                disks=copies,
+                precopy=cmd.precopy,
+                checkpoint=checkpoint,
+                changed=7,
+            )
 
         @r.handler(volume.CleanupVolumes, cancelable=False)
         async def cleanup(cmd: volume.CleanupVolumes, ctx: Context) -> volume.VolumesCleaned:

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 import yaml
 from conftest import Stack
-from controller_harness import documents, eventually, make_vm
+from controller_harness import apply, documents, eventually, make_vm
 from typer.testing import CliRunner, Result
 
 from ferry.cli import estimate, events, inventory, migrations
@@ -200,3 +200,26 @@ async def test_applying_a_migration_starts_it_and_reapplying_with_cancel_cancels
     vms = await stack.vms("m1")
     assert vms["id-a"]["status"] == "Succeeded" and vms["id-b"]["status"] == "Canceled"
     assert done["status"]["phase"] == "Canceled"
+
+
+async def test_cutover_ends_the_precopies_of_a_running_warm_migration(stack: Stack) -> None:
+    # Given a warm migration copying again every second, with no cutover set
+    src = stack.source("src", [make_vm("id-a", ProviderType.LIBVIRT)])
+    docs = documents("libvirt", ["id-a"], warm=True, extra_plan={"precopyIntervalSeconds": 1})
+    await apply(stack.bus, docs)
+    stack.run_services()
+    stack.run_controller()
+    await stack.migrate("m1")
+    await eventually(lambda: "CopyDisks@1" in stack.services.runs("id-a"), what="a second precopy")
+    assert src.power()["id-a"] == "on"
+    # When the user moves the cutover to now
+    done = await ferry(stack, "cutover", "m1", "--at", "now")
+    # Then precopies stop, the source is powered off and the migration completes
+    assert done.exit_code == 0, done.output
+    mig = await stack.wait_end("m1")
+    assert mig["status"]["phase"] == "Succeeded"
+    assert "Finalize" in stack.services.runs("id-a") and src.log() == ["off:id-a"]
+    # (cut over by the command, not by running out of precopies: the plan allows 50)
+    rounds = [s for s in stack.services.runs("id-a") if s.startswith("CopyDisks")]
+    assert len(rounds) < 10, rounds
+    assert (await ferry(stack, "cutover", "nope")).exit_code != 0

@@ -44,6 +44,38 @@ async def test_warm_precopies_until_cutover(stack: Stack) -> None:
     assert state["precopy"] == rounds - 1
     paused = next(s for s in state["steps"] if s["name"] == "CopyingPaused")
     assert paused["runs"] == rounds
+    # And every round counted changes from the checkpoint the previous one returned
+    since = dict(stack.services.since)
+    assert since["CopyDisks"] == ""
+    assert [since[f"CopyDisks@{i}"] for i in range(1, rounds)] == [
+        f"cp-{i}" for i in range(rounds - 1)
+    ]
+    assert since["Finalize"] == f"cp-{rounds - 1}"
+    # And ``ferry describe`` can show each round, the last one after the power-off
+    assert [(r["precopy"], r["final"], r["changed"]) for r in state["rounds"]] == [
+        *[(i, False, 7) for i in range(rounds)],
+        (rounds - 1, True, 7),
+    ]
+    assert state["checkpoint"] == ""
+
+
+async def test_a_warm_vm_canceled_between_precopies_leaves_no_checkpoint(stack: Stack) -> None:
+    # Given a warm VM in its precopy loop with checkpoints at the source
+    src = stack.source("src", [make_vm("id-a", ProviderType.LIBVIRT)])
+    src.seed_checkpoints("id-a", ["ferry-1", "ferry-2"])
+    await apply(stack.bus, documents("libvirt", ["id-a"], warm=True))
+    stack.run_services()
+    stack.run_controller()
+    await stack.migrate("m1")
+    await eventually(lambda: "CopyDisks" in stack.services.runs("id-a"), what="first round")
+    # When it is canceled
+    await stack.bus.publish(
+        migration.CancelMigration(plan="plan1", migration="m1", vm="a", reason="by test")
+    )
+    await stack.wait_end("m1")
+    # Then the source keeps running and no checkpoint of Ferry's is left on it
+    assert src.power()["id-a"] == "on"
+    await eventually(lambda: not src.checkpoint_names("id-a"), what="checkpoints removed")
 
 
 async def test_pre_and_post_hooks_run_with_the_vm_in_their_environment(

@@ -7,6 +7,7 @@ wrote) and tries what it may and what it may not.
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ferry.bus import Bus, NotConnected, PublishFailed, TopologySettings, declare
+from ferry.migration_controller.leadership import Leadership
 from ferry.proto import migration
 from ferry.proto.subjects import Bucket, Service
 from ferry.runtime import secretfiles
@@ -87,6 +89,11 @@ async def test_each_service_declares_and_uses_its_own_part(
         # And the controller publishes commands to the services and writes VM state
         await bus.publish(allocate("vm-2"))
         await bus.kv(Bucket.VMS, dict).put("m.v", {"x": 1})
+        # and takes and renews its replicas' active/standby lease
+        lead = Leadership(bus, lease_seconds=3.0, owner="replica-1")
+        assert await lead.acquire(asyncio.Event())
+        await lead.release()
+        assert await lead.acquire(asyncio.Event())
 
 
 async def test_a_subject_outside_an_identitys_permissions_is_refused(

@@ -33,6 +33,11 @@ COLD_LOCAL_POPULATOR = [
     "PowerOn",
     "Completed",
 ]
+COLD_LOCAL_POPULATOR_CONVERTED = [
+    *COLD_LOCAL_POPULATOR[:6],
+    "ConvertGuest",
+    *COLD_LOCAL_POPULATOR[6:],
+]
 COLD_REMOTE_CONVERTED = [
     "Started",
     "StorePowerState",
@@ -75,7 +80,7 @@ WARM_PLAIN = [s for s in WARM_CONVERTED if s != "ConvertGuest"]
 EXPECTED = {
     (P.VSPHERE, False, False): (Flow.CONVERSION, COLD_LOCAL_CONVERSION),
     (P.OVA, False, False): (Flow.CONVERSION, COLD_LOCAL_CONVERSION),
-    (P.LIBVIRT, False, False): (Flow.CONVERSION, COLD_LOCAL_CONVERSION),
+    (P.LIBVIRT, False, False): (Flow.POPULATOR, COLD_LOCAL_POPULATOR_CONVERTED),
     (P.OVIRT, False, False): (Flow.POPULATOR, COLD_LOCAL_POPULATOR),
     (P.OPENSTACK, False, False): (Flow.POPULATOR, COLD_LOCAL_POPULATOR),
     (P.KUBEVIRT, False, False): (Flow.IMPORTER, COLD_REMOTE_PLAIN),

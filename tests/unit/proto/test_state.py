@@ -11,7 +11,8 @@ from ferry.proto.state import DiskState, StepState, VmError, VmState, VmView
 from ferry.proto.volume import SourceRef
 
 STORED_NAMES = {
-    "cancel_reason", "created", "cursor", "cutover", "disks", "ended", "errors", "finalized",
+    "cancel_reason", "checkpoint", "created", "cursor", "cutover", "disks", "ended", "errors",
+    "finalized", "rounds",
     "flow", "hooks", "host", "inspection", "inventory", "max_attempts", "max_precopies",
     "migration", "name", "namespace", "network_targets", "phase", "plan", "power_restored",
     "powered_off", "precopy", "precopy_interval", "provider", "remote", "retry_base",

@@ -24,7 +24,6 @@ from ferry.providers.ova.reader import merged
         ProviderType.OVIRT,
         ProviderType.OPENSTACK,
         ProviderType.KUBEVIRT,
-        ProviderType.LIBVIRT,
     ],
 )
 def test_unbuilt_provider_types_say_so(kind: ProviderType) -> None:

@@ -66,6 +66,16 @@ class VmError(msgspec.Struct, kw_only=True):
     permanent: bool = False
 
 
+class CopyRound(msgspec.Struct, kw_only=True):
+    """One warm-migration copy round as people are shown it (``ferry describe``)."""
+
+    precopy: int  # 0 = the first, full round
+    final: bool = False  # the last delta, after the source was powered off
+    changed: int = 0  # bytes the source reported changed (all allocated bytes in round 0)
+    copied: int = 0  # bytes written onto the target
+    seconds: float = 0.0
+
+
 class VmView(msgspec.Struct, kw_only=True):
     """The part of a VM's state that people are shown."""
 
@@ -94,6 +104,7 @@ class VmView(msgspec.Struct, kw_only=True):
     ended: str = ""
     power_restored: bool = False
     cancel_reason: str = ""
+    rounds: list[CopyRound] = msgspec.field(default_factory=list)  # warm copy rounds
 
     def step(self, name: str) -> StepState | None:
         return next((s for s in self.steps if s.name == name), None)
@@ -130,6 +141,7 @@ class VmState(VmView, kw_only=True):
     # what the steps produced
     powered_off: bool = False
     precopy: int = 0
+    checkpoint: str = ""  # the source checkpoint the next warm round counts changes from
     volumes: list[Volume] = msgspec.field(default_factory=list)
     inspection: Inspection | None = None
     finalized: bool = False  # the end's side effects (power, clean-up) were carried out

@@ -57,7 +57,9 @@ class CopyDisks(Command, frozen=True, kw_only=True, tag="volume.copy_disks.v1"):
     """CopyDisks: importer or populator transfer of every disk of a VM.
 
     ``precopy`` counts warm-migration rounds (0 for cold); ``final`` marks the
-    last delta after the source was powered off.
+    last delta after the source was powered off. ``warm`` rounds read the source
+    through its change tracking: ``since`` is the checkpoint the previous round
+    returned ('' for the first, full round).
     """
 
     namespace: str
@@ -65,6 +67,8 @@ class CopyDisks(Command, frozen=True, kw_only=True, tag="volume.copy_disks.v1"):
     inventory: Vm
     precopy: int = 0
     final: bool = True
+    warm: bool = False
+    since: str = ""
 
 
 class DiskProgress(StepEvent, frozen=True, kw_only=True, tag="volume.disk_progress.v1"):
@@ -81,6 +85,8 @@ class DisksCopied(StepEvent, frozen=True, kw_only=True, tag="volume.disks_copied
     disks: list[DiskCopy] = msgspec.field(default_factory=list)
     precopy: int = 0  # warm-migration round (0 for cold)
     volumes: list[Volume] = msgspec.field(default_factory=list)  # as bound after the copy
+    checkpoint: str = ""  # warm: the source checkpoint the next round counts from
+    changed: int = 0  # warm: bytes the source reported changed in this round
 
 
 class CleanupVolumes(Command, frozen=True, kw_only=True, tag="volume.cleanup.v1"):

@@ -30,6 +30,7 @@ class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
     offset: int = 0  # raw only: where the disk starts inside ``path``
     qemu_options: dict[str, Any] | None = None
     nbd_socket: str = ""  # an NBD export someone else serves (path is then a label)
+    nbd_export: str = ""  # the export's name on that socket ('' for the default one)
     size: int | None = None  # the disk's size when the file is bigger (raw windows)
     extents: list[Extent] | None = None  # known allocation of an nbd_socket source
 

@@ -196,6 +196,19 @@ class VolumePlatform(Protocol):
         """Prime volume → populator workload → atomic re-bind → prime removed."""
         ...
 
+    async def apply_changes(
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        last: bool = False,
+    ) -> DiskCopy:
+        """A warm round: write only ``source.extents`` onto a volume an earlier round
+        filled, leaving every other byte as it is; ``last`` (the source is off) also
+        compares the whole disks' digests."""
+        ...
+
     async def list_volumes(self, namespace: str, labels: Mapping[str, str]) -> list[VolumeState]:
         """Every volume whose labels include all of ``labels``."""
         ...

@@ -9,6 +9,10 @@ Disk access has two faces because the data path chooses between them: a ranged
 ``read``/``extents`` API for Python copies, and a description a qemu tool can open
 itself (:class:`QemuSource` with the image format named explicitly, or an NBD URI)
 for ``qemu-img convert`` / ``nbdcopy``.
+
+Warm migration adds one optional face, :class:`WarmSource`, the same for every
+source that can track writes (libvirt checkpoints, vSphere CBT change ids, oVirt
+incremental backups), so the precopy loop above it is written once.
 """
 
 from __future__ import annotations
@@ -158,3 +162,90 @@ class PackageLister(Protocol):
     """
 
     async def packages(self) -> list[Package]: ...
+
+
+class ChangedDisks(Protocol):
+    """A point-in-time view of a VM's disks and what changed in them since ``since``.
+
+    Entered with ``async with``; the view (a libvirt backup job, a vSphere snapshot, an
+    oVirt backup) exists only inside the block and is always released on the way out,
+    also on error or cancel. The new :attr:`checkpoint` outlives it: it is the ``since``
+    of the next round, and its owner removes it with
+    :meth:`WarmSource.remove_checkpoint` once it is no longer needed.
+    """
+
+    @property
+    def checkpoint(self) -> str:
+        """The checkpoint taken together with this view (opaque to the caller)."""
+        ...
+
+    @property
+    def since(self) -> str | None:
+        """The checkpoint the changes are relative to; None for the full view."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def size(self, disk_id: str) -> int:
+        """Guest-visible size of one disk in bytes."""
+        ...
+
+    async def changed_extents(self, disk_id: str) -> list[Extent]:
+        """Ranges written since :attr:`since` (sorted, disjoint), at the source's tracking
+        granularity; every allocated range for the full view. A range outside them is
+        unchanged on the target (or, for the full view, zeros)."""
+        ...
+
+    async def read(self, disk_id: str, offset: int, length: int) -> bytes:
+        """Guest bytes of the view (not of the live disk), short only at the disk's end."""
+        ...
+
+    def nbd_export(self, disk_id: str) -> tuple[str, str]:
+        """(Unix socket, export name) serving the view's raw guest bytes, for a data
+        mover in another process; valid until the view is closed."""
+        ...
+
+
+@runtime_checkable
+class WarmSource(Protocol):
+    """What a provider offers for warm migration: changed-block tracking.
+
+    The four operations of the workflow map onto two calls and a clean-up:
+    ``changes(vm, None)`` starts tracking and gives the full view (copy every
+    allocated extent); ``changes(vm, previous.checkpoint)`` lists and reads only what
+    changed since; ``remove_checkpoint`` ends tracking for a checkpoint. Checkpoints a
+    crashed run left behind are found with :meth:`checkpoints` and removed on restart.
+    """
+
+    def changes(self, vm: Vm, since: str | None) -> ChangedDisks:
+        """An unopened view, taken atomically with a new checkpoint when entered.
+
+        Raises :class:`CheckpointGone` (on enter) when ``since`` no longer exists at
+        the source, so the caller knows it must copy in full again.
+        """
+        ...
+
+    async def remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
+        """Forget ``checkpoint`` at the source; a checkpoint already gone is no error."""
+        ...
+
+    async def checkpoints(self, vm: Vm) -> list[str]:
+        """The checkpoints Ferry made on ``vm`` that still exist, oldest first."""
+        ...
+
+
+class CheckpointGone(ProviderError):
+    """The checkpoint a delta was asked against no longer exists at the source."""
+
+    def __init__(self, vm: str, checkpoint: str) -> None:
+        super().__init__(
+            f"VM {vm!r}: checkpoint {checkpoint!r} no longer exists; copy the disks in full"
+        )
+        self.checkpoint = checkpoint

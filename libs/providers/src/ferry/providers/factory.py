@@ -43,7 +43,13 @@ def create(spec: ProviderSpec, secret: Mapping[str, Any] | None = None) -> Provi
 
         settings = getattr(spec, "settings", None) or {}
         return vsphere.VsphereProvider.create(spec.url, settings, secret)
-    supported = ", ".join(t.value for t in (ProviderType.OVA, ProviderType.VSPHERE))
+    if kind is ProviderType.LIBVIRT:
+        from ferry.providers.libvirt import provider as libvirt
+
+        return libvirt.LibvirtProvider(spec.url, secret, getattr(spec, "settings", None))
+    supported = ", ".join(
+        t.value for t in (ProviderType.OVA, ProviderType.VSPHERE, ProviderType.LIBVIRT)
+    )
     raise ProviderNotSupported(
         f"provider type {kind.value!r} is not implemented yet; supported: {supported}"
     )

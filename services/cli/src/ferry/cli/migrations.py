@@ -304,10 +304,24 @@ def render(mig: objects.Migration, states: list[VmView]) -> None:
             pct = 100 * d.done / d.total if d.total else 0.0
             check = f"  {d.checksum}" if d.checksum else ""
             typer.echo(f"  disk {d.name}: {_size(d.done)} / {_size(d.total)} ({pct:.0f}%){check}")
+        for line in rounds(s):
+            typer.echo(line)
         for e in s.errors:
             out.print(f"  [red]error[/] {e.step} attempt {e.attempt}: {e.reason}")
         if s.power_restored:
             out.print(f"  source power restored ({s.source_power})")
+
+
+def rounds(s: VmView) -> list[str]:
+    """A warm VM's copy rounds: what changed at the source, what was written, how long."""
+    lines = []
+    for r in s.rounds:
+        what = "final delta" if r.final else ("full copy" if r.precopy == 0 else "precopy")
+        lines.append(
+            f"  round {r.precopy} ({what}): {_size(r.changed)} changed, "
+            f"{_size(r.copied)} copied in {r.seconds:.1f} s"
+        )
+    return lines
 
 
 def describe(
@@ -392,7 +406,40 @@ def cancel(
     run(work)
 
 
+# -- cutover ------------------------------------------------------------------------------
+
+
+def cutover(
+    name: Annotated[str, typer.Argument(help="the warm Migration")],
+    at: Annotated[
+        str, typer.Option("--at", help="RFC 3339 time or 'now': when precopies end")
+    ] = "now",
+    nats: NatsOption = None,
+) -> None:
+    """Set or move a warm migration's cutover while its precopies run (safe to repeat)."""
+    when = parse_time(at)
+
+    async def work() -> None:
+        async with connect(nats) as bus:
+            mig = await get_doc(bus, "Migration", name)
+            if mig is None:
+                raise CliError(f"Migration {name!r} does not exist (ferry get migrations)")
+
+            def record(doc: dict[str, Any]) -> dict[str, Any]:
+                return {**doc, "spec": {**doc["spec"], "cutover": when.isoformat()}}
+
+            await kv(bus).mutate(key_of("Migration", name), record)
+            plan = mig["spec"]["plan"]["name"]
+            await bus.publish(
+                migration.Cutover(plan=plan, migration=name, vm=ALL, cutover=when.isoformat())
+            )
+            typer.echo(f"migration/{name} cutover at {when.isoformat()}")
+
+    run(work)
+
+
 def register(app: typer.Typer) -> None:
     app.command("migrate")(migrate)
     app.command("describe")(describe)
     app.command("cancel")(cancel)
+    app.command("cutover")(cutover)

@@ -28,6 +28,7 @@ from ferry.proto.base import Message
 from ferry.proto.inventory import PowerState
 from ferry.proto.phases import MigrationPhase, VmStatus
 from ferry.proto.state import VmError, VmState, now_iso
+from ferry.providers.base import WarmSource
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Completion:
         The VirtualMachine goes first: it is what holds the volumes. Both commands
         look before they delete, so repeating them after a restart is harmless.
         """
+        if s.warm:
+            await self.forget_checkpoints(s)
         ids = engine.ids(s)
         commands: list[Message] = []
         if vm_too:
@@ -101,6 +104,22 @@ class Completion:
             volume.CleanupVolumes(**ids, step=CLEANUP, namespace=s.namespace, all_volumes=True)
         )
         await self._bus.publish_many(commands)
+
+    async def forget_checkpoints(self, s: VmState) -> None:
+        """A failed or canceled warm VM leaves no change tracking behind at the source.
+
+        Only the source knows which checkpoints Ferry made (a killed round may have
+        made one nobody recorded), so it is asked, not the state. A failure is
+        logged: the VM's own failure is what must be reported.
+        """
+        try:
+            provider = await self._sources.get(s.provider)
+            if not isinstance(provider, WarmSource):
+                return
+            for checkpoint in await provider.checkpoints(s.inventory):
+                await provider.remove_checkpoint(s.inventory, checkpoint)
+        except Exception as err:
+            log.error("could not remove the source checkpoints of %s: %s", s.name, err)
 
     async def maybe_complete(self, name: str) -> None:
         """Complete the migration if all its VMs ended and their ends were carried out."""

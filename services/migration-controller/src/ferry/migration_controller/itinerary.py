@@ -22,8 +22,10 @@ from ferry.proto.state import VmState
 from ferry.proto.subjects import Service
 
 NEEDS_CONVERSION = frozenset({ProviderType.VSPHERE, ProviderType.OVA, ProviderType.LIBVIRT})
-POPULATOR_SOURCES = frozenset({ProviderType.OVIRT, ProviderType.OPENSTACK})
-WARM_SOURCES = frozenset({ProviderType.VSPHERE, ProviderType.OVIRT})
+# libvirt's cold path is flow 2 too (the populator reads the disk through the provider),
+# with an in-place conversion after the copy: its guests need not have virtio drivers.
+POPULATOR_SOURCES = frozenset({ProviderType.OVIRT, ProviderType.OPENSTACK, ProviderType.LIBVIRT})
+WARM_SOURCES = frozenset({ProviderType.VSPHERE, ProviderType.OVIRT, ProviderType.LIBVIRT})
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,14 @@ FLOWS: dict[Flow, tuple[Step, ...]] = {
             steps.copy_disks(Phase.COPY_DISKS, final=True),
             done_on=(volume.DisksCopied,),
             absorb=steps.absorb_copies,
+        ),
+        Step(
+            Phase.CONVERT_GUEST,
+            CONV,
+            steps.convert_guest(conversion.ConversionMode.IN_PLACE),
+            when=needs_conversion,
+            done_on=(conversion.GuestConverted,),
+            absorb=steps.absorb_conversion,
         ),
         *_FINISH,
     ),

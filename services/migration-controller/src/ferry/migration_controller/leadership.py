@@ -95,14 +95,33 @@ class Leadership:
         return False
 
     async def hold(self) -> None:
-        """Renew the lease until cancelled; raise :class:`LeaseLost` when another took it."""
+        """Renew the lease until cancelled; raise :class:`LeaseLost` when another took it.
+
+        Only a lost compare-and-set means another replica holds the lease. A renewal
+        that fails because the bus is away (nats-server restarting) is tried again on
+        the next beat: while the bus is away this replica can act on nothing, and once
+        it is back the next compare-and-set on the same revision says whether a
+        standby took the lease meanwhile (then :class:`LeaseLost`) or not.
+        """
         while True:
             await asyncio.sleep(self._lease / 3)
             lease = Lease(owner=self.owner, expires=self._clock() + self._lease)
             try:
                 self._revision = await self._kv.update(KEY, lease, self._revision)
             except Conflict:
-                raise LeaseLost(KEY) from None
+                # A renewal that timed out while the bus was away may still have been
+                # applied when it came back: the lease is then ours at a newer revision.
+                if not await self._still_mine():
+                    raise LeaseLost(KEY) from None
+            except Exception as err:
+                log.warning("controller lease not renewed (%s); trying again", err or type(err))
+
+    async def _still_mine(self) -> bool:
+        entry = await self._kv.get(KEY)
+        if entry is None or entry.value.owner != self.owner:
+            return False
+        self._revision = entry.revision
+        return True
 
     async def release(self) -> None:
         """Let a standby take over now rather than when the lease lapses."""

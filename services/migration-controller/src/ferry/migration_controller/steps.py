@@ -22,7 +22,7 @@ from ferry.proto.base import Command, Event
 from ferry.proto.inventory import PowerState
 from ferry.proto.inventory import Vm as InventoryVm
 from ferry.proto.phases import Phase
-from ferry.proto.state import VmState
+from ferry.proto.state import CopyRound, VmState
 
 
 class PowerSource(Protocol):
@@ -200,6 +200,8 @@ def copy_disks(phase: Phase, final: bool) -> StepFn:
             inventory=s.inventory,
             precopy=s.precopy if s.warm else 0,
             final=final or not s.warm,
+            warm=s.warm,
+            since=s.checkpoint if s.warm else "",
         )
         return Dispatch(cmd)
 
@@ -262,6 +264,18 @@ def absorb_volumes(s: VmState, evt: Event) -> None:
 
 def absorb_copies(s: VmState, evt: Event) -> None:
     if isinstance(evt, volume.DisksCopied):
+        if s.warm:
+            # The source's changes are counted from here by the next round.
+            s.checkpoint = evt.checkpoint
+            s.rounds.append(
+                CopyRound(
+                    precopy=evt.precopy,
+                    final=not evt.checkpoint and s.powered_off,
+                    changed=evt.changed,
+                    copied=sum(c.bytes_copied for c in evt.disks),
+                    seconds=max((c.seconds for c in evt.disks), default=0.0),
+                )
+            )
         for copy in evt.disks:
             for disk in s.disks:
                 if disk.id == copy.disk_id:

@@ -43,6 +43,7 @@ from ferry.proto.volume import SourceRef, VolumeSource
 from ferry.providers.base import Provider
 from ferry.runtime.progress import Throttle
 from ferry.runtime.providers import OpenProvider
+from ferry.volume_service import warm
 from ferry.volume_service.failures import classify
 from ferry.volume_service.images import image_ref
 from ferry.volume_service.progress import ProgressRelay
@@ -176,10 +177,12 @@ class VolumeHandlers:
     # -- CopyDisks ---------------------------------------------------------------------
 
     async def copy_disks(self, cmd: volume.CopyDisks, ctx: Context) -> volume.DisksCopied:
+        if cmd.warm:
+            return await self.copy_round(cmd, ctx)
         if cmd.precopy > 0:
             raise PermanentError(
-                f"precopy round {cmd.precopy}: copying only changed blocks (warm migration) "
-                f"is not supported for {cmd.provider.type.value} sources"
+                f"precopy round {cmd.precopy} of a CopyDisks that is not warm: "
+                "only a warm migration copies changed blocks"
             )
         claims = await self._claims_for_copy(cmd)
         pending = [d for d in cmd.inventory.disks if _copy_of(claims[d.id]) is None]
@@ -210,6 +213,40 @@ class VolumeHandlers:
             disks=copies,
             precopy=cmd.precopy,
             volumes=[v.to_proto() for v in bound],
+        )
+
+    async def copy_round(self, cmd: volume.CopyDisks, ctx: Context) -> volume.DisksCopied:
+        """A warm round (:mod:`ferry.volume_service.warm`): changed blocks only after the first."""
+        claims = await self._claims_for_copy(cmd)
+        source = warm.warm_source(await self._provider(cmd.provider), cmd)
+        throttle = Throttle(self.settings.progress_interval_seconds)
+        with outcome(f"warm round {cmd.precopy}"):
+            async with ProgressRelay(ctx.emit, _progress_event(cmd), throttle) as relay:
+                done = await warm.copy_round(
+                    self.platform,
+                    source,
+                    cmd,
+                    claims,
+                    relay.callback,
+                    verify_whole=self.settings.warm_final_verify,
+                )
+        for copy in done.copies:
+            _check_checksums(copy)
+        ctx.log.info(
+            "warm round %d%s: %d bytes changed, %d written",
+            cmd.precopy,
+            " (final)" if cmd.final else "",
+            done.changed,
+            sum(c.bytes_copied for c in done.copies),
+        )
+        bound = await self._require_volumes(cmd.namespace, cmd.migration, cmd.vm)
+        return volume.DisksCopied(
+            **cmd.reply(),
+            disks=done.copies,
+            precopy=cmd.precopy,
+            volumes=[v.to_proto() for v in bound],
+            checkpoint=done.checkpoint,
+            changed=done.changed,
         )
 
     async def _provider(self, ref: SourceRef) -> Provider:

@@ -40,6 +40,12 @@ class VolumeSettings(BaseModel):
         le=32,
         description="Disks of one VM copied at the same time (each in its own workload).",
     )
+    warm_final_verify: bool = Field(
+        default=True,
+        description="At a warm cutover, also hash the whole source and target disks and "
+        "compare them (catches a change the source failed to track) before the VM is "
+        "created; costs a full read of both disks inside the downtime.",
+    )
 
 
 class Settings(ServiceSettings):

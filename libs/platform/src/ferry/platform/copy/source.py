@@ -323,7 +323,7 @@ class NbdExportSource:
     def __init__(self, ref: ImageRef) -> None:
         self._ref = ref
         try:
-            probe = nbd.NbdClient(ref.nbd_socket)
+            probe = nbd.NbdClient(ref.nbd_socket, ref.nbd_export)
         except OSError as exc:
             raise errors.SourceGoneError(f"cannot reach the NBD export: {exc}") from exc
         self._size = ref.size if ref.size is not None else probe.size
@@ -340,7 +340,7 @@ class NbdExportSource:
 
     def reader(self) -> RangeReader:
         try:
-            client = nbd.NbdClient(self._ref.nbd_socket)
+            client = nbd.NbdClient(self._ref.nbd_socket, self._ref.nbd_export)
         except OSError as exc:
             raise errors.SourceGoneError(f"cannot reach the NBD export: {exc}") from exc
         return _NbdReader(client, self._ref.path or self._ref.nbd_socket)

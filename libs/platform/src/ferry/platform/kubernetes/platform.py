@@ -97,6 +97,17 @@ class KubernetesPlatform:
     ) -> DiskCopy:
         return await (await self._ready())[0].populate(volume, source, progress)
 
+    async def apply_changes(
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        last: bool = False,
+    ) -> DiskCopy:
+        volumes = (await self._ready())[0]
+        return await volumes.apply_changes(volume, source, progress, last=last)
+
     async def list_volumes(self, namespace: str, labels: Mapping[str, str]) -> list[VolumeState]:
         return await (await self._ready())[0].list_volumes(namespace, labels)
 

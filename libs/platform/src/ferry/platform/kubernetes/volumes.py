@@ -326,6 +326,18 @@ class KubeVolumes:
                 raise VolumeError(f"DataVolume {volume.name} failed: {_reason(dv) or 'no reason'}")
             await self._pause(volume, started)
 
+    async def apply_changes(
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        last: bool = False,
+    ) -> DiskCopy:
+        # CDI's multi-stage import (checkpoints on the DataVolume) is the cluster's
+        # way to apply a round; not built yet, so a warm round says so.
+        raise VolumeError(f"volume {volume.name}: warm rounds are not built for Kubernetes yet")
+
     async def populate(
         self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
     ) -> DiskCopy:

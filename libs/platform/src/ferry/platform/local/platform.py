@@ -52,6 +52,16 @@ class LocalPlatform:
     ) -> DiskCopy:
         return await self.volumes.populate(volume, source, progress)
 
+    async def apply_changes(
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        last: bool = False,
+    ) -> DiskCopy:
+        return await self.volumes.apply_changes(volume, source, progress, last=last)
+
     async def list_volumes(self, namespace: str, labels: Mapping[str, str]) -> list[VolumeState]:
         return await self.volumes.list_volumes(namespace, labels)
 

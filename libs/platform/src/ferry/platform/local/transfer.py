@@ -32,7 +32,7 @@ import sys
 import msgspec
 
 from ferry.platform import errors
-from ferry.platform.copy import engine
+from ferry.platform.copy import delta, engine
 from ferry.platform.copy.sink import open_sink
 from ferry.platform.copy.source import open_source
 from ferry.platform.images import ImageRef
@@ -55,6 +55,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     namespace: str
     name: str
     source: ImageRef
+    # A warm round: write only ``source.extents`` over the filled volume; ``last``
+    # (the source is off) also compares the whole disks.
+    delta: bool = False
+    last: bool = False
 
 
 class Stage(msgspec.Struct, frozen=True, tag_field="event", tag="stage"):
@@ -170,6 +174,44 @@ def run_importer(store: Store, job: Job) -> Done:
     return Done(copy, resumed_at)
 
 
+def run_delta(store: Store, job: Job) -> Done:
+    """A warm round onto a volume an earlier round filled; its record is left as it was."""
+    with store.lock(job.namespace):
+        claim = store.read(job.namespace, job.name)
+        if claim is None:
+            raise VolumeNotFound(f"no volume {job.namespace}/{job.name}")
+        if claim.phase != Phase.SUCCEEDED or not claim.path:
+            raise VolumeError(f"volume {claim.name} holds no full copy yet: no delta applies")
+    stage("bound")
+    ref = job.source
+    source = open_source(ref)
+    whole = open_source(msgspec.structs.replace(ref, extents=None)) if job.last else None
+    try:
+        with store.workload_lock(claim):
+            result = delta.apply(
+                source,
+                open_sink(claim.path, claim.format, claim.capacity),
+                list(ref.extents or []),
+                whole=whole,
+                options=_options(store.config),
+                progress=lambda p: emit(ProgressLine(p.done, p.total, p.rate)),
+            )
+    finally:
+        source.close()
+        if whole is not None:
+            whole.close()
+    stage("filled")
+    copy = DiskCopy(
+        disk_id=claim.disk_id,
+        volume=claim.name,
+        bytes_copied=result.written,
+        source=result.source,
+        target=result.target,
+        seconds=round(result.seconds, 3),
+    )
+    return Done(copy)
+
+
 def new_prime(claim: VolumeState) -> VolumeState:
     labels = {**claim.labels, label.TEMPORARY: "true", label.PRIME_OF: claim.name}
     return msgspec.structs.replace(
@@ -257,7 +299,12 @@ def main(kind: str) -> int:
     try:
         job = msgspec.json.decode(sys.stdin.buffer.read(), type=Job)
         store = Store(job.config)
-        done = run_importer(store, job) if kind == "importer" else run_populator(store, job)
+        if job.delta:
+            done = run_delta(store, job)
+        elif kind == "importer":
+            done = run_importer(store, job)
+        else:
+            done = run_populator(store, job)
     except errors.CopyError as exc:
         emit(Error(exc.code, exc.reason))
         return 2

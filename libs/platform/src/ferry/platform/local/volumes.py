@@ -14,6 +14,8 @@ import contextlib
 import shutil
 from collections.abc import Mapping
 
+import msgspec
+
 from ferry.platform.images import ImageRef
 from ferry.platform.local import transfer, workload
 from ferry.platform.local.storage import StorageConfig, Store
@@ -154,14 +156,27 @@ class LocalVolumes:
         done = await self._run("populator", volume, source, progress)
         return done.copy
 
+    async def apply_changes(
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        last: bool = False,
+    ) -> DiskCopy:
+        job = msgspec.structs.replace(self.job(volume, source), delta=True, last=last)
+        done = await self._run("importer", volume, source, progress, job)
+        return done.copy
+
     async def _run(
         self,
         kind: str,
         volume: VolumeState,
         source: ImageRef,
         progress: ProgressCallback | None,
+        job: transfer.Job | None = None,
     ) -> transfer.Done:
-        job = self.job(volume, source)
+        job = job or self.job(volume, source)
 
         def report(line: transfer.ProgressLine) -> None:
             if progress is not None:

@@ -46,7 +46,8 @@ _READS: dict[str, tuple[Bucket, ...]] = {
     CLI: (Bucket.OBJECTS, Bucket.VMS, Bucket.CANCEL),
 }
 _WRITES: dict[str, tuple[Bucket, ...]] = {
-    Service.CONTROLLER.value: (Bucket.OBJECTS, Bucket.VMS, Bucket.CANCEL),
+    # The controller's replicas hold their active/standby lease in LOCKS.
+    Service.CONTROLLER.value: (Bucket.OBJECTS, Bucket.VMS, Bucket.CANCEL, Bucket.LOCKS),
     Service.CONVERSION.value: (Bucket.LOCKS,),
     CLI: (Bucket.OBJECTS, Bucket.CANCEL),
 }

@@ -1,0 +1,1 @@
+"""The libvirt/KVM provider (``type: libvirt``)."""

@@ -1,0 +1,255 @@
+"""The libvirt/KVM provider: a libvirt URI, its domains, their power and their disks.
+
+Everything goes through libvirt-python on worker threads (:mod:`.client`); data is
+read through QEMU's own NBD server in pull-mode backups (:mod:`.backup`), so
+Ferry never opens a running guest's image file behind QEMU's back. Warm migration
+is :class:`ferry.providers.base.WarmSource`: each round is a backup job taken
+with a new checkpoint, whose export lists exactly the blocks written since the
+previous one.
+
+``settings.workdir`` (default: the system's temporary directory) holds the
+backup jobs' sockets and scratch files; it must be on the libvirt host, so a
+remote URI is warm-migrated only by a Ferry running there.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import libvirt
+
+from ferry.proto.inventory import Extent, PowerState, Vm
+from ferry.providers.base import ChangedDisks, ProviderError, V2vInput, VmNotFound
+from ferry.providers.libvirt import backup, inventory, offline, power, v2v, validator
+from ferry.providers.libvirt.client import Client
+from ferry.providers.libvirt.reader import FileDisk, LibvirtDiskReader, SharedViews
+
+
+class LibvirtProvider:
+    """A :class:`ferry.providers.base.Provider` and :class:`WarmSource` over one URI."""
+
+    def __init__(
+        self,
+        uri: str,
+        secret: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.client = Client(uri, secret)
+        self._username = str((secret or {}).get("username", ""))
+        self._password = str((secret or {}).get("password", ""))
+        root = (settings or {}).get("workdir") or os.path.join(
+            tempfile.gettempdir(), "ferry-libvirt"
+        )
+        self.workdir = Path(str(root))
+        self._views = SharedViews(
+            lambda vm: backup.Backup(self.client, vm, None, self.workdir, checkpoint=False)
+        )
+
+    def __repr__(self) -> str:
+        return f"LibvirtProvider({self.client.uri!r})"
+
+    @property
+    def local(self) -> bool:
+        """True when the daemon runs on this host (its files and sockets are ours to open)."""
+        return not urlsplit(self.client.uri).hostname
+
+    # -- Provider ---------------------------------------------------------------------
+
+    async def check(self) -> None:
+        await self.client.call(lambda: self.client.connection().getLibVersion())
+
+    async def inventory(self) -> list[Vm]:
+        return await self.client.call(self._inventory)
+
+    def _inventory(self) -> list[Vm]:
+        found: list[Vm] = []
+        for dom in self.client.connection().listAllDomains(0):
+            try:
+                found.append(self._vm(dom))
+            except libvirt.libvirtError:
+                continue  # undefined between the listing and the look: not inventory
+        return sorted(found, key=lambda v: v.name)
+
+    async def vm(self, id_or_name: str) -> Vm:
+        return await self.client.call(lambda: self._vm(self.client.domain(id_or_name)))
+
+    def _vm(self, dom: libvirt.virDomain) -> Vm:
+        root = inventory.parse(dom.XMLDesc(0))
+        conn = self.client.connection()
+
+        def sizes(target: str) -> tuple[int, int]:
+            capacity, allocation, _physical = dom.blockInfo(target, 0)
+            return int(capacity), int(allocation)
+
+        def storage(path: str) -> str:
+            try:
+                return str(conn.storageVolLookupByPath(path).storagePoolLookupByVolume().name())
+            except libvirt.libvirtError:
+                return os.path.dirname(path)  # not in a pool: its directory is its storage
+
+        return inventory.vm(root, power.state(dom), sizes, storage, host=self._host())
+
+    def _host(self) -> str:
+        return urlsplit(self.client.uri).hostname or "localhost"
+
+    async def power_state(self, vm: Vm) -> PowerState:
+        return await self.client.call(lambda: power.state(self.client.domain(vm.id)))
+
+    async def shutdown(self, vm: Vm, timeout: float) -> bool:  # noqa: ASYNC109 (source grace period)
+        return await self.client.call(lambda: power.shutdown(self.client.domain(vm.id), timeout))
+
+    async def power_on(self, vm: Vm) -> None:
+        await self.client.call(lambda: power.start(self.client.domain(vm.id)))
+
+    def open_disk(self, vm: Vm, disk_id: str) -> LibvirtDiskReader:
+        return LibvirtDiskReader(
+            vm, disk_id, self._running(vm), self._views, self._file(vm, disk_id)
+        )
+
+    def _running(self, vm: Vm) -> Callable[[], Awaitable[bool]]:
+        async def running() -> bool:
+            return await self.client.call(lambda: bool(self.client.domain(vm.id).isActive()))
+
+        return running
+
+    def _file(self, vm: Vm, disk_id: str) -> Callable[[], Awaitable[FileDisk]]:
+        async def file_disk() -> FileDisk:
+            if not self.local:
+                raise ProviderError(
+                    f"VM {vm.name} is off on {self._host()}: its disk files are not on this host"
+                )
+            xml = await self.client.call(lambda: self.client.domain(vm.id).XMLDesc(0))
+            for disk in inventory.disks(inventory.parse(xml))[0]:
+                if disk.target == disk_id:
+                    if disk.backing:
+                        raise ProviderError(f"VM {vm.name}: disk {disk_id} has a backing chain")
+                    return FileDisk(disk.path, disk.format, disk.kind == "block")
+            raise VmNotFound(f"{vm.name}/{disk_id}")
+
+        return file_disk
+
+    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+        return v2v.input_args(self.client.uri, vm.name, workdir, self._username, self._password)
+
+    # -- preflight --------------------------------------------------------------------
+
+    async def preflight(self, vm: Vm, *, warm: bool) -> list[str]:
+        """Reasons this VM cannot be migrated as planned (empty: it can)."""
+        supported = await self.client.call(self._backup_supported)
+        return validator.reasons(vm, warm=warm, backup_supported=supported, local=self.local)
+
+    def _backup_supported(self) -> bool:
+        caps = self.client.connection().getDomainCapabilities(None, None, None, None, 0)
+        node = inventory.parse(caps).find("features/backup")
+        return node is not None and node.get("supported") == "yes"
+
+    # -- WarmSource -------------------------------------------------------------------
+
+    def changes(self, vm: Vm, since: str | None) -> ChangedDisks:
+        return _View(self, vm, since)
+
+    def _view(self, vm: Vm, since: str | None, running: bool) -> ChangedDisks:
+        if running:
+            return backup.Backup(self.client, vm, since, self.workdir)
+        if not self.local:
+            raise ProviderError(f"VM {vm.name} is off on {self._host()}: no view of its disks")
+        return offline.OfflineView(self.client, vm, since, self.workdir)
+
+    async def remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
+        await self.client.call(self._remove_checkpoint, vm, checkpoint)
+
+    def _remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
+        dom = self.client.domain(vm.id)
+        active = bool(dom.isActive())
+        if active:
+            backup.abort_leftover(dom)  # a killed round's job would hold the checkpoint
+        try:
+            found = dom.checkpointLookupByName(checkpoint, 0)
+            # libvirt deletes an inactive domain's checkpoint only as metadata;
+            # its bitmaps are then removed from the files below.
+            found.delete(0 if active else libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT:
+                raise
+        if not active and self.local:
+            disks = inventory.disks(inventory.parse(dom.XMLDesc(0)))[0]
+            offline.remove_bitmaps([d.path for d in disks if d.format == "qcow2"], checkpoint)
+
+    async def checkpoints(self, vm: Vm) -> list[str]:
+        return await self.client.call(self._checkpoints, vm)
+
+    def _checkpoints(self, vm: Vm) -> list[str]:
+        dom = self.client.domain(vm.id)
+        ours = [
+            c
+            for c in dom.listAllCheckpoints(libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)
+            if c.getName().startswith(backup.CHECKPOINT_PREFIX)
+        ]
+        return [c.getName() for c in ours]
+
+    async def release_leftovers(self, vm: Vm) -> bool:
+        """End a backup job a killed Ferry left on ``vm``; True when there was one."""
+        return await self.client.call(lambda: backup.abort_leftover(self.client.domain(vm.id)))
+
+    async def close(self) -> None:
+        await self.client.call(self.client.close)
+
+
+class _View:
+    """The view :meth:`LibvirtProvider.changes` hands out: a backup job while the domain
+    runs, its files' bitmaps once it is off (the cutover's last delta)."""
+
+    def __init__(self, provider: LibvirtProvider, vm: Vm, since: str | None) -> None:
+        self._provider = provider
+        self._vm = vm
+        self._since = since
+        self._inner: ChangedDisks | None = None
+
+    @property
+    def _open(self) -> ChangedDisks:
+        if self._inner is None:
+            raise ProviderError(f"VM {self._vm.name}: the view is not open (use 'async with')")
+        return self._inner
+
+    @property
+    def checkpoint(self) -> str:
+        return self._open.checkpoint
+
+    @property
+    def since(self) -> str | None:
+        return self._since
+
+    async def __aenter__(self) -> Self:
+        running = await self._provider._running(self._vm)()
+        inner = self._provider._view(self._vm, self._since, running)
+        await inner.__aenter__()
+        self._inner = inner
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            await inner.__aexit__(exc_type, exc, tb)
+
+    def size(self, disk_id: str) -> int:
+        return self._open.size(disk_id)
+
+    async def changed_extents(self, disk_id: str) -> list[Extent]:
+        return await self._open.changed_extents(disk_id)
+
+    async def read(self, disk_id: str, offset: int, length: int) -> bytes:
+        return await self._open.read(disk_id, offset, length)
+
+    def nbd_export(self, disk_id: str) -> tuple[str, str]:
+        return self._open.nbd_export(disk_id)
