@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from ferry.proto import envelope, registry, subjects
+from ferry.proto import envelope, generated, registry, subjects
 from ferry.proto.base import Message
 
 DEFAULT_OUT = Path(__file__).resolve().parents[3]  # proto/
@@ -114,24 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: Path = args.out
     files = render()
-    drift = []
-    for rel, text in files.items():
-        path = out / rel
-        current = path.read_text() if path.exists() else None
-        if current != text:
-            drift.append(rel)
-            if not args.check:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-    stale = [
-        p.relative_to(out).as_posix()
-        for p in (out / "schemas").glob("*.json")
-        if p.relative_to(out).as_posix() not in files
-    ]
-    for rel in stale:
-        drift.append(rel)
-        if not args.check:
-            (out / rel).unlink()
+    drift = generated.sync(files, out, "schemas/*.json", check=args.check)
     if args.check and drift:
         print("schemas drifted from proto structs: " + ", ".join(drift), file=sys.stderr)
         print("run `make schemas` and commit the result", file=sys.stderr)

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from ferry.platform.kubernetes.objects import POPULATOR_CRD
-from ferry.proto import objects
+from ferry.proto import generated, objects
 
 GROUP = "ferry.dev"
 VERSION = "v1alpha1"
@@ -203,18 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: Path = args.out
     files = render()
-    drift = []
-    for name, text in files.items():
-        path = out / name
-        if (path.read_text() if path.exists() else None) != text:
-            drift.append(name)
-            if not args.check:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-    for stale in sorted(p.name for p in out.glob("*.yaml") if p.name not in files):
-        drift.append(stale)
-        if not args.check:
-            (out / stale).unlink()
+    drift = generated.sync(files, out, "*.yaml", check=args.check)
     if args.check and drift:
         print("CRDs drifted from the models: " + ", ".join(drift), file=sys.stderr)
         print("run `make crds` and commit the result", file=sys.stderr)
