@@ -25,31 +25,14 @@ import xml.etree.ElementTree as ET  # building only; untrusted XML is parsed wit
 from collections.abc import Sequence
 
 from ferry.proto.inventory import Firmware, Vm
+from ferry.providers import libvirtxml
 from ferry.providers.base import QemuSource
-
-# libvirt's <target bus>: VMware's and KubeVirt's spellings mapped onto libvirt's.
-_BUSES = {"scsi": "scsi", "sata": "sata", "ide": "ide", "virtio": "virtio", "nvme": "sata"}
-_PREFIX = {"scsi": "sd", "sata": "sd", "ide": "hd", "virtio": "vd"}
-_NIC_MODELS = {"vmxnet3": "vmxnet3", "e1000": "e1000", "e1000e": "e1000e", "virtio": "virtio"}
-
-
-def drive_name(index: int) -> str:
-    """0 → ``a``, 25 → ``z``, 26 → ``aa``."""
-    name = ""
-    index += 1
-    while index > 0:
-        index, remainder = divmod(index - 1, 26)
-        name = chr(ord("a") + remainder) + name
-    return name
 
 
 def source_xml(vm: Vm, disks: Sequence[QemuSource]) -> bytes:
     """The domain of ``vm`` whose disks (in ``vm.disks`` order) are read as ``disks``."""
     # virt-v2v's own OVA input calls every OVA guest a VMware one; so does this.
-    domain = ET.Element("domain", type="vmware")
-    ET.SubElement(domain, "name").text = vm.name
-    ET.SubElement(domain, "memory", unit="MiB").text = str(vm.memory_mib)
-    ET.SubElement(domain, "vcpu").text = str(vm.cpu_sockets * vm.cpu_cores * vm.cpu_threads)
+    domain = libvirtxml.domain(vm, "vmware")
     cpu = ET.SubElement(domain, "cpu")
     ET.SubElement(
         cpu,
@@ -65,21 +48,12 @@ def source_xml(vm: Vm, disks: Sequence[QemuSource]) -> bytes:
     devices = ET.SubElement(domain, "devices")
     counters: dict[str, int] = {}
     for disk, source in zip(vm.disks, disks, strict=True):
-        bus = _BUSES.get(disk.bus.lower(), "scsi")
-        prefix = _PREFIX[bus]
+        bus = libvirtxml.bus_of(disk)
+        prefix = libvirtxml.PREFIX[bus]
         index = counters.get(prefix, 0)
         counters[prefix] = index + 1
         element = ET.SubElement(devices, "disk", type="file", device="disk")
         ET.SubElement(element, "source", file=source.filename())
-        ET.SubElement(element, "target", dev=prefix + drive_name(index), bus=bus)
-    for nic in vm.nics:
-        interface = ET.SubElement(devices, "interface", type="network")
-        if nic.mac:
-            ET.SubElement(interface, "mac", address=nic.mac)
-        ET.SubElement(interface, "source", network=nic.network or "default")
-        model = _NIC_MODELS.get(nic.model.lower())
-        if model:
-            ET.SubElement(interface, "model", type=model)
-    ET.indent(domain)
-    document: bytes = ET.tostring(domain, encoding="utf-8", xml_declaration=True)
-    return document
+        ET.SubElement(element, "target", dev=prefix + libvirtxml.drive_name(index), bus=bus)
+    libvirtxml.add_nics(devices, vm)
+    return libvirtxml.render(domain)
