@@ -39,7 +39,7 @@ from ferry.testing.migration import (
     plant_secret,
     start_migration,
 )
-from ferry.testing.stack import LocalStack, processes_named
+from ferry.testing.stack import LocalStack, processes_named, v2v_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -152,7 +152,7 @@ def test_two_vms_one_at_a_time_first_canceled_in_conversion_second_boots(
             recorder,
             timeout=600,
         )
-        v2v_of_a = [p for p in processes_named("virt-v2v") if "guest-a.ova" in p[1]]
+        v2v_of_a = v2v_processes("guest-a.ova")
         sessions = {session_of(pid) for pid, _ in v2v_of_a}
         canceled = stack.ferry("cancel", "m1", "--vm", vm_a)
         assert canceled.returncode == 0, canceled.stderr

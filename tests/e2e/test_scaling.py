@@ -24,7 +24,7 @@ from ferry.testing.migration import (
     place_ovas,
     start_migration,
 )
-from ferry.testing.stack import LocalStack, processes_named
+from ferry.testing.stack import LocalStack, v2v_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -96,9 +96,7 @@ def test_two_replicas_convert_two_vms_at_once(stack: LocalStack) -> None:
     done = stack.wait_for("the end", lambda ev: finished(ev, "m-wide"), recorder, timeout=300)
     assert done["canceled"] == 4
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and [
-        p for p in processes_named("virt-v2v") if str(stack.root) in p[1]
-    ]:
+    while time.monotonic() < deadline and v2v_processes(str(stack.root)):
         time.sleep(1)
-    assert [p for p in processes_named("virt-v2v") if str(stack.root) in p[1]] == []
+    assert v2v_processes(str(stack.root)) == []
     assert not of_type(recorder.events(), "migration.vm_completed")

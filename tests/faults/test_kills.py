@@ -41,6 +41,7 @@ from ferry.testing.stack import (
     EventRecorder,
     LocalStack,
     processes_named,
+    v2v_processes,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(2100)]
@@ -219,4 +220,4 @@ def test_one_migration_survives_a_kill_of_every_process(stack: LocalStack) -> No
     assert guest["login_marker"] in Path(running["console"]).read_text(errors="replace")
     qemus = [p for p in processes_named("qemu-system-x86_64") if str(stack.root) in p[1]]
     assert len(qemus) == 1, qemus
-    assert [p for p in processes_named("virt-v2v") if str(stack.root) in p[1]] == []
+    assert v2v_processes(str(stack.root)) == []

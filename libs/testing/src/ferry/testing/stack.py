@@ -285,6 +285,33 @@ def processes_named(*names: str) -> list[tuple[int, str]]:
     return found
 
 
+def v2v_processes(needle: str) -> list[tuple[int, str]]:
+    """virt-v2v runs working on something whose path holds ``needle``.
+
+    The conversion-service hands virt-v2v its guest as ``-i libvirtxml FILE`` (a
+    private work directory), so the command line names neither the stack nor the
+    source: ``needle`` is looked for in the command line and in that document, which
+    names every disk it reads or writes.
+    """
+    found = []
+    for pid, cmdline in processes_named("virt-v2v", "virt-v2v-in-place"):
+        if needle in cmdline or needle in _libvirtxml_document(pid):
+            found.append((pid, cmdline))
+    return found
+
+
+def _libvirtxml_document(pid: int) -> str:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        argv = [
+            a.decode(errors="replace")
+            for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        ]
+        at = argv.index("libvirtxml")
+        if argv[at - 1] == "-i":
+            return Path(argv[at + 1]).read_text(errors="replace")
+    return ""
+
+
 @contextlib.contextmanager
 def local_stack(
     root: Path, replicas: Mapping[str, int] | None = None, env: Mapping[str, str] | None = None
