@@ -167,7 +167,8 @@ def show_results(data_dir: Path, migration: str, guest: dict[str, Any], ova: Pat
         text=True,
         check=True,
     ).stdout
-    disks = [d for vm in json.loads(listed) for d in vm["disks"]]
+    # `ferry inventory -o json` lists packages, each with its verdict and its VMs.
+    disks = [d for package in json.loads(listed) for vm in package["vms"] for d in vm["disks"]]
     converted = next((d for d in data if d["type"] == "conversion.guest_converted.v1"), None)
     volumes = {v["disk_id"]: v for v in (converted or {}).get("volumes", [])}
     for disk in disks:
