@@ -46,6 +46,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ferry.providers import children
 from ferry.providers.base import ProviderError, QemuSource
 
 _NBDMAGIC = b"NBDMAGIC"
@@ -276,13 +277,7 @@ class NbdServer:
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await children.stop(process)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Self
 
 from ferry.proto.inventory import Extent, Vm
+from ferry.providers import children
 from ferry.providers.base import CheckpointGone, ProviderError
 from ferry.providers.libvirt import inventory
 from ferry.providers.libvirt.backup import job_dir, merged, qemu_img_map, settle
@@ -145,9 +146,7 @@ class OfflineView:
                 await reader.close()
         servers, self._servers = self._servers, {}
         for proc in servers.values():
-            if proc.returncode is None:
-                proc.terminate()
-                await proc.wait()
+            await children.stop(proc)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

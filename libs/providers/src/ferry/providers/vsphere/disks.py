@@ -37,6 +37,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ferry.proto.inventory import Extent
+from ferry.providers import children
 from ferry.providers.base import ProviderError, QemuSource
 from ferry.providers.nbd import NbdError
 from ferry.providers.vsphere.client import Session
@@ -142,13 +143,7 @@ class DatastoreDiskReader:
 
     async def close(self) -> None:
         process, self._nbdkit = self._nbdkit, None
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await children.stop(process)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
