@@ -17,16 +17,23 @@ DATA_DIR ?= .ferry
 DEMO_DATA_DIR ?= .ferry/demo
 # Parallel workers for the fast tiers: most tests wait on processes and the bus, not the CPU.
 JOBS ?= 4
+# The slow tier (virt-v2v under emulation, kills, e2e) two at a time: on two cores the
+# conversions overlap with the other test's waits; each test owns its data dir and ports.
+SLOW_JOBS ?= 2
 
 # Debian packages the tests and the demo use (virt-v2v, QEMU, libguestfs, NBD, a
 # kernel for the libguestfs appliance, debootstrap for the test guest, OVMF for UEFI;
 # headless Chromium and its driver for the console's browser test; Go and govmomi to
 # build the vSphere API simulator; libvirt's daemon and clients for the libvirt
-# provider, whose Python binding builds against libvirt-dev with pkg-config).
+# provider, whose Python binding builds against libvirt-dev with pkg-config; promtool,
+# from prometheus, checks and unit-tests the chart's alert rules; the oVirt provider:
+# the engine SDK builds against libxml2-dev, and its disk reader
+# serves an imageio transfer as NBD through nbdkit's Python plugin).
 SYSTEM_PACKAGES := qemu-utils qemu-system-x86 virt-v2v libguestfs-tools guestfs-tools \
-                   nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace \
+                   nbdkit libnbd-bin linux-image-amd64 debootstrap ovmf strace openssl \
                    chromium chromium-driver golang-go golang-github-vmware-govmomi-dev \
-                   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+                   libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
+                   prometheus libxml2-dev nbdkit-plugin-python
 
 .PHONY: help
 help: ## List the targets
@@ -80,30 +87,41 @@ docs: setup ## Write the message table of docs/ARCHITECTURE.md from proto/
 	$(BIN)/python -m ferry.proto.docgen
 
 .PHONY: test-fast
-test-fast: setup ## Unit and integration tests not marked slow (parallel, < 2 min)
-	$(BIN)/pytest tests/unit tests/integration -m "not slow and not e2e" -q -n $(JOBS)
+test-fast: setup ## Unit and integration tests but the slow and heavy ones (parallel, < 2 min)
+	$(BIN)/pytest tests/unit tests/integration -m "not slow and not e2e and not heavy" -q -n $(JOBS) --durations=25
+
+.PHONY: test-heavy
+test-heavy: setup ## The integration modules with heavy real components (stand-in cluster, vcsim, libvirt, Chromium)
+	$(BIN)/pytest tests/integration -m "heavy and not slow" -q -n $(JOBS)
 
 .PHONY: test-cluster
-test-cluster: setup ## The kubernetes platform against the strict cluster stand-in (needs root)
+test-cluster: setup ## The kubernetes platform, conversion pods and the 4-service e2e of flows 3 (OVA) and 2 (oVirt) against the cluster stand-in (root)
 	$(BIN)/pytest tests/integration/cluster -q -n 2
 
 .PHONY: test-vsphere
-test-vsphere: setup ## The vSphere provider against vcsim (built from Debian's govmomi on first use)
+test-vsphere: setup ## The vSphere provider and its e2e migrations against vcsim (built from Debian's govmomi on first use)
 	$(BIN)/pytest tests/integration/vsphere tests/unit/providers/test_vsphere_validator.py -q -n $(JOBS)
+	$(BIN)/pytest tests/e2e/test_vsphere.py tests/e2e/test_vsphere_cold.py tests/e2e/test_vsphere_faults.py -q
+
+.PHONY: test-ovirt
+test-ovirt: system-deps setup ## The oVirt source: the real imageio daemon, the engine stand-in, e2e flows 2 and 1 (also on the cluster stand-in)
+	$(BIN)/pytest tests/integration/testing/test_imageio.py tests/integration/providers/test_ovirt.py tests/integration/providers/test_ovirt_warm.py tests/integration/testing/test_ovirt_engine_backups.py tests/integration/cluster/test_warm_rounds.py tests/integration/cluster/test_round_resume.py -q
+	$(BIN)/pytest tests/e2e/test_ovirt.py tests/e2e/test_ovirt_faults.py tests/integration/cluster/test_e2e_kubernetes_flow2.py tests/integration/cluster/test_e2e_kubernetes_warm.py -q
 
 .PHONY: test-kvm
-test-kvm: system-deps setup ## The libvirt/KVM source: provider, warm rounds, controller's warm loop (starts libvirtd)
+test-kvm: system-deps setup ## The libvirt/KVM source: provider, warm rounds, controller's warm loop, e2e flows 1 and 2 (starts libvirtd)
 	$(BIN)/pytest tests/unit/providers/test_libvirt_inventory.py tests/unit/volume_service/test_warm.py \
 	  tests/integration/providers/test_libvirt.py tests/integration/volume_service/test_libvirt_source.py \
 	  tests/integration/controller/test_warm_and_hooks.py -q
+	$(BIN)/pytest tests/e2e/test_libvirt_faults.py tests/e2e/test_libvirt.py -q
 
 .PHONY: test
 test: system-deps setup lint ## Everything: lint, unit, integration, slow, faults, e2e
 	$(BIN)/python -m ferry.proto.schemagen --check
 	$(BIN)/python -m ferry.proto.docgen --check
 	$(BIN)/python -m ferry.platform.crdgen --check
-	$(BIN)/pytest tests -m "not slow" -q -n $(JOBS)
-	$(BIN)/pytest tests -m "slow" -q
+	$(BIN)/pytest tests -m "not slow" -q -n $(JOBS) --durations=25
+	$(BIN)/pytest tests -m "slow" -q -n $(SLOW_JOBS) --durations=30
 
 .PHONY: up
 up: setup ## Start the local stack in the background (ferry up --detach)
@@ -117,9 +135,14 @@ down: setup ## Stop the local stack
 demo: system-deps setup ## The main job: migrate the test guest OVA through all four services, boot it
 	$(BIN)/python examples/demo.py --data-dir $(DEMO_DATA_DIR) $(if $(filter 1,$(DEMO_DOWN)),--down,)
 
+.PHONY: chaos
+chaos: system-deps setup ## 20 raw-copy migrations under `ferry up` with 100 kill -9s (bench/chaos), checked
+	$(BIN)/python bench/chaos/run.py $(CHAOS_ARGS)
+
 .PHONY: bench
-bench: setup ## Run every benchmark script in bench/*/ and print its report
+bench: setup ## Run every benchmark script in bench/*/ (chaos: `make chaos`) and print its report
 	@for script in bench/*/*.py; do \
 	  [ -f "$$script" ] && grep -q '__main__' "$$script" || continue; \
+	  case "$$script" in bench/chaos/*) continue;; esac; \
 	  echo "== $$script"; $(BIN)/python "$$script"; \
 	done

@@ -2,6 +2,7 @@
 
 What a user would type, in order, with the real ``ferry`` command: ``ferry up
 --detach`` in a private data dir, ``ferry apply`` of the objects in this folder,
+``ferry estimate demo`` (per-VM duration and downtime with their inputs),
 ``ferry migrate demo --wait`` (live progress), then ``ferry describe migration``.
 Afterwards it shows what the migration produced: the disk checksums, the
 KubeVirt VirtualMachine manifest, and the tail of the migrated guest's serial
@@ -224,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     fresh_stack(data_dir)
     ova = place_ova(Path(guest["ova"]), data_dir / "ova")
     apply_objects(data_dir, ova.parent)
+    say(f"Before it runs, how long and how much downtime: ferry estimate {PLAN}")
+    ferry("estimate", PLAN)
 
     migration = f"{PLAN}-{time.strftime('%Y%m%d-%H%M%S')}"
     say(f"Migrating: ferry migrate {PLAN} --wait (virt-v2v takes minutes without KVM)")
@@ -242,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             f"  .venv/bin/ferry describe migration {migration}\n"
             f"  .venv/bin/ferry get plans; .venv/bin/ferry get migrations\n"
             f"  ls {data_dir}/logs  {data_dir}/vms\n"
-            f"Stop it with: .venv/bin/ferry down --data-dir {data_dir} (the guest's QEMU\n"
-            f"keeps running, like a VM outlives its controller; `make demo DEMO_DOWN=1` stops both)"
+            f"Stop it with: .venv/bin/ferry down --data-dir {data_dir}\n"
+            f"The guest's QEMU keeps running (a VM outlives its controller); stop it with:\n"
+            f"  kill $(cat {data_dir}/vms/*/*/qemu.pid)"
         )
     return code
 

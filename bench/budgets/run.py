@@ -1,89 +1,173 @@
-"""Bench: two plans' copies sharing one host's bandwidth budget of N MiB/s.
+"""Bench: two plans' copies sharing one host's bandwidth budget of N MiB/s, through the
+data movers.
 
-Each plan is its own process (as two data-mover replicas would be) copying its
-disks one after another with Ferry's copy engine (raw -> raw, verified), every
-chunk paced by one :class:`ferry.bus.rate.SharedRate` on a private nats-server.
-Reported, in the same run: one unthrottled copy (what the device gives, so N is
-seen to be below it), then the two plans under the budget: the aggregate rate
-while both ran, each plan's own rate, and the aggregate's distance from N.
+Two volume-service replicas (each its own process, its own bus connection, one
+storage root as replicas on shared storage) take CopyDisks commands of two plans,
+each VM an OVA with one raw disk (half data) on host esx1; every command carries
+the host's bandwidth budget, as the controller's scheduler hands it out. The
+importer workloads ask for every chunk before they read it, and the replicas
+share one rate for the budget (``ferry.bus.rate.SharedRate``). Reported, in the
+same run: one unthrottled copy (what the device gives, so N is seen to be below
+it), then the aggregate while both plans ran, each plan's own rate, and the
+distance from N.
 
-Usage: .venv/bin/python bench/budgets/run.py [--mibps 40] [--disks 3] [--disk-mib 64]
+Usage: .venv/bin/python bench/budgets/run.py [--mibps 40] [--vms 3] [--disk-mib 128]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
-from ferry.bus import Bus, TopologySettings, declare
-from ferry.bus.rate import SharedRate
-from ferry.platform.copy import engine
-from ferry.platform.copy.sink import RawFileSink
-from ferry.platform.copy.source import RawFileSource
-from ferry.proto.subjects import Service
-from ferry.testing.nats import NatsServer
+import msgspec
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests/integration/providers"))  # ovfkit: real OVA packages
+sys.path.insert(0, str(ROOT / "tests/integration/volume_service"))
+
+from volume_harness import Ova, copy, create, make_ova  # noqa: E402
+
+from ferry.bus import Bus, TopologySettings, declare  # noqa: E402
+from ferry.bus.rate import account  # noqa: E402
+from ferry.platform.copy import engine  # noqa: E402
+from ferry.platform.copy.sink import RawFileSink  # noqa: E402
+from ferry.platform.copy.source import RawFileSource  # noqa: E402
+from ferry.platform.settings import LocalSettings, PlatformSettings  # noqa: E402
+from ferry.proto import volume  # noqa: E402
+from ferry.proto.subjects import Service  # noqa: E402
+from ferry.proto.volume import Bandwidth, VolumeSource  # noqa: E402
+from ferry.testing.nats import NatsServer  # noqa: E402
+from ferry.volume_service import app  # noqa: E402
+from ferry.volume_service.settings import Settings, VolumeSettings  # noqa: E402
 
 MiB = 1 << 20
-TOPOLOGY = TopologySettings()
+TOPOLOGY = TopologySettings(ack_wait_seconds=30.0)
+PLANS = ("plan-a", "plan-b")
 
 
-def make_disk(path: Path, size_mib: int) -> None:
-    """Half data (every other MiB, random), half holes: the copy reads what is allocated."""
-    with open(path, "wb") as f:
-        f.truncate(size_mib * MiB)
-        for i in range(0, size_mib, 2):
-            f.seek(i * MiB)
-            f.write(os.urandom(MiB))
+def settings(data_dir: Path) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        volumes=VolumeSettings(progress_interval_seconds=0.5),
+        platform=PlatformSettings(local=LocalSettings()),
+    )
 
 
-def copy_one(src: Path, dst: Path, state: Path, throttle: engine.Options | None) -> int:
-    source = RawFileSource(str(src))
-    sink = RawFileSink(str(dst), source.size)
-    result = engine.copy(source, sink, state, throttle or engine.Options())
-    return result.allocated
+async def replica(url: str, data_dir: str, name: str) -> None:
+    """One volume-service replica until its stdin closes."""
+    async with await Bus.connect(url, name=name, settings=TOPOLOGY) as bus:
+        router = app.build_router(bus, settings(Path(data_dir)))
+        stop = asyncio.Event()
+        task = asyncio.create_task(router.run(bus, concurrency=4, stop=stop))
+        await asyncio.to_thread(sys.stdin.read)
+        stop.set()
+        await task
 
 
-async def child(url: str, plan: str, mibps: float, disks: list[str], out: str) -> None:
-    async with await Bus.connect(url, name=f"mover-{plan}", settings=TOPOLOGY) as bus:
-        rate = SharedRate(bus, "host-esx1", mibps * MiB, period=0.5)
-        options = engine.Options(throttle=rate.blocking(asyncio.get_running_loop()))
-        moved, start = 0, time.time()
-        for i, disk in enumerate(disks):
-            moved += await asyncio.to_thread(
-                copy_one, Path(disk), Path(out) / f"{plan}-{i}.img", Path(out) / f"st-{plan}-{i}",
-                options,
-            )  # fmt: skip
-        end = time.time()
-    print(json.dumps({"plan": plan, "start": start, "end": end, "bytes": moved}), flush=True)
+def plain_copy(raw: Path, out: Path) -> float:
+    """MiB/s of one unthrottled verified copy of a disk (the device's pace here)."""
+    source = RawFileSource(str(raw))
+    t0 = time.monotonic()
+    result = engine.copy(source, RawFileSink(str(out), source.size), out.parent / "st-plain")
+    source.close()
+    return result.allocated / (time.monotonic() - t0) / MiB
+
+
+def when(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+async def wave(url: str, vms: dict[str, list[Ova]], mibps: float) -> dict[str, object]:
+    shared = [
+        Bandwidth(
+            budget="esx1-net", account=account("esx1-net", "esx1"), bytes_per_second=mibps * MiB
+        )
+    ]
+    async with await Bus.connect(url, name="bench", settings=TOPOLOGY) as bus:
+        for plan, ovas in vms.items():
+            for ova in ovas:
+                made = create(ova, VolumeSource.IMPORTER, migration=f"m-{plan}", vm=ova.vm.id)
+                await bus.publish(msgspec.structs.replace(made, plan=plan))
+        await _wait(bus, volume.VolumesCreated, sum(len(v) for v in vms.values()))
+        position = await bus.events_position()
+        started = time.time()
+        for i in range(max(len(v) for v in vms.values())):  # interleaved: both plans queue
+            for plan, ovas in vms.items():
+                if i < len(ovas):
+                    cmd = copy(ovas[i], migration=f"m-{plan}", vm=ovas[i].vm.id)
+                    await bus.publish(msgspec.structs.replace(cmd, plan=plan, bandwidth=shared))
+        copied = await _wait(bus, volume.DisksCopied, sum(len(v) for v in vms.values()))
+        records = [r async for r in bus.records(since=position + 1, follow=False)]
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    moved: dict[str, int] = dict.fromkeys(vms, 0)
+    spans: dict[str, list[float]] = {}
+    for r in records:
+        if isinstance(r.message, volume.DiskProgress):  # the first says where a copy began
+            first.setdefault(r.message.plan, when(r.envelope.time))
+            spans.setdefault(r.message.vm, [when(r.envelope.time), 0.0])
+        if isinstance(r.message, volume.DisksCopied):
+            last[r.message.plan] = when(r.envelope.time)
+            spans[r.message.vm][1] = when(r.envelope.time)
+    t0 = min(first.values())
+    for vm, (a, b) in sorted(spans.items(), key=lambda kv: kv[1]):
+        print(f"    {vm}: {a - t0:6.2f} → {b - t0:6.2f} s", file=sys.stderr)
+    # What crossed from the source: the bytes the copies read (a raw disk inside an OVA
+    # has no holes to skip, so its zeros are read, and paced, too), not only those written.
+    read: dict[tuple[str, str, str], int] = {}
+    for r in records:
+        if isinstance(r.message, volume.DiskProgress):
+            read[(r.message.plan, r.message.vm, r.message.disk_id)] = r.message.total
+    for (plan, _, _), total in read.items():
+        moved[plan] += total
+    assert len(copied) == len(read)
+    return {"started": started, "first": first, "last": last, "moved": moved}
+
+
+async def _wait(bus: Bus, kind: type, count: int, within: float = 900) -> list[object]:
+    deadline = time.monotonic() + within
+    while True:
+        found = [m async for _, m in bus.events(follow=False)]
+        failed = [m for m in found if isinstance(m, volume.VolumeFailed)]
+        if failed:
+            raise SystemExit(f"a copy failed: {failed[0]}")
+        matching = [m for m in found if isinstance(m, kind)]
+        if len(matching) >= count:
+            return matching
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{count} {kind.__name__} not seen in {within}s")
+        await asyncio.sleep(0.2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mibps", type=float, default=40.0, help="the host budget, MiB/s")
-    parser.add_argument("--disks", type=int, default=3, help="disks per plan")
-    parser.add_argument("--disk-mib", type=int, default=64, help="size of each (half data)")
-    parser.add_argument("--child", nargs=4, metavar=("URL", "PLAN", "DISKS_JSON", "OUT"))
+    parser.add_argument("--vms", type=int, default=3, help="VMs (one disk each) per plan")
+    parser.add_argument("--disk-mib", type=int, default=128, help="disk size (half data)")
+    parser.add_argument("--replica", nargs=3, metavar=("URL", "DATA_DIR", "NAME"))
     args = parser.parse_args()
-    if args.child:
-        url, plan, disks, out = args.child
-        asyncio.run(child(url, plan, args.mibps, json.loads(disks), out))
+    if args.replica:
+        asyncio.run(replica(*args.replica))
         return
     with tempfile.TemporaryDirectory(prefix="bench-budgets-", dir=os.getcwd()) as tmp:
         root = Path(tmp)
-        plans = {p: [root / f"src-{p}-{i}.img" for i in range(args.disks)] for p in ("a", "b")}
-        for paths in plans.values():
-            for path in paths:
-                make_disk(path, args.disk_mib)
-        t0 = time.monotonic()
-        plain = copy_one(plans["a"][0], root / "plain.img", root / "st-plain", None)
-        plain_rate = plain / (time.monotonic() - t0) / MiB
+        vms = {
+            plan: [
+                asyncio.run(
+                    make_ova(root / "ova", f"{plan}-vm{i}", args.disk_mib * MiB, seed=i, raw=True)
+                )
+                for i in range(args.vms)
+            ]
+            for plan in PLANS
+        }
+        plain = plain_copy(vms["plan-a"][0].raws[0], root / "plain.img")
         with NatsServer(fsync_always=False) as server:
             server.start()
 
@@ -92,38 +176,56 @@ def main() -> None:
                     await declare(bus, TOPOLOGY, list(Service))
 
             asyncio.run(topology())
-            procs = [
+            replicas = [
                 subprocess.Popen(
                     [
-                        sys.executable, __file__, "--mibps", str(args.mibps), "--child",
-                        server.url, plan, json.dumps([str(p) for p in paths]), str(root),
+                        sys.executable,
+                        __file__,
+                        "--replica",
+                        server.url,
+                        str(root / "data"),
+                        f"r{i}",
                     ],
-                    stdout=subprocess.PIPE,
+                    stdin=subprocess.PIPE,
                 )
-                for plan, paths in plans.items()
-            ]  # fmt: skip
-            results = [json.loads(p.communicate(timeout=900)[0]) for p in procs]
-    both_from = max(r["start"] for r in results)
-    both_to = min(r["end"] for r in results)
-    first, last = min(r["start"] for r in results), max(r["end"] for r in results)
-    total = sum(r["bytes"] for r in results)
-    aggregate = total / (last - first) / MiB
+                for i in (1, 2)
+            ]
+            try:
+                got = asyncio.run(wave(server.url, vms, args.mibps))
+            finally:
+                for proc in replicas:
+                    assert proc.stdin is not None
+                    proc.stdin.close()
+                for proc in replicas:
+                    proc.wait(timeout=60)
+    report(args, plain, got)
+
+
+def report(args: argparse.Namespace, plain: float, got: dict[str, object]) -> None:
+    first, last = got["first"], got["last"]
+    moved = got["moved"]
+    assert isinstance(first, dict) and isinstance(last, dict) and isinstance(moved, dict)
+    start, end = min(first.values()), max(last.values())
+    total = sum(moved.values())
+    aggregate = total / (end - start) / MiB
+    both_from, both_to = max(first.values()), min(last.values())
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     lines = [
-        f"budgets bench: two plans, {args.disks} x {args.disk_mib} MiB raw disks each "
-        f"(half data), one host budget of {args.mibps:g} MiB/s; load avg {load} "
-        f"on {os.cpu_count()} CPUs",
-        f"  unthrottled copy (one disk, same run):  {plain_rate:7.1f} MiB/s",
+        f"budgets bench: two plans x {args.vms} VMs, one {args.disk_mib} MiB raw disk each "
+        f"(half data), 2 volume-service replicas, one host budget of {args.mibps:g} MiB/s; "
+        f"load avg {load} on {os.cpu_count()} CPUs",
+        f"  unthrottled verified copy (one disk, same run): {plain:7.1f} MiB/s",
     ]
-    for r in results:
-        rate = r["bytes"] / (r["end"] - r["start"]) / MiB
+    for plan in PLANS:
+        span = last[plan] - first[plan]
         lines.append(
-            f"  plan {r['plan']}: {r['bytes'] / MiB:6.0f} MiB in {r['end'] - r['start']:5.2f} s"
-            f" = {rate:6.1f} MiB/s"
+            f"  {plan}: {moved[plan] / MiB:6.0f} MiB read in {span:6.2f} s = "
+            f"{moved[plan] / span / MiB:6.1f} MiB/s"
         )
     lines += [
-        f"  both running: {max(0.0, both_to - both_from):.2f} s of {last - first:.2f} s",
+        f"  both running: {max(0.0, both_to - both_from):.2f} s of {end - start:.2f} s "
+        f"(first data to last copy)",
         f"  aggregate:    {aggregate:7.1f} MiB/s  ({100 * (aggregate / args.mibps - 1):+.1f} % "
         f"of the budget; goal within 5 %)",
     ]

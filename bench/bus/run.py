@@ -13,13 +13,17 @@ server in the same run:
   set, separates the cost of the headers (parsed in Python by nats-py) from the
   cost of the library;
 * latency: a fixed publish rate for some seconds; time from just before the
-  publish call to the start of the handler, p50/p99/max.
+  publish call to the start of the handler, p50/p99/max. The router's is split
+  in two: publish -> the fetch that returned the message (server, nats-py and
+  the event loop, the same path raw nats-py takes) and that fetch -> the
+  handler's start (the dispatcher: lanes, decoding, middleware).
 
-The server runs with nats' default fsync interval unless ``--fsync`` (then
-every write is fsynced and the disk, not the library, sets the pace).
+Both server settings are run and reported by default: nats' default fsync
+interval, and the production one (``sync_interval: always``, every write
+fsynced: the disk, not the library, sets the pace). ``--sync`` picks one.
 
 Usage: python bench/bus/run.py [-n 20000] [--rate 500] [--seconds 10]
-       [--concurrency 100] [--rounds 2] [--results] [--fsync] [--json]
+       [--concurrency 100] [--rounds 2] [--results] [--sync both|default|always] [--json]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -39,6 +44,7 @@ import nats
 from nats.js import api
 
 from ferry.bus import Bus, Context, Router, TopologySettings, declare
+from ferry.bus.consumer import Consumer
 from ferry.proto import subjects, volume
 from ferry.proto.subjects import Service
 from ferry.testing.nats import NatsServer
@@ -68,6 +74,20 @@ class Latency:
 
 
 _RUN = itertools.count()
+# stream sequence -> when (time_ns) the router's fetch returned it, for the latency split
+_FETCHED: dict[int, int] = {}
+_fetch = Consumer._fetch
+
+
+async def _timed_fetch(self: Consumer, src: Any, batch: int) -> list[Any]:
+    msgs = await _fetch(self, src, batch)
+    now = time.time_ns()
+    for msg in msgs:
+        _FETCHED[msg.metadata.sequence.stream] = now
+    return msgs
+
+
+Consumer._fetch = _timed_fetch  # type: ignore[method-assign]
 
 
 def _command(run: int, i: int, sent_ns: int = 0) -> volume.AllocateDisks:
@@ -89,13 +109,14 @@ def _latency(samples_ns: list[int], rate: float) -> Latency:
 
 async def _router_run(
     url: str, n: int, concurrency: int, results: bool, paced: float | None
-) -> tuple[Throughput, list[int]]:
+) -> tuple[Throughput, list[int], list[int]]:
     async with await Bus.connect(url, name="bench", settings=SETTINGS) as bus:
         await declare(bus, SETTINGS, [Service.VOLUME])
         await bus.js.purge_stream(subjects.command_stream(Service.VOLUME))
         router = Router(Service.VOLUME)
         done = asyncio.Event()
         latencies: list[int] = []
+        dispatch: list[int] = []  # fetch returned -> handler start
         count = 0
 
         @router.handler(volume.AllocateDisks)
@@ -103,7 +124,12 @@ async def _router_run(
             nonlocal count
             sent = int(cmd.namespace.split(":")[1])
             if sent:
-                latencies.append(time.time_ns() - sent)
+                now = time.time_ns()
+                latencies.append(now - sent)
+                sequence = ctx._job.sequence  # (consumer, stream sequence)
+                fetched = _FETCHED.pop(sequence[1], 0) if sequence else 0
+                if fetched:
+                    dispatch.append(now - fetched)
             count += 1
             if count >= n:
                 done.set()
@@ -135,7 +161,7 @@ async def _router_run(
             await asyncio.sleep(0.1)
         if left:
             raise RuntimeError(f"router bench left {left} unacknowledged commands")
-        return Throughput(n, elapsed), latencies
+        return Throughput(n, elapsed), latencies, dispatch
 
 
 # -- raw nats-py -------------------------------------------------------------------
@@ -233,8 +259,8 @@ async def _paced(n: int, rate: float, publish: Any) -> None:
 # -- report ----------------------------------------------------------------------
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    with NatsServer(fsync_always=args.fsync) as server:
+async def bench(args: argparse.Namespace, fsync: bool) -> dict[str, Any]:
+    with NatsServer(fsync_always=fsync) as server:
         # Alternate the two and keep each one's best round: the machine is shared.
         raw_rounds, hdr_rounds, ferry_rounds = [], [], []
         for _ in range(args.rounds):
@@ -250,13 +276,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         ferry_tp = max(ferry_rounds, key=lambda t: t.rate)
         paced_n = int(args.rate * args.seconds)
         _, raw_lat = await _raw_run(server.url, paced_n, args.concurrency, args.rate)
-        _, ferry_lat = await _router_run(
+        _, ferry_lat, dispatch = await _router_run(
             server.url, paced_n, args.concurrency, args.results, args.rate
         )
     return {
         "n": args.n,
         "rounds": args.rounds,
-        "fsync_every_write": args.fsync,
+        "fsync_every_write": fsync,
         "concurrency": args.concurrency,
         "router_publishes_results": args.results,
         "throughput": {
@@ -271,6 +297,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "latency": {
             "raw": asdict(_latency(raw_lat, args.rate)),
             "router": asdict(_latency(ferry_lat, args.rate)),
+            "router_fetch_to_handler": asdict(_latency(dispatch, args.rate)),
         },
     }
 
@@ -292,12 +319,17 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"latency, publish -> handler start, at {lat['router']['rate']:.0f} msg/s "
         f"({lat['router']['messages']} messages)",
-        "                  p50 ms   p99 ms   max ms",
+        "                  p50 ms   p99 ms   max ms   (dispatcher: the router's share, from"
+        " the fetch that returned a message to its handler's start)",
     ]
-    for name in ("raw", "router"):
+    for name, label in (
+        ("raw", "raw"),
+        ("router", "router"),
+        ("router_fetch_to_handler", "  dispatcher"),
+    ):
         row = lat[name]
         lines.append(
-            f"  {name:<14} {row['p50_ms']:>7.2f}  {row['p99_ms']:>7.2f}  {row['max_ms']:>7.2f}"
+            f"  {label:<14} {row['p50_ms']:>7.2f}  {row['p99_ms']:>7.2f}  {row['max_ms']:>7.2f}"
         )
     return "\n".join(lines)
 
@@ -311,13 +343,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", action="store_true", help="router handler publishes events")
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds, best kept")
     parser.add_argument(
-        "--fsync", action="store_true", help="server fsyncs every write (as the tests do)"
+        "--sync",
+        choices=("both", "default", "always"),
+        default="both",
+        help="server fsync: nats' default interval, every write (production), or both",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    report = asyncio.run(bench(args))
-    print(json.dumps(report, indent=2) if args.json else render(report))
+    modes = {"both": (False, True), "default": (False,), "always": (True,)}[args.sync]
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    reports = [asyncio.run(bench(args, fsync)) for fsync in modes]
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        print(f"# load avg {load} at the start, on {len(os.sched_getaffinity(0))} CPUs")
+        print("\n\n".join(render(r) for r in reports))
     return 0
 
 

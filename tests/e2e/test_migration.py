@@ -12,22 +12,32 @@ about five minutes here:
 - the audit stream: a subscriber started before the migration received every
   event of it, in order per VM, each valid against its JSON Schema, and a canary
   password planted in the Provider's Secret shows up in no event, no service log,
-  no process's arguments and no child's environment while the migration ran.
+  no process's arguments and no child's environment while the migration ran;
+- the estimate after one prior migration on the same pair: a second plan migrates a
+  fresh copy of the guest (VM c) in the same stack; its estimate rests on what b
+  measured (not probed, not assumed), and its error, (actual - estimated) / actual
+  from the events, is what ``describe migration`` and ``ferry_estimate_error_ratio``
+  show. The errors are printed (no bound asserted: the machine's speed varies).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
+import msgspec
 import pytest
 
+from ferry.proto.estimate import PlanEstimate
 from ferry.testing.migration import (
     FLOW3,
     apply_yaml,
@@ -41,20 +51,11 @@ from ferry.testing.migration import (
 )
 from ferry.testing.stack import LocalStack, processes_named, v2v_processes
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "proto" / "schemas"
 CANARY = "canary-Pw-7f3a9e1c5d"
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    stack = LocalStack(tmp_path / "stack")
-    try:
-        yield stack.start()
-    finally:
-        stack.close()
 
 
 class CanaryWatch:
@@ -152,7 +153,14 @@ def test_two_vms_one_at_a_time_first_canceled_in_conversion_second_boots(
             recorder,
             timeout=600,
         )
-        v2v_of_a = v2v_processes("guest-a.ova")
+        # (found by the volume it writes: it reads private copies of the OVA's disks)
+        a_volumes = [
+            v["path"]
+            for d in of_type(recorder.events(), "volume.disks_allocated", vm_a)
+            for v in d["volumes"]
+        ]
+        assert a_volumes, "VM a never got its volumes allocated"
+        v2v_of_a = v2v_processes(a_volumes[0])
         sessions = {session_of(pid) for pid, _ in v2v_of_a}
         canceled = stack.ferry("cancel", "m1", "--vm", vm_a)
         assert canceled.returncode == 0, canceled.stderr
@@ -162,10 +170,6 @@ def test_two_vms_one_at_a_time_first_canceled_in_conversion_second_boots(
         # Then while b is still being migrated, nothing of a remains
         events = recorder.events()
         assert not of_type(events, "migration.vm_completed", vm_b)
-        a_volumes = [
-            v["path"] for d in of_type(events, "volume.disks_allocated", vm_a) for v in d["volumes"]
-        ]
-        assert a_volumes, "VM a never got its volumes allocated"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and (
             any(Path(p).exists() for p in a_volumes) or in_sessions(sessions)
@@ -194,6 +198,18 @@ def test_two_vms_one_at_a_time_first_canceled_in_conversion_second_boots(
     console = Path(running[0]["console"]).read_text(errors="replace")
     assert guest["login_marker"] in console
     assert (stack.data_dir / "vms" / "e2e" / "guest-b.yaml").exists()
+    # virt-v2v's long silent stages were covered by heartbeats: b's conversion published
+    # its stage at least every 15 s (plus the time to publish), from start to end
+    beats = sorted(
+        datetime.fromisoformat(e["time"]).timestamp()
+        for e in events
+        if e["type"] == "conversion.progress.v1" and e["data"]["vm"] == vm_b
+    )
+    gaps = [later - earlier for earlier, later in itertools.pairwise(beats)]
+    assert len(beats) > 2 and max(gaps) <= 15 + 3, gaps
+    # The estimate the controller recorded at the start is compared with what happened
+    first = estimate_against_events(stack, events, "m1", vm_b)
+    assert first["throughput"] == "probed"  # the pair had no history: a short read
     # a stopped in ConvertGuest, before any VM was made
     assert steps_started(events, vm_a)[-1] == "ConvertGuest"
     assert not of_type(events, "vm.vm_created", vm_a)
@@ -226,3 +242,58 @@ def test_two_vms_one_at_a_time_first_canceled_in_conversion_second_boots(
     assert watch.samples > 10
     assert watch.hits == []
     assert CANARY in (stack.data_dir / "secrets/default/ova-creds/password").read_text()
+
+    # A second plan on the same pair, a fresh copy of the guest (VM c), in the same stack
+    vm_c = "guest-c/ferry-test-guest"
+    place_ovas(stack, Path(guest["ova"]), ["guest-c"])
+    apply_yaml(stack, ova_objects(ova_dir, [vm_c], plan="e2e-again", secret="ova-creds"), "c.yaml")
+    start_migration(stack, "e2e-again", "m2")
+    done = stack.wait_for("m2 to end", lambda ev: finished(ev, "m2"), recorder, timeout=1800)
+    assert (done["succeeded"], done["failed"]) == (1, 0)
+    time.sleep(2)
+    # Then its estimate rests on what b measured, and its error is recorded and shown
+    second = estimate_against_events(stack, recorder.events(), "m2", vm_c)
+    assert second["throughput"] == second["conversion"] == "measured", second
+    print(f"estimate error after one prior migration on the pair: {second['error']:+.1%}")
+
+
+def estimate_against_events(
+    stack: LocalStack, events: list[dict[str, Any]], migration: str, vm: str
+) -> dict[str, Any]:
+    """The VM's recorded estimate against its duration in the events: the error, the
+    provenance of its inputs; checked against ``describe migration`` and the metric."""
+    got = stack.ferry("get", "migrations", migration, "-o", "json")
+    assert got.returncode == 0, got.stderr
+    doc = json.loads(got.stdout)
+    doc = doc[0] if isinstance(doc, list) else doc
+    est = msgspec.json.decode(doc["status"]["estimate"], type=PlanEstimate)
+    guess = est.vm(vm)
+    assert guess is not None, est
+    estimated = guess.warm_duration if est.warm else guess.cold_duration
+    actual = next(d["seconds"] for d in of_type(events, "migration.vm_completed", vm))
+    error = (actual - estimated) / actual
+    name = guess.name  # the inventory's name, as describe and the metric label it
+    # describe migration prints it, rounded to a percent
+    described = stack.ferry("describe", "migration", migration)
+    line = next(x for x in described.stdout.splitlines() if f"estimate {name}:" in x)
+    shown = int(re.search(r"\(([+-]\d+)%\)", line).group(1))  # type: ignore[union-attr]
+    assert abs(shown - error * 100) <= 1, (line, error)
+    # and the console's metric holds it (the console renews its views every few seconds)
+    url = f"http://127.0.0.1:{stack.service('console').port}/metrics"
+    series = f'ferry_estimate_error_ratio{{migration="{migration}",vm="{name}"}} '
+    deadline, metric = time.monotonic() + 60, None
+    while metric is None and time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=10) as page:
+            lines = page.read().decode().splitlines()
+        metric = next((float(x[len(series) :]) for x in lines if x.startswith(series)), None)
+        if metric is None:
+            time.sleep(2)
+    assert metric is not None, "no ferry_estimate_error_ratio for the VM"
+    # the VM state's start and end against the event's seconds: the same instants
+    assert abs(metric - error) < 0.005, (metric, error)
+    provenance = {i.name: i.provenance for i in est.inputs}
+    print(
+        f"estimate {migration}/{name}: {estimated:.0f} s estimated, {actual:.0f} s actual, "
+        f"error {error:+.1%}; inputs {provenance}"
+    )
+    return {"error": error, **provenance}

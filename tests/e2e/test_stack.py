@@ -229,3 +229,34 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_up_with_tls_every_process_and_the_cli_verify_the_stacks_ca(data_dir: Path) -> None:
+    # When the stack is started with TLS
+    up = ferry("up", "--detach", "--tls", "--data-dir", str(data_dir))
+
+    # Then NATS speaks TLS only, and every service connected through it (ready)
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = json.loads((data_dir / "stack.json").read_text())
+    assert state["nats_url"].startswith("tls://")
+    for service in state["services"]:
+        code, _ = _get(f"http://127.0.0.1:{service['port']}/readyz")
+        assert code == 200, service["name"]
+    # And the CLI verifies the server with the stack's CA (found in the data dir)
+    env = {**os.environ, "FERRY_DATA_DIR": str(data_dir)}
+    env.pop("FERRY_NATS__TLS_CA_FILE", None)
+    listed = subprocess.run(
+        [sys.executable, "-m", "ferry.cli.main", "get", "plans"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    # But not with a CA it was not given: the system's CAs do not vouch for the stack
+    other = subprocess.run(
+        [sys.executable, "-m", "ferry.cli.main", "get", "plans"],
+        capture_output=True, text=True, timeout=60,
+        env={**env, "FERRY_NATS__TLS_CA_FILE": "/etc/ssl/certs/ca-certificates.crt"},
+    )  # fmt: skip
+    assert other.returncode != 0 and "TLS" in other.stderr, other.stdout + other.stderr
+
+    down = ferry("down", "--data-dir", str(data_dir))
+    assert down.returncode == 0, down.stdout + down.stderr

@@ -8,9 +8,11 @@ them all, in order, so the whole schedule costs little more than one conversion
 each kill the process is started again, as a supervisor would.
 
 At the end: the migration completed; exactly one volume per disk and one
-VirtualMachine exist; no step's effect happened twice (one outcome event per
-step in the stream, each step completed once); nothing the stream had
-acknowledged before the nats-server was killed is missing; the guest booted.
+VirtualMachine exist; no step's effect happened twice and the VM completed once,
+counted in the publish ledger every service writes (``FERRY_BUS__LEDGER_DIR``),
+which sees what the stream's dedupe hides (one distinct result id per effect);
+nothing the stream had acknowledged before the nats-server was killed is
+missing; the guest booted.
 
 Checksums: in this flow (OVA, cold, local) virt-v2v converts and writes the
 disk in one go, so there is no unchanged copy whose checksum could match the
@@ -27,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from ferry.bus import ledger
 from ferry.testing.migration import (
     FLOW3,
     apply_yaml,
@@ -130,9 +133,18 @@ SCHEDULE = [
 ]
 
 
+def ledger_ids(ledger_dir: Path, migration: str) -> dict[str, set[str]]:
+    """Distinct result ids per message type for the VM, from every process's ledger."""
+    ids: dict[str, set[str]] = {}
+    for line in ledger.read(ledger_dir):
+        if line["migration"] == migration and line["vm"] == VM:
+            ids.setdefault(line["type"], set()).add(line["id"])
+    return ids
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    stack = LocalStack(tmp_path / "stack")
+    stack = LocalStack(tmp_path / "stack", env={"FERRY_BUS__LEDGER_DIR": str(tmp_path / "ledger")})
     try:
         yield stack.start()
     finally:
@@ -203,6 +215,10 @@ def test_one_migration_survives_a_kill_of_every_process(stack: LocalStack) -> No
     assert [d["step"] for d in of_type(events, "migration.step_completed", VM)] == FLOW3
     for kind in EFFECTS:
         assert len(of_type(events, kind, VM)) == 1, kind
+    # (the stream drops a re-published id within its window: the ledger does not)
+    ids = ledger_ids(stack.root.parent / "ledger", "m-faults")
+    for kind in [*EFFECTS, "migration.vm_completed"]:
+        assert len(ids.get(kind + ".v1", set())) == 1, (kind, ids.get(kind + ".v1"))
     # (virt-v2v ran twice, the killed run and the one that finished, yet converted once)
     runs = v2v_runs(stack)
     attempts = [(d["step"], d["attempt"]) for d in of_type(events, "migration.step_started", VM)]

@@ -7,7 +7,7 @@ import asyncio
 import msgspec
 import pytest
 
-from ferry.bus import Bus, Conflict, Deleted, Entry, InvalidKey, NotFound
+from ferry.bus import Bus, Conflict, Deleted, Entry, InvalidKey, NotFound, declare
 from ferry.proto.subjects import Bucket, vm_key
 
 
@@ -148,3 +148,26 @@ async def test_watch_yields_current_values_then_updates(bus: Bus) -> None:
     phases = [i.value.phase for i in seen if isinstance(i, Entry)]
     assert phases == ["one", "two"]
     assert isinstance(seen[-1], Deleted) and seen[-1].key == "m1.a"
+
+
+async def test_reads_and_writes_wait_while_no_stream_answers_for_the_bucket(bus: Bus) -> None:
+    # Given a bucket in use whose stream stops answering (in a cluster: its leader lost,
+    # the others electing; here: the stream gone, then made again)
+    kv = bus.kv(Bucket.OBJECTS, VmState)
+    await kv.create("before", VmState(phase="x"))
+    await bus.js.delete_stream(f"KV_{Bucket.OBJECTS.value}")
+
+    async def back_in(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await declare(bus, bus.settings, [])
+
+    # When a compare-and-set create and a read come while nothing answers
+    returned = asyncio.create_task(back_in(1.0))
+    revision = await kv.create("during", VmState(phase="y"))
+    # Then each waited for the stream to answer again, and did what it was asked once
+    assert (await kv.get("during")) == Entry(VmState(phase="y"), revision, "during")
+    await returned
+    again = asyncio.create_task(back_in(1.0))
+    await bus.js.delete_stream(f"KV_{Bucket.OBJECTS.value}")
+    assert await kv.get("during") is None  # made again empty, read once it answered
+    await again

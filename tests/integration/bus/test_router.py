@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from ferry.bus import Bus, Context, Intake, PermanentError, Router, TemporaryError, cancellation
 from ferry.bus.router import DELIVERIES_HEADER, REASON_HEADER
 from ferry.proto import migration, subjects, volume
@@ -30,6 +28,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.max_in_flight = 0
+        self.depths: list[tuple[str, int]] = []
 
     def handled(self, type: str, seconds: float) -> None:
         self.calls.append(("handled", type))
@@ -42,6 +41,9 @@ class Recorder:
 
     def in_flight(self, n: int) -> None:
         self.max_in_flight = max(self.max_in_flight, n)
+
+    def waiting(self, consumer: str, n: int) -> None:
+        self.depths.append((consumer, n))
 
 
 async def test_result_is_published_then_command_acked(bus: Bus) -> None:
@@ -260,61 +262,6 @@ async def test_cancel_stops_a_running_handler_and_skips_queued_work(bus: Bus) ->
     assert await stream_count(bus, subjects.DEAD_LETTER_STREAM) == 0
 
 
-async def test_graceful_shutdown_hands_in_flight_work_back(patient_bus: Bus) -> None:
-    # Given a replica working on a command that takes longer than the shutdown grace
-    slow = Router(Service.VOLUME)
-    started = asyncio.Event()
-
-    @slow.handler(volume.AllocateDisks)
-    async def hold(cmd: volume.AllocateDisks, ctx: Context) -> None:
-        started.set()
-        await asyncio.sleep(60)
-
-    await patient_bus.publish(allocate("vm1"))
-    first = Running(slow, patient_bus, grace_seconds=0.5)
-    await asyncio.wait_for(started.wait(), 10)
-
-    # When that replica is asked to stop
-    await first.shutdown()
-
-    # Then another replica gets it long before ack_wait (60 s): it was nak'ed
-    fast = Router(Service.VOLUME)
-    deliveries: list[int] = []
-
-    @fast.handler(volume.AllocateDisks)
-    async def finish(cmd: volume.AllocateDisks, ctx: Context) -> volume.DisksAllocated:
-        deliveries.append(ctx.deliveries)
-        return allocated(cmd)
-
-    async with Running(fast, patient_bus):
-        await eventually(lambda: _queue_empty(patient_bus), within=20)
-    assert deliveries == [2]
-    assert [type(m) for m in await _events(patient_bus)] == [volume.DisksAllocated]
-
-
-async def test_graceful_shutdown_lets_short_work_finish(bus: Bus) -> None:
-    # Given a handler shorter than the grace period
-    router = Router(Service.VOLUME)
-    started = asyncio.Event()
-
-    @router.handler(volume.AllocateDisks)
-    async def handle(cmd: volume.AllocateDisks, ctx: Context) -> volume.DisksAllocated:
-        started.set()
-        await asyncio.sleep(0.5)
-        return allocated(cmd)
-
-    await bus.publish(allocate("vm1"))
-    running = Running(router, bus, grace_seconds=10)
-    await asyncio.wait_for(started.wait(), 10)
-
-    # When the router is stopped mid-handler
-    await running.shutdown()
-
-    # Then the handler completed and its command was acked
-    assert await _queue_empty(bus)
-    assert [type(m) for m in await _events(bus)] == [volume.DisksAllocated]
-
-
 async def test_undecodable_and_unhandled_commands_are_dead_lettered(bus: Bus) -> None:
     # Given a router that handles only AllocateDisks
     router = Router(Service.VOLUME)
@@ -369,38 +316,6 @@ async def test_events_intake_feeds_the_controller(bus: Bus) -> None:
     assert info.num_ack_pending == 0 and info.num_pending == 0 and info.num_redelivered == 0
 
 
-async def test_cancelling_the_run_task_also_hands_work_back(patient_bus: Bus) -> None:
-    # Given a router task whose handler is busy
-    router = Router(Service.VOLUME)
-    started = asyncio.Event()
-
-    @router.handler(volume.AllocateDisks)
-    async def hold(cmd: volume.AllocateDisks, ctx: Context) -> None:
-        started.set()
-        await asyncio.sleep(60)
-
-    await patient_bus.publish(allocate("vm1"))
-    task = asyncio.create_task(router.run(patient_bus))
-    await asyncio.wait_for(started.wait(), 10)
-
-    # When the task itself is cancelled (no stop event)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, 20)
-
-    # Then the command was nak'ed for immediate redelivery
-    again = Router(Service.VOLUME)
-    deliveries: list[int] = []
-
-    @again.handler(volume.AllocateDisks)
-    async def finish(cmd: volume.AllocateDisks, ctx: Context) -> None:
-        deliveries.append(ctx.deliveries)
-
-    async with Running(again, patient_bus):
-        await eventually(lambda: _queue_empty(patient_bus), within=20)
-    assert deliveries == [2]
-
-
 async def test_event_handlers_still_see_a_canceled_vms_events(bus: Bus) -> None:
     # Given a canceled VM and a controller reacting to volume events
     await cancellation.request(bus, "m1", "vm9")
@@ -425,3 +340,28 @@ async def test_event_handlers_still_see_a_canceled_vms_events(bus: Bus) -> None:
     # Then the controller saw it (events are facts, not cancelable work)
     info = await bus.js.consumer_info(subjects.EVENTS_STREAM, "controller-events")
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_the_queue_depth_waiting_behind_busy_handlers_is_reported(bus: Bus) -> None:
+    # Given one worker whose handler is held, and five commands for it
+    router = Router(Service.VOLUME)
+    release = asyncio.Event()
+
+    @router.handler(volume.AllocateDisks)
+    async def handle(cmd: volume.AllocateDisks, ctx: Context) -> volume.DisksAllocated:
+        await release.wait()
+        return allocated(cmd)
+
+    await bus.publish_many(allocate(f"vm{i}") for i in range(5))
+    observer = Recorder()
+    async with Running(router, bus, concurrency=1, observer=observer, depth_seconds=0.2):
+        # When the depth is read while the worker is busy
+        await eventually(lambda: observer.max_in_flight == 1, what="one in flight")
+        await eventually(
+            lambda: bool(observer.depths) and observer.depths[-1][1] == 4, what="4 waiting"
+        )
+        # Then the four behind the busy one were reported waiting on the service's consumer
+        release.set()
+        assert {consumer for consumer, _ in observer.depths} == {"volume-workers"}
+        # And when the worker is let go, the queue drains to zero
+        await eventually(lambda: observer.depths[-1][1] == 0, what="queue drained")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,7 @@ async def test_a_populator_volume_on_waitforfirstconsumer_ends_bound_with_the_by
     assert again.target == copy.target
 
 
+@pytest.mark.slow  # 20-60 s of kill-and-restart: kept out of make test-fast, run by make test
 async def test_a_failing_populator_pod_is_retried_then_fails_with_its_reason(
     platform: KubernetesPlatform, cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -186,3 +188,82 @@ async def test_without_pvcinit_the_population_waits_for_a_node_and_says_so(
         for p in cluster.store.list(resources.PVC, NS)
         if p["metadata"]["name"].startswith("populate-")
     ] == []
+
+
+async def test_a_qcow2_source_decoded_by_qemu_nbd_populates_on_a_read_only_root(
+    platform: KubernetesPlatform, cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a qcow2 source (qemu-nbd decodes it: its socket and the pinned links are
+    # made in the temp dir) and a populator pod whose root filesystem is read-only
+    raw, digest = source_disk(tmp_path)
+    qcow2 = tmp_path / "source.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True
+    )
+    volume = await populator_volume(platform, VolumeMode.BLOCK)
+
+    # When the volume-service populates it
+    copy = await platform.populate(volume, ImageRef(path=str(qcow2), format=DiskFormat.QCOW2))
+
+    # Then the bytes arrived: the pod's TMPDIR is its own emptyDir scratch
+    data = backing(cluster, volume.name).read_bytes()
+    assert hashlib.sha256(data[: 4 * MiB]).hexdigest() == digest
+    assert copy.source.digest == copy.target.digest
+
+
+def test_the_populator_pod_has_a_read_only_root_and_an_empty_dir_as_tmpdir() -> None:
+    target = {
+        "metadata": {"name": "t", "namespace": NS, "uid": "u1", "labels": {}},
+        "spec": {"volumeMode": "Block", "resources": {"requests": {"storage": "1Mi"}}},
+    }
+    pod = populator.populator_pod(target, "node-1", "ferry/ferry:test", 600)
+    (container,) = pod["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    tmpdir = {e["name"]: e["value"] for e in container["env"]}["TMPDIR"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts[tmpdir]]
+    assert len(tmpdir) < 40  # qemu-nbd's socket path beneath it must fit in 108 bytes
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        ImageRef(nbd_socket="/run/ferry/disk.sock"),
+        ImageRef(
+            qemu_options={
+                "driver": "raw",
+                "file": {"driver": "nbd", "server": {"type": "unix", "path": "/tmp/x/nbd.sock"}},
+            }
+        ),
+    ],
+    ids=["nbd_socket", "qemu-tree"],
+)
+async def test_a_source_on_a_unix_socket_of_the_service_is_refused_before_anything_is_made(
+    platform: KubernetesPlatform, cluster: Cluster, source: ImageRef
+) -> None:
+    # Given a placed populator claim and a source only the volume-service's host can read
+    volume = await populator_volume(platform, VolumeMode.BLOCK)
+
+    # When it is populated, it fails for good, saying why
+    with pytest.raises(VolumeError, match="Unix socket") as refused:
+        await platform.populate(volume, source)
+    assert refused.value.permanent
+
+    # And no prime claim, pod or job Secret was made for it
+    made = [
+        o["metadata"]["name"]
+        for kind in (resources.POD, resources.PVC, resources.SECRET)
+        for o in cluster.store.list(kind, NS)
+        if o["metadata"]["name"].startswith("populate-")
+    ]
+    assert made == []
+
+
+def test_an_imageio_transfer_goes_to_the_pod_as_its_url_without_the_socket() -> None:
+    socket_tree = {
+        "driver": "raw",
+        "file": {"driver": "nbd", "server": {"type": "unix", "path": "/tmp/x/nbd.sock"}},
+    }
+    ref = ImageRef(qemu_options=socket_tree, url="https://imageio:54322/images/t", ca="PEM")
+    assert populator.pod_source(ref) == ImageRef(url="https://imageio:54322/images/t", ca="PEM")

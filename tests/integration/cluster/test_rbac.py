@@ -4,13 +4,16 @@ Each service's platform calls (the volume-service's volumes and populator, the
 conversion-service's workload pods) are run against the stand-in; every request
 its API server saw becomes (API group, resource, verb) and must be granted by
 that service's ClusterRole in ``charts/ferry/templates/rbac.yaml``. A call added
-to the platform without its rule fails here, not as a 403 in a cluster.
+to the platform without its rule fails here, not as a 403 in a cluster. The warm
+rounds' calls (transfer pods, the round-0 result patched on the claim) need the oVirt
+test guest and are checked the same way in ``test_warm_rounds.py``.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,8 @@ from ferry.proto.inventory import DiskFormat, VolumeMode, VolumeTarget
 from ferry.proto.volume import VolumeSource
 from ferry.testing.cluster.api import Request
 from ferry.testing.cluster.cluster import Cluster
+
+sys.path.insert(0, str(Path(__file__).parent))  # operated: the controller in operator mode
 
 RBAC = Path(__file__).resolve().parents[3] / "charts" / "ferry" / "templates" / "rbac.yaml"
 NS = "migrated"
@@ -127,3 +132,68 @@ async def test_each_services_calls_are_granted_by_its_role(
         "volume-service"
     ]
     assert ("", "pods/log", "get") in calls["conversion-service"]
+
+
+async def test_the_controllers_role_grants_exactly_what_operator_mode_calls(
+    cluster: Cluster, nats_url: str, tmp_path: Path
+) -> None:
+    from operated import NS, Services, documents, eventually, operated, placed
+
+    from ferry.migration_controller.operator.finalizers import FINALIZER
+    from ferry.migration_controller.operator.intake import key
+    from ferry.platform.kubernetes.ferryobjects import resource
+
+    held = ("id-a", "ConvertGuest")
+    services = Services({held: "hold"})  # the migration runs until the test lets it end
+    async with operated(nats_url, cluster, tmp_path, services) as op:
+        # Given one object of every kind, made past the API (the test is not the operator):
+        # a running Migration uses each of them (the hook is its VM's, the budget global)
+        budget = {
+            "apiVersion": "ferry.dev/v1alpha1",
+            "kind": "Budget",
+            "metadata": {"name": "all"},
+            "spec": {"scope": "global", "maxVms": 4},
+        }
+        hook = {**budget, "kind": "Hook", "metadata": {"name": "h"}, "spec": {"command": ["true"]}}
+        migration = {**budget, "kind": "Migration", "metadata": {"name": "m1"}}
+        migration["spec"] = {"plan": {"name": "plan1"}}
+        docs = documents("ova", ["id-a"])
+        docs[-1]["spec"]["vms"][0]["hooks"] = [{"hook": {"name": "h"}, "step": "PostHook"}]
+        made = placed([*docs, budget, hook, migration])
+        for doc in made:
+            cluster.store.create(op.kind(resource(doc["kind"]).plural), doc)
+
+        def stored(doc: dict[str, Any]) -> dict[str, Any]:
+            there = cluster.store.get(
+                op.kind(resource(doc["kind"]).plural), NS, doc["metadata"]["name"]
+            )
+            assert there is not None
+            return there
+
+        def finalized(doc: dict[str, Any]) -> list[str]:
+            return list(stored(doc)["metadata"].get("finalizers") or [])
+
+        # and the operator holds each while the migration runs, and lets each go after
+        await eventually(
+            lambda: all(finalized(d) == [FINALIZER] for d in made), timeout=20, what="held"
+        )
+        services.released.add(held)
+        await eventually(lambda: all(finalized(d) == [] for d in made), timeout=30, what="let go")
+
+        # When the operator has applied them all and written each one's status
+        def ready(doc: dict[str, Any]) -> bool:
+            conditions = (stored(doc).get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        await eventually(lambda: all(ready(d) for d in made), timeout=20, what="all Ready")
+        # and each status write loses a race once (409: read again, write again)
+        assert op.controller is not None and op.controller.operator is not None
+        operator = op.controller.operator
+        for k, doc in list(operator.known.docs.items()):
+            stale = {**doc, "metadata": {**doc["metadata"], "resourceVersion": "1"}, "status": {}}
+            operator.known.docs[k] = stale
+            await operator.statuses.write(key(stale))
+
+        # Then every call was one the controller's role grants, and it grants nothing more
+        calls = used(cluster.api.requests)
+        assert calls == granted("migration-controller")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio.client import ApiClient, Configuration
 
 from ferry.platform.kubernetes.client import POD, PV, PVC, ClusterError, KubeClient, NotFound
 from ferry.testing.cluster import resources
@@ -72,14 +71,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     images = {IMAGE: {"PATH": "/usr/bin:/bin"}}
     async with Cluster(tmp_path / "cluster", classes, images) as made:
         yield made
-
-
-@pytest.fixture
-async def client(cluster: Cluster) -> AsyncIterator[KubeClient]:
-    configuration = Configuration()
-    configuration.host = cluster.url
-    async with ApiClient(configuration=configuration) as api:
-        yield KubeClient(api)
 
 
 def phase(obj: dict[str, Any]) -> str:
@@ -239,3 +230,57 @@ async def test_a_wrong_spec_or_unknown_kind_is_refused_as_a_cluster_refuses_it(
     )
     state = waiting["status"]["containerStatuses"][0]["state"]["waiting"]
     assert "volumeDevices" in state["message"]
+
+
+async def test_a_read_only_root_filesystem_refuses_writes_outside_the_pods_volumes(
+    cluster: Cluster, client: KubeClient
+) -> None:
+    # Given two pods with a read-only root filesystem and an emptyDir scratch:
+    # one writes to the machine's /tmp, the other to its scratch
+    def scratch_pod(name: str, where: str) -> dict[str, Any]:
+        spec = pod(
+            name, [], f"echo x > {where}/probe", securityContext={"readOnlyRootFilesystem": True}
+        )
+        spec["spec"]["containers"][0]["volumeMounts"] = [
+            {"name": "scratch", "mountPath": "/var/tmp/scratch"}
+        ]
+        spec["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+        return spec
+
+    # When both run
+    await client.create(POD, scratch_pod("to-tmp", "/tmp"))
+    await client.create(POD, scratch_pod("to-scratch", "/var/tmp/scratch"))
+    refused = await cluster.wait_for(
+        resources.POD, NS, "to-tmp", lambda p: phase(p) in ("Failed", "Succeeded")
+    )
+    allowed = await cluster.wait_for(
+        resources.POD, NS, "to-scratch", lambda p: phase(p) in ("Failed", "Succeeded")
+    )
+
+    # Then the write to the root filesystem fails as in a cluster; the scratch takes it
+    assert phase(refused) == "Failed"
+    log, _ = await cluster.kubelet.logs(NS, "to-tmp")
+    assert b"Read-only file system" in log
+    assert phase(allowed) == "Succeeded"
+
+
+async def test_a_pod_force_deleted_and_made_again_under_its_name_is_a_new_pod(
+    cluster: Cluster, client: KubeClient
+) -> None:
+    # Given a pod whose process ignores SIGTERM for a moment, force-deleted while it runs
+    # (grace 0: the API object goes at once, the process is still ending)
+    old = pod("again", [], "trap 'sleep 1; exit 7' TERM; echo old; while :; do sleep 0.1; done")
+    await client.create(POD, old)
+    await cluster.wait_for(resources.POD, NS, "again", lambda p: phase(p) == "Running")
+    await client.delete(POD, NS, "again", grace_seconds=0)
+    # When a new pod is made under the same name at once
+    await client.create(POD, pod("again", [], "echo new; exit 0"))
+    # Then the new pod runs its own command and ends with its own outcome, not the old
+    # process's exit code
+    done = await cluster.wait_for(
+        resources.POD, NS, "again", lambda p: phase(p) in ("Succeeded", "Failed")
+    )
+    terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (phase(done), terminated["exitCode"]) == ("Succeeded", 0), done["status"]
+    log, ended = await cluster.kubelet.logs(NS, "again")
+    assert (log, ended) == (b"new\n", True)

@@ -14,7 +14,8 @@ import pytest
 from ferry.bus import Bus, topology
 from ferry.console import access
 from ferry.console.app import Console, Settings
-from ferry.proto import subjects
+from ferry.proto import migration, subjects
+from ferry.proto.inventory import ProviderType, Vm
 from ferry.proto.subjects import Bucket, Service
 from ferry.testing import views
 
@@ -218,3 +219,39 @@ async def test_reads_from_loopback_need_no_token(console: str) -> None:
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     # Everything the page loads comes from the console itself
     assert "http" not in body.replace("http-equiv", "")
+
+
+async def test_providers_show_the_inventory_the_controller_last_published(
+    bus: Bus, console: str
+) -> None:
+    # Given the views, and the controller's reads of the source: first two VMs, then three
+    await views.seed(bus)
+
+    def read(*names: str, error: str = "") -> migration.InventoryRead:
+        return migration.InventoryRead(
+            plan="", migration="*", vm="src", provider="src", source_type="ova", error=error,
+            vms=[Vm(id=f"id-{n}", name=n, provider_type=ProviderType.OVA) for n in names],
+        )  # fmt: skip
+
+    async with aiohttp.ClientSession() as http:
+
+        async def providers() -> dict[str, Any]:
+            async with http.get(f"{console}/api/snapshot") as r:
+                return {p["name"]: p for p in (await r.json())["providers"]}
+
+        # When nothing was read yet, the provider shows only what migrations saw
+        before = (await providers())["src"]
+        assert before["inventory_read"] == ""
+        # When the controller publishes a read, then another with a new VM
+        await bus.publish(read("web01", "db01"))
+        first = (await providers())["src"]
+        await bus.publish(read("web01", "db01", "new01"))
+        second = (await providers())["src"]
+        # Then each snapshot shows the latest read, with its time
+        assert [v["name"] for v in first["inventory"]] == ["web01", "db01"]
+        assert [v["name"] for v in second["inventory"]] == ["web01", "db01", "new01"]
+        assert second["inventory_read"] and second["inventory_error"] == ""
+        # And a source that cannot be read says why
+        await bus.publish(read(error="the directory does not exist"))
+        broken = (await providers())["src"]
+        assert broken["inventory"] == [] and "does not exist" in broken["inventory_error"]

@@ -56,6 +56,12 @@ async def test_progress_updates_live_and_cancel_with_token_reaches_the_controlle
         )
         pipeline = await asyncio.to_thread(page.text, f"{WEB01} .pipeline")
         assert "StorePowerState" in pipeline and "ConvertGuest \u00d72" in pipeline
+        # and the plan's estimate of an OVA source has cold figures only, saying why
+        heads = await asyncio.to_thread(page.text, ".plan .estimate thead")
+        assert "cold downtime" in heads and "warm" not in heads, heads
+        assert "OVA sources cannot run warm" in await asyncio.to_thread(
+            page.text, ".plan .estimate"
+        )
         await asyncio.to_thread(page.script, "window.notReloaded = true;")
 
         # When the migration makes progress
@@ -73,7 +79,7 @@ async def test_progress_updates_live_and_cancel_with_token_reaches_the_controlle
         assert bar == 3 * views.GIB
         assert await asyncio.to_thread(page.script, "return window.notReloaded === true;")
         assert "B/s" in await asyncio.to_thread(page.text, f"{WEB01} .rate")
-        shot = await asyncio.to_thread(page.screenshot, tmp_path / "console-migration.png")
+        shot = await asyncio.to_thread(page.screenshot, tmp_path / "console-progress.png")
         keep(shot)
 
         # When a person clicks cancel without a token, nothing is sent

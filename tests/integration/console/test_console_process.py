@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 
+from ferry.testing import console
 from ferry.testing.console import ConsoleProcess
 
 
@@ -58,3 +59,18 @@ def test_binds_loopback_and_keeps_the_token_out_of_logs_argv_and_env(
     assert token not in " ".join(proc.args)  # type: ignore[arg-type]
     assert all(token not in value for value in os.environ.values())
     assert sys.executable in proc.args
+
+
+def test_started_before_the_services_declare_it_waits_without_a_warning(
+    nats_url: str, tmp_path: Path
+) -> None:
+    # Given a console started before any service declared the stream and buckets (the
+    # race of `ferry up`), and then the services declaring them
+    running = console.start(nats_url, tmp_path, declared=False)
+    try:
+        text = running.log.read_text()
+    finally:
+        assert running.stop() == 0
+    # Then it waited and became ready, with no warning of views it could not read
+    assert "waiting for the services to declare" in text
+    assert '"level": "WARNING"' not in text, text

@@ -4,7 +4,6 @@ for the kill -9 tests)."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,23 +13,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from controller_harness import (
-    TOPOLOGY,
-    FileProvider,
-    Services,
-    apply,
-    eventually,
-    migration_doc,
-    providers_for,
-)
+from controller_harness import TOPOLOGY
+from controller_stack import Stack
 
 from ferry.bus import Bus, declare
-from ferry.migration_controller import app
-from ferry.migration_controller.settings import ControllerGroup, ControllerSettings
-from ferry.proto import migration
-from ferry.proto.subjects import Bucket, Service
-
-END = ("Succeeded", "Failed", "Canceled", "Rejected")
+from ferry.proto.subjects import Service
 
 
 @pytest.fixture
@@ -38,91 +25,6 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     async with await Bus.connect(nats_url, name="test", settings=TOPOLOGY) as connected:
         await declare(connected, TOPOLOGY, list(Service))
         yield connected
-
-
-def controller_settings(url: str) -> ControllerSettings:
-    return ControllerSettings(
-        nats={"url": url},  # type: ignore[arg-type]
-        bus={"max_deliver": TOPOLOGY.max_deliver, "ack_wait_seconds": TOPOLOGY.ack_wait_seconds},  # type: ignore[arg-type]
-        controller=ControllerGroup(
-            retry_base_seconds=0.2, progress_min_interval_seconds=0.0, leader_lease_seconds=2.0
-        ),
-    )
-
-
-class Stack:
-    """The services (test handlers) and, unless told otherwise, the controller, running."""
-
-    def __init__(self, bus: Bus, url: str, tmp: Path) -> None:
-        self.bus, self.url, self.tmp = bus, url, tmp
-        self.services = Services()
-        self.sources: dict[str, FileProvider] = {}
-        self._stops: list[asyncio.Event] = []
-        self._tasks: list[asyncio.Task[Any]] = []
-        self.controller: app.Controller | None = None
-
-    def source(self, name: str, vms: list[Any]) -> FileProvider:
-        provider = FileProvider.create(self.tmp / "sources" / name, vms)
-        self.sources[name] = provider
-        return provider
-
-    def run_services(self) -> None:
-        for router in self.services.routers:
-            stop = asyncio.Event()
-            self._stops.append(stop)
-            self._tasks.append(
-                asyncio.create_task(router.run(self.bus, concurrency=32, stop=stop, fetch_wait=0.2))
-            )
-
-    def run_controller(self) -> app.Controller:
-        roots = {name: p.root for name, p in self.sources.items()}
-        ctl = app.build_router(
-            self.bus, controller_settings(self.url), providers=providers_for(roots)
-        )
-        stop = asyncio.Event()
-        self._stops.append(stop)
-        self._tasks.append(
-            asyncio.create_task(ctl.run(self.bus, concurrency=32, stop=stop, fetch_wait=0.2))
-        )
-        self.controller = ctl
-        return ctl
-
-    async def close(self) -> None:
-        for stop in self._stops:
-            stop.set()
-        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 60)
-
-    async def migrate(self, name: str, plan: str = "plan1", cutover: str | None = None) -> None:
-        await apply(self.bus, [migration_doc(name, plan, cutover)])
-        await self.bus.publish(migration.StartMigration(plan=plan, migration=name, vm="*"))
-
-    async def migration(self, name: str) -> dict[str, Any]:
-        entry = await self.bus.kv(Bucket.OBJECTS, dict).get(f"migration.{name}")
-        assert entry is not None
-        return entry.value
-
-    async def wait_end(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
-        async def ended() -> bool:
-            return (await self.migration(name)).get("status", {}).get("phase") in END
-
-        await eventually(ended, timeout=timeout, what=f"migration {name} ends")
-        return await self.migration(name)
-
-    async def vms(self, name: str) -> dict[str, dict[str, Any]]:
-        kv = self.bus.kv(Bucket.VMS, dict)
-        out = {}
-        for key in await kv.keys(f"{name}."):
-            entry = await kv.get(key)
-            assert entry is not None
-            out[entry.value["vm"]] = entry.value
-        return out
-
-    async def events(self, name: str | None = None) -> list[tuple[str, Any]]:
-        out = []
-        async for env, msg in self.bus.events(follow=False):
-            if name is None or msg.migration == name:
-                out.append((env.type, msg))
-        return out
 
 
 @pytest.fixture

@@ -137,6 +137,7 @@ class FileProvider:
         return False
 
     async def power_on(self, vm: Vm) -> None:
+        await self._hold("power-on", vm.id)  # a cancel's RestorePower: the VM not ended yet
         self._set(vm.id, PowerState.ON.value)
 
     # Change tracking (a WarmSource): checkpoints a test seeds, which clean-up must remove.
@@ -155,14 +156,19 @@ class FileProvider:
         left = [c for c in await self.checkpoints(vm) if c != checkpoint]
         self.seed_checkpoints(vm.id, left)
 
-    def changes(self, vm: Vm, since: str | None) -> Any:
+    def changes(self, vm: Vm, since: str | None, round_id: str = "") -> Any:
         raise NotImplementedError("the stand-in volume-service reads no source")
 
 
-def providers_for(roots: dict[str, Path]) -> Any:
-    """A provider factory for the controller: provider name -> FileProvider."""
+def providers_for(roots: dict[str, Path], ova: dict[str, Path] | None = None) -> Any:
+    """A provider factory for the controller: provider name -> FileProvider, or a real
+    OvaProvider for the names in ``ova``."""
 
     async def make(ref: SourceRef) -> Any:
+        if ova and ref.provider in ova:
+            from ferry.providers.ova.provider import OvaProvider
+
+            return OvaProvider(ova[ref.provider])
         return FileProvider(roots[ref.provider])
 
     return make
@@ -244,6 +250,7 @@ class Services:
         self.ran: list[tuple[str, str, int]] = []
         self.cleaned: list[str] = []
         self.since: list[tuple[str, str]] = []  # (CopyDisks step, its since) per round
+        self.bandwidth: dict[str, list[volume.Bandwidth]] = {}  # VM → its CopyDisks' budgets
         self.machines: set[str] = set()  # VMs whose VirtualMachine exists (created, not deleted)
         self.holding: set[tuple[str, str]] = set()
         self.released: set[tuple[str, str]] = set()
@@ -307,6 +314,7 @@ class Services:
             ]
             # A warm round counts from the checkpoint the previous round handed back.
             self.since.append((cmd.step, cmd.since))
+            self.bandwidth[cmd.vm] = cmd.bandwidth
             checkpoint = "" if cmd.final or not cmd.warm else f"cp-{cmd.precopy}"
             return volume.DisksCopied(
                 **_ids(cmd),

@@ -5,13 +5,16 @@ which budget holds it."""
 from __future__ import annotations
 
 import asyncio
+import time
 
-from conftest import Stack
 from controller_harness import _doc, apply, documents, eventually, make_vm
+from controller_stack import Stack
 from test_cli import ferry
 
+from ferry.bus.rate import SharedRate, account
 from ferry.proto.inventory import ProviderType
 from ferry.proto.subjects import Bucket
+from ferry.proto.volume import Bandwidth
 
 HOST_CAP = 3
 
@@ -105,3 +108,46 @@ async def test_higher_priority_plan_goes_first(stack: Stack) -> None:
     assert order[-1] in low, order
     assert (await stack.wait_end("m1"))["status"]["phase"] == "Succeeded"
     assert (await stack.wait_end("m2"))["status"]["phase"] == "Succeeded"
+
+
+async def test_each_copy_carries_the_bandwidth_budgets_its_vm_touches(stack: Stack) -> None:
+    # Given oVirt VMs (copied by the volume-service) of two plans on esx1 and one on
+    # esx2, a per-host bandwidth budget (each host its own 40 MiB/s) and a global 100 MiB/s
+    stack.source(
+        "src",
+        [make_vm(i, ProviderType.OVIRT, host="esx1") for i in ("id-0", "id-1")]
+        + [make_vm("id-2", ProviderType.OVIRT, host="esx2")],
+    )
+    await apply(stack.bus, documents("ovirt", ["id-0", "id-2"], plan="plan1"))
+    await apply(stack.bus, documents("ovirt", ["id-1"], plan="plan2"))
+    await apply(
+        stack.bus,
+        [
+            _doc("Budget", "per-host", {"scope": "host", "bandwidthMiBps": 40}),
+            _doc("Budget", "all", {"scope": "global", "bandwidthMiBps": 100}),
+        ],
+    )
+    stack.run_services()
+    stack.run_controller()
+    # When both plans migrate
+    await stack.migrate("m1", plan="plan1")
+    await stack.migrate("m2", plan="plan2")
+    assert (await stack.wait_end("m1"))["status"]["phase"] == "Succeeded"
+    assert (await stack.wait_end("m2"))["status"]["phase"] == "Succeeded"
+    # Then the copies on esx1, whatever their plan, share esx1's account; esx2's its own
+    mib = 1 << 20
+
+    def bw(budget: str, value: str, rate: int) -> Bandwidth:
+        return Bandwidth(budget=budget, account=account(budget, value), bytes_per_second=rate * mib)
+
+    everywhere = bw("all", "", 100)
+    by_vm = {vm: set(b) for vm, b in stack.services.bandwidth.items()}
+    assert by_vm["id-0"] == by_vm["id-1"] == {bw("per-host", "esx1", 40), everywhere}
+    assert by_vm["id-2"] == {bw("per-host", "esx2", 40), everywhere}
+    # And describe says what the movers move under each host's account now
+    host = SharedRate(stack.bus, account("per-host", "esx1"), 40 * mib)
+    first = await host.take(2 * mib)
+    await asyncio.sleep(max(0.0, first + 1.0 - time.time()))
+    await host.take(3 * mib)  # the next window: the one before it is the measure
+    described = (await ferry(stack, "describe", "plan", "plan1")).output
+    assert "Budget per-host: host each: 40 MiB/s; moving 2.0 MiB/s (esx1 2.0)" in described

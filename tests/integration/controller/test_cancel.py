@@ -4,8 +4,8 @@ to stop, its volumes are cleaned, and the source power state comes back."""
 from __future__ import annotations
 
 import pytest
-from conftest import Stack
 from controller_harness import apply, documents, eventually, make_vm
+from controller_stack import Stack
 
 from ferry.proto import migration
 from ferry.proto.inventory import ProviderType
@@ -98,3 +98,25 @@ async def test_cancel_whole_migration_including_queued_vms(stack: Stack) -> None
     await eventually(
         lambda: stack.services.cleaned == ["id-0"], what="only id-0 had volumes to clean"
     )
+
+
+async def test_a_second_migration_of_a_running_vm_is_rejected(stack: Stack) -> None:
+    # Given a plan's VM held in ConvertGuest by its first migration
+    stack.source("src", [make_vm("id-a", OVA)])
+    await apply(stack.bus, documents("ova", ["id-a"]))
+    stack.services.script[("id-a", "ConvertGuest")] = "hold"
+    stack.run_services()
+    stack.run_controller()
+    await stack.migrate("m1")
+    await eventually(lambda: ("id-a", "ConvertGuest") in stack.services.holding, what="held")
+    # When the plan is migrated again before the first one ended (`ferry migrate` twice)
+    await stack.migrate("m2")
+    second = await stack.wait_end("m2")
+    # Then the second is rejected, naming the migration that has the VM; the first runs on
+    assert second["status"]["phase"] == "Rejected"
+    reasons = [r for rs in second["status"]["reasons"].values() for r in rs]
+    assert any("being migrated by migration m1" in r for r in reasons), reasons
+    assert await stack.vms("m2") == {}
+    assert (await stack.migration("m1"))["status"]["phase"] == "Running"
+    # (the held step let go: a router stopping with it in flight waits out its drain grace)
+    stack.services.released.add(("id-a", "ConvertGuest"))

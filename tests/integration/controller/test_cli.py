@@ -7,14 +7,16 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
 import typer
 import yaml
-from conftest import Stack
-from controller_harness import apply, documents, eventually, make_vm
+from controller_harness import apply, documents, eventually, make_vm, migration_doc
+from controller_stack import Stack
 from typer.testing import CliRunner, Result
 
 from ferry.cli import estimate, events, inventory, migrations
 from ferry.cli import objects as cli_objects
+from ferry.proto import migration
 from ferry.proto.inventory import PowerState, ProviderType
 
 OVA = ProviderType.OVA
@@ -53,6 +55,14 @@ async def test_apply_and_get(stack: Stack, tmp_path: Path) -> None:
     assert "plan1" in table.output and "cold" in table.output
     raw = await ferry(stack, "get", "providers", "-o", "json")
     assert {d["metadata"]["name"] for d in json.loads(raw.output)} == {"src", "host"}
+    # And a directory applies its YAML files (as kubectl's -f DIR); one without any says so
+    (tmp_path / "notes.txt").write_text("not an object")
+    whole = await ferry(stack, "apply", "-f", str(tmp_path))
+    assert whole.exit_code == 0 and "plan/plan1 unchanged" in whole.output, whole.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = await ferry(stack, "apply", "-f", str(empty))
+    assert none.exit_code == 1 and "no *.yaml, *.yml or *.json file in it" in none.output
 
 
 async def test_apply_errors_are_one_line_naming_file_path_and_problem(
@@ -165,6 +175,9 @@ async def test_inventory_of_an_ova_directory(stack: Stack, tmp_path: Path) -> No
     gone = await ferry(stack, "inventory", "gone")
     # Then the empty one lists nothing and the missing one says why in one line
     assert ok.exit_code == 0 and json.loads(ok.output) == []
+    # (as a table, the empty one says so rather than print a bare header)
+    table = await ferry(stack, "inventory", "ova")
+    assert table.exit_code == 0 and f"no VMs in provider 'ova' ({empty})" in table.output
     assert gone.exit_code == 1 and "provider 'gone'" in gone.output
 
 
@@ -200,6 +213,11 @@ async def test_applying_a_migration_starts_it_and_reapplying_with_cancel_cancels
     vms = await stack.vms("m1")
     assert vms["id-a"]["status"] == "Succeeded" and vms["id-b"]["status"] == "Canceled"
     assert done["status"]["phase"] == "Canceled"
+    # And the estimate was recorded at admission though no `ferry migrate` ran, kept
+    # through the re-apply, and is compared with what happened
+    assert json.loads(done["status"]["estimate"])["plan"] == "plan1"
+    described = await ferry(stack, "describe", "migration", "m1")
+    assert "estimate a:" in described.output and "actual" in described.output, described.output
 
 
 async def test_cutover_ends_the_precopies_of_a_running_warm_migration(stack: Stack) -> None:
@@ -223,3 +241,105 @@ async def test_cutover_ends_the_precopies_of_a_running_warm_migration(stack: Sta
     rounds = [s for s in stack.services.runs("id-a") if s.startswith("CopyDisks")]
     assert len(rounds) < 10, rounds
     assert (await ferry(stack, "cutover", "nope")).exit_code != 0
+    # And a cutover of a migration that ended, or of a cold one, is refused with why
+    ended = await ferry(stack, "cutover", "m1")
+    assert ended.exit_code == 1 and "has ended (Succeeded)" in ended.output, ended.output
+    await apply(
+        stack.bus, [*documents("libvirt", ["id-a"], plan="cold"), migration_doc("m2", "cold")]
+    )
+    cold = await ferry(stack, "cutover", "m2")
+    assert cold.exit_code == 1 and "is cold (plan cold has no warm: true)" in cold.output
+
+
+async def test_apply_warns_when_a_providers_location_is_not_there_and_stores_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # Given an OVA provider naming a directory that does not exist, one naming a directory
+    # that does, and a vSphere provider whose host does not resolve
+    present = tmp_path / "ova"
+    present.mkdir()
+    providers = [
+        {"type": "ova", "url": str(tmp_path / "typo")},
+        {"type": "ova", "url": str(present)},
+        {"type": "vsphere", "url": "https://vcenter.no-such-host.invalid/sdk"},
+    ]
+    docs = [
+        {"apiVersion": "ferry.dev/v1alpha1", "kind": "Provider", "metadata": {"name": f"p{i}"},
+         "spec": spec}
+        for i, spec in enumerate(providers)
+    ]  # fmt: skip
+    path = tmp_path / "providers.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    # When they are applied
+    result = await ferry(stack, "apply", "-f", str(path))
+    # Then all are stored (exit 0), with one warning line for each missing location
+    assert result.exit_code == 0, result.output
+    assert all(f"provider/p{i} created" in result.stdout for i in range(3))
+    warnings = result.stderr.splitlines()
+    assert warnings == [
+        f"warning: provider/p0: {tmp_path / 'typo'} does not exist on this host; "
+        "`ferry inventory` and migrations of it will fail until it does",
+        "warning: provider/p2: host 'vcenter.no-such-host.invalid' does not resolve from this "
+        "host; `ferry inventory` and migrations of it will fail until it does",
+    ], result.stderr
+
+
+async def test_the_active_controller_publishes_each_sources_inventory_and_its_changes(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # Given a source of two VMs and a source whose directory is gone
+    stack.source("src", [make_vm("id-a", OVA), make_vm("id-b", OVA)])
+    assert (await ferry(stack, "apply", "-f", str(write_plan(tmp_path)))).exit_code == 0
+    gone = {"apiVersion": "ferry.dev/v1alpha1", "kind": "Provider", "metadata": {"name": "gone"},
+            "spec": {"type": "ova", "url": str(tmp_path / "no")}}  # fmt: skip
+    (tmp_path / "gone.yaml").write_text(yaml.safe_dump(gone))
+    assert (await ferry(stack, "apply", "-f", str(tmp_path / "gone.yaml"))).exit_code == 0
+
+    async def reads(provider: str) -> list[migration.InventoryRead]:
+        return [
+            m
+            for _, m in await stack.events()
+            if isinstance(m, migration.InventoryRead) and m.provider == provider
+        ]
+
+    # When the controller becomes active
+    ctl = stack.run_controller()
+    # Then it publishes what each source holds, and why the other cannot be read
+    await eventually(lambda: reads("src"), what="src's inventory")
+    await eventually(lambda: reads("gone"), what="gone's inventory")
+    (first,) = await reads("src")
+    assert [v.id for v in first.vms] == ["id-a", "id-b"] and first.error == ""
+    (broken,) = await reads("gone")
+    assert broken.vms == [] and broken.error
+    # And the destination (a kubevirt Provider) is not a source: nothing is read from it
+    assert await reads("host") == []
+    # When a VM appears at the source and the next round reads it
+    stack.source("src", [make_vm("id-a", OVA), make_vm("id-b", OVA), make_vm("id-c", OVA)])
+    await ctl.inventory.read_all()
+    # Then the new inventory is published; an unchanged one is not repeated
+    latest = (await reads("src"))[-1]
+    assert [v.id for v in latest.vms] == ["id-a", "id-b", "id-c"]
+    assert len(await reads("gone")) == 1
+
+
+async def test_ctrl_c_during_migrate_wait_says_the_migration_goes_on(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a held migration followed with --wait
+    stack.source("src", [make_vm("id-a", OVA), make_vm("id-b", OVA)])
+    await ferry(stack, "apply", "-f", str(write_plan(tmp_path)))
+    stack.services.script[("id-a", "CreateVM")] = "hold"
+    stack.run_services()
+    stack.run_controller()
+
+    async def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt  # what asyncio.run raises on Ctrl-C
+
+    # When the user presses Ctrl-C while it waits
+    monkeypatch.setattr(migrations.watch, "follow", interrupted)
+    result = await ferry(stack, "migrate", "plan1", "--wait", "--name", "m1")
+    # Then it exits 130 saying the migration goes on, and how to stop it
+    assert result.exit_code == 130, result.output
+    assert "stopped following migration m1; it goes on" in result.output
+    assert "ferry cancel m1" in result.output
+    assert (await stack.migration("m1"))["status"]["phase"] in ("", "Running")

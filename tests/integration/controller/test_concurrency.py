@@ -3,8 +3,8 @@ the next starts as soon as one finishes."""
 
 from __future__ import annotations
 
-from conftest import Stack
 from controller_harness import apply, documents, eventually, make_vm
+from controller_stack import Stack
 
 from ferry.proto.inventory import ProviderType
 

@@ -7,8 +7,8 @@ tell the controller whether another attempt may help.
 
 from __future__ import annotations
 
-from conftest import Stack
 from controller_harness import apply, documents, eventually, make_vm
+from controller_stack import Stack
 
 from ferry.proto import migration, volume
 from ferry.proto.base import FailureOutcome

@@ -3,8 +3,8 @@ a plan that fails preflight never starts; a re-run runs only what did not succee
 
 from __future__ import annotations
 
-from conftest import Stack
 from controller_harness import apply, documents, eventually, make_vm
+from controller_stack import Stack
 
 from ferry.proto.inventory import ProviderType
 

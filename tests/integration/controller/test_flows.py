@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Stack
 from controller_harness import apply, documents, make_vm
+from controller_stack import Stack
 
 from ferry.proto.inventory import PowerState, ProviderType
 
@@ -19,6 +19,7 @@ SERVICE_STEPS = {
     "ovirt-cold-local": ["CreateDataVolumes", "AllocateDisks", "CopyDisks", "CreateVM", "PowerOn"],
     "vsphere-cold-remote": [
         "CreateDataVolumes",
+        "AllocateDisks",
         "CopyDisks",
         "ConvertGuest",
         "CreateVM",
@@ -26,6 +27,7 @@ SERVICE_STEPS = {
     ],
     "vsphere-warm": [
         "CreateDataVolumes",
+        "AllocateDisks",
         "CopyDisks",
         "Finalize",
         "ConvertGuest",

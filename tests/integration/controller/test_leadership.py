@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from ferry.bus import Bus, TopologySettings, declare
+from ferry.bus.tasks import cancel_and_wait
 from ferry.migration_controller.leadership import KEY, Leadership, Lease
 from ferry.proto.subjects import Bucket
 from ferry.testing.nats import NatsServer
@@ -37,5 +38,4 @@ async def test_the_lease_outlives_a_nats_restart(nats_server: NatsServer) -> Non
             entry = await bus.kv(Bucket.LOCKS, Lease).get(KEY)
             assert entry is not None and entry.revision > first
         finally:
-            holding.cancel()
-            await asyncio.gather(holding, return_exceptions=True)
+            await cancel_and_wait(holding)  # a single cancel can be lost in nats-py's waits

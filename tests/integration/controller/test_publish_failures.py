@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Stack
 from controller_harness import apply, documents, make_vm
+from controller_stack import Stack
 
 from ferry.bus import PublishFailed
 from ferry.migration_controller.driver import Driver

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import Stack
 from controller_harness import apply, documents, eventually, make_vm
+from controller_stack import Stack
 from test_restart import ChildController
 
 from ferry.migration_controller.leadership import KEY, Lease
@@ -22,6 +22,7 @@ async def _active_pid(stack: Stack) -> int:
     return int(entry.value.owner.rsplit(":", 1)[1])
 
 
+@pytest.mark.slow  # 20-60 s of kill-and-restart: kept out of make test-fast, run by make test
 @pytest.mark.timeout(300)
 async def test_kill_the_active_replica_mid_wave(stack: Stack) -> None:
     # Given twelve VMs (four at a time) and two controller replicas as child processes

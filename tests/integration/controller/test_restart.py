@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import Stack, controller_settings
 from controller_harness import (
     apply,
     documents,
@@ -22,6 +21,7 @@ from controller_harness import (
     migration_doc,
     providers_for,
 )
+from controller_stack import Stack, controller_settings
 
 from ferry.migration_controller import app
 from ferry.proto.inventory import ProviderType
@@ -66,6 +66,7 @@ class ChildController:
 SERVICE_STEPS = ["CreateDataVolumes", "AllocateDisks", "ConvertGuest", "CreateVM", "PowerOn"]
 
 
+@pytest.mark.slow  # 20-60 s of kill-and-restart: kept out of make test-fast, run by make test
 @pytest.mark.timeout(300)
 async def test_kill_at_every_step_boundary(stack: Stack) -> None:
     # Given a running OVA VM whose every step is held, and the controller as a child process
@@ -117,6 +118,7 @@ async def test_kill_at_every_step_boundary(stack: Stack) -> None:
     assert set(started.values()) == {1}
 
 
+@pytest.mark.slow  # 20-60 s of kill-and-restart: kept out of make test-fast, run by make test
 @pytest.mark.timeout(300)
 async def test_kill_at_random_points_with_many_vms(stack: Stack) -> None:
     # Given twenty VMs with instant steps and the controller as a child process

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from conftest import Stack
 from controller_harness import apply, documents, eventually, make_vm
+from controller_stack import Stack
 
 from ferry.proto import migration
 from ferry.proto.inventory import ProviderType
@@ -36,9 +36,9 @@ async def test_warm_precopies_until_cutover(stack: Stack) -> None:
     ran = stack.services.runs("id-a")
     rounds = len(copies())
     # (each round's command is named apart — CopyDisks, CopyDisks@1, … — so none is deduplicated)
-    assert ran[1 : 1 + rounds] == ["CopyDisks"] + [f"CopyDisks@{i}" for i in range(1, rounds)]
-    assert ran[0] == "CreateDataVolumes"
-    assert ran[1 + rounds :] == ["Finalize", "ConvertGuest", "CreateVM", "PowerOn"]
+    assert ran[2 : 2 + rounds] == ["CopyDisks"] + [f"CopyDisks@{i}" for i in range(1, rounds)]
+    assert ran[:2] == ["CreateDataVolumes", "AllocateDisks"]
+    assert ran[2 + rounds :] == ["Finalize", "ConvertGuest", "CreateVM", "PowerOn"]
     assert src.log() == ["off:id-a"]
     state = (await stack.vms("m1"))["id-a"]
     assert state["precopy"] == rounds - 1

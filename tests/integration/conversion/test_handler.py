@@ -7,6 +7,8 @@ progress and the result; the volumes hold a guest that now has virtio drivers.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import time
 from pathlib import Path
@@ -17,7 +19,8 @@ import pytest
 from conversion_harness import initramfs_modules, platform_volumes, sha256
 
 from ferry.bus import Bus, Router, TopologySettings, declare
-from ferry.conversion_service import app, lease
+from ferry.conversion_service import app, lease, v2v
+from ferry.conversion_service.progress import Progress
 from ferry.conversion_service.settings import ConversionSettings, Settings
 from ferry.proto import subjects
 from ferry.proto.base import FailureOutcome
@@ -28,7 +31,7 @@ from ferry.proto.conversion import (
     ConvertGuest,
     GuestConverted,
 )
-from ferry.proto.inventory import Disk, ProviderType, Vm, Volume
+from ferry.proto.inventory import Disk, Inspection, ProviderType, Vm, Volume
 from ferry.proto.subjects import Service
 from ferry.proto.volume import SourceRef
 from ferry.providers.ova.provider import OvaProvider
@@ -226,11 +229,80 @@ async def test_a_vm_held_by_another_replica_waits_for_its_lease(
         published = await run_until(bus, router, ConversionFailed)
         waited = time.monotonic() - started
 
-    # Then it did not run while the lease was held: it ran on the next delivery, after it lapsed
+    # Then it did not run while the lease was held: it waited, within its first delivery,
+    # and ran once the lease lapsed
     (failure,) = [m for m in published if isinstance(m, ConversionFailed)]
-    assert failure.deliveries == 2
+    assert failure.deliveries == 1
     assert "does not exist" in failure.reason
     assert waited >= 2.5
+
+
+async def test_a_duplicate_command_waits_out_a_long_conversion_and_reports_its_result(
+    nats_url: str, tmp_path: Path
+) -> None:
+    ova_dir, provider, source_vm = tmp_path, OvaProvider(tmp_path), SMALL_VM
+    # Given another replica running this very step and attempt, renewing its lease
+    # (3 s: a renewal every second, so a loaded machine's stall does not let it lapse)
+    # for longer than the deliveries this service may spend (max_deliver 2)
+    settings = Settings(data_dir=tmp_path / "data")
+    gone = [Volume(disk_id=source_vm.disks[0].id, name="x", size=1, path=str(tmp_path / "x"))]
+    cmd = command(source_vm, gone, ova_dir)
+    result = GuestConverted(**cmd.reply(), seconds=42.0)
+
+    async def lookup(ref: SourceRef) -> OvaProvider:
+        return provider
+
+    async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
+        await declare(bus, TOPOLOGY, list(Service))
+        first = lease.Lease(bus, cmd.migration, cmd.vm, cmd.step, cmd.attempt, 3.0, "replica-b")
+
+        async def first_run() -> None:
+            async with first.held():
+                await asyncio.sleep(6.0)
+                await first.complete(result)
+
+        running = asyncio.create_task(first_run())
+        await asyncio.sleep(0.3)
+        router = app.build_router(bus, settings, providers=lookup)
+        # When the same command is sent again (a controller restart past the dedupe window)
+        await bus.publish(cmd)
+        published = await run_until(bus, router, GuestConverted, within=30)
+        await running
+
+    # Then it neither ran nor gave up: it reported the first run's result, once
+    assert [m for m in published if isinstance(m, GuestConverted)] == [result]
+    assert not [m for m in published if isinstance(m, ConversionFailed)]
+
+
+async def test_a_command_of_an_older_attempt_does_nothing(nats_url: str, tmp_path: Path) -> None:
+    ova_dir, provider, source_vm = tmp_path, OvaProvider(tmp_path), SMALL_VM
+    # Given attempt 2 of the step already done, and attempt 1's command delivered late,
+    # with volumes that would make a run fail at once
+    settings = Settings(data_dir=tmp_path / "data")
+    gone = [Volume(disk_id=source_vm.disks[0].id, name="x", size=1, path=str(tmp_path / "x"))]
+    old = command(source_vm, gone, ova_dir, attempt=1)
+    newer = GuestConverted(**command(source_vm, gone, ova_dir, attempt=2).reply(), seconds=9.0)
+
+    async def lookup(ref: SourceRef) -> OvaProvider:
+        return provider
+
+    async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
+        await declare(bus, TOPOLOGY, list(Service))
+        claims = bus.kv(subjects.Bucket.LOCKS, lease.Claim)
+        key = lease.key(old.migration, old.vm)
+        done = lease.Claim(state="done", owner="replica-a", step="convert", attempt=2, result=newer)
+        await claims.put(key, done)
+        router = app.build_router(bus, settings, providers=lookup)
+        # When the old command arrives
+        await bus.publish(old)
+        async with Running(router, bus, concurrency=1):
+            await asyncio.sleep(4.0)
+        published = await events(bus)
+        kept = await claims.get(key)
+
+    # Then nothing ran, nothing failed, nothing was re-reported, and the newer result stands
+    assert not [m for m in published if isinstance(m, GuestConverted | ConversionFailed)]
+    assert kept is not None and kept.value == done
 
 
 async def test_a_command_naming_a_path_outside_the_services_volumes_is_rejected(
@@ -260,3 +332,51 @@ async def test_a_command_naming_a_path_outside_the_services_volumes_is_rejected(
     assert failure.outcome is FailureOutcome.PERMANENT and failure.deliveries == 1
     assert not [m for m in published if isinstance(m, ConversionProgress | GuestConverted)]
     assert victim.read_bytes() == b"precious"
+
+
+class SilentConverter:
+    """Stands in for virt-v2v during a long stage: one stage line, then nothing for a while."""
+
+    def __init__(self, silence: float) -> None:
+        self.silence = silence
+
+    async def convert(self, job: v2v.Job, on_progress: v2v.ProgressCallback | None) -> v2v.Result:
+        assert on_progress is not None
+        await on_progress(Progress(stage="Inspecting the source", elapsed=1.2))
+        await asyncio.sleep(self.silence)
+        return v2v.Result(inspection=Inspection(), seconds=self.silence, log=Path("v2v.log"))
+
+
+async def test_a_long_silent_stage_is_reported_by_a_heartbeat_with_stage_and_elapsed_time(
+    nats_url: str, tmp_path: Path
+) -> None:
+    # Given a conversion whose virt-v2v prints nothing for 3 s after its stage line,
+    # and a heartbeat of 0.5 s
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        conversion=ConversionSettings(heartbeat_seconds=0.5, progress_interval_seconds=2.0),
+    )
+    volumes = await platform_volumes(settings.data_dir, SMALL_VM)
+    cmd = msgspec.structs.replace(
+        command(SMALL_VM, volumes, tmp_path), mode=ConversionMode.IN_PLACE
+    )
+    async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
+        await declare(bus, TOPOLOGY, list(Service))
+        router = app.build_router(
+            bus, settings, providers=_no_source, converter=SilentConverter(3.0)
+        )
+        # When it runs
+        await bus.publish(cmd)
+        published = await run_until(bus, router, GuestConverted)
+    # Then the stage was published again through the silence, its elapsed time growing,
+    # never more than a heartbeat (and scheduling slack on a loaded machine) apart
+    beats = [m for m in published if isinstance(m, ConversionProgress)]
+    assert {b.stage for b in beats} == {"Inspecting the source"}
+    assert len(beats) >= 5, beats
+    elapsed = [b.elapsed for b in beats]
+    assert elapsed == sorted(elapsed) and elapsed[-1] >= 2.5
+    assert max(b - a for a, b in itertools.pairwise(elapsed)) <= 0.5 + 1.0
+
+
+async def _no_source(ref: SourceRef) -> OvaProvider:
+    raise AssertionError("an in-place conversion opens no source")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ferry.bus import Bus, TemporaryError, TopologySettings, declare
+from ferry.bus.tasks import cancel_and_wait
 from ferry.conversion_service import lease
 from ferry.proto.conversion import GuestConverted
 from ferry.proto.subjects import Bucket, Service
@@ -64,3 +65,22 @@ async def test_release_after_a_failure_frees_the_vm(nats_url: str) -> None:
         await mine.release()
         # Then another replica may start afresh
         await lease.Lease(bus, "m", "v", "convert", 2, 30, owner="replica-b").acquire()
+
+
+async def test_giving_up_while_waiting_leaves_the_holders_claim(nats_url: str) -> None:
+    async with await Bus.connect(nats_url, name="lease-test", settings=TOPOLOGY) as bus:
+        await declare(bus, TOPOLOGY, [Service.CONVERSION])
+        # Given replica b converting the VM, and replica a waiting for its claim
+        holder = lease.Lease(bus, "m", "v", "convert", 1, 30, owner="replica-b")
+        await holder.acquire()
+        waiter = lease.Lease(bus, "m", "v", "convert", 1, 30, owner="replica-a")
+        waiting = asyncio.create_task(waiter.claim())
+        await asyncio.sleep(0.5)
+        # When a's wait ends without a claim (canceled) and a releases as after a failure
+        await cancel_and_wait(waiting)  # a single cancel can be lost in nats-py's waits
+        assert waiting.cancelled()
+        await waiter.release()
+        entry = await bus.kv(Bucket.LOCKS, lease.Claim).get(lease.key("m", "v"))
+    # Then b's claim is still there, untouched
+    assert entry is not None and entry.value.owner == "replica-b"
+    assert entry.value.state == "running"

@@ -9,78 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import subprocess
-import time
-from collections.abc import Iterator
+import sys
 from pathlib import Path
 
 import pytest
+from localkit import (
+    LAYOUT,
+    SIZE,
+    KiB,
+    MiB,
+    allocated_bytes,
+    make_raw,
+    new_target,
+    reference_digest,
+    source_in,
+    wait_for,
+)
 
 from ferry.platform import errors, images
 from ferry.platform.copy import checksum, engine, sink, source
 from ferry.proto.inventory import DiskFormat
-
-KiB = 1024
-MiB = 1024 * KiB
-
-
-def make_raw(path: Path, size: int, extents: list[tuple[int, int]], seed: int = 7) -> Path:
-    """A sparse raw image with random data at ``extents`` and holes elsewhere."""
-    rng = random.Random(seed)
-    with path.open("wb") as f:
-        f.truncate(size)
-        for offset, length in extents:
-            f.seek(offset)
-            f.write(rng.randbytes(length))
-    return path
-
-
-def convert(src: Path, src_fmt: str, dst: Path, dst_fmt: str, *opts: str) -> Path:
-    subprocess.run(
-        ["qemu-img", "convert", "-q", "-f", src_fmt, "-O", dst_fmt, *opts, str(src), str(dst)],
-        check=True,
-    )
-    return dst
-
-
-def reference_digest(image: Path, fmt: str, tmp: Path) -> str:
-    """The digest by definition, of what qemu-img itself reads from the image."""
-    raw = convert(image, fmt, tmp / f"ref-{image.name}.raw", "raw")
-    return checksum.of_bytes(raw.read_bytes())
-
-
-def allocated_bytes(path: Path) -> int:
-    return os.stat(path).st_blocks * 512
-
-
-def new_target(path: Path, fmt: str, size: int) -> sink.DiskSink:
-    if fmt == "qcow2":
-        subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)], check=True
-        )
-    return sink.open_sink(str(path), fmt, size)
-
-
-LAYOUT = [(0, 64 * KiB), (3 * MiB + 4096, 1500 * KiB), (9 * MiB, 3 * MiB), (19 * MiB, 700)]
-SIZE = 20 * MiB
-
-
-@pytest.fixture
-def raw_image(tmp_path: Path) -> Path:
-    return make_raw(tmp_path / "disk.raw", SIZE, LAYOUT)
-
-
-def source_in(fmt: DiskFormat, raw: Path, tmp: Path) -> Path:
-    if fmt == DiskFormat.RAW:
-        return raw
-    if fmt == DiskFormat.QCOW2:
-        return convert(raw, "raw", tmp / "disk.qcow2", "qcow2")
-    if fmt == DiskFormat.VMDK_STREAM:
-        return convert(raw, "raw", tmp / "disk.vmdk", "vmdk", "-o", "subformat=streamOptimized")
-    if fmt == DiskFormat.VMDK_FLAT:
-        return convert(raw, "raw", tmp / "flat.vmdk", "vmdk", "-o", "subformat=monolithicFlat")
-    raise AssertionError(fmt)
 
 
 @pytest.mark.parametrize(
@@ -154,6 +103,35 @@ def test_progress_is_throttled_and_ends_at_total(tmp_path: Path) -> None:
     assert any(r.rate > 0 for r in reports)
 
 
+class Refused(Exception):
+    pass
+
+
+def test_a_shared_rate_grants_each_chunk_before_it_is_read(tmp_path: Path) -> None:
+    # Given 32 MiB of data and a budget that grants the first two chunks, then no more
+    src_path = make_raw(tmp_path / "in.raw", 32 * MiB, [(0, 32 * MiB)])
+    granted: list[int] = []
+
+    def throttle(nbytes: int) -> None:
+        if len(granted) == 2:
+            raise Refused
+        granted.append(nbytes)
+
+    # When the copy runs with 4 threads (16 chunks in flight would be allowed)
+    src = source.RawFileSource(str(src_path))
+    with pytest.raises(Refused):
+        engine.copy(
+            src,
+            new_target(tmp_path / "o.raw", "raw", src.size),
+            tmp_path / "st",
+            engine.Options(workers=4, verify=False, throttle=throttle),
+        )
+    src.close()
+    # Then only what was granted was written: no chunk moved ahead of its grant
+    assert granted == [4 * MiB, 4 * MiB]
+    assert allocated_bytes(tmp_path / "o.raw") <= sum(granted)
+
+
 RESUME_SCRIPT = """
 import sys, pathlib
 from ferry.platform import images
@@ -163,14 +141,6 @@ out = sink.open_sink(sys.argv[2], sys.argv[4], src.size)
 engine.copy(src, out, pathlib.Path(sys.argv[3]),
             engine.Options(checkpoint_seconds=0.05, max_rate=24 * 1024 * 1024))
 """
-
-
-def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
 
 
 def watermark(state: Path) -> int:
@@ -190,7 +160,7 @@ def test_killed_copy_resumes_from_checkpoint_and_digest_matches(
     target, state = tmp_path / f"t.{fmt_out}", tmp_path / "state"
     new_target(target, fmt_out, 96 * MiB).close()
     proc = subprocess.Popen(
-        [_python(), "-c", RESUME_SCRIPT, str(image), str(target), str(state), fmt_out]
+        [sys.executable, "-c", RESUME_SCRIPT, str(image), str(target), str(state), fmt_out]
     )
     # When it is killed -9 after its first checkpoints
     try:
@@ -212,162 +182,6 @@ def test_killed_copy_resumes_from_checkpoint_and_digest_matches(
     assert result.resumed_at == done_chunks * checksum.CHUNK
     # …and the whole-disk digest still matches the source, stale bytes gone
     assert result.source.digest == result.target.digest == checksum.of_bytes(image.read_bytes())
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
-
-
-def test_source_missing_is_source_gone(tmp_path: Path) -> None:
-    with pytest.raises(errors.SourceGoneError, match="does not exist"):
-        source.open_source(images.ImageRef(path=str(tmp_path / "nope.raw")))
-
-
-def test_source_shrinking_mid_copy_is_source_gone(tmp_path: Path) -> None:
-    # Given a copy whose source is truncated as soon as the copy reports progress
-    image = make_raw(tmp_path / "s.raw", 64 * MiB, [(i * 4 * MiB, 2 * MiB) for i in range(16)])
-    src = source.RawFileSource(str(image))
-
-    def vanish(_: engine.Progress) -> None:
-        os.truncate(image, 0)
-
-    # When copied
-    with pytest.raises(errors.SourceGoneError, match="shrank"):
-        engine.copy(
-            src,
-            new_target(tmp_path / "o.raw", "raw", src.size),
-            tmp_path / "st",
-            engine.Options(workers=1),
-            vanish,
-        )
-    src.close()
-
-
-@contextlib.contextmanager
-def nbdkit_failing(tmp_path: Path, image: Path) -> Iterator[str]:
-    """A real NBD export whose every read fails with EIO (nbdkit's error filter)."""
-    sock = tmp_path / "eio.sock"
-    proc = subprocess.Popen(
-        [
-            "nbdkit",
-            "-f",
-            "-U",
-            str(sock),
-            "--filter=error",
-            "file",
-            str(image),
-            "error=EIO",
-            "error-pread-rate=100%",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(sock.exists, 10)
-        yield str(sock)
-    finally:
-        proc.terminate()
-        proc.wait()
-
-
-def test_eio_from_the_source_is_a_source_io_error(tmp_path: Path) -> None:
-    # Given an NBD source that answers every read with EIO
-    image = make_raw(tmp_path / "e.raw", 8 * MiB, [(0, MiB)])
-    with nbdkit_failing(tmp_path, image) as sock:
-        src = source.open_source(images.ImageRef(path="eio-disk", nbd_socket=sock))
-        # When copied
-        with pytest.raises(errors.SourceIOError, match="EIO"):
-            engine.copy(src, new_target(tmp_path / "o.raw", "raw", src.size), tmp_path / "st")
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs (real ENOSPC), when this test may mount; skipped otherwise."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root); see the RLIMIT_FSIZE test")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_full_target_is_no_space(tmp_path: Path, small_tmpfs: Path) -> None:
-    # Given 8 MiB of data and a target on a 4 MiB tmpfs
-    image = make_raw(tmp_path / "n.raw", 16 * MiB, [(0, 8 * MiB)])
-    src = source.RawFileSource(str(image))
-    # When copied
-    with pytest.raises(errors.NoSpaceError, match="ENOSPC"):
-        engine.copy(src, new_target(small_tmpfs / "o.raw", "raw", src.size), small_tmpfs / "st")
-    src.close()
-
-
-FSIZE_SCRIPT = """
-import resource, sys, pathlib
-from ferry.platform import errors, images
-from ferry.platform.copy import engine, sink, source
-src = source.RawFileSource(sys.argv[1])
-pathlib.Path(sys.argv[2]).touch()
-resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 1024 * 1024, 2 * 1024 * 1024))
-try:
-    engine.copy(src, sink.open_sink(sys.argv[2], "raw", src.size), pathlib.Path(sys.argv[3]))
-except errors.NoSpaceError as exc:
-    print("NoSpaceError:", exc.reason)
-"""
-
-
-def test_file_size_limit_is_no_space_too(tmp_path: Path) -> None:
-    # Given a process limited to 2 MiB files (EFBIG), copying 8 MiB of data
-    image = make_raw(tmp_path / "f.raw", 8 * MiB, [(0, 8 * MiB)])
-    out = subprocess.run(
-        [_python(), "-c", FSIZE_SCRIPT, str(image), str(tmp_path / "o.raw"), str(tmp_path / "s")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    # Then it fails as NoSpaceError naming the limit
-    assert "NoSpaceError: file size limit reached" in out.stdout, out.stderr
-
-
-def test_qcow2_with_a_backing_file_is_refused_before_reading(tmp_path: Path) -> None:
-    # Given a qcow2 overlay whose backing file is a "secret" beside it
-    secret = make_raw(tmp_path / "secret.raw", MiB, [(0, MiB)])
-    overlay = tmp_path / "overlay.qcow2"
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(secret), str(overlay)],
-        check=True,
-    )
-    before = os.stat(secret).st_atime_ns
-    # When opened as a source
-    with pytest.raises(errors.InvalidSourceError, match="backing file"):
-        source.open_source(images.ImageRef(path=str(overlay), format=DiskFormat.QCOW2))
-    # Then the backing file was never read
-    assert os.stat(secret).st_atime_ns == before
-
-
-def test_vmdk_extent_outside_its_directory_is_refused(tmp_path: Path) -> None:
-    # Given a flat VMDK whose descriptor names an extent in another directory
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    make_raw(outside / "data-flat.vmdk", MiB, [(0, MiB)])
-    inside = tmp_path / "import"
-    inside.mkdir()
-    descriptor = inside / "disk.vmdk"
-    descriptor.write_text(
-        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
-        'createType="monolithicFlat"\n\n'
-        'RW 2048 FLAT "../outside/data-flat.vmdk" 0\n\n'
-        'ddb.virtualHWVersion = "4"\nddb.geometry.cylinders = "2"\n'
-        'ddb.geometry.heads = "16"\nddb.geometry.sectors = "63"\nddb.adapterType = "ide"\n'
-    )
-    # When opened as a source, it is refused
-    with pytest.raises(errors.InvalidSourceError, match="outside its directory"):
-        source.open_source(images.ImageRef(path=str(descriptor), format=DiskFormat.VMDK_FLAT))
 
 
 def test_raw_disk_inside_a_bigger_file_is_read_in_place(tmp_path: Path, raw_image: Path) -> None:

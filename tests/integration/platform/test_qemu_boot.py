@@ -9,6 +9,7 @@ data, so this test also proves that the fallback bus boots.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,9 @@ def guest_builder() -> ModuleType:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # the first run may build the guest; the boot itself is TCG
-async def test_unconverted_guest_boots_from_sata_to_its_login_prompt(tmp_path: Path) -> None:
+async def test_unconverted_guest_boots_from_sata_to_its_login_prompt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Given the test guest's disk behind a copy-on-write overlay (the cache stays pristine)
     guest: Any = guest_builder().ensure_guest()
     overlay = tmp_path / "guest.qcow2"
@@ -75,10 +78,9 @@ async def test_unconverted_guest_boots_from_sata_to_its_login_prompt(tmp_path: P
         owner=kubevirt.Owner(plan="boot", migration="boot-1", vm_id=source.id),
     )
     schemas.validate(manifest)
-    # The test guest has no dbus, hence no logind to act on the power button: the ACPI
-    # request is sent and ignored, and the stop goes on to "quit". Waiting 30 s for a
-    # shutdown that never comes proved nothing more than waiting 5.
-    settings = qemu.QemuSettings(boot_marker=guest.login_marker, powerdown_seconds=5)
+    # The test guest answers the ACPI power button (systemd-logind), so the stop is a
+    # clean power-off, well within the grace period.
+    settings = qemu.QemuSettings(boot_marker=guest.login_marker, powerdown_seconds=90)
     vms = LocalVms(tmp_path / "data", settings)
     await vms.create_vm(manifest, volumes)
 
@@ -97,8 +99,10 @@ async def test_unconverted_guest_boots_from_sata_to_its_login_prompt(tmp_path: P
         assert spec["spec"]["template"]["spec"]["domain"]["devices"]["disks"][0]["disk"] == {
             "bus": "sata"
         }
-        # And it powers off (ACPI first; quit when the guest ignores the button, as this one does)
-        stopped = await vms.stop_vm("migrated", "ferry-test-guest")
+        # And it powers itself off when the power button is pressed (no forced quit)
+        with caplog.at_level(logging.INFO, logger="ferry.platform.local.vms"):
+            stopped = await vms.stop_vm("migrated", "ferry-test-guest")
         assert stopped.phase == VmPhase.STOPPED
+        assert "stopped migrated/ferry-test-guest (ACPI)" in caplog.text
     finally:
         await vms.delete_vm("migrated", "ferry-test-guest")

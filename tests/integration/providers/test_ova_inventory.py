@@ -186,7 +186,9 @@ async def test_power_operations_are_no_ops_reporting_off(area: Path) -> None:
     assert await provider.power_state(vm) is PowerState.OFF
 
 
-async def test_virt_v2v_input_names_the_ova_and_no_secret(area: Path, tmp_path: Path) -> None:
+async def test_virt_v2v_input_names_private_copies_and_no_secret(
+    area: Path, tmp_path: Path
+) -> None:
     # Given an OVA VM
     provider = OvaProvider(area)
     vm = await provider.vm("web01/web01")
@@ -198,7 +200,9 @@ async def test_virt_v2v_input_names_the_ova_and_no_secret(area: Path, tmp_path: 
     document = tmp_path / "source.xml"
     assert v2v.argv == ["-i", "libvirtxml", str(document)]
     assert v2v.files == [str(document)]
-    assert str(area / "web01.ova") in document.read_text()
+    # naming the checked copies of the disks in it, never the package in the import area
+    assert str(tmp_path / "disks") in document.read_text()
+    assert str(area) not in document.read_text()
 
 
 async def test_factory_builds_the_ova_provider_from_a_source_ref(area: Path) -> None:

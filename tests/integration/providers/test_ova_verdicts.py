@@ -51,10 +51,12 @@ async def test_one_crashing_descriptor_never_hides_the_good_packages(
     _good(root, "crash", stream)
     real_parse = descriptor.parse
 
-    def crashing(origin: str, data: bytes, limits: Limits = DEFAULT) -> list[descriptor.System]:
+    def crashing(
+        origin: str, data: bytes, limits: Limits = DEFAULT, configuration: str = ""
+    ) -> list[descriptor.System]:
         if "crash.ova" in origin:
             raise RuntimeError("a bug nobody\nforesaw")
-        return real_parse(origin, data, limits)
+        return real_parse(origin, data, limits, configuration)
 
     monkeypatch.setattr(descriptor, "parse", crashing)
 

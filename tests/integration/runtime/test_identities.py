@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ferry.bus import Bus, NotConnected, PublishFailed, TopologySettings, declare
+from ferry.bus.rate import SharedRate, account, measured_accounts
 from ferry.migration_controller.leadership import Leadership
 from ferry.proto import migration
 from ferry.proto.subjects import Bucket, Service
@@ -85,6 +86,12 @@ async def test_each_service_declares_and_uses_its_own_part(
         # And the volume-service publishes its own events
         cmd = allocate("vm-1")
         await bus.publish(allocated(cmd))
+        # and its copies take grants from a bandwidth budget's shared rate
+        await SharedRate(bus, account("per-host", "esx1"), 1 << 20).take(1024)
+    async with await connect(url, folder, "cli") as bus:
+        # And the CLI reads what moves under the budget (ferry describe plan); the figure
+        # itself depends on how long ago the grant was (a loaded machine: over a second)
+        assert set(await measured_accounts(bus, "per-host")) == {"esx1"}
     async with await connect(url, folder, "controller") as bus:
         # And the controller publishes commands to the services and writes VM state
         await bus.publish(allocate("vm-2"))
@@ -113,6 +120,24 @@ async def test_a_subject_outside_an_identitys_permissions_is_refused(
             await bus.kv(Bucket.VMS, dict).put("m.v", {"forged": True})
     # Then nothing of it reached the stream
     async with await connect(url, folder, "controller") as bus:
+        assert await bus.kv(Bucket.VMS, dict).get("m.v") is None
+
+
+async def test_only_the_controller_removes_vm_state_for_good(
+    stack_nats: tuple[str, Path],
+) -> None:
+    url, folder = stack_nats
+    await declared(url, folder)
+    async with await connect(url, folder, "controller") as bus:
+        await bus.kv(Bucket.VMS, dict).put("m.v", {"phase": "done"})
+    # Given the volume-service: it may not remove the controller's state
+    async with await connect(url, folder, "volume") as bus:
+        with pytest.raises(Exception):  # noqa: B017 - refused: a timeout, or an error
+            await bus.kv(Bucket.VMS, dict).remove("m.v")
+    # When the controller's retention removes it, Then it is gone
+    async with await connect(url, folder, "controller") as bus:
+        assert await bus.kv(Bucket.VMS, dict).get("m.v") is not None
+        await bus.kv(Bucket.VMS, dict).remove("m.v")
         assert await bus.kv(Bucket.VMS, dict).get("m.v") is None
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from ferry.bus import Bus, Context, Router
 from ferry.proto import subjects, vm
@@ -153,3 +154,34 @@ async def test_alive_but_not_ready_while_nats_is_unreachable() -> None:
         await asyncio.wait_for(entering, timeout=10)
     with pytest.raises(aiohttp.ClientError):
         await _get(f"{base}/healthz")
+
+
+async def test_a_routers_http_routes_are_served_beside_the_probes(nats_server) -> None:
+    # Given a volume-service router that brings a route of its platform's (as the
+    # kubernetes platform's grant broker), added after the server started
+    router = Router(Service.VOLUME)
+
+    async def grants(request: web.Request) -> web.Response:
+        return web.json_response({"granted": (await request.json())["bytes"]})
+
+    router.http_routes.append(web.post("/pace/grants", grants))
+    runtime = Runtime(
+        Service.VOLUME, _settings(nats_server.url), install_signals=False, configure_logging=False
+    )
+    async with _running(runtime, router):
+        base = f"http://127.0.0.1:{runtime.health.port}"
+        await _eventually_ready(base)
+
+        # When the route is asked, and asked with another method, and another path
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/pace/grants", json={"bytes": 7}) as response:
+                posted = response.status, await response.json()
+            async with http.get(f"{base}/pace/grants") as response:
+                wrong_method = response.status
+            async with http.post(f"{base}/pace/other", json={}) as response:
+                unknown = response.status
+
+        # Then the route answers, the others are 405 and 404, and the probes still work
+        assert posted == (200, {"granted": 7})
+        assert (wrong_method, unknown) == (405, 404)
+        assert (await _get(f"{base}/healthz"))[0] == 200

@@ -7,14 +7,18 @@ systemd would and checks that each ExecStart binary exists).
 
 from __future__ import annotations
 
+import json
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ferry.runtime.stack import nats, services, systemd
+from ferry.bus import Bus, NotConnected
+from ferry.runtime import secretfiles
+from ferry.runtime.stack import identities, nats, services, systemd
 from ferry.runtime.stack.state import RestartPolicy
 
 
@@ -61,8 +65,8 @@ def test_units_carry_the_supervisors_restart_policy(tmp_path: Path) -> None:
     assert vm["ExecStart"] == [f"{sys.executable} -m ferry.vm_service"]
     # and nothing of the installing shell's environment reaches a unit
     assert set(env) == {
-        "FERRY_DATA_DIR", "FERRY_NATS__URL", "FERRY_HTTP__HOST", "FERRY_HTTP__PORT",
-        "PYTHONUNBUFFERED",
+        "FERRY_DATA_DIR", "FERRY_NATS__URL", "FERRY_NATS__CREDENTIALS_FILE",
+        "FERRY_HTTP__HOST", "FERRY_HTTP__PORT", "PYTHONUNBUFFERED",
     }  # fmt: skip
 
 
@@ -76,8 +80,8 @@ def test_systemd_analyze_verifies_the_written_units(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "data" / "nats" / "nats.conf").read_text() == nats.config(
-        tmp_path / "data" / "jetstream", 4222, monitor_port=8222
+    assert (tmp_path / "data" / "nats" / "nats.conf").read_text() == nats.stack_config(
+        tmp_path / "data", 4222, monitor_port=8222
     )
 
     # When systemd-analyze verifies them
@@ -105,3 +109,66 @@ def test_print_writes_nothing(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert f"# {systemd.NATS_UNIT}" in done.stdout and "Restart=always" in done.stdout
     assert not (tmp_path / "units").exists() and not (tmp_path / "data").exists()
+
+
+def test_installed_units_name_each_identity_file_and_hold_no_secret(tmp_path: Path) -> None:
+    # Given the units and server configuration `ferry install-service` writes
+    data, unit_dir = tmp_path / "data", tmp_path / "units"
+    done = subprocess.run(
+        [sys.executable, "-m", "ferry.cli.main", "install-service", "--data-dir", str(data),
+         "--unit-dir", str(unit_dir)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    folder = nats.identities_dir(data)
+    passwords = {p.stem: json.loads(p.read_text())["password"] for p in folder.glob("*.json")}
+    assert set(passwords) == set(identities.IDENTITIES)
+
+    # Then no unit holds a password, in ExecStart, Environment or anywhere
+    texts = {p.name: p.read_text() for p in unit_dir.iterdir()}
+    for name, text in texts.items():
+        assert not [i for i, pw in passwords.items() if pw in text], name
+    # and each service reads its own identity's file (the console the CLI's)
+    for spec in services.SERVICES:
+        unit = _sections(texts[systemd.unit_name(spec.name)])["Service"]
+        env = dict(e.strip('"').split("=", 1) for e in unit["Environment"])
+        own = spec.service.value if spec.service is not None else identities.CLI
+        assert env["FERRY_NATS__CREDENTIALS_FILE"] == str(folder / f"{own}.json")
+    # and the server admits these identities only, from a private file
+    conf = data / "nats" / "nats.conf"
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    text = conf.read_text()
+    assert "authorization {" in text and "no_auth_user" not in text
+    assert all(json.dumps(pw) in text for pw in passwords.values())
+    # and `--print` shows no password either
+    shown = subprocess.run(
+        [sys.executable, "-m", "ferry.cli.main", "install-service", "--print", "--data-dir",
+         str(data)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0 and not [pw for pw in passwords.values() if pw in shown.stdout]
+
+
+async def test_services_installed_this_way_connect_and_anonymous_clients_do_not(
+    tmp_path: Path,
+) -> None:
+    # Given the server configuration install-service wrote, started as its unit would
+    data = tmp_path / "data"
+    text = nats.stack_config(data, 0, monitor_port=0)
+    nats.write_config(data / "nats" / "nats.conf", text)
+    log = data / "nats-server.log"
+    server = subprocess.Popen(nats.argv(data / "nats" / "nats.conf", log))
+    try:
+        bound = nats.wait_ready(server, log, 0, 20.0, monitor=True)
+        # When the vm-service connects with the file its unit names, Then it is in
+        creds = secretfiles.credentials(
+            identities.credentials_file(nats.identities_dir(data), "vm")
+        )
+        async with await Bus.connect(bound.url, name="vm", credentials=creds) as bus:
+            assert bus.connected
+        # And an anonymous client is refused
+        with pytest.raises(NotConnected, match="authorization"):
+            await Bus.connect(bound.url, name="anonymous", connect_timeout=10.0)
+    finally:
+        server.terminate()
+        server.wait(10)

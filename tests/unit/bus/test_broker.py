@@ -26,6 +26,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.depths: list[tuple[str, int]] = []
 
     def handled(self, type: str, seconds: float) -> None:
         self.calls.append(("handled", type))
@@ -38,6 +39,9 @@ class Recorder:
 
     def in_flight(self, n: int) -> None:
         pass
+
+    def waiting(self, consumer: str, n: int) -> None:
+        self.depths.append((consumer, n))
 
 
 async def test_a_returned_event_is_published_and_the_command_acked() -> None:

@@ -50,6 +50,10 @@ def test_handler_errors_carry_their_policy() -> None:
         ("nats://user:s3cret@nats.example:4222", "nats://nats.example:4222"),
         ("tls://tok3n@10.0.0.1:4443", "tls://10.0.0.1:4443"),
         ("localhost:4222", "nats://localhost:4222"),
+        (
+            "nats://u:s3cret@a:4222, nats://u:s3cret@b:4223",
+            "nats://a:4222,nats://b:4223",
+        ),
     ],
 )
 def test_urls_are_redacted_before_logging(url: str, shown: str) -> None:

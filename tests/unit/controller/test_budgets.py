@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from ferry.migration_controller.budgets import Ledger
+from ferry.migration_controller.scheduler import WINDOW_RECHECK, Scheduler
 from ferry.proto import objects
-from ferry.proto.budget import Budget
+from ferry.proto.budget import Budget, Window
 from ferry.proto.state import VmState
 
 from .conftest import inventory_vm, make_state
@@ -91,3 +92,30 @@ def test_a_changed_budget_gives_back_what_was_taken(docs: dict[str, Any]) -> Non
 def test_a_budget_that_says_nothing_is_refused(spec: dict[str, Any], problem: str) -> None:
     with pytest.raises(objects.ObjectError, match=problem):
         budget("bad", **spec)
+
+
+def test_a_window_says_when_it_next_opens() -> None:
+    # Given a window over midnight (22:00 → 04:00 UTC)
+    night = Window.model_validate({"start": "22:00", "end": "04:00"})
+    noon = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    # Then at noon it opens at 22:00 the same day, at 23:30 it is open, at 04:00 it shut
+    assert night.next_open(noon) == datetime(2026, 12, 6, 22, 0, tzinfo=UTC)
+    late = datetime(2026, 12, 6, 23, 30, tzinfo=UTC)
+    assert night.next_open(late) == late
+    # And a day window missed today opens tomorrow
+    day = Window.model_validate({"start": "08:00", "end": "10:00"})
+    assert day.next_open(noon) == datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
+
+
+def test_a_running_vm_is_held_by_a_closed_budget_or_plan_window(docs: dict[str, Any]) -> None:
+    # Given a VM on esx1 under a host budget open only at night
+    state = vm(docs, 1)
+    sched = Scheduler(lambda key: state, cast(Any, None))
+    night = {"start": "22:00", "end": "04:00"}
+    sched.ledger.set_budgets([budget("esx1-night", scope="host", maxVms=5, window=night)])
+    # Then at noon it waits, until 22:00 at the latest, naming the budget
+    until, why = sched.closed(state, NOON) or (0.0, "")
+    assert until == min(NOON + WINDOW_RECHECK, NOON + 10 * 3600)
+    assert why == "Budget esx1-night (host esx1): outside its window 22:00:00-04:00:00 UTC"
+    # And at 23:30 nothing holds it
+    assert sched.closed(state, MIDNIGHT) is None

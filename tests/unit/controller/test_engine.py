@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from ferry.migration_controller import engine
-from ferry.proto import migration
+from ferry.migration_controller import engine, steps
+from ferry.proto import migration, volume
+from ferry.proto.inventory import Volume
 from ferry.proto.phases import StepStatus, VmStatus
 from ferry.proto.state import VmState
 
@@ -240,3 +241,22 @@ def test_a_vm_failing_once_create_vm_ran_cleans_its_virtual_machine_too(state: V
     # Then the clean-up covers the VirtualMachine as well as the volumes, now and after a restart
     assert engine.Cleanup(vm=True) in actions
     assert engine.Cleanup(vm=True) in engine.finish_actions(state)
+
+
+def test_the_volumes_a_copy_bound_are_the_ones_the_vm_gets(warm: VmState) -> None:
+    # Given a warm VM whose volumes were created (not yet holding data, no path)
+    ids = {"plan": warm.plan, "migration": warm.migration, "vm": warm.vm}
+    disk = warm.inventory.disks[0].id
+    created = Volume(disk_id=disk, name="v0", size=1, phase="Pending")
+    steps.absorb_volumes(
+        warm, volume.VolumesCreated(**ids, step="CreateDataVolumes", volumes=[created])
+    )
+    # When a copy round reports them bound and filled
+    bound = Volume(disk_id=disk, name="v0", size=1, path="/data/v0.img", phase="Succeeded")
+    steps.absorb_copies(
+        warm,
+        volume.DisksCopied(**ids, step="CopyDisks", precopy=0, volumes=[bound], checkpoint="c1"),
+    )
+    # Then the VM's state holds the bound volume (CreateVM boots from its path, with or
+    # without a conversion after the copy)
+    assert [(v.name, v.path) for v in warm.volumes if v.disk_id == disk] == [("v0", "/data/v0.img")]

@@ -43,6 +43,7 @@ COLD_REMOTE_CONVERTED = [
     "StorePowerState",
     "PowerOffSource",
     "CreateDataVolumes",
+    "AllocateDisks",
     "CopyDisks",
     "ConvertGuest",
     "CreateVM",
@@ -54,6 +55,7 @@ COLD_REMOTE_PLAIN = [
     "StorePowerState",
     "PowerOffSource",
     "CreateDataVolumes",
+    "AllocateDisks",
     "CopyDisks",
     "CreateVM",
     "PowerOn",
@@ -62,6 +64,7 @@ COLD_REMOTE_PLAIN = [
 WARM_CONVERTED = [
     "Started",
     "CreateDataVolumes",
+    "AllocateDisks",
     "CreateSnapshot",
     "CopyDisks",
     "CopyingPaused",
@@ -154,3 +157,58 @@ def test_each_step_has_its_owner_and_completion_event() -> None:
                 assert step.done_on == (), (flow, step.phase)
             else:
                 assert step.done_on, (flow, step.phase)
+
+
+COLD_RAW_COPY = [
+    "Started",
+    "StorePowerState",
+    "PowerOffSource",
+    "CreateDataVolumes",
+    "AllocateDisks",
+    "CopyDisks",
+    "CreateVM",
+    "PowerOn",
+    "Completed",
+]
+
+
+@pytest.mark.parametrize("source", [P.OVA, P.VSPHERE])
+def test_raw_copy_of_a_flow3_source_copies_with_the_importer_and_never_converts(
+    source: ProviderType,
+) -> None:
+    # Given a cold VMware/OVA VM of a Plan with skipGuestConversion
+    facts = itinerary.Facts(source=source, run_target=True, raw_copy=True)
+    # When its itinerary is built
+    flow, steps = itinerary.build(facts)
+    # Then the importer copies its disks unchanged and nothing runs virt-v2v
+    assert flow is Flow.IMPORTER
+    assert [s.phase.value for s in steps] == COLD_RAW_COPY
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_raw_copy_of_libvirt_keeps_its_flow_without_the_in_place_conversion(warm: bool) -> None:
+    # Given a libvirt VM, cold or warm, with and without raw copy
+    converted = itinerary.build(itinerary.Facts(source=P.LIBVIRT, warm=warm, run_target=True))
+    raw = itinerary.build(
+        itinerary.Facts(source=P.LIBVIRT, warm=warm, run_target=True, raw_copy=True)
+    )
+    # Then raw copy takes the same flow and steps, minus ConvertGuest
+    assert raw[0] is converted[0]
+    assert [s.phase.value for s in raw[1]] == [
+        s.phase.value for s in converted[1] if s.phase.value != "ConvertGuest"
+    ]
+
+
+def test_a_cold_vmware_vm_the_provider_copies_with_the_importer_converts_in_place() -> None:
+    # Given a cold vSphere VM whose provider asks for the importer copy (coldTransfer)
+    facts = itinerary.Facts(source=P.VSPHERE, run_target=True, importer_copy=True)
+    # When its itinerary is built
+    flow, steps = itinerary.build(facts)
+    # Then it is flow 1 without precopies: the importer copies, virt-v2v-in-place converts
+    assert flow is Flow.IMPORTER
+    assert [s.phase.value for s in steps] == COLD_REMOTE_CONVERTED
+    assert "importer" in itinerary.notes(facts, flow)[0]
+    # And without the provider's ask the same VM takes flow 3
+    assert itinerary.build(itinerary.Facts(source=P.VSPHERE, run_target=True))[0] is (
+        Flow.CONVERSION
+    )

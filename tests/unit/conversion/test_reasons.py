@@ -33,3 +33,32 @@ def test_an_unknown_failure_keeps_virt_v2v_reason() -> None:
         "virt-v2v: error: disk full",
         ["a"],
     )
+
+
+@pytest.mark.parametrize(("status", "line"), [
+    (1, "virt-v2v: error: libguestfs error: guestfs_launch failed.\nThis usually means the "
+        "libguestfs appliance failed to start or crashed."),
+    (1, "libguestfs: error: appliance closed the connection unexpectedly; "
+        "child process died unexpectedly"),
+    (1, "qemu-img: error while writing at byte 0: No space left on device"),
+    (1, "nbdkit: curl[1]: error: problem doing HEAD request: Connection refused"),
+    (1, "virt-v2v: error: libguestfs error: could not create appliance through libvirt."),
+    (-9, "virt-v2v: converting the guest"),  # killed by SIGKILL: the OOM killer
+])  # fmt: skip
+def test_failures_of_the_machine_are_transient(status: int, line: str) -> None:
+    # Given a run that failed for the machine's sake, not the guest's
+    # Then it is worth running again
+    assert reasons.transient(status, line, ["context"])
+
+
+@pytest.mark.parametrize(("status", "line"), [
+    (1, "virt-v2v: error: inspection could not detect the source guest (or physical machine)."),
+    (1, "virt-v2v: error: multi-boot operating systems are not supported by virt-v2v."),
+    (1, "virt-v2v: error: libguestfs error: you must call guestfs_add_drive before "
+        "guestfs_launch"),
+    (1, "virt-v2v: error: something nobody has seen before"),
+    # a known guest problem stays permanent even when its run was then killed
+    (-9, "virt-v2v: error: this guest has no non-removable disks"),
+])  # fmt: skip
+def test_failures_of_the_guest_and_unknown_ones_are_permanent(status: int, line: str) -> None:
+    assert not reasons.transient(status, line, ["context"])

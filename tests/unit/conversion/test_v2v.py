@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import pytest
 
-from ferry.conversion_service import accel, v2v
+from ferry.conversion_service import accel, rundirs, v2v
 from ferry.conversion_service.settings import Settings
+from ferry.platform.local.processes import LocalWorkloads
+from ferry.platform.workloads import Workload, WorkloadError
 from ferry.proto.inventory import Disk, ProviderType, Vm, Volume
 
 VM = Vm(
@@ -45,11 +48,17 @@ def test_volume_count_must_match_the_disks(tmp_path: Path) -> None:
         v2v.check_volumes(VM, volume_files(tmp_path)[:1])
 
 
-def test_missing_volume_file_is_refused(tmp_path: Path) -> None:
+async def test_missing_volume_file_is_refused(tmp_path: Path) -> None:
+    # Given a volume whose file is gone
     vols = volume_files(tmp_path)
     os.unlink(vols[1].path)
-    with pytest.raises(v2v.ConversionError, match="does not exist"):
-        v2v.check_volumes(VM, vols)
+    # Then the local platform will not place it for a workload, naming it
+    with pytest.raises(WorkloadError, match=r"'vol1': .* does not exist"):
+        await LocalWorkloads().place_volumes("ns", vols)
+    # And a volume without a path on this host is refused the same way
+    pathless = Volume(disk_id="d1", name="elsewhere", size=1, capacity=1)
+    with pytest.raises(WorkloadError, match="'elsewhere' has no local path"):
+        await LocalWorkloads().place_volumes("ns", [pathless])
 
 
 def test_mixed_formats_are_refused(tmp_path: Path) -> None:
@@ -60,32 +69,35 @@ def test_mixed_formats_are_refused(tmp_path: Path) -> None:
         v2v.check_volumes(VM, vols)
 
 
-def test_output_links_are_named_as_virt_v2v_writes_them(tmp_path: Path) -> None:
-    # Given two volumes and an output directory
+async def test_output_links_are_named_as_virt_v2v_writes_them(tmp_path: Path) -> None:
+    # Given two volumes placed by the local platform
     vols = volume_files(tmp_path)
-    out = tmp_path / "out"
-    out.mkdir()
-    # When the links are made
-    links = v2v.link_outputs(out, vols)
+    placed = await LocalWorkloads().place_volumes("ns", vols)
+    # When the links are described and a workload runs with them
+    links = v2v.output_links(vols, placed)
+    assert list(links) == ["out/guest-sda", "out/guest-sdb"]
+    script = "printf converted > out/guest-sda"
+    workload = Workload(
+        name="w", argv=["sh", "-c", script], workdir=str(tmp_path), links=links, time_limit=10
+    )
+    assert await LocalWorkloads().run_workload(workload, io.BytesIO()) == 0
     # Then guest-sda/sdb point at the volumes, so writes land in them
-    assert [link.name for link in links] == ["guest-sda", "guest-sdb"]
-    assert [os.readlink(link) for link in links] == [v.path for v in vols]
-    (out / "guest-sda").open("r+b").write(b"converted")
+    assert [os.readlink(tmp_path / link) for link in links] == [v.path for v in vols]
     assert Path(vols[0].path).read_bytes().startswith(b"converted")
-    v2v.check_outputs(out, links, vols)
+    v2v.check_outputs(tmp_path / "out", links)
 
 
-def test_a_link_replaced_by_a_file_is_detected(tmp_path: Path) -> None:
-    # Given virt-v2v replaced a link with a regular file (the volume stays empty)
+async def test_a_link_replaced_by_a_file_is_detected(tmp_path: Path) -> None:
+    # Given a workload that replaces a link with a regular file (the volume stays empty)
     vols = volume_files(tmp_path)
-    out = tmp_path / "out"
-    out.mkdir()
-    links = v2v.link_outputs(out, vols)
-    links[1].unlink()
-    links[1].write_bytes(b"x")
+    links = v2v.output_links(vols, await LocalWorkloads().place_volumes("ns", vols))
+    script = "rm out/guest-sdb && printf x > out/guest-sdb"
+    workload = Workload(
+        name="w", argv=["sh", "-c", script], workdir=str(tmp_path), links=links, time_limit=10
+    )
     # Then the run fails instead of reporting an empty volume as converted
-    with pytest.raises(v2v.ConversionError, match="replaced the link"):
-        v2v.check_outputs(out, links, vols)
+    with pytest.raises(WorkloadError, match=r"out/guest-sdb .* was replaced by a file"):
+        await LocalWorkloads().run_workload(workload, io.BytesIO())
 
 
 def test_a_disk_without_volume_is_detected(tmp_path: Path) -> None:
@@ -93,11 +105,11 @@ def test_a_disk_without_volume_is_detected(tmp_path: Path) -> None:
     vols = volume_files(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    links = v2v.link_outputs(out, vols)
+    links = {"out/guest-sda": vols[0].path, "out/guest-sdb": vols[1].path}
     (out / "guest-sdc").write_bytes(b"x")
     (out / "guest.xml").write_bytes(b"<domain/>")
     with pytest.raises(v2v.ConversionError, match="guest-sdc"):
-        v2v.check_outputs(out, links, vols)
+        v2v.check_outputs(out, links)
 
 
 def test_raw_volumes_grow_back_to_their_size(tmp_path: Path) -> None:
@@ -168,15 +180,15 @@ def test_run_directories_of_dead_services_are_swept(tmp_path: Path) -> None:
     # Given a run directory claimed by this (live) process, one claimed by a process
     # that is gone, and one not claimed yet
     (tmp_path / "ferry-v2v-live").mkdir()
-    live = v2v._claim(tmp_path / "ferry-v2v-live")
+    live = rundirs.claim(tmp_path / "ferry-v2v-live")
     dead = tmp_path / "ferry-v2v-dead"
     dead.mkdir()
-    (dead / v2v._OWNER_FILE).write_text("999999999 12345\n")
+    (dead / rundirs._OWNER_FILE).write_text("999999999 12345\n")
     fresh = tmp_path / "ferry-v2v-fresh"
     fresh.mkdir()
 
     # When a conversion-service starts and sweeps
-    removed = v2v.sweep_orphans(tmp_path)
+    removed = rundirs.sweep_orphans(tmp_path)
 
     # Then only the dead one's directory is gone
     assert removed == [dead]

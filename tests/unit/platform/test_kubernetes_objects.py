@@ -11,20 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ferry.platform import factory
-from ferry.platform.kubernetes import objects
+from ferry.platform.kubernetes import fill, objects
 from ferry.platform.kubernetes.client import AlreadyExists, ClusterError, Forbidden, cluster_error
 from ferry.platform.kubernetes.platform import KubernetesPlatform
 from ferry.platform.kubernetes.vms import vm_phase
-from ferry.platform.kubernetes.volumes import percent, state_of
+from ferry.platform.kubernetes.volumes import state_of
 from ferry.platform.schemas import SchemaValidationError
 from ferry.platform.settings import PlatformSettings
 from ferry.platform.vms import VmPhase
 from ferry.platform.volumes import Phase, VolumeRequest, required_size
-from ferry.proto.inventory import VolumeMode, VolumeTarget
+from ferry.proto.inventory import Checksum, VolumeMode, VolumeTarget
 from ferry.proto.volume import VolumeSource
 
 GiB = 1 << 30
@@ -52,20 +53,14 @@ def request(
     )
 
 
-@pytest.mark.parametrize(
-    ("source", "expected"),
-    [(VolumeSource.BLANK, {"blank": {}}), (VolumeSource.IMPORTER, {"upload": {}})],
-)
-def test_datavolumes_are_valid_and_ask_for_the_aligned_capacity(
-    source: VolumeSource, expected: dict[str, Any]
-) -> None:
+def test_datavolumes_are_valid_and_ask_for_the_aligned_capacity() -> None:
     # Given a disk one byte over 10 GiB
     # When its DataVolume is built
-    dv = objects.data_volume(request(source), "web01-d1", "raw")
+    dv = objects.data_volume(request(VolumeSource.BLANK), "web01-d1", "raw")
 
     # Then it is valid, has the source, and asks for capacity aligned to 1 MiB
     objects.validate_object(dv)
-    assert dv["spec"]["source"] == expected
+    assert dv["spec"]["source"] == {"blank": {}}
     assert dv["spec"]["storage"]["resources"]["requests"]["storage"] == str(10 * GiB + (1 << 20))
     assert dv["spec"]["storage"]["accessModes"] == ["ReadWriteMany"]
     # And the disk id, which is no valid label value, is kept whole in an annotation
@@ -73,12 +68,13 @@ def test_datavolumes_are_valid_and_ask_for_the_aligned_capacity(
     objects.validate_object({"apiVersion": "v1", "kind": "ConfigMap", "metadata": dv["metadata"]})
 
 
-def test_a_populator_volume_is_not_a_datavolume() -> None:
-    # Given a populator request
+@pytest.mark.parametrize("source", [VolumeSource.POPULATOR, VolumeSource.IMPORTER])
+def test_only_a_blank_volume_is_a_datavolume(source: VolumeSource) -> None:
+    # Given a populator or importer request
     # When a DataVolume is built for it
     # Then the builder refuses
     with pytest.raises(ValueError, match="not a DataVolume"):
-        objects.data_volume(request(VolumeSource.POPULATOR), "x", "raw")
+        objects.data_volume(request(source), "x", "raw")
 
 
 @pytest.mark.parametrize("mode", list(VolumeMode))
@@ -134,13 +130,6 @@ def test_quantities(text: str, value: int) -> None:
     assert objects.quantity(text) == value
 
 
-@pytest.mark.parametrize(
-    ("text", "value"), [("45.5%", 45.5), ("40", 40.0), ("N/A", None), ("", None), ("120%", 100.0)]
-)
-def test_progress_percentages(text: str, value: float | None) -> None:
-    assert percent(text) == value
-
-
 def _dv(source: VolumeSource, phase: str) -> dict[str, Any]:
     dv = objects.data_volume(request(source), "v", "raw")
     dv["status"] = {"phase": phase}
@@ -154,11 +143,9 @@ def _dv(source: VolumeSource, phase: str) -> dict[str, Any]:
         (VolumeSource.BLANK, "WaitForFirstConsumer", "Pending", Phase.PENDING),
         (VolumeSource.BLANK, "PVCBound", "Bound", Phase.BOUND),
         (VolumeSource.BLANK, "Succeeded", "Bound", Phase.BOUND),  # empty, for virt-v2v
-        (VolumeSource.IMPORTER, "UploadReady", "Bound", Phase.POPULATING),
-        (VolumeSource.IMPORTER, "ImportInProgress", "Bound", Phase.POPULATING),
-        (VolumeSource.IMPORTER, "Succeeded", "Bound", Phase.SUCCEEDED),
-        (VolumeSource.IMPORTER, "Failed", "Bound", Phase.FAILED),
-        (VolumeSource.IMPORTER, "Succeeded", "Lost", Phase.FAILED),
+        (VolumeSource.BLANK, "ImportInProgress", "Bound", Phase.POPULATING),
+        (VolumeSource.BLANK, "Failed", "Bound", Phase.FAILED),
+        (VolumeSource.BLANK, "Succeeded", "Lost", Phase.FAILED),
     ],
 )
 def test_datavolume_phases(
@@ -192,6 +179,32 @@ def test_a_populator_claim_is_succeeded_once_bound() -> None:
     # Then it is Pending, and Succeeded once bound (the populator binds it only when full)
     assert (pending.phase, bound.phase, bound.pv) == (Phase.PENDING, Phase.SUCCEEDED, "pv")
     assert bound.size == required_size(10 * GiB + 1, VolumeMode.FILESYSTEM, 0.055)
+
+
+def test_a_transfer_claim_is_a_full_copy_only_with_round_zeros_result() -> None:
+    # Given an importer claim, pending, bound, then bound with round 0's result on it
+    claim = objects.transfer_claim(request(VolumeSource.IMPORTER), "v", "raw", 0.055)
+    objects.validate_object(claim)
+    assert "dataSourceRef" not in claim["spec"]
+    bound = {**claim, "spec": {**claim["spec"], "volumeName": "pv"}, "status": {"phase": "Bound"}}
+    summed = Checksum(algorithm="sha256-tree", digest="ab", bytes=10 * GiB + 1)
+    result = fill.Done(bytes_copied=5, source=summed, target=summed, seconds=1.0)
+    annotations = {
+        **bound["metadata"]["annotations"],
+        objects.ANNOTATION_COPY: msgspec.json.encode(result).decode(),
+    }
+    filled = {**bound, "metadata": {**bound["metadata"], "annotations": annotations}}
+
+    # When Ferry reads them
+    states = [
+        state_of(c, None, 0.055) for c in ({**claim, "status": {"phase": "Pending"}}, bound, filled)
+    ]
+
+    # Then only the last is Succeeded, and it carries round 0's verified copy
+    assert [s.phase for s in states] == [Phase.PENDING, Phase.BOUND, Phase.SUCCEEDED]
+    assert states[1].copy is None
+    assert states[2].copy is not None and states[2].copy.target == summed
+    assert states[2].source == VolumeSource.IMPORTER
 
 
 @pytest.mark.parametrize(

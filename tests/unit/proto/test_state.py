@@ -12,7 +12,7 @@ from ferry.proto.volume import SourceRef
 
 STORED_NAMES = {
     "cancel_reason", "checkpoint", "created", "cursor", "cutover", "disks", "ended", "errors",
-    "finalized", "rounds",
+    "finalized", "rounds", "notes",
     "flow", "hooks", "host", "inspection", "inventory", "max_attempts", "max_precopies",
     "migration", "name", "namespace", "network_targets", "phase", "plan", "power_restored",
     "powered_off", "precopy", "precopy_interval", "provider", "remote", "retry_base",

@@ -160,3 +160,21 @@ def test_the_work_directory_must_be_ours_and_closed_to_others(tmp_path: Path) ->
     made = backup.job_dir(tmp_path / "work")
     assert made.parent == tmp_path / "work" and made.name.startswith(backup.WORKDIR_PREFIX)
     assert (tmp_path / "work").stat().st_mode & 0o777 == 0o711
+
+
+def test_a_guest_running_on_virtio_disks_and_nics_is_known_to_have_the_drivers() -> None:
+    def vm_of(disk_bus: str, nic_model: str) -> Vm:
+        xml = f"""<domain><name>a</name><uuid>u</uuid><devices>
+          <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+            <source file='/i/a.qcow2'/><target dev='xda' bus='{disk_bus}'/></disk>
+          <interface type='user'><mac address='52:54:00:00:00:01'/>
+            <model type='{nic_model}'/></interface></devices></domain>"""
+        return inventory.vm(inventory.parse(xml), PowerState.ON, lambda t: (1, 1), lambda p: "")
+
+    # A guest that boots from virtio-blk with a virtio NIC has their drivers
+    assert vm_of("virtio", "virtio").virtio_drivers is True
+    # One on SATA, or with an e1000 NIC, may not: not known, so it is converted
+    assert vm_of("sata", "virtio").virtio_drivers is None
+    assert vm_of("virtio", "e1000").virtio_drivers is None
+    # The fixture domain mixes buses
+    assert _vm().virtio_drivers is None

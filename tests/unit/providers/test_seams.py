@@ -21,7 +21,6 @@ from ferry.providers.ova.reader import merged
 @pytest.mark.parametrize(
     "kind",
     [
-        ProviderType.OVIRT,
         ProviderType.OPENSTACK,
         ProviderType.KUBEVIRT,
     ],
@@ -54,6 +53,22 @@ def test_ova_directory_from_a_provider_objects_settings() -> None:
     # When built / Then the provider reads that directory
     provider = factory.create(spec)
     assert isinstance(provider, OvaProvider) and provider.root == Path("/srv/exports")
+
+
+def test_an_ova_share_is_read_at_its_mount_and_named_for_conversion_pods() -> None:
+    # Given a Provider on an NFS share, mounted here where settings.path says
+    spec = objects.ProviderSpec(
+        type=ProviderType.OVA, url="nfs://nfs.example/exports/ova", settings={"path": "/mnt/ova"}
+    )
+    # When built / Then it reads the mount, and knows the export a pod mounts there
+    provider = factory.create(spec)
+    assert isinstance(provider, OvaProvider) and provider.root == Path("/mnt/ova")
+    assert provider.share == "nfs://nfs.example/exports/ova"
+    # And without the mount point (or with a relative one) it is refused, saying so
+    for settings in ({}, {"path": "mnt/ova"}):
+        bad = objects.ProviderSpec(type=ProviderType.OVA, url=spec.url, settings=settings)
+        with pytest.raises(ProviderError, match=r"settings\.path must name the absolute"):
+            factory.create(bad)
 
 
 @pytest.mark.parametrize("url", ["", "relative/dir", "nfs://server/export", "https://x/y.ova"])

@@ -85,6 +85,24 @@ def test_cbt_off_is_a_warm_only_concern_and_uefi_without_secure_boot_is_none() -
     assert concern.code is ConcernCode.CBT_DISABLED and concern.warm_only
 
 
+@pytest.mark.parametrize(("version", "blocked"), [("vmx-04", True), ("vmx-07", False)])
+def test_cbt_that_cannot_be_enabled_says_why_for_warm_plans(version: str, blocked: bool) -> None:
+    # Given a VM with CBT off, of old virtual hardware or of hardware that tracks changes
+    config = _config(changeTrackingEnabled=False, version=version)
+
+    # When it is built
+    vm = build_vm("vm-8", {"name": "old", "config": config}, "DC", None, NAMES)
+
+    # Then the warm-only CBT concern says whether it can be turned on, and why not
+    [concern] = vm.concerns
+    assert concern.code is ConcernCode.CBT_DISABLED and concern.warm_only
+    if blocked:
+        assert concern.message.startswith("changed block tracking (CBT) cannot be enabled:")
+        assert "vmx-04" in concern.message and "version 7 or later" in concern.message
+    else:
+        assert concern.message == "changed block tracking (CBT) is off: a warm migration needs it"
+
+
 class _StubbornGuest:
     """A running VM whose guest acknowledges a shutdown through Tools and keeps running."""
 

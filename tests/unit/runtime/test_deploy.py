@@ -1,17 +1,16 @@
 """The deployment files: Helm chart and docker-compose.yml are well-formed and agree
 with the settings.
 
-Neither helm nor docker runs here, so the chart is rendered by a small renderer
-that understands exactly the template subset the chart uses (value lookups and the
-``quote``, ``default``, ``toYaml`` and ``nindent`` functions); anything else in a
-template fails the test, which keeps the templates simple. Rendered objects are
-validated against the Kubernetes OpenAPI schemas.
+The chart is linted (``--strict``) and rendered by a real helm
+(:mod:`ferry.testing.helm`: the pinned release binary from a registry package).
+Rendered objects are validated strictly against the Kubernetes OpenAPI schemas.
+Docker does not run here: the compose file and Dockerfile are read, not run.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,13 @@ import pytest
 import yaml
 
 from ferry.console.settings import ConsoleSettings
+from ferry.migration_controller.settings import ControllerGroup
 from ferry.platform import crdgen
 from ferry.platform.settings import PlatformSettings
 from ferry.proto import objects as ferry_objects
 from ferry.runtime import settings
 from ferry.runtime.providers import ProvidersSettings
+from ferry.testing import helm
 
 # The chart deploys to a cluster: it sets the platform's kind and its kubernetes group;
 # the local group belongs to `ferry up` and docker-compose.
@@ -36,103 +37,47 @@ CHART_PLATFORM = {
 EVERY_PLATFORM = settings.environment_names(PlatformSettings, "FERRY_PLATFORM__")
 CONSOLE = settings.environment_names(ConsoleSettings, "FERRY_CONSOLE__")
 PROVIDERS = settings.environment_names(ProvidersSettings, "FERRY_PROVIDERS__")
+CONTROLLER = settings.environment_names(ControllerGroup, "FERRY_CONTROLLER__")
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "ferry"
 KUBERNETES = "1.30.0"
 SERVICES = ("migration-controller", "volume-service", "conversion-service", "vm-service")
 
-_ACTION = re.compile(r"(\s*)\{\{(-?)\s*(.*?)\s*(-?)\}\}(\s*)", re.S)
+
+def _objects(*values: Path) -> list[dict[str, Any]]:
+    """The chart as the real ``helm template`` renders it (``values``: extra files)."""
+    return helm.template(CHART, release="ferry", namespace="ferry-system", values=values)
 
 
-def _lookup(path: str, scope: dict[str, Any]) -> Any:
-    value: Any = scope
-    for part in path.lstrip(".").split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
+MONITORING = {"monitoring": {"dashboard": {"enabled": True}, "rules": {"enabled": True}}}
 
 
-def _term(token: str, scope: dict[str, Any]) -> Any:
-    if token.startswith("."):
-        return _lookup(token, scope)
-    if token.startswith('"'):
-        return json.loads(token)
-    if re.fullmatch(r"-?\d+", token):
-        return int(token)
-    raise AssertionError(f"template uses something the test renderer does not know: {token}")
+def test_helm_lint_strict_accepts_the_chart_and_refuses_a_broken_one(tmp_path: Path) -> None:
+    # When the real helm lints the chart, strictly (warnings are failures), with its
+    # defaults and with every optional object on
+    values = tmp_path / "monitoring.yaml"
+    values.write_text(yaml.safe_dump(MONITORING))
+    for extra in ([], ["--values", str(values)]):
+        done = helm.run("lint", "--strict", str(CHART), *extra, check=False)
+        # Then it passes
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
+    # And a copy with a template that reads a value the chart does not have fails
+    broken = tmp_path / "ferry"
+    shutil.copytree(CHART, broken)
+    (broken / "templates" / "broken.yaml").write_text("x: {{ .Values.nothing.here }}\n")
+    done = helm.run("lint", "--strict", str(broken), check=False)
+    assert done.returncode != 0 and "nil pointer" in done.stdout + done.stderr
 
 
-def _go_str(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _evaluate(expression: str, scope: dict[str, Any]) -> str:
-    value: Any = None
-    for index, stage in enumerate(s.strip() for s in expression.split("|")):
-        words = stage.split()
-        name, args = words[0], [_term(w, scope) for w in words[1:]]
-        if index == 0 and name == ".Files.Get":
-            value = (CHART / args[0]).read_text().rstrip("\n")
-        elif index == 0 and name.startswith("."):
-            value = _term(name, scope)
-        elif index == 0 and name == "toYaml":
-            value = yaml.safe_dump(args[0], default_flow_style=False).rstrip("\n")
-        elif name == "quote":
-            value = json.dumps(_go_str(value))
-        elif name == "default":
-            value = value if value not in (None, "", 0, False, {}, []) else args[0]
-        elif name == "toYaml":
-            value = yaml.safe_dump(value, default_flow_style=False).rstrip("\n")
-        elif name == "indent":
-            value = "\n".join(" " * args[0] + line for line in _go_str(value).splitlines())
-        elif name == "nindent":
-            pad = " " * args[0]
-            value = "\n" + "\n".join(pad + line for line in _go_str(value).splitlines())
-        else:
-            raise AssertionError(f"template function not supported by the test renderer: {name}")
-    return _go_str(value)
-
-
-_IF = re.compile(r"\{\{-\s*if\s+(\S+)\s*\}\}(.*?)\{\{-\s*end\s*\}\}", re.S)
-
-
-def render(template: str, scope: dict[str, Any]) -> str:
-    # One level of `{{- if .Values.x }} … {{- end }}` around a whole file: optional objects.
-    template = _IF.sub(lambda m: m.group(2) if _lookup(m.group(1), scope) else "", template)
-
-    def replace(match: re.Match[str]) -> str:
-        before, trim_left, expression, trim_right, after = match.groups()
-        rendered = _evaluate(expression, scope)
-        return ("" if trim_left else before) + rendered + ("" if trim_right else after)
-
-    return _ACTION.sub(replace, template)
-
-
-def _scope() -> dict[str, Any]:
-    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    return {
-        "Values": values,
-        "Release": {"Name": "ferry", "Namespace": "ferry-system"},
-        "Chart": {
-            "Name": chart["name"],
-            "Version": chart["version"],
-            "AppVersion": chart["appVersion"],
-        },
-    }
-
-
-def _objects() -> list[dict[str, Any]]:
-    scope = _scope()
-    objects = []
-    for template in sorted((CHART / "templates").glob("*.yaml")):
-        text = render(template.read_text(), scope)
-        objects += [doc for doc in yaml.safe_load_all(text) if doc]
-    return objects
+def test_optional_monitoring_objects_render(tmp_path: Path) -> None:
+    # Given the chart with its dashboard and rules on
+    values = tmp_path / "monitoring.yaml"
+    values.write_text(yaml.safe_dump(MONITORING))
+    kinds = {o["kind"] for o in _objects(values)}
+    # Then the rules and the dashboard's ConfigMap are rendered
+    assert {"PrometheusRule", "ConfigMap"} <= kinds
 
 
 def test_chart_metadata_and_values_parse() -> None:
@@ -199,35 +144,66 @@ def test_deployments_probe_health_and_pass_settings_as_env() -> None:
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         # and every FERRY_ variable is one the services read, with a value
-        env = {e["name"]: e["value"] for e in container["env"]}
-        assert set(env) <= set(known)
+        env = {e["name"]: e["value"] for e in container["env"] if "valueFrom" not in e}
+        fields = {e["name"]: e["valueFrom"] for e in container["env"] if "valueFrom" in e}
+        own = CONTROLLER if deployment["metadata"]["name"] == "ferry-migration-controller" else {}
+        assert set(env) <= set(known) | set(own)
         assert env["FERRY_NATS__URL"] == "nats://nats:4222"
-        # (empty only where empty means "not set": no API host or kubeconfig in a pod)
+        # (empty only where empty means "not set": no API host or kubeconfig in a pod,
+        # no publish ledger)
         unset = {f"FERRY_PLATFORM__KUBERNETES__{n}" for n in ("HOST", "KUBECONFIG", "CONTEXT")}
+        unset.add("FERRY_NATS__TLS_CA_FILE")  # a NATS without TLS
+        unset.add("FERRY_BUS__LEDGER_DIR")
+        unset.add("FERRY_CONTROLLER__OPERATOR__NAMESPACES")  # every namespace
         assert all(isinstance(v, str) and (v or k in unset) for k, v in env.items())
         # and the services that use the target platform run on the cluster, in-cluster
         if deployment["metadata"]["name"] != "ferry-migration-controller":
             assert env["FERRY_PLATFORM__KIND"] == "kubernetes"
             assert env["FERRY_PLATFORM__KUBERNETES__IN_CLUSTER"] == "true"
+        else:  # and the controller, on the kubernetes platform, in operator mode, in-cluster
+            assert env["FERRY_CONTROLLER__OPERATOR__ENABLED"] == "true"
+            assert env["FERRY_PLATFORM__KUBERNETES__IN_CLUSTER"] == "true"
+        # and the volume-service's pods ask this very replica for bandwidth grants (a
+        # copy's ticket lives in it): its pod IP, from the downward API, no secret
+        if deployment["metadata"]["name"] == "ferry-volume-service":
+            assert fields == {"POD_IP": {"fieldRef": {"fieldPath": "status.podIP"}}}
+            pacing = env["FERRY_PLATFORM__KUBERNETES__PACING_URL"]
+            assert pacing == f"http://$(POD_IP):{env['FERRY_HTTP__PORT']}"
+            names = [e["name"] for e in container["env"]]  # $(POD_IP) expands if defined above
+            assert names.index("POD_IP") < names.index("FERRY_PLATFORM__KUBERNETES__PACING_URL")
+        else:
+            assert fields == {} and "FERRY_PLATFORM__KUBERNETES__PACING_URL" not in env
         # and the grace period outlasts the drain
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace > float(env["FERRY_WORKERS__GRACE_SECONDS"])
 
     concurrency = {
         d["metadata"]["name"]: {
-            e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+            e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
         }["FERRY_WORKERS__CONCURRENCY"]
         for d in deployments
     }
     # a per-service override wins, the others fall back to the global value
     assert concurrency["ferry-conversion-service"] == "1"
     assert concurrency["ferry-volume-service"] == "4"
+    # and the controller runs an active replica and a standby on a lease of the chart's length
+    (controller,) = [
+        d for d in deployments if d["metadata"]["name"] == "ferry-migration-controller"
+    ]
+    assert controller["spec"]["replicas"] == 2
+    env = {
+        e["name"]: e["value"]
+        for e in controller["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["FERRY_CONTROLLER__LEADER_LEASE_SECONDS"] == "10"
 
 
 def test_console_reads_its_token_from_the_secret_as_a_file() -> None:
     # Given the rendered console Deployment and its Secret
     objects = _objects()
-    deployment = next(o for o in objects if o["metadata"]["name"] == "ferry-console")
+    deployment = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "ferry-console"
+    )
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -314,14 +290,12 @@ def test_every_pod_is_restricted_non_root_with_a_read_only_root() -> None:
     assert f"--uid {uid}" in (ROOT / "Dockerfile").read_text()
 
 
-def test_provider_secrets_are_files_in_the_services_that_read_sources() -> None:
+def test_provider_secrets_are_files_in_the_services_that_read_sources(tmp_path: Path) -> None:
     # Given a chart installed with one provider Secret
-    scope = _scope()
     source = {"secret": {"name": "vcenter", "items": [{"key": "password", "path": "ns/vc/pw"}]}}
-    scope["Values"]["providerSecrets"] = [source]
-    rendered: list[dict[str, Any]] = []
-    for template in sorted((CHART / "templates").glob("deployment-*.yaml")):
-        rendered += [d for d in yaml.safe_load_all(render(template.read_text(), scope)) if d]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"providerSecrets": [source]}))
+    rendered = [o for o in _objects(values) if o["kind"] == "Deployment"]
     readers = {"ferry-migration-controller", "ferry-volume-service", "ferry-conversion-service"}
 
     for deployment in rendered:
@@ -378,7 +352,8 @@ def test_crd_schemas_accept_the_examples_and_refuse_what_the_models_refuse() -> 
         for d in yaml.safe_load_all(path.read_text())
         if d
     ]
-    assert {d["kind"] for d in examples} >= {"Provider", "Plan", "NetworkMap", "StorageMap"}
+    kinds = {"Provider", "Plan", "NetworkMap", "StorageMap", "Budget"}
+    assert {d["kind"] for d in examples} >= kinds
 
     # Then every example validates against its kind's CRD
     for doc in examples:
@@ -393,25 +368,18 @@ def test_crd_schemas_accept_the_examples_and_refuse_what_the_models_refuse() -> 
     assert paths == {("spec", "targetPowerState"), ("spec", "vms")}
 
 
-def test_renderer_refuses_what_it_does_not_understand() -> None:
-    # Given a template with a construct outside the supported subset
-    # Then rendering fails loudly instead of producing wrong YAML
-    with pytest.raises(AssertionError):
-        render('{{ include "x" . }}', _scope())
-
-
 def test_compose_file_runs_nats_with_jetstream_and_the_four_services() -> None:
     # Given docker-compose.yml
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
 
     # Then nats runs with a config that enables JetStream on a file store, fsync always
-    assert set(services) == {"nats", *SERVICES}
+    assert set(services) == {"identities", "nats", "console", *SERVICES}
     conf = compose["configs"][services["nats"]["configs"][0]["source"]]["content"]
     assert "jetstream" in conf
     assert "sync_interval: always" in conf
     assert "store_dir" in conf
-    assert any(v.endswith(":/data") for v in services["nats"]["volumes"])
+    assert any(v == "nats-data:/var/lib/nats" for v in services["nats"]["volumes"])
 
     # and every service runs its console script against nats, with settings it knows
     known = settings.environment_names() | EVERY_PLATFORM
@@ -422,6 +390,25 @@ def test_compose_file_runs_nats_with_jetstream_and_the_four_services() -> None:
         assert {k for k in service["environment"] if k.startswith("FERRY_")} <= set(known)
         assert service["depends_on"]["nats"]["condition"] == "service_healthy"
         assert "/readyz" in " ".join(service["healthcheck"]["test"])
+
+
+def test_compose_runs_the_console_with_its_token_from_a_secret_file() -> None:
+    # Given docker-compose.yml's console
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    console = compose["services"]["console"]
+    env = console["environment"]
+    # Then it runs the console's script against nats, with settings it knows
+    assert console["command"] == ["ferry-console"]
+    assert env["FERRY_NATS__URL"] == "nats://nats:4222"
+    assert {k for k in env if k.startswith("FERRY_")} <= set(settings.environment_names() | CONSOLE)
+    # And its token is a file from a compose secret, never a value in its environment
+    (secret,) = console["secrets"]
+    assert env["FERRY_CONSOLE__TOKEN_FILE"] == f"/run/secrets/{secret}"
+    assert set(compose["secrets"][secret]) == {"environment"}
+    assert not [k for k in env if "TOKEN" in k and k != "FERRY_CONSOLE__TOKEN_FILE"]
+    # And it is published on loopback only, its probes answered like every service's
+    assert console["ports"] == ["127.0.0.1:8085:8080"]
+    assert "/readyz" in " ".join(console["healthcheck"]["test"])
 
 
 def test_dockerfile_installs_the_lock_and_the_console_scripts_exist() -> None:
@@ -447,3 +434,36 @@ def test_every_deployment_reads_its_own_nats_identity_from_a_secret() -> None:
         assert f"secretName: {{{{ .Release.Name }}}}-nats-{token}" in text
         assert "FERRY_NATS__CREDENTIALS_FILE" in text and "readOnly: true" in text
         assert "defaultMode: 0440" in text
+
+
+def test_ova_shares_are_mounted_read_only_in_the_services_that_read_sources(
+    tmp_path: Path,
+) -> None:
+    # Given a chart installed with one OVA share
+    share = {
+        "name": "ova",
+        "server": "nfs.example",
+        "path": "/exports/ova",
+        "mountPath": "/mnt/ova",
+    }
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"providerShares": [share]}))
+    readers = {"ferry-migration-controller", "ferry-volume-service", "ferry-conversion-service"}
+
+    for deployment in (o for o in _objects(values) if o["kind"] == "Deployment"):
+        kubernetes_validate.validate(deployment, KUBERNETES, strict=True)
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        if deployment["metadata"]["name"] in readers:
+            # Then the services that read sources see the export read-only at its path
+            nfs = {"server": "nfs.example", "path": "/exports/ova", "readOnly": True}
+            assert volumes["share-ova"]["nfs"] == nfs
+            assert mounts["share-ova"] == {
+                "name": "share-ova",
+                "mountPath": "/mnt/ova",
+                "readOnly": True,
+            }
+        else:
+            # and the others do not mount it
+            assert "share-ova" not in volumes

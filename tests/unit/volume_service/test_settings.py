@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
+import nats
 import pytest
+from aiohttp import web
 from pydantic import ValidationError
 
+from ferry.bus import Bus, TopologySettings
 from ferry.platform import factory
 from ferry.platform.local.platform import LocalPlatform
 from ferry.runtime.settings import environment_names
@@ -100,3 +104,38 @@ def test_every_setting_is_documented() -> None:
     assert "FERRY_VOLUMES__PROGRESS_INTERVAL_SECONDS" in names
     assert "FERRY_PLATFORM__KIND" in names
     assert all(description for description in names.values()), names
+
+
+def test_on_kubernetes_the_router_brings_the_grant_brokers_route(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given the kubernetes platform, with the address its pods ask for grants at
+    monkeypatch.setenv("FERRY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FERRY_PLATFORM__KIND", "kubernetes")
+    monkeypatch.setenv("FERRY_PLATFORM__KUBERNETES__HOST", "https://127.0.0.1:1")
+    monkeypatch.setenv("FERRY_PLATFORM__KUBERNETES__PACING_URL", "http://10.0.0.7:8080")
+    settings = app.Settings()
+    bus = Bus(nats.NATS(), name="routes", settings=TopologySettings(), publish_timeout=1.0)
+
+    # When the service builds its router (no I/O: the platform connects on first use)
+    router = app.build_router(bus, settings)
+
+    # Then the router carries the broker's route for the runtime to serve
+    assert settings.platform.kubernetes.pacing_url == "http://10.0.0.7:8080"
+    routes = [cast("web.RouteDef", r) for r in router.http_routes]
+    assert [(r.method, r.path) for r in routes] == [("POST", "/pace/grants")]
+    # and on the local platform it carries none (its importer is paced through a pipe)
+    monkeypatch.setenv("FERRY_PLATFORM__KIND", "local")
+    assert app.build_router(bus, app.Settings()).http_routes == []
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.7:8080", "file:///etc/passwd", "http://", "http://a b"])
+def test_a_pacing_url_that_is_not_http_exits_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bad: str
+) -> None:
+    # Given a pacing URL a pod could not ask at
+    monkeypatch.setenv("FERRY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FERRY_PLATFORM__KUBERNETES__PACING_URL", bad)
+    # Then the settings are refused
+    with pytest.raises(ValidationError, match="pacing_url"):
+        app.Settings()

@@ -62,8 +62,10 @@ class Source:
     def __init__(self, names: list[str] | None = None) -> None:
         self.names = list(names or [])
         self.opened: list[str | None] = []
+        self.rounds: list[str] = []
 
-    def changes(self, vm: Vm, since: str | None) -> View:
+    def changes(self, vm: Vm, since: str | None, round_id: str = "") -> View:
+        self.rounds.append(round_id)
         return View(self, since)
 
     async def remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
@@ -78,13 +80,19 @@ class Platform:
         self.calls: list[tuple[str, list[Extent] | None]] = []
 
     async def import_disk(
-        self, volume: VolumeState, source: ImageRef, progress: Any = None
+        self, volume: VolumeState, source: ImageRef, progress: Any = None, *, rate: Any = None
     ) -> DiskCopy:
         self.calls.append(("full", source.extents))
         return DiskCopy(disk_id="vda", volume="x", bytes_copied=1, source=SUM, target=SUM)
 
     async def apply_changes(
-        self, volume: VolumeState, source: ImageRef, progress: Any = None, *, last: bool = False
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: Any = None,
+        *,
+        last: bool = False,
+        rate: Any = None,
     ) -> DiskCopy:
         self.calls.append(("last" if last else "delta", source.extents))
         return DiskCopy(disk_id="vda", volume="x", bytes_copied=1, source=SUM, target=SUM)
@@ -135,6 +143,18 @@ async def test_rounds_count_from_the_previous_checkpoint_and_keep_only_it_and_th
     assert platform.calls[1][1] == [Extent(0, 65536)]
     last = await run(source, platform, cmd(3, third.checkpoint, final=True), Phase.SUCCEEDED)
     assert last.checkpoint == "" and source.names == [] and platform.calls[-1][0] == "last"
+
+
+async def test_a_view_is_asked_for_one_round_of_one_vm_the_same_for_every_attempt() -> None:
+    # Given rounds 0 and 1, round 1 run twice (a killed attempt's redo), and the final
+    # round with the last precopy's number
+    source, platform = Source(), Platform()
+    first = await run(source, platform, cmd(0, ""), Phase.PENDING)
+    for _ in range(2):
+        await run(source, platform, cmd(1, first.checkpoint), Phase.SUCCEEDED)
+    await run(source, platform, cmd(1, first.checkpoint, final=True), Phase.SUCCEEDED)
+    # Then the attempts of one round name it alike, and no two rounds alike
+    assert source.rounds == ["m/v/0", "m/v/1", "m/v/1", "m/v/final"]
 
 
 async def test_a_redelivered_first_round_on_filled_volumes_becomes_a_delta_from_the_oldest() -> (

@@ -11,19 +11,22 @@ by a rate shared between the data movers' replicas).
 each one of the scope *separately* (``scope: host, maxVms: 4`` is "4 per host").
 A VM starts only when every budget it touches has room.
 
-``window`` limits when a budget lets VMs start (a maintenance window, in UTC): a
-VM already running when it closes finishes; the ones queued wait for it to open.
+``window`` limits when a budget lets VMs work (a maintenance window, in UTC): a
+VM running when it closes finishes its current step and waits at the next one;
+the ones queued wait for it to open (:mod:`ferry.proto.windows`).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, time
 from enum import StrEnum
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from ferry.proto import objects
+from ferry.proto.windows import Window
+
+__all__ = ["Budget", "BudgetScope", "BudgetSpec", "BudgetStatus", "Window"]
 
 
 class BudgetScope(StrEnum):
@@ -31,19 +34,6 @@ class BudgetScope(StrEnum):
     HOST = "host"
     DATASTORE = "datastore"
     STORAGE_CLASS = "storageClass"
-
-
-class Window(objects._Model):
-    """Daily, in UTC; ``start`` after ``end`` spans midnight (22:00 → 04:00)."""
-
-    start: time
-    end: time
-
-    def open_at(self, when: datetime) -> bool:
-        now = when.time().replace(tzinfo=None)
-        if self.start <= self.end:
-            return self.start <= now < self.end
-        return now >= self.start or now < self.end
 
 
 class BudgetSpec(objects._Model):

@@ -72,6 +72,7 @@ ROUTES: tuple[Route, ...] = (
     Route(migration.SourcePoweredOff, (C,), (), "audit: the source was shut down (or forced)"),
     Route(migration.SourcePowerRestored, (C,), (), "audit: the source's power state restored"),
     Route(migration.ControllerFailed, (R,), (), "audit: a controller command was given up"),
+    Route(migration.InventoryRead, (C,), (), "audit: a source's VMs, read periodically"),
     # -- the volume-service ----------------------------------------------------------
     Route(volume.CreateVolumes, (C,), (V,),
           "one target volume per disk (importer / blank DataVolume, or PVC + populator)"),

@@ -31,6 +31,7 @@ class ConversionProgress(StepEvent, frozen=True, kw_only=True, tag="conversion.p
     disks: int | None = None
     percent: float | None = None  # of the current disk copy
     run: int = 1  # which delivery of the command this run is (a restarted conversion: 2…)
+    elapsed: float = 0.0  # seconds since this run started; a heartbeat repeats the stage with it
 
 
 class GuestConverted(StepEvent, frozen=True, kw_only=True, tag="conversion.guest_converted.v1"):

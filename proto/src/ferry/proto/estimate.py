@@ -1,8 +1,9 @@
 """What a plan is expected to take, and the inputs that produced the number.
 
-An estimate crosses processes: ``ferry migrate`` and the console record it on the
-Migration they start (the ``ferry.io/estimate`` annotation), and ``ferry describe
-migration`` reads it back to compare it with what happened. Every number names
+An estimate crosses processes: the controller records it on every Migration it
+admits (``status.estimate``, whichever way the Migration was started: ``ferry
+migrate``, ``ferry apply``, the console, a custom resource), and ``ferry describe
+migration`` and the console read it back to compare it with what happened. Every number names
 its inputs and whether each was measured on this source/target pair or assumed,
 so a person can judge how far to trust it.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-ANNOTATION = "ferry.io/estimate"
+ANNOTATION = "ferry.io/estimate"  # where ``ferry migrate`` recorded it before status.estimate
 
 
 class Input(msgspec.Struct, frozen=True, kw_only=True):
@@ -22,6 +23,12 @@ class Input(msgspec.Struct, frozen=True, kw_only=True):
     unit: str  # B/s, s, fraction, VMs
     measured: bool  # False: an assumed default, stated as such
     basis: str = ""  # "3 VMs on ova-lab@host1 -> demo" or why it is assumed
+    probed: bool = False  # measured by a short read of the source now, not by past migrations
+
+    @property
+    def provenance(self) -> str:
+        """How the number was come by, as people are shown it: measured, probed or assumed."""
+        return "probed" if self.probed else "measured" if self.measured else "assumed"
 
 
 class VmEstimate(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,7 +56,10 @@ class PlanEstimate(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Accuracy(msgspec.Struct, frozen=True, kw_only=True):
-    """A finished VM's estimate against what happened: error = (actual - estimated) / estimated."""
+    """A finished VM's estimate against what happened: error = (actual - estimated) / actual.
+
+    Relative to what happened, as the target reads ("within ±30 % of the actual
+    duration"): -0.5 is an estimate half again too long, +0.5 one half too short."""
 
     vm: str
     estimated: float
@@ -57,4 +67,4 @@ class Accuracy(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def error(self) -> float:
-        return (self.actual - self.estimated) / self.estimated if self.estimated else 0.0
+        return (self.actual - self.estimated) / self.actual if self.actual else 0.0

@@ -7,7 +7,9 @@ compare what their generator renders with what is on disk the same way, here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import argparse
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -34,3 +36,31 @@ def sync(files: Mapping[str, str], out: Path, pattern: str, *, check: bool) -> l
         if not check:
             (out / rel).unlink()
     return drift
+
+
+def main(
+    argv: list[str] | None,
+    *,
+    description: str | None,
+    render: Callable[[], Mapping[str, str]],
+    default_out: Path,
+    pattern: str,
+    what: str,
+    make_target: str,
+) -> int:
+    """The command line every generator shares: write under ``out``, or with
+    ``--check`` exit 1 naming what drifted and the ``make`` target that mends it."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("out", nargs="?", type=Path, default=default_out)
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    files = render()
+    drift = sync(files, out, pattern, check=args.check)
+    if args.check and drift:
+        print(f"{what} drifted from their source: " + ", ".join(drift), file=sys.stderr)
+        print(f"run `make {make_target}` and commit the result", file=sys.stderr)
+        return 1
+    if not args.check:
+        print(f"{len(files)} files checked, {len(drift)} written/removed under {out}")
+    return 0

@@ -20,6 +20,11 @@ class ProviderType(StrEnum):
     LIBVIRT = "libvirt"
 
 
+# The source types that can migrate warm (precopies over changed-block tracking, then a
+# short cutover); the others copy a powered-off or exported VM once: cold only.
+WARM_SOURCES = frozenset({ProviderType.VSPHERE, ProviderType.OVIRT, ProviderType.LIBVIRT})
+
+
 class PowerState(StrEnum):
     ON = "on"
     OFF = "off"
@@ -129,6 +134,12 @@ class Vm(msgspec.Struct, frozen=True, kw_only=True):
     errors: list[str] = msgspec.field(default_factory=list)  # why it is rejected
     configuration: str = ""  # the deployment option described (OVF), "" when none
     configurations: list[str] = msgspec.field(default_factory=list)  # every one offered
+    # the guest already runs on virtio disks and NICs (so it has their drivers and needs
+    # no conversion); None: not known, the guest is converted
+    virtio_drivers: bool | None = None
+    # the provider asks that a cold migration copy the disks with the importer and then
+    # convert in place (flow 1 without precopies) instead of virt-v2v copying them (flow 3)
+    importer_copy: bool = False
 
 
 class Package(msgspec.Struct, frozen=True, kw_only=True):

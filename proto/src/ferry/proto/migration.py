@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from ferry.proto.base import Command, Event, Failed, StepEvent
+from ferry.proto.inventory import Vm
 
 
 class StartMigration(Command, frozen=True, kw_only=True, tag="migration.start.v1"):
@@ -32,6 +33,7 @@ class Cutover(Command, frozen=True, kw_only=True, tag="migration.cutover.v1"):
 class MigrationStarted(Event, frozen=True, kw_only=True, tag="migration.started.v1"):
     vms: list[str] = msgspec.field(default_factory=list)
     skipped: list[str] = msgspec.field(default_factory=list)  # already migrated
+    warnings: dict[str, list[str]] = msgspec.field(default_factory=dict)  # preflight, per VM
 
 
 class MigrationRejected(Event, frozen=True, kw_only=True, tag="migration.rejected.v1"):
@@ -113,3 +115,16 @@ class SourcePowerRestored(Event, frozen=True, kw_only=True, tag="migration.power
 
 class ControllerFailed(Failed, frozen=True, kw_only=True, tag="migration.failed.v1"):
     pass
+
+
+class InventoryRead(Event, frozen=True, kw_only=True, tag="migration.inventory_read.v1"):
+    """What a source Provider held when the controller last read it: the console's live
+    inventory. ``vm`` is the Provider's name, ``migration`` is ``*``. Published every
+    ``inventory_refresh_seconds``; an unchanged inventory is the same message id, so the
+    audit stream keeps one copy per duplicate window."""
+
+    provider: str
+    source_type: str = ""
+    vms: list[Vm] = msgspec.field(default_factory=list)
+    left_out: int = 0  # VMs beyond the event's cap, not listed
+    error: str = ""  # why the source could not be read (then ``vms`` is empty)

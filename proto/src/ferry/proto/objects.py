@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ferry.proto import names
 from ferry.proto.inventory import ProviderType, VolumeMode
 from ferry.proto.phases import MigrationPhase
+from ferry.proto.pipeline import VmSummary
+from ferry.proto.windows import Window
 
 API_VERSION: Literal["ferry.dev/v1alpha1"] = "ferry.dev/v1alpha1"
 
@@ -289,6 +291,7 @@ class PlanVm(_Model):
     name: str = ""
     targetName: str = ""
     hooks: list[PlanHook] = Field(default_factory=list)
+    deploymentOption: str = ""  # OVF: the configuration to migrate ("" = the default one)
 
     @model_validator(mode="after")
     def _one(self) -> PlanVm:
@@ -316,8 +319,10 @@ class PlanSpec(_Model):
     maxInFlight: int = Field(default=20, ge=1)
     maxInFlightPerHost: int = Field(default=10, ge=1)
     priority: int = 0  # across plans sharing a Budget: higher starts first
+    window: Window | None = None  # daily hours (UTC) its VMs may start and move on
     precopyIntervalSeconds: int = Field(default=3600, ge=1)
     maxPrecopies: int = Field(default=50, ge=1)
+    skipGuestConversion: bool = False  # raw copy: disks copied unchanged, no virt-v2v
     description: str = ""
 
     @field_validator("targetNamespace")
@@ -366,22 +371,19 @@ class MigrationSpec(_Model):
     cutover: datetime | None = None
 
 
-class VmSummary(_Model):
-    """One VM of a migration as ``describe`` shows it (derived from ferry-vms)."""
-
-    id: str
-    name: str
-    phase: str = ""
-    status: str = "Pending"
-    error: str = ""
-
-
 class MigrationStatus(_Model):
     phase: MigrationPhase = MigrationPhase.NOT_STARTED
     started: datetime | None = None
     completed: datetime | None = None
     reasons: dict[str, list[str]] = Field(default_factory=dict)  # preflight, per VM
-    vms: list[VmSummary] = Field(default_factory=list)
+    warnings: dict[str, list[str]] = Field(default_factory=dict)  # preflight, not blocking
+    vms: list[VmSummary] = Field(default_factory=list)  # the per-VM pipeline (operator mode)
+    # Of ``vms``, how many are shown in brief (no steps, disks, rounds) and how many are
+    # left out, so the object stays under the cluster's size limit (etcd's 1.5 MiB).
+    vmsBrief: int = 0
+    vmsOmitted: int = 0
+    conditions: list[Condition] = Field(default_factory=list)
+    estimate: str = ""  # ferry.proto.estimate.PlanEstimate as JSON, made when it was admitted
 
 
 class Migration(FerryObjectBase):
@@ -487,3 +489,8 @@ def to_document(obj: FerryObjectBase) -> dict[str, Any]:
 
 def from_document(doc: dict[str, Any]) -> FerryObjectBase:
     return parse_object(doc, source="stored object")
+
+
+# Kinds declared in modules of their own register themselves when imported: import
+# them here, once this module is complete, so that every reader of objects knows them.
+from ferry.proto import budget as _budget  # noqa: E402, F401

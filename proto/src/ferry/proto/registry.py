@@ -26,6 +26,7 @@ MESSAGES: tuple[type[Message], ...] = (
     migration.SourcePoweredOff,
     migration.SourcePowerRestored,
     migration.ControllerFailed,
+    migration.InventoryRead,
     volume.CreateVolumes,
     volume.VolumesCreated,
     volume.AllocateDisks,

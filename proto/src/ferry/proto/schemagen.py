@@ -8,7 +8,6 @@ non-zero when the files on disk differ from what the structs produce.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -108,20 +107,15 @@ def _dump(obj: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    out: Path = args.out
-    files = render()
-    drift = generated.sync(files, out, "schemas/*.json", check=args.check)
-    if args.check and drift:
-        print("schemas drifted from proto structs: " + ", ".join(drift), file=sys.stderr)
-        print("run `make schemas` and commit the result", file=sys.stderr)
-        return 1
-    if not args.check:
-        print(f"{len(files)} files checked, {len(drift)} written/removed under {out}")
-    return 0
+    return generated.main(
+        argv,
+        description=__doc__,
+        render=render,
+        default_out=DEFAULT_OUT,
+        pattern="schemas/*.json",
+        what="schemas",
+        make_target="schemas",
+    )
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ class VmView(msgspec.Struct, kw_only=True):
     power_restored: bool = False
     cancel_reason: str = ""
     rounds: list[CopyRound] = msgspec.field(default_factory=list)  # warm copy rounds
+    notes: list[str] = msgspec.field(default_factory=list)  # why the itinerary is this one
 
     def step(self, name: str) -> StepState | None:
         return next((s for s in self.steps if s.name == name), None)

@@ -82,6 +82,11 @@ def events_of(service: Service | None = None, migration: str | None = None) -> s
     return _join(PREFIX, "evt", svc, "*", token(migration), ">")
 
 
+def events_named(service: Service, name: str) -> str:
+    """Wildcard for one kind of event of a service, whatever migration and VM."""
+    return _join(PREFIX, "evt", service.value, name, ">")
+
+
 def all_dead_letters() -> str:
     return _join(PREFIX, "dlq", ">")
 

@@ -29,6 +29,19 @@ class SourceRef(msgspec.Struct, frozen=True, kw_only=True):
     url: str = ""
 
 
+class Bandwidth(msgspec.Struct, frozen=True, kw_only=True):
+    """A Budget's bandwidth a copy moves under, shared by every copy it covers.
+
+    ``account`` names the shared bucket (the budget, and the host / datastore /
+    class it counts when it caps each one separately); ``budget`` is the Budget
+    object, re-read by the mover so that a changed cap applies to running copies.
+    """
+
+    budget: str
+    account: str
+    bytes_per_second: float
+
+
 class CreateVolumes(Command, frozen=True, kw_only=True, tag="volume.create_volumes.v1"):
     """CreateDataVolumes: one volume per disk, shaped by ``source``."""
 
@@ -69,6 +82,8 @@ class CopyDisks(Command, frozen=True, kw_only=True, tag="volume.copy_disks.v1"):
     final: bool = True
     warm: bool = False
     since: str = ""
+    # Every Budget with a bandwidth the VM touches: each disk's bytes wait for all of them.
+    bandwidth: list[Bandwidth] = msgspec.field(default_factory=list)
 
 
 class DiskProgress(StepEvent, frozen=True, kw_only=True, tag="volume.disk_progress.v1"):

@@ -19,6 +19,7 @@ from ferry.bus.errors import (
     PermanentError,
     PublishFailed,
     TemporaryError,
+    Unavailable,
 )
 from ferry.bus.kv import Deleted, Entry, KeyValue
 from ferry.bus.router import Context, Intake, Observer, Router
@@ -47,6 +48,7 @@ __all__ = [
     "Router",
     "TemporaryError",
     "TopologySettings",
+    "Unavailable",
     "cancellation",
     "declare",
     "topology",

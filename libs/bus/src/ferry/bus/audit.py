@@ -69,18 +69,21 @@ async def records(
     bus: Bus, subject: str, since: datetime | int | None, follow: bool
 ) -> AsyncIterator[Record]:
     config = _start(since)
-    sub = await bus.js.subscribe(
-        subject,
-        stream=subjects.EVENTS_STREAM,
-        ordered_consumer=True,
-        config=config,
-        deliver_policy=config.deliver_policy,
-        idle_heartbeat=2.0,
+    sub = await bus.patiently(
+        "reading the audit stream",
+        lambda: bus.js.subscribe(
+            subject,
+            stream=subjects.EVENTS_STREAM,
+            ordered_consumer=True,
+            config=config,
+            deliver_policy=config.deliver_policy,
+            idle_heartbeat=2.0,
+        ),
     )
     unknown: set[str] = set()
     try:
         if not follow:
-            info = await sub.consumer_info()
+            info = await bus.patiently("reading the audit stream", sub.consumer_info)
             if info.num_pending == 0 and (
                 info.delivered is None or not info.delivered.consumer_seq
             ):

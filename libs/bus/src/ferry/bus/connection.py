@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -36,8 +37,9 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from ferry.bus import audit
-from ferry.bus.errors import NotConnected, PublishFailed
+from ferry.bus.errors import NotConnected, PublishFailed, Unavailable
 from ferry.bus.kv import KeyValue
+from ferry.bus.ledger import Ledger
 from ferry.bus.topology import TopologySettings
 from ferry.proto import envelope, subjects
 from ferry.proto.base import Message
@@ -50,6 +52,15 @@ T = TypeVar("T")
 _RETRYABLE = (
     NatsTimeoutError,
     asyncio.TimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    OutboundBufferLimitError,
+)
+# Failures after which a request surely did nothing: nobody received it (no stream
+# listens on the subject: a leader being elected), JetStream answered 503, or it never
+# left this client.
+_UNDELIVERED = (
     NoRespondersError,
     NoStreamResponseError,
     ServiceUnavailableError,
@@ -84,7 +95,10 @@ class Credentials:
 
 
 def redact(url: str) -> str:
-    """A server URL without user, password or token, for logs."""
+    """A server URL without user, password or token, for logs (each of a
+    comma-separated list of a cluster's servers)."""
+    if "," in url:
+        return ",".join(redact(one.strip()) for one in url.split(","))
     parts = urlsplit(url if "://" in url else f"nats://{url}")
     host = parts.hostname or "?"
     port = f":{parts.port}" if parts.port else ""
@@ -114,6 +128,7 @@ class Bus:
         self.publish_timeout = publish_timeout
         self._kvs: dict[tuple[str, type[Any]], KeyValue[Any]] = {}
         self._log = _ConnectionLog("")
+        self.ledger: Ledger | None = None  # every acknowledged publish, when set (ledger.py)
 
     @classmethod
     async def connect(
@@ -126,14 +141,18 @@ class Bus:
         publish_timeout: float = 30.0,
         reconnect_wait: float = 0.5,
         credentials: Credentials | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Bus:
         """Connect, retrying with nats-py's own loop for up to ``connect_timeout`` seconds.
 
         After the first success nats-py reconnects forever; ``bus.connected``
         tells readiness probes whether it currently is. A server that refuses the
         credentials (or an anonymous client) fails at once with :class:`NotConnected`.
+        ``tls`` (a context that trusts the server's CA) makes the connection TLS; a
+        server whose certificate it does not verify is refused the same way.
         """
-        servers = [url] if isinstance(url, str) else list(url)
+        # A cluster's servers as one setting: "nats://a:4222,nats://b:4222".
+        servers = [s.strip() for s in url.split(",")] if isinstance(url, str) else list(url)
         events = _ConnectionLog(", ".join(redact(s) for s in servers))
         shown = events.shown
         nc = Client()
@@ -144,6 +163,8 @@ class Bus:
                 "password": credentials.password,
                 "inbox_prefix": credentials.inbox_prefix,
             }
+        if tls is not None:
+            identity["tls"] = tls
 
         try:
             await _until_refused(
@@ -174,6 +195,12 @@ class Bus:
             raise NotConnected(
                 f"no NATS server reachable at {shown} within {connect_timeout:.0f}s "
                 f"({type(err).__name__})"
+            ) from None
+        except ssl.SSLError as err:
+            await _close_quietly(nc)
+            raise NotConnected(
+                f"NATS at {shown} refused: TLS failed ({err.reason or err}); give the CA that "
+                "signed the server's certificate (FERRY_NATS__TLS_CA_FILE)"
             ) from None
         except (TimeoutError, OSError) as err:
             await _close_quietly(nc)
@@ -228,7 +255,10 @@ class Bus:
         ``cause``: the id of the message this one answers (see ``envelope.wrap``).
         """
         env, data = envelope.wrap(message, self.source, cause)
-        return await self.publish_raw(message.subject(), data, env.headers())
+        published = await self.publish_raw(message.subject(), data, env.headers())
+        if self.ledger is not None:
+            self.ledger.record(env.type, message, published.id, published.duplicate)
+        return published
 
     async def publish_many(
         self, messages: Iterable[Message], *, cause: str = ""
@@ -242,7 +272,8 @@ class Bus:
         """
         wrapped: list[tuple[str, envelope.Envelope, bytes]] = []
         futures: list[asyncio.Future[api.PubAck] | None] = []
-        for message in messages:
+        sent = list(messages)
+        for message in sent:
             subject, (env, data) = message.subject(), envelope.wrap(message, self.source, cause)
             wrapped.append((subject, env, data))
             try:
@@ -262,6 +293,9 @@ class Bus:
                 results.append(await self.publish_raw(subject, data, env.headers()))
             else:
                 results.append(_published(env.id, ack))
+        if self.ledger is not None:
+            for message, (_, env, _), published in zip(sent, wrapped, results, strict=True):
+                self.ledger.record(env.type, message, published.id, published.duplicate)
         return results
 
     async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> Published:
@@ -273,23 +307,65 @@ class Bus:
         """
         msg_id = headers.get(envelope.MSG_ID_HEADER, "")
         deadline = time.monotonic() + self.publish_timeout
-        delay = 0.05
-        while True:
+
+        async def attempt() -> Any:
             remaining = deadline - time.monotonic()
+            timeout = max(0.1, min(5.0, remaining))
+            return await self.js.publish(subject, data, headers=dict(headers), timeout=timeout)
+
+        try:
+            ack = await self.patiently(subject, attempt, first_delay=0.05)
+        except Unavailable as err:
+            hint = " (no stream for this subject? declare the topology)"
+            why = f"{err.reason} for {self.publish_timeout:.0f}s{hint}"
+            raise PublishFailed(subject, why) from None
+        except APIError as err:  # refused, not unavailable
+            raise PublishFailed(subject, err.description or str(err)) from None
+        return _published(msg_id, ack)
+
+    async def patiently(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        first_delay: float = 0.1,
+        codes: frozenset[int] = frozenset(),
+        within: float | None = None,
+        repeatable: bool = True,
+    ) -> T:
+        """A JetStream request (a publish, an API call), tried again while it cannot be
+        answered: the bus's one retry loop.
+
+        A request that must not take effect twice (a compare-and-set write without a
+        message id) is ``repeatable=False``: it is tried again only when it surely did
+        nothing (no responders, a 503 answer), never after a timeout, which may have
+        come after the server applied it.
+
+        A stream whose leader was just lost answers nothing (a timeout, no responders,
+        503) until the replicas left elect another, a few seconds. The request is tried
+        again, the delay doubling up to a second, until ``publish_timeout`` (or
+        ``within`` seconds); then :class:`Unavailable`. JetStream error codes in
+        ``codes`` also mean "not yet" (a caller that knows one is passing); any other
+        refusal is raised at once.
+        """
+        patience = self.publish_timeout if within is None else within
+        deadline = time.monotonic() + patience
+        delay = first_delay
+        while True:
             try:
-                ack = await self.js.publish(
-                    subject, data, headers=dict(headers), timeout=max(0.1, min(5.0, remaining))
-                )
-                return _published(msg_id, ack)
+                return await call()
             except _RETRYABLE as err:
+                if not repeatable and not isinstance(err, _UNDELIVERED):
+                    raise
                 reason = type(err).__name__
             except APIError as err:
-                if err.code != 503:
-                    raise PublishFailed(subject, err.description or str(err)) from None
-                reason = err.description or "JetStream unavailable"
+                # (nats-py makes some, a KV's wrong-sequence error, without the codes)
+                code, err_code = getattr(err, "code", None), getattr(err, "err_code", None)
+                if code != 503 and err_code not in codes:
+                    raise
+                reason = getattr(err, "description", None) or "JetStream unavailable"
             if time.monotonic() + delay >= deadline:
-                hint = " (no stream for this subject? declare the topology)"
-                raise PublishFailed(subject, f"{reason} for {self.publish_timeout:.0f}s{hint}")
+                raise Unavailable(what, reason, patience)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -321,7 +397,9 @@ class Bus:
     async def events_position(self) -> int:
         """The audit stream's last sequence (0 when empty): read it *before* a snapshot of
         the views, then follow from ``position + 1``, and nothing falls in between."""
-        info = await self.js.stream_info(subjects.EVENTS_STREAM)
+        info = await self.patiently(
+            "reading the audit stream", lambda: self.js.stream_info(subjects.EVENTS_STREAM)
+        )
         return int(info.state.last_seq or 0)
 
     def records(
@@ -341,10 +419,13 @@ class _ConnectionLog:
         self.shown = shown
         self.closing = False
         self.refused = False
+        self.untrusted: ssl.SSLError | None = None
 
     async def error(self, err: Exception) -> None:
         if _is_refusal(err):
             self.refused = True
+        if isinstance(err, ssl.SSLError):
+            self.untrusted = err
         if not self.closing:
             log.warning("nats: %s: %s (%s)", type(err).__name__, err, self.shown)
 
@@ -375,13 +456,16 @@ async def _until_refused(
     events: _ConnectionLog, connecting: Coroutine[Any, Any, None], within: float
 ) -> None:
     """Await ``connecting`` for up to ``within`` seconds, but give up as soon as the server
-    refuses our identity: nats-py would otherwise retry a refusal until the timeout."""
+    refuses our identity or its TLS certificate is not trusted: nats-py would otherwise
+    retry either until the timeout."""
     task = asyncio.ensure_future(connecting)
     deadline = time.monotonic() + within
     try:
         while not task.done():
             if events.refused:
                 raise nats.errors.AuthorizationError
+            if events.untrusted is not None:
+                raise events.untrusted
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError

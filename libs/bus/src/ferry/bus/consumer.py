@@ -4,8 +4,10 @@
   so the shared durable consumer spreads work over replicas;
 * **not twice** — a redelivery reaching the replica that still holds, or just
   settled, the same stream sequence is recognised and not run again;
-* **shutdown** — stop fetching, give running handlers ``grace_seconds``, then
-  nak what is left (no delay) so another replica picks it up at once. Acks and
+* **shutdown** — stop fetching and drop the pull subscriptions (so no request
+  left at the server catches work handed back), give running handlers
+  ``grace_seconds``, then nak what is left (no delay) so another replica picks it
+  up at once. Acks and
   in-progress acks keep flowing until the last handler is done.
 """
 
@@ -64,6 +66,7 @@ class Consumer:
         middleware: Sequence[Middleware],
         concurrency: int,
         fetch_wait: float,
+        depth_seconds: float = 15.0,
     ) -> None:
         self.router = router
         self.bus = bus
@@ -71,6 +74,7 @@ class Consumer:
         self.middleware = list(middleware)
         self.concurrency = concurrency
         self.fetch_wait = fetch_wait
+        self.depth_seconds = depth_seconds
         self.sources: list[Source] = []
         self.reserved = 0
         self.halt = asyncio.Event()  # set when shutdown starts, whatever triggered it
@@ -95,6 +99,7 @@ class Consumer:
                 )
                 for src in self.sources
             ]
+            fetchers.append(asyncio.create_task(self._depth_loop(), name="ferry-queue-depth"))
             log.info(
                 "%s router running: %s (concurrency %d)",
                 self.service.value,
@@ -110,11 +115,7 @@ class Consumer:
             for mw in reversed(started):
                 with contextlib.suppress(Exception):
                     await mw.stop()
-            for src in self.sources:
-                with contextlib.suppress(Exception):
-                    await src.sub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await self.bus.nc.flush(timeout=5)
+            await self._unsubscribe()
 
     # -- setup -------------------------------------------------------------------
 
@@ -156,6 +157,21 @@ class Consumer:
         return Source(stream, consumer, sub, ack_wait, max_deliver)
 
     # -- fetching ----------------------------------------------------------------
+
+    async def _depth_loop(self) -> None:
+        """Report each consumer's undelivered messages: a queue that grows while no
+        handler runs is a stuck service, which in-flight counts alone cannot show."""
+        while not self.halt.is_set():
+            for src in self.sources:
+                try:
+                    info = await self.bus.js.consumer_info(src.stream, src.consumer)
+                except Exception as bad:  # a metric must never stop the service
+                    log.debug("queue depth of %s not read: %s", src.consumer, bad)
+                    continue
+                for mw in self.middleware:
+                    mw.waiting(src.consumer, int(info.num_pending or 0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.halt.wait(), self.depth_seconds)
 
     def _free(self, dispatcher: Dispatcher) -> int:
         return self.concurrency - len(dispatcher.held) - self.reserved
@@ -218,6 +234,13 @@ class Consumer:
         self.halt.set()
         log.info("%s router stopping: %d in flight", self.service.value, len(dispatcher.held))
         await asyncio.gather(*fetchers, return_exceptions=True)
+        # No pull request of this run may outlive its fetches: the server hands a nak'ed
+        # message to the oldest request still waiting, and a request the client gave up on
+        # a moment before the server expired it (flushed late on a loaded machine) would
+        # swallow the work handed back below until ack_wait. Without interest in its
+        # inbox the server skips it. (A message it delivered in the moment before is
+        # dropped with the subscription and comes back after ack_wait, as a lost ack's.)
+        await self._unsubscribe()
         for lane in dispatcher.lanes.values():
             for job in list(lane):
                 if job.state == "queued":
@@ -228,6 +251,14 @@ class Consumer:
             job.interrupt("shutdown", "ferry: shutting down")
         if dispatcher.lane_tasks:
             await asyncio.wait(set(dispatcher.lane_tasks), timeout=10.0)
+
+    async def _unsubscribe(self) -> None:
+        """Drop this run's pull subscriptions (once; later calls do nothing) and flush."""
+        for src in self.sources:
+            with contextlib.suppress(Exception):
+                await src.sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await self.bus.nc.flush(timeout=5)
 
 
 def _job(src: Source, msg: Msg) -> Job:

@@ -124,3 +124,11 @@ class PublishFailed(BusError):
 
 class NotConnected(BusError):
     """The initial connection to NATS did not succeed in time."""
+
+
+class Unavailable(BusError):
+    """JetStream did not answer a request within the publish timeout (no leader elected)."""
+
+    def __init__(self, what: str, reason: str, seconds: float) -> None:
+        self.reason = reason  # the last failed attempt's
+        super().__init__(f"{what}: JetStream did not answer for {seconds:.0f}s ({reason})")

@@ -152,8 +152,12 @@ class Job:
 
 
 async def quietly(op: Awaitable[Any]) -> None:
-    """Acks are best effort: a lost one only means a redelivery, which is handled."""
+    """Acks are best effort: a lost one only means a redelivery, which is handled.
+
+    Still, a lost ack means the work will be done again: an operator sees it at
+    warning, with the reason (a string of them says the bus is in trouble).
+    """
     try:
         await op
     except Exception as err:
-        log.debug("ack-type reply not sent: %s", err)
+        log.warning("ack-type reply not sent (the message will be redelivered): %s", err)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -29,10 +30,22 @@ if TYPE_CHECKING:
     from ferry.bus.connection import Bus
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _VALID_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 _DELETE_OPS = ("DEL", "PURGE")
 _MUTATE_ATTEMPTS = 50
+_BACKOFF_FIRST = 0.005
+_BACKOFF_MAX = 0.5
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after the ``attempt``-th lost compare-and-set (1, 2, …).
+
+    Exponential with full jitter: writers that lost to each other spread out
+    instead of re-reading and colliding again in lockstep.
+    """
+    return random.uniform(0, min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (attempt - 1)))  # noqa: S311 (jitter, not a secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +83,24 @@ class KeyValue(Generic[T]):
 
     async def _kv(self) -> NatsKeyValue:
         if self._handle is None:
-            self._handle = await self._bus.js.key_value(self.bucket)
+            self._handle = await self._bus.patiently(
+                f"opening bucket {self.bucket}", lambda: self._bus.js.key_value(self.bucket)
+            )
         return self._handle
+
+    async def _read(self, key: str, call: Callable[[], Awaitable[R]]) -> R:
+        """A read, tried again while the bucket's stream cannot answer (a leader being
+        elected in a cluster): reading twice is harmless."""
+        return await self._bus.patiently(f"reading {self.bucket}/{key}", call)
+
+    async def _write(
+        self, key: str, call: Callable[[], Awaitable[R]], *, repeatable: bool = False
+    ) -> R:
+        """A write, tried again only while it surely did nothing (a compare-and-set
+        repeated after a timeout that came after it was applied would lose to itself)."""
+        return await self._bus.patiently(
+            f"writing {self.bucket}/{key}", call, repeatable=repeatable
+        )
 
     def _decode(self, key: str, revision: int, data: bytes) -> T:
         try:
@@ -86,7 +115,7 @@ class KeyValue(Generic[T]):
         _check_key(self.bucket, key)
         kv = await self._kv()
         try:
-            raw = await kv.get(key)
+            raw = await self._read(key, lambda: kv.get(key))
         except js_errors.KeyNotFoundError:
             return None
         revision = raw.revision or 0
@@ -111,8 +140,11 @@ class KeyValue(Generic[T]):
         stream_prefix = f"$KV.{self.bucket}."
         # Token-aligned prefixes are filtered by the server; others client-side.
         pattern = ">" if not prefix or not prefix.endswith(".") else f"{prefix}>"
-        info = await self._bus.js.stream_info(
-            f"KV_{self.bucket}", subjects_filter=stream_prefix + pattern
+        info = await self._bus.patiently(
+            f"listing {self.bucket}",
+            lambda: self._bus.js.stream_info(
+                f"KV_{self.bucket}", subjects_filter=stream_prefix + pattern
+            ),
         )
         candidates = sorted(
             key
@@ -122,7 +154,7 @@ class KeyValue(Generic[T]):
         found = []
         for key in candidates:
             try:
-                await kv.get(key)
+                await self._read(key, lambda: kv.get(key))  # noqa: B023 - awaited at once
             except js_errors.KeyNotFoundError:  # deleted or purged: only its marker is left
                 continue
             found.append(key)
@@ -134,8 +166,9 @@ class KeyValue(Generic[T]):
         """Write ``value`` only if the key does not exist; :class:`Conflict` if it does."""
         _check_key(self.bucket, key)
         kv = await self._kv()
+        data = self._encoder.encode(value)
         try:
-            return await kv.create(key, self._encoder.encode(value))
+            return await self._write(key, lambda: kv.create(key, data))
         except js_errors.KeyWrongLastSequenceError:
             raise Conflict(self.bucket, key, 0, await self._current_revision(key)) from None
 
@@ -143,8 +176,9 @@ class KeyValue(Generic[T]):
         """Write ``value`` only if the entry is still at ``revision``."""
         _check_key(self.bucket, key)
         kv = await self._kv()
+        data = self._encoder.encode(value)
         try:
-            return await kv.update(key, self._encoder.encode(value), last=revision)
+            return await self._write(key, lambda: kv.update(key, data, last=revision))
         except js_errors.KeyWrongLastSequenceError:
             raise Conflict(self.bucket, key, revision, await self._current_revision(key)) from None
 
@@ -152,14 +186,17 @@ class KeyValue(Generic[T]):
         """Write unconditionally (for values with a single writer)."""
         _check_key(self.bucket, key)
         kv = await self._kv()
-        return await kv.put(key, self._encoder.encode(value))
+        data = self._encoder.encode(value)
+        return await self._write(key, lambda: kv.put(key, data), repeatable=True)
 
     async def delete(self, key: str, revision: int | None = None) -> None:
         """Delete the key; with ``revision``, only if it is still at that revision."""
         _check_key(self.bucket, key)
         kv = await self._kv()
         try:
-            await kv.delete(key, last=revision)
+            await self._write(
+                key, lambda: kv.delete(key, last=revision), repeatable=revision is None
+            )
         except js_errors.APIError as err:
             if revision is not None and err.err_code in (10071, 10164):
                 raise Conflict(
@@ -167,15 +204,25 @@ class KeyValue(Generic[T]):
                 ) from None
             raise
 
+    async def remove(self, key: str) -> None:
+        """Remove the key with its whole history and no delete marker (retention).
+
+        Unlike :meth:`delete`, nothing of the key is left in the bucket; a watcher is
+        not told. For state nobody is watching any more (a finished migration's).
+        """
+        _check_key(self.bucket, key)
+        await self._bus.js.purge_stream(f"KV_{self.bucket}", subject=f"$KV.{self.bucket}.{key}")
+
     async def mutate(self, key: str, fn: Callable[[T], T], create: T | None = None) -> T:
         """Read, apply ``fn``, write back with compare-and-set; retried on conflict.
 
         ``create`` is the value to start from when the key does not exist
         (without it a missing key raises :class:`NotFound`). ``fn`` must be pure:
-        it may run several times. Returns the value that was written (or the
-        current value when ``fn`` changed nothing).
+        it may run several times, and after each lost compare-and-set the next try
+        waits :func:`backoff`. Returns the value that was written (or the current
+        value when ``fn`` changed nothing).
         """
-        for _ in range(_MUTATE_ATTEMPTS):
+        for attempt in range(1, _MUTATE_ATTEMPTS + 1):
             entry = await self.get(key)
             if entry is None:
                 if create is None:
@@ -184,6 +231,7 @@ class KeyValue(Generic[T]):
                 try:
                     await self.create(key, new)
                 except Conflict:
+                    await asyncio.sleep(backoff(attempt))
                     continue
                 return new
             new = fn(entry.value)
@@ -192,7 +240,7 @@ class KeyValue(Generic[T]):
             try:
                 await self.update(key, new, entry.revision)
             except Conflict:
-                await asyncio.sleep(0)
+                await asyncio.sleep(backoff(attempt))
                 continue
             return new
         raise Conflict(self.bucket, key, -1, await self._current_revision(key))

@@ -92,6 +92,12 @@ class Router:
         self.service = service
         self.intake = intake or Intake.commands()
         self.extra_middleware: tuple[Middleware, ...] = tuple(middleware)
+        # The handlers' own Prometheus collectors, exposed by the runtime with its
+        # metrics (the bus never imports prometheus-client, so they are opaque here).
+        self.collectors: list[object] = []
+        # HTTP routes (aiohttp ``RouteDef``s) served by the runtime on the service's
+        # HTTP server beside /metrics (the bus never imports aiohttp: opaque here).
+        self.http_routes: list[object] = []
         self._routes: dict[str, Route] = {}
 
     def handler(
@@ -141,11 +147,16 @@ class Router:
         grace_seconds: float = 30.0,
         observer: Observer | None = None,
         fetch_wait: float = 1.0,
+        depth_seconds: float = 15.0,
     ) -> None:
-        """Dispatch until ``stop`` is set (or the task is cancelled), then shut down."""
+        """Dispatch until ``stop`` is set (or the task is cancelled), then shut down.
+
+        Every ``depth_seconds`` the consumers' waiting messages go to the observer."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        consumer = Consumer(self, bus, self.middleware(observer), concurrency, fetch_wait)
+        consumer = Consumer(
+            self, bus, self.middleware(observer), concurrency, fetch_wait, depth_seconds
+        )
         await consumer.serve(stop or asyncio.Event(), grace_seconds)
 
 

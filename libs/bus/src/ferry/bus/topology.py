@@ -5,9 +5,10 @@ and updates what drifted, so there is no separate "setup" step to forget and
 replicas racing to declare the same thing all succeed. The layout:
 
 * ``FERRY_EVENTS`` (``ferry.evt.>``): the audit log. Limits retention and file
-  storage so every event stays until it ages out, whoever has read it.
+  storage so every event stays until it ages out or the stream reaches its size
+  cap (the oldest go first), whoever has read it.
 * ``FERRY_DLQ`` (``ferry.dlq.>``): copies of commands that were given up on, with
-  the reason in a header, kept as long as the events.
+  the reason in a header, bounded by their own age and size.
 * ``FERRY_CMD_<SERVICE>`` (``ferry.cmd.<service>.>``): one work queue per service.
   Work-queue retention deletes a command once acknowledged; the one durable pull
   consumer ``<service>-workers`` is shared by every replica, so replicas add
@@ -17,13 +18,16 @@ replicas racing to declare the same thing all succeed. The layout:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from ferry.proto import subjects
 from ferry.proto.subjects import Bucket, Service
@@ -34,7 +38,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DAY = 24 * 3600
+_GIB = 1 << 30
 _STREAM_NAME_IN_USE = 10058
+# "no suitable peers for placement" (400): a replicated stream asked of a cluster whose
+# nodes are not all up yet. (A meta group still electing answers 503: always retried.)
+_PLACEMENT_NOT_YET = frozenset({10005})
+START_SECONDS = 60.0  # how long a start-up waits for a cluster to take its declaration
+_NOT_YET = (NotFoundError, ServiceUnavailableError, NoRespondersError, NatsTimeout)
+"""What a cluster answers about a stream it has only just created."""
 # Work queues keep every replica supplied; the bound only protects the server.
 _MAX_ACK_PENDING = 10_000
 
@@ -48,7 +59,14 @@ class TopologySettings:
     """
 
     events_max_age_seconds: float = 30 * _DAY
-    """How long the audit stream and the dead letters keep a message."""
+    """How long the audit stream keeps an event."""
+    events_max_bytes: int = 1 * _GIB
+    """The audit stream's size cap; past it the oldest events are dropped first.
+    JetStream reserves it from the server's store when the stream is made."""
+    dead_letters_max_age_seconds: float = 30 * _DAY
+    """How long the dead-letter stream keeps a given-up command."""
+    dead_letters_max_bytes: int = _GIB // 4
+    """The dead-letter stream's size cap; past it the oldest letters are dropped first."""
     duplicate_window_seconds: float = 120.0
     """A publish with a Nats-Msg-Id seen within this window is dropped."""
     ack_wait_seconds: float = 30.0
@@ -63,6 +81,16 @@ class TopologySettings:
     def storage_type(self) -> api.StorageType:
         return api.StorageType.FILE if self.storage == "file" else api.StorageType.MEMORY
 
+    def direct_reads(self) -> bool:
+        """Whether any replica may answer a single-message read (a bucket's get).
+
+        Only with one replica. JetStream promises no read-your-writes for direct gets:
+        a follower acknowledged by no majority may lag (or, after a restart, serve old
+        revisions), so ``ferry migrate`` wrote a Migration that the controller then read
+        as missing. With replicas every get goes to the stream's leader.
+        """
+        return self.replicas == 1
+
 
 def _history(bucket: Bucket) -> int:
     return 1 if bucket in (Bucket.CANCEL, Bucket.LOCKS) else 5
@@ -76,10 +104,11 @@ def events_stream(settings: TopologySettings) -> api.StreamConfig:
         retention=api.RetentionPolicy.LIMITS,
         storage=settings.storage_type(),
         max_age=settings.events_max_age_seconds,
+        max_bytes=settings.events_max_bytes,
         duplicate_window=settings.duplicate_window_seconds,
         num_replicas=settings.replicas,
         discard=api.DiscardPolicy.OLD,
-        allow_direct=True,
+        allow_direct=settings.direct_reads(),
     )
 
 
@@ -90,7 +119,8 @@ def dead_letter_stream(settings: TopologySettings) -> api.StreamConfig:
         subjects=[subjects.all_dead_letters()],
         retention=api.RetentionPolicy.LIMITS,
         storage=settings.storage_type(),
-        max_age=settings.events_max_age_seconds,
+        max_age=settings.dead_letters_max_age_seconds,
+        max_bytes=settings.dead_letters_max_bytes,
         duplicate_window=settings.duplicate_window_seconds,
         num_replicas=settings.replicas,
         discard=api.DiscardPolicy.OLD,
@@ -132,9 +162,25 @@ async def declare(
     bus: Bus,
     settings: TopologySettings | None = None,
     services: Iterable[Service] = (),
+    within: float = START_SECONDS,
 ) -> None:
-    """Create or update the shared streams, the given services' queues, and the buckets."""
-    settings = settings or bus.settings
+    """Create or update the shared streams, the given services' queues, and the buckets.
+
+    A cluster whose nodes are still starting (a service started with them) cannot place
+    a replicated stream yet, and a meta group still electing answers nothing: the whole
+    declaration, idempotent, is tried again for up to ``within`` seconds.
+    """
+    chosen = settings or bus.settings
+    wanted = list(services)
+    await bus.patiently(
+        "declaring the streams and buckets",
+        lambda: _declare(bus, chosen, wanted),
+        codes=_PLACEMENT_NOT_YET,
+        within=within,
+    )
+
+
+async def _declare(bus: Bus, settings: TopologySettings, services: list[Service]) -> None:
     await ensure_stream(bus, events_stream(settings))
     await ensure_stream(bus, dead_letter_stream(settings))
     for service in services:
@@ -144,6 +190,45 @@ async def declare(
         )
     for bucket in Bucket:
         await ensure_bucket(bus, settings, bucket)
+    if settings.replicas > 1:
+        names = [subjects.EVENTS_STREAM, subjects.DEAD_LETTER_STREAM]
+        names += [subjects.command_stream(s) for s in services]
+        names += [f"KV_{b.value}" for b in Bucket]
+        await settled(bus, names)
+
+
+async def settled(bus: Bus, streams: Iterable[str], within: float = 60.0) -> None:
+    """Wait until each replicated stream has a leader and a majority of current replicas.
+
+    A stream just created in a cluster answers its first requests (a bucket's direct
+    get, served by any replica) only once its group has elected a leader and the
+    replicas have caught up; until then a request finds no responder. A majority, not
+    all: a service restarting while one node is down must still start.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    waiting = list(streams)
+    last = "no leader"
+    while waiting:
+        try:
+            info = await bus.js.stream_info(waiting[0])
+        except _NOT_YET as err:
+            # The node that answered has not yet applied the stream's assignment (404),
+            # or the group has no leader to answer (503, no responders, a timeout).
+            info, last = None, f"{type(err).__name__}: {err}"
+        group = info.cluster if info is not None else None
+        peers = (group.replicas or []) if group is not None else []
+        current = 1 + sum(1 for r in peers if r.current)  # the leader and current followers
+        if group is not None and group.leader and current > (1 + len(peers)) // 2:
+            waiting.pop(0)
+            continue
+        if info is not None:
+            last = f"leader {group.leader if group else None!r}, {current} current"
+        if loop.time() > deadline:
+            raise TimeoutError(
+                f"stream {waiting[0]} has no current leader after {within:.0f}s ({last})"
+            )
+        await asyncio.sleep(0.1)
 
 
 async def ensure_stream(bus: Bus, config: api.StreamConfig) -> api.StreamInfo:
@@ -166,7 +251,7 @@ async def ensure_bucket(bus: Bus, settings: TopologySettings, bucket: Bucket) ->
             history=history,
             storage=settings.storage_type(),
             replicas=settings.replicas,
-            direct=True,
+            direct=settings.direct_reads(),
         )
         return
     except APIError as err:
@@ -178,8 +263,17 @@ async def ensure_bucket(bus: Bus, settings: TopologySettings, bucket: Bucket) ->
     except NotFoundError:
         raise
     config = info.config
-    if config.max_msgs_per_subject != history or config.num_replicas != settings.replicas:
-        log.info("updating bucket %s to history %d", bucket.value, history)
+    direct = settings.direct_reads()
+    if (
+        config.max_msgs_per_subject != history
+        or config.num_replicas != settings.replicas
+        or bool(config.allow_direct) != direct
+    ):
+        log.info(
+            "updating bucket %s to history %d, %d replicas, direct reads %s",
+            bucket.value, history, settings.replicas, direct,
+        )  # fmt: skip
         config.max_msgs_per_subject = history
         config.num_replicas = settings.replicas
+        config.allow_direct = direct
         await bus.js.update_stream(config)

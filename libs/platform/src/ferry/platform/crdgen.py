@@ -21,7 +21,6 @@ written beside them: it is the same object the platform validates its CRs agains
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -197,20 +196,15 @@ def render() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    out: Path = args.out
-    files = render()
-    drift = generated.sync(files, out, "*.yaml", check=args.check)
-    if args.check and drift:
-        print("CRDs drifted from the models: " + ", ".join(drift), file=sys.stderr)
-        print("run `make crds` and commit the result", file=sys.stderr)
-        return 1
-    if not args.check:
-        print(f"{len(files)} CRDs checked, {len(drift)} written/removed under {out}")
-    return 0
+    return generated.main(
+        argv,
+        description=__doc__,
+        render=render,
+        default_out=DEFAULT_OUT,
+        pattern="*.yaml",
+        what="CRDs",
+        make_target="crds",
+    )
 
 
 if __name__ == "__main__":

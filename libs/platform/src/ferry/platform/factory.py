@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 
 from ferry.platform.base import Platform
-from ferry.platform.settings import PlatformSettings
+from ferry.platform.clusterobjects import ClusterObjects
+from ferry.platform.settings import KubernetesSettings, PlatformSettings
 
 NAMES = ("local", "kubernetes")
 
@@ -44,3 +45,11 @@ def create(settings: PlatformSettings, *, data_dir: Path) -> Platform:
         log.info("target platform: kubernetes (%s)", how)
         return KubernetesPlatform(kube)
     raise UnknownPlatform(f"unknown platform {settings.kind!r}; choose one of {', '.join(NAMES)}")
+
+
+def cluster_objects(settings: KubernetesSettings) -> ClusterObjects:
+    """Ferry's own objects in the cluster ``settings`` connect to (operator mode, and
+    ``ferry --context``); the client connects on first use."""
+    from ferry.platform.kubernetes.ferryobjects import KubeFerryObjects
+
+    return KubeFerryObjects(settings)

@@ -14,6 +14,7 @@ import msgspec
 
 from ferry.platform import errors
 from ferry.proto.inventory import DiskFormat, Extent
+from ferry.providers.base import FilePin, repr_hiding
 
 
 class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -22,7 +23,9 @@ class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
     Three shapes: an image file (``path`` + ``format``; a raw disk may sit at
     ``offset`` inside a bigger file, such as an OVA archive); a qemu block-layer
     option tree (``qemu_options``, what a provider's ``qemu_source()`` gives,
-    with ``format`` still named); or an NBD export served by someone else.
+    with ``format`` still named); or an NBD export served by someone else. A
+    fourth, ``url`` (an ovirt-imageio transfer over HTTPS), rides along with the
+    option tree for a workload off this host (:meth:`for_remote_workload`).
     """
 
     path: str = ""  # the file (for a qemu option tree: the file it reads, for identity)
@@ -33,6 +36,30 @@ class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
     nbd_export: str = ""  # the export's name on that socket ('' for the default one)
     size: int | None = None  # the disk's size when the file is bigger (raw windows)
     extents: list[Extent] | None = None  # known allocation of an nbd_socket source
+    # The files as the provider checked them (device, inode): when set, the
+    # workload opens each itself, without following symlinks, and refuses one
+    # that is not that file any more (``ferry.platform.copy.pins``).
+    pins: tuple[FilePin, ...] = ()
+    # The source's point-in-time picture this ref reads (a warm view's checkpoint).
+    # A delta round resumes a killed attempt's progress only within the same one.
+    snapshot: str = ""
+    # The same disk over HTTPS, for a workload that cannot reach the volume-service's
+    # sockets (the populator pod in a cluster): an ovirt-imageio transfer URL (its path
+    # is the ticket, a secret: it travels in a job file or Secret only) and the PEM of
+    # the CA that signs the daemon's certificate. Read only when no other shape is set.
+    url: str = ""
+    ca: str = ""
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, "url")
+
+    def for_remote_workload(self) -> ImageRef:
+        """What a workload off this host reads: the HTTPS shape when there is one."""
+        if not self.url:
+            return self
+        return ImageRef(
+            path=self.path, format=self.format, size=self.size, url=self.url, ca=self.ca
+        )
 
 
 def from_qemu_source(qemu: Any, path: str = "") -> ImageRef:
@@ -41,10 +68,19 @@ def from_qemu_source(qemu: Any, path: str = "") -> ImageRef:
     if qemu.format not in formats:
         raise errors.InvalidSourceError(f"unsupported qemu format {qemu.format!r}")
     options = dict(qemu.options)
+    pins = tuple(getattr(qemu, "pins", ()))
     window = _raw_window(options)
     if qemu.format == "raw" and window is not None:
-        return window  # read in place with pread: no qemu-nbd round trips
-    return ImageRef(path=path, format=formats[qemu.format], qemu_options=options)
+        # read in place with pread: no qemu-nbd round trips
+        return msgspec.structs.replace(window, pins=pins)
+    return ImageRef(
+        path=path,
+        format=formats[qemu.format],
+        qemu_options=options,
+        pins=pins,
+        url=str(getattr(qemu, "url", "")),
+        ca=str(getattr(qemu, "ca", "")),
+    )
 
 
 def _raw_window(options: dict[str, Any]) -> ImageRef | None:

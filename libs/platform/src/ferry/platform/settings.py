@@ -133,7 +133,9 @@ class KubernetesSettings(_Group):
         default=False, description="Use the pod's service account instead of a kubeconfig."
     )
     verify_ssl: bool = Field(
-        default=True, description="Check the API server's certificate (off only for tests)."
+        default=True,
+        description="Check the API server's certificate (off only for tests). A kubeconfig "
+        "context with insecure-skip-tls-verify is honoured, as kubectl does, and logged.",
     )
     filesystem_overhead: float = Field(
         default=DEFAULT_FILESYSTEM_OVERHEAD,
@@ -147,18 +149,34 @@ class KubernetesSettings(_Group):
     )
     populator_image: str = Field(
         default="",
-        description="Image of the populator pods that fill a prime PVC (used once the "
-        "cluster populator is built).",
+        description="Image of the populator pods that fill a prime PVC and of the transfer "
+        "pods of flow 1's rounds: the services' image (./Dockerfile), which has the copy "
+        "engine and qemu-nbd.",
     )
     conversion_image: str = Field(
         default="",
-        description="Image of the conversion pod that runs virt-v2v on the PVCs (used once "
-        "conversion pods are built; until then a conversion on this platform fails).",
+        description="Image of the conversion and virt-inspector pods, which run virt-v2v "
+        "on the PVCs: the conversion image (./Dockerfile.conversion). Unset: a conversion "
+        "on this platform fails.",
+    )
+    pacing_url: str = Field(
+        default="",
+        pattern=r"^(https?://[^\s/]+(/\S*)?)?$",
+        description="How transfer and populator pods reach this volume-service replica's "
+        "HTTP port to ask for bandwidth grants (e.g. http://10.0.0.7:8080; the chart "
+        "uses the pod's own IP, since a copy's ticket lives in the replica that runs "
+        "it). Empty: a copy under a bandwidth budget is refused.",
     )
     poll_seconds: float = Field(default=2.0, gt=0, description="How often transfers are polled.")
     bind_timeout: float = Field(default=600.0, gt=0, description="pvcinit: seconds to Bound.")
     transfer_timeout: float = Field(
         default=24 * 3600.0, gt=0, description="Seconds an import or population may take."
+    )
+    checkpoint_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A transfer pod makes its copy durable this often; a warm round's pod "
+        "that fails or is replaced is followed by one that resumes from its last checkpoint.",
     )
     stop_timeout: float = Field(
         default=300.0, gt=0, description="Seconds a graceful stop may take before it is forced."

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from enum import StrEnum
 from typing import Protocol
 
@@ -105,6 +105,9 @@ class TransferProgress(msgspec.Struct, frozen=True, kw_only=True):
 
 
 ProgressCallback = Callable[[TransferProgress], None]
+# Waits until this many more bytes may move under the copy's bandwidth budgets (the
+# volume-service's shared token buckets); a workload asks it before each chunk.
+Rate = Callable[[int], Awaitable[None]]
 
 
 class VolumeError(Exception):
@@ -185,13 +188,26 @@ class VolumePlatform(Protocol):
         ...
 
     async def import_disk(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> DiskCopy:
-        """Run the importer workload into an importer DataVolume; resumes after a crash."""
+        """Run the importer workload into an importer DataVolume; resumes after a crash.
+
+        ``rate``, when given, is awaited with each chunk's bytes before they move.
+        """
         ...
 
     async def populate(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> DiskCopy:
         """Prime volume → populator workload → atomic re-bind → prime removed."""
         ...
@@ -203,10 +219,11 @@ class VolumePlatform(Protocol):
         progress: ProgressCallback | None = None,
         *,
         last: bool = False,
+        rate: Rate | None = None,
     ) -> DiskCopy:
         """A warm round: write only ``source.extents`` onto a volume an earlier round
         filled, leaving every other byte as it is; ``last`` (the source is off) also
-        compares the whole disks' digests."""
+        compares the whole disks' digests. ``rate``: as for :meth:`import_disk`."""
         ...
 
     async def list_volumes(self, namespace: str, labels: Mapping[str, str]) -> list[VolumeState]:

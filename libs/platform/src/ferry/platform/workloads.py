@@ -16,11 +16,14 @@ helper process, or the pod) before the cancellation goes on.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import BinaryIO, Protocol
 
 import msgspec
+
+from ferry.proto.inventory import Volume
 
 LineHandler = Callable[[str], Awaitable[None]]
 
@@ -43,6 +46,23 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True):
     # written there with mode 0600, in a cluster a Secret mounted read-only. Never env/argv.
     secret_files: dict[str, bytes] = msgspec.field(default_factory=dict)
     secret_dir: str = ""
+    # Symbolic links made inside the workload before its command starts, path (relative
+    # to ``workdir``) → target as the workload sees it (a disk from :meth:`place_volumes`).
+    # After a zero exit each must still be a link: a command that replaced one with a
+    # file wrote nothing where the link pointed, and the workload fails saying so.
+    links: dict[str, str] = msgspec.field(default_factory=dict)
+    # Shares the workload reads, path it sees → ``nfs://server/export/path``, read-only:
+    # locally the host has it mounted at that path; a pod mounts the export there.
+    shares: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Placed(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a workload sees one volume: ``mount`` goes into :attr:`Workload.volumes`,
+    ``disk`` is the disk itself (a block device, or the image file in the mount)."""
+
+    mount: str
+    disk: str
+    block: bool = False  # the disk is a block device (else a file)
 
 
 class WorkloadError(Exception):
@@ -68,6 +88,15 @@ class WorkloadLost(WorkloadError):
         self.reason = reason
 
 
+def link_problems(workdir: str, links: dict[str, str]) -> list[str]:
+    """The links of a workload that are no longer links (checked where it ran)."""
+    return sorted(
+        f"{path} (→ {target}) was replaced by a file"
+        for path, target in links.items()
+        if not os.path.islink(os.path.join(workdir, path))
+    )
+
+
 class WorkloadsNotBuilt(WorkloadError):
     """This platform cannot run workloads yet (no pretending: the run fails, saying so)."""
 
@@ -84,6 +113,20 @@ def split_lines(buffer: str) -> tuple[list[str], str]:
 
 class WorkloadPlatform(Protocol):
     """Runs workloads where the platform runs work."""
+
+    # True where a workload is a child process on this host (it sees this host's files
+    # and may inherit its environment); False where it runs elsewhere, in an image of
+    # its own (a pod: only what the Workload says reaches it).
+    workloads_run_here: bool
+
+    async def place_volumes(self, namespace: str, volumes: Sequence[Volume]) -> dict[str, Placed]:
+        """Where a workload of this platform sees each of ``volumes``, by volume name.
+
+        Locally a volume is its file on this host; in a cluster a claim is attached to
+        the pod at a path of the pod's own. Raises :class:`WorkloadError` when a volume
+        cannot be attached (no file here, no such claim).
+        """
+        ...
 
     async def run_workload(
         self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None

@@ -31,6 +31,11 @@ class ProviderError(Exception):
     """A provider could not do what was asked; the message says what and why."""
 
 
+class SourceInterrupted(ProviderError):
+    """A read the source broke off for a reason a new attempt need not meet (a session
+    or lease that ended): the copy is retried, and resumes from its checkpoint."""
+
+
 class VmNotFound(ProviderError):
     """No VM with that id or name exists in the provider's inventory."""
 
@@ -51,16 +56,53 @@ class ProviderNotSupported(ProviderError):
     """The provider type is known to the contracts but not implemented here yet."""
 
 
+class FilePin(msgspec.Struct, frozen=True, kw_only=True):
+    """A source file as a provider checked it: whoever opens it later must find it so.
+
+    ``path`` is the name the option tree uses, ``name`` the file's name inside its
+    package (extents of a VMDK descriptor resolve beside it), and ``device`` and
+    ``inode`` what the provider saw. The reader opens ``path`` without following
+    symlinks and refuses it unless the open descriptor is a regular file with one
+    link and this device and inode (:mod:`ferry.platform.copy.pins`).
+    """
+
+    path: str
+    name: str
+    device: int
+    inode: int
+
+
+def repr_hiding(obj: msgspec.Struct, *secret: str) -> str:
+    """``repr`` of a struct with the named fields shown as ``<hidden>`` when set: a
+    repr ends up in log lines and tracebacks, a secret must not."""
+    shown = (
+        f"{name}={'<hidden>' if name in secret and value else repr(value)}"
+        for name in obj.__struct_fields__
+        if (value := getattr(obj, name)) is not None
+    )
+    return f"{type(obj).__name__}({', '.join(shown)})"
+
+
 class QemuSource(msgspec.Struct, frozen=True, kw_only=True):
     """How a qemu tool opens a disk, with the format always named.
 
     ``options`` is a qemu block-layer option tree (``{"driver": "vmdk", "file": …}``).
     Never let qemu probe a format: an untrusted raw disk could then pose as qcow2
-    with a backing file on the host.
+    with a backing file on the host. ``pins``, when a provider checked the files
+    the tree reads, are what they must still be when a copy opens them: every
+    ``filename`` of the tree is then one of them.
     """
 
     format: str
     options: dict[str, Any]
+    pins: tuple[FilePin, ...] = ()
+    # The same disk over HTTPS for a copy that runs off this host (an oVirt image
+    # transfer's URL, whose path is a secret ticket, and its CA's PEM); '' when none.
+    url: str = ""
+    ca: str = ""
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, "url")
 
     def filename(self) -> str:
         """The ``json:`` pseudo-filename that qemu-img and qemu-nbd accept."""
@@ -69,6 +111,25 @@ class QemuSource(msgspec.Struct, frozen=True, kw_only=True):
     def qemu_img_args(self) -> list[str]:
         """Arguments for the source side of ``qemu-img convert/map/info``."""
         return ["-f", self.format, self.filename()]
+
+
+class InputHold(Protocol):
+    """What a conversion's input reads through and the provider must keep while virt-v2v
+    runs (a vSphere session whose cookie the captive nbdkits carry).
+
+    Entered around the conversion's workload and left when it ends. Leaving it with the
+    conversion's error raises the provider's own reason instead (a
+    :class:`SourceInterrupted`, chained to that error) when what it held was lost.
+    """
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 class V2vInput(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +141,24 @@ class V2vInput(msgspec.Struct, frozen=True, kw_only=True):
 
     argv: list[str]
     files: list[str] = msgspec.field(default_factory=list)
+    # Shares the input reads, path on this host → ``nfs://server/export/path``: a
+    # conversion that runs elsewhere (a pod) mounts each read-only at the same path.
+    shares: dict[str, str] = msgspec.field(default_factory=dict)
+    # Helpers that must live exactly as long as virt-v2v (an nbdkit serving a disk it
+    # reads): each is an nbdkit argv that runs the rest of the command captive
+    # (``nbdkit --run``), the first outermost; their files are in ``files`` too.
+    captive: list[list[str]] = msgspec.field(default_factory=list)
+    # Held around the run by the one who runs virt-v2v; None when nothing needs it.
+    hold: InputHold | None = None
+
+
+def read_span(offset: int, length: int, size: int) -> int:
+    """How many of ``length`` bytes from ``offset`` a disk of ``size`` bytes holds (0 past
+    its end): what every :class:`DiskReader`'s ``read`` may return; negative values are
+    a caller's bug."""
+    if offset < 0 or length < 0:
+        raise ValueError("offset and length must not be negative")
+    return max(0, min(length, size - offset))
 
 
 @runtime_checkable
@@ -154,6 +233,41 @@ class Provider(Protocol):
 
 
 @runtime_checkable
+class Configurable(Protocol):
+    """A provider whose VMs come in several configurations (OVF deployment options).
+
+    :meth:`Provider.inventory` describes each VM in its default configuration and
+    lists the others in ``Vm.configurations``; a Plan may choose another per VM.
+    """
+
+    async def configured(self, vm: Vm, option: str) -> Vm:
+        """``vm`` as configuration ``option`` describes it; :class:`ProviderError` if none."""
+        ...
+
+
+@runtime_checkable
+class Validator(Protocol):
+    """A source that knows reasons a VM cannot go beyond what its inventory shows
+    (the daemon's abilities, the plan's warm or cold): asked in preflight."""
+
+    async def preflight(self, vm: Vm, *, warm: bool) -> list[str]:
+        """Sentences for the person who runs the plan; empty when the VM can go."""
+        ...
+
+
+@runtime_checkable
+class TransferSource(Protocol):
+    """A source whose disks are read through transfers it holds open (oVirt image
+    transfers): one a killed or canceled copy left must be ended before the VM may run
+    again (the engine keeps its disks locked), so the controller releases them before
+    it restores the source's power and when a VM ends failed or canceled."""
+
+    async def release_transfers(self, vm: Vm) -> int:
+        """End every transfer Ferry holds on ``vm``; how many there were."""
+        ...
+
+
+@runtime_checkable
 class PackageLister(Protocol):
     """A provider read in packages (OVA) that can list each one with its verdict.
 
@@ -214,6 +328,18 @@ class ChangedDisks(Protocol):
 
 
 @runtime_checkable
+class HttpsExport(Protocol):
+    """A :class:`ChangedDisks` whose disks are also served over HTTPS (an oVirt backup's
+    image transfers), so a data mover off the volume-service's host (a pod) can read
+    the same picture."""
+
+    def https_export(self, disk_id: str) -> tuple[str, str]:
+        """(URL, CA PEM) of the view's disk; the URL names a ticket, a secret: it goes
+        into a job file or Secret only. Valid until the view is closed."""
+        ...
+
+
+@runtime_checkable
 class WarmSource(Protocol):
     """What a provider offers for warm migration: changed-block tracking.
 
@@ -224,11 +350,15 @@ class WarmSource(Protocol):
     crashed run left behind are found with :meth:`checkpoints` and removed on restart.
     """
 
-    def changes(self, vm: Vm, since: str | None) -> ChangedDisks:
+    def changes(self, vm: Vm, since: str | None, round_id: str = "") -> ChangedDisks:
         """An unopened view, taken atomically with a new checkpoint when entered.
 
-        Raises :class:`CheckpointGone` (on enter) when ``since`` no longer exists at
-        the source, so the caller knows it must copy in full again.
+        ``round_id`` names the round asking (migration, VM, round): a view opened
+        again for the same round and ``since`` after a killed attempt may show that
+        attempt's picture again, with the same checkpoint, so the copy resumes
+        inside the round ('' never does). Raises :class:`CheckpointGone` (on enter)
+        when ``since`` no longer exists at the source, so the caller knows it must
+        copy in full again.
         """
         ...
 

@@ -34,6 +34,12 @@ def create(spec: ProviderSpec, secret: Mapping[str, Any] | None = None) -> Provi
         from ferry.providers.ova import provider as ova
 
         settings = getattr(spec, "settings", None) or {}
+        if urlsplit(spec.url).scheme == "nfs":
+            return ova.OvaProvider(
+                share_mount(spec.url, str(settings.get("path", ""))),
+                limits=limits.Limits.from_settings(settings),
+                share=spec.url,
+            )
         return ova.OvaProvider(
             ova_root(spec.url or str(settings.get("path", ""))),
             limits=limits.Limits.from_settings(settings),
@@ -47,12 +53,34 @@ def create(spec: ProviderSpec, secret: Mapping[str, Any] | None = None) -> Provi
         from ferry.providers.libvirt import provider as libvirt
 
         return libvirt.LibvirtProvider(spec.url, secret, getattr(spec, "settings", None))
+    if kind is ProviderType.OVIRT:
+        from ferry.providers.ovirt import provider as ovirt
+
+        return ovirt.OvirtProvider(spec.url, secret, getattr(spec, "settings", None))
     supported = ", ".join(
-        t.value for t in (ProviderType.OVA, ProviderType.VSPHERE, ProviderType.LIBVIRT)
+        t.value
+        for t in (ProviderType.OVA, ProviderType.VSPHERE, ProviderType.LIBVIRT, ProviderType.OVIRT)
     )
     raise ProviderNotSupported(
         f"provider type {kind.value!r} is not implemented yet; supported: {supported}"
     )
+
+
+def share_mount(url: str, path: str) -> Path:
+    """Where this process has the NFS export ``url`` mounted (``settings.path``).
+
+    Ferry mounts nothing itself: the platform does (a cluster mounts the export into the
+    services' pods and into each conversion pod, read-only, at this same path).
+    """
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.path.startswith("/"):
+        raise ProviderError(f"OVA provider url {url!r} is not an NFS share (nfs://server/path)")
+    if not path or not Path(path).is_absolute():
+        raise ProviderError(
+            f"OVA provider on {url}: settings.path must name the absolute directory where "
+            "the share is mounted"
+        )
+    return Path(path)
 
 
 def ova_root(url: str) -> Path:
@@ -69,6 +97,6 @@ def ova_root(url: str) -> Path:
             raise ProviderError(f"OVA provider url must be an absolute path, got {url!r}")
         return Path(path)
     raise ProviderError(
-        f"OVA provider url scheme {parts.scheme!r} is not readable directly; "
-        "mount the share and give its local path"
+        f"OVA provider url scheme {parts.scheme!r} is not readable; give a directory, "
+        "or nfs://server/path with settings.path where the share is mounted"
     )

@@ -13,8 +13,9 @@ Documents are built with ElementTree, so no value from a source (a VM name such 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET  # building only; untrusted XML is parsed with defusedxml
+from collections.abc import Sequence
 
-from ferry.proto.inventory import Disk, Vm
+from ferry.proto.inventory import Disk, Firmware, Vm
 
 # libvirt's <target bus>: VMware's and KubeVirt's spellings mapped onto libvirt's.
 BUSES = {"scsi": "scsi", "sata": "sata", "ide": "ide", "virtio": "virtio", "nvme": "sata"}
@@ -56,6 +57,43 @@ def add_nics(devices: ET.Element, vm: Vm) -> None:
         model = NIC_MODELS.get(nic.model.lower())
         if model:
             ET.SubElement(interface, "model", type=model)
+
+
+def source_domain(vm: Vm, filenames: Sequence[str]) -> bytes:
+    """The source domain of a full conversion: ``vm``'s CPUs, memory, firmware and NICs,
+    its disks (in ``vm.disks`` order) read from ``filenames``.
+
+    Each disk's ``<source file>`` is a qemu description (a ``json:`` pseudo-filename)
+    and ``<driver type>`` is left out: virt-v2v then serves the disk with ``qemu-nbd``
+    (it uses nbdkit's file plugin only for a declared raw file), and qemu takes the
+    driver from the description, so it never probes a format. The domain type is
+    ``vmware``, as virt-v2v's own OVA and vCenter inputs call such guests.
+    """
+    element = domain(vm, "vmware")
+    cpu = ET.SubElement(element, "cpu")
+    ET.SubElement(
+        cpu,
+        "topology",
+        sockets=str(vm.cpu_sockets),
+        cores=str(vm.cpu_cores),
+        threads=str(vm.cpu_threads),
+    )
+    os_element = ET.SubElement(
+        element, "os", firmware="efi" if vm.firmware is Firmware.UEFI else "bios"
+    )
+    ET.SubElement(os_element, "type", arch="x86_64").text = "hvm"
+    devices = ET.SubElement(element, "devices")
+    counters: dict[str, int] = {}
+    for disk, filename in zip(vm.disks, filenames, strict=True):
+        bus = bus_of(disk)
+        prefix = PREFIX[bus]
+        index = counters.get(prefix, 0)
+        counters[prefix] = index + 1
+        disk_element = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(disk_element, "source", file=filename)
+        ET.SubElement(disk_element, "target", dev=prefix + drive_name(index), bus=bus)
+    add_nics(devices, vm)
+    return render(element)
 
 
 def render(element: ET.Element) -> bytes:

@@ -44,9 +44,10 @@ import socket
 import struct
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ferry.providers import children
+from ferry.providers import children, lifetime
 from ferry.providers.base import ProviderError, QemuSource
 
 _NBDMAGIC = b"NBDMAGIC"
@@ -233,8 +234,16 @@ class NbdServer:
     Tools such as ``nbdcopy`` can use the same socket through :meth:`uri`.
     """
 
-    def __init__(self, source: QemuSource) -> None:
+    def __init__(
+        self,
+        source: QemuSource,
+        *,
+        pass_fds: Sequence[int] = (),
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.source = source
+        self.pass_fds = tuple(pass_fds)  # files the source names as /dev/fd/N
+        self.preexec_fn = preexec_fn  # e.g. resource limits for an untrusted image
         self._dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
 
@@ -259,6 +268,8 @@ class NbdServer:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            pass_fds=self.pass_fds,
+            preexec_fn=lifetime.chained(lifetime.die_with_parent(), self.preexec_fn),
         )
         await self._wait_ready()
 

@@ -1,10 +1,13 @@
 """Duration and downtime of a plan before it runs, from what past migrations measured.
 
 History is what the controller already stores: every finished VM's state in
-``ferry-vms`` carries its disks' bytes and each step's start and end. A VM that
+``ferry-vms`` carries the inventory it was admitted with (its disks' allocated
+bytes, the size every estimate uses) and each step's start and end. A VM that
 succeeded is one sample for its source/target pair (source provider and host,
 target namespace): copy throughput (bytes over the seconds of the step that
-wrote the disks), conversion time, and the rest of its steps as overhead. No
+wrote the disks), conversion time against the guest's size (seconds per GiB, or a
+least-squares line once the pair has converted guests of several sizes), and the
+rest of its steps as overhead. No
 new bookkeeping, so a migration run before this module existed already counts.
 
 With no sample on a pair, each input falls back to a stated default, marked
@@ -24,9 +27,9 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from ferry.bus import Bus
-from ferry.proto.estimate import Input, PlanEstimate, VmEstimate
-from ferry.proto.inventory import Vm
-from ferry.proto.objects import Plan
+from ferry.proto.estimate import ANNOTATION, Accuracy, Input, PlanEstimate, VmEstimate
+from ferry.proto.inventory import WARM_SOURCES, Vm
+from ferry.proto.objects import Migration, Plan, Provider
 from ferry.proto.phases import Flow, Phase, StepStatus, VmStatus
 from ferry.proto.state import VmState, VmView, now_iso, parse_iso
 from ferry.proto.subjects import Bucket
@@ -38,15 +41,33 @@ ASSUMED_CONVERSION = 180.0  # s: virt-v2v in place on a small Linux guest
 ASSUMED_OVERHEAD = 60.0  # s: volumes, pvcinit, power calls, VM creation
 ASSUMED_FINAL_DELTA = 0.05  # of the bytes changed since the last precopy
 ASSUMED_BOOT = 30.0  # s: PowerOn until the VM reports running
+FIT_POINTS = 3  # samples of at least two sizes before conversion time is fitted to size
+GIB = float(1 << 30)
 
 _WRITES_DISKS = {Phase.COPY_DISKS, Phase.FINALIZE}
 _BOOT = {Phase.CREATE_VM, Phase.POWER_ON}
 
 
 class Stored(VmView, kw_only=True):
-    """A stored VM state read for its measurements: the view plus its provider."""
+    """A stored VM state read for its measurements: the view plus its provider and the
+    inventory it was admitted with (its disks' allocated bytes)."""
 
     provider: SourceRef | None = None
+    inventory: Vm | None = None
+
+
+def allocated(vm: Vm) -> int:
+    """The bytes an estimate sizes a VM by: each disk's data, else its capacity."""
+    return sum(d.allocated if d.allocated is not None else d.capacity for d in vm.disks)
+
+
+def size_of(state: Stored | VmState) -> int:
+    """A stored VM's size as its estimate measured it (the inventory's allocated bytes),
+    so that a throughput learned from it applies to the next estimate's sizes; the
+    volumes' bytes when the state holds no inventory."""
+    if state.inventory is not None and state.inventory.disks:
+        return allocated(state.inventory) or state.total_bytes
+    return state.total_bytes
 
 
 class Sample(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,7 +90,8 @@ def source_of(provider: str, host: str) -> str:
 
 def sample(state: Stored | VmState) -> Sample | None:
     """The measurements of a VM that succeeded; None when it holds none worth learning from."""
-    if state.status is not VmStatus.SUCCEEDED or state.provider is None or not state.total_bytes:
+    size = size_of(state)
+    if state.status is not VmStatus.SUCCEEDED or state.provider is None or not size:
         return None
     copy = conversion = boot = 0.0
     for step in state.steps:
@@ -90,7 +112,7 @@ def sample(state: Stored | VmState) -> Sample | None:
     return Sample(
         source=source_of(state.provider.provider, state.host),
         target=state.namespace,
-        bytes=state.total_bytes,
+        bytes=size,
         copy_seconds=copy,
         conversion_seconds=conversion,
         boot_seconds=boot,
@@ -107,28 +129,71 @@ def _pick(samples: Sequence[Sample], provider: str, target: str) -> tuple[list[S
     return mine, f"{len(mine)} VM(s) on {', '.join(sources)} -> {target}"
 
 
-def inputs(samples: Sequence[Sample], provider: str, target: str) -> list[Input]:
+def conversion_by_size(mine: Sequence[Sample]) -> tuple[float, float, str]:
+    """Conversion time as ``fixed + per_gib * GiB`` of the guest's allocated bytes.
+
+    With enough samples of different sizes, a least-squares line (both terms kept at
+    zero or more: a conversion never takes less for a larger guest); with fewer, the
+    pair's seconds per GiB through the origin."""
+    points = [(s.bytes / GIB, s.conversion_seconds) for s in mine]
+    sizes = {x for x, _ in points}
+    total = sum(x for x, _ in points)
+    if len(points) >= FIT_POINTS and len(sizes) >= 2:
+        mean_x = statistics.fmean(x for x, _ in points)
+        mean_y = statistics.fmean(y for _, y in points)
+        spread = sum((x - mean_x) ** 2 for x, _ in points)
+        slope = max(0.0, sum((x - mean_x) * (y - mean_y) for x, y in points) / spread)
+        fixed = max(0.0, mean_y - slope * mean_x)
+        return fixed, slope, f"least-squares fit over {len(points)} sizes"
+    if total <= 0:
+        return statistics.median(y for _, y in points), 0.0, "median"
+    return 0.0, sum(y for _, y in points) / total, "seconds per GiB"
+
+
+def no_history_on(provider: str, target: str) -> str:
+    return f"no finished migration on {provider} -> {target}"
+
+
+def has_history(samples: Sequence[Sample], provider: str, target: str) -> bool:
+    """Whether the pair has a finished VM to learn from (else a probe is worth a read)."""
+    return bool(_pick(samples, provider, target)[0])
+
+
+def inputs(
+    samples: Sequence[Sample], provider: str, target: str, probed: Input | None = None
+) -> list[Input]:
+    """The inputs of a pair: from its history, else the defaults (the throughput, when
+    ``probed`` is given, from a short read of the source: see :mod:`ferry.runtime.probe`)."""
     mine, basis = _pick(samples, provider, target)
     if not mine:
-        why = f"no finished migration on {provider} -> {target}"
+        why = no_history_on(provider, target)
         return [
-            Input(
+            probed
+            or Input(
                 name="throughput", value=ASSUMED_THROUGHPUT, unit="B/s", measured=False, basis=why
             ),
             Input(name="conversion", value=ASSUMED_CONVERSION, unit="s", measured=False, basis=why),
+            Input(name="conversion_per_gib", value=0.0, unit="s/GiB", measured=False, basis=why),
             Input(name="overhead", value=ASSUMED_OVERHEAD, unit="s", measured=False, basis=why),
             Input(name="boot", value=ASSUMED_BOOT, unit="s", measured=False, basis=why),
             Input(name="final_delta", value=ASSUMED_FINAL_DELTA, unit="fraction", measured=False),
         ]
     throughput = sum(s.bytes for s in mine) / sum(s.copy_seconds for s in mine)
-    conversion = statistics.median(s.conversion_seconds for s in mine)
+    fixed, per_gib, how = conversion_by_size(mine)
     overhead = statistics.median(
         max(0.0, s.total_seconds - s.copy_seconds - s.conversion_seconds) for s in mine
     )
     boot = statistics.median(s.boot_seconds for s in mine)
     return [
         Input(name="throughput", value=throughput, unit="B/s", measured=True, basis=basis),
-        Input(name="conversion", value=conversion, unit="s", measured=True, basis=basis),
+        Input(name="conversion", value=fixed, unit="s", measured=True, basis=f"{how}; {basis}"),
+        Input(
+            name="conversion_per_gib",
+            value=per_gib,
+            unit="s/GiB",
+            measured=True,
+            basis=f"{how}; {basis}",
+        ),
         Input(name="overhead", value=overhead, unit="s", measured=True, basis=basis),
         Input(name="boot", value=boot, unit="s", measured=True, basis=basis),
         Input(
@@ -141,9 +206,19 @@ def inputs(samples: Sequence[Sample], provider: str, target: str) -> list[Input]
     ]
 
 
+def conversion_of(size: int, given: dict[str, float]) -> float:
+    """A guest's conversion time by its size; an unknown size (0) takes the fixed part, or
+    a GiB's worth when the time is all per GiB."""
+    per_gib = given.get("conversion_per_gib", 0.0)
+    if size <= 0 and not given["conversion"]:
+        return per_gib
+    return given["conversion"] + per_gib * size / GIB
+
+
 def _vm(vm: str, name: str, size: int, given: dict[str, float]) -> VmEstimate:
     copy = size / given["throughput"]
-    cold = given["overhead"] + copy + given["conversion"]
+    conversion = conversion_of(size, given)
+    cold = given["overhead"] + copy + conversion
     final = size * given["final_delta"] / given["throughput"]
     return VmEstimate(
         vm=vm,
@@ -152,8 +227,47 @@ def _vm(vm: str, name: str, size: int, given: dict[str, float]) -> VmEstimate:
         cold_duration=cold,
         cold_downtime=cold,  # the source is powered off before the copy starts
         warm_duration=cold + final,
-        warm_downtime=final + given["conversion"] + given["boot"],
+        warm_downtime=final + conversion + given["boot"],
     )
+
+
+# Steps whose time is the user's (hooks) or waits for the cutover they set (warm copy).
+_UNTIMED = {Phase.STARTED, Phase.COMPLETED, Phase.PRE_HOOK, Phase.POST_HOOK}
+_WAITS_FOR_CUTOVER = {Phase.COPY_DISKS, Phase.COPYING_PAUSED}
+
+
+def expected_steps(est: PlanEstimate, guess: VmEstimate, flow: Flow) -> dict[str, float]:
+    """The estimate's share of each step of a VM: what a step may take before it is late.
+
+    The copy steps take the VM's bytes at the estimate's throughput (a full conversion
+    writes the disks, so its copy time is ConvertGuest's), ConvertGuest the guest's
+    conversion time by size, CreateVM and PowerOn the boot, and any other step at most
+    the whole overhead. Warm, Finalize is the final delta plus the
+    overhead. Hooks are the user's and a warm copy waits for the cutover: no
+    expectation. A VM of unknown size has none for its copy."""
+    given = {i.name: i.value for i in est.inputs}
+    if not given.get("throughput") or "overhead" not in given or "conversion" not in given:
+        return {}  # recorded before its inputs were kept, or by another version
+    size = guess.bytes
+    copy = size / given["throughput"]
+    conversion = conversion_of(size, given)
+    shares = {str(step): given["overhead"] for step in Phase if step not in _UNTIMED}
+    shares[Phase.CREATE_VM] = shares[Phase.POWER_ON] = given.get("boot", given["overhead"])
+    shares[Phase.COPY_DISKS] = copy
+    shares[Phase.CONVERT_GUEST] = conversion + (copy if flow is Flow.CONVERSION else 0.0)
+    if est.warm:  # the final delta, plus the snapshot work counted in the overhead
+        delta = size * given.get("final_delta", ASSUMED_FINAL_DELTA) / given["throughput"]
+        shares[Phase.FINALIZE] = delta + given["overhead"]
+        for step in _WAITS_FOR_CUTOVER:
+            shares.pop(step, None)
+    else:
+        shares[Phase.FINALIZE] = copy
+    if size <= 0:
+        for step in (Phase.COPY_DISKS, Phase.FINALIZE):
+            shares.pop(step, None)
+        if flow is Flow.CONVERSION:
+            shares.pop(Phase.CONVERT_GUEST, None)
+    return shares
 
 
 def makespan(durations: Iterable[float], slots: int) -> float:
@@ -176,8 +290,9 @@ def estimate(
     vms: Sequence[tuple[str, str, int]],  # (id, name, bytes) in queue order
     history: Sequence[Sample],
     now: float,
+    probed: Input | None = None,
 ) -> PlanEstimate:
-    used = inputs(history, provider, target)
+    used = inputs(history, provider, target, probed)
     given = {i.name: i.value for i in used}
     per_vm = [_vm(vm, name, size, given) for vm, name, size in vms]
     took = [v.warm_duration if warm else v.cold_duration for v in per_vm]
@@ -194,6 +309,18 @@ def estimate(
         inputs=[*used, cap],
         made=now_iso(now),
     )
+
+
+WARM_ONLY_INPUTS = frozenset({"final_delta"})  # what only a warm migration's figures use
+
+
+def cold_only(provider: Provider | None) -> str:
+    """Why the source cannot migrate warm ("" when it can, or is not known): its estimate
+    then shows the cold figures only."""
+    if provider is None or provider.spec.type in WARM_SOURCES:
+        return ""
+    kind = provider.spec.type.value
+    return f"{kind.upper() if kind == 'ova' else kind} sources cannot run warm"
 
 
 def clock(seconds: float) -> str:
@@ -223,20 +350,29 @@ async def for_plan(
 
 
 def plan_estimate(
-    plan: Plan, states: Sequence[Stored | VmState], inventory: Sequence[Vm] = (), *, now: float
+    plan: Plan,
+    states: Sequence[Stored | VmState],
+    inventory: Sequence[Vm] = (),
+    *,
+    now: float,
+    learned: Sequence[Sample] = (),
+    probed: Input | None = None,
 ) -> PlanEstimate:
-    """Sizes from the inventory given, else from a VM's last stored state, else unknown (0)."""
+    """Sizes from the inventory given, else from a VM's last stored state, else unknown (0).
+
+    History is the samples of ``states`` plus ``learned``: what a caller kept of VMs
+    it no longer holds (the controller forgets ended VMs to bound its memory). ``probed``
+    is the throughput a short read of the source measured, used when there is no history."""
     seen = {key: s for s in sorted(states, key=lambda s: s.created) for key in (s.vm, s.name)}
     known = {key: v for v in inventory for key in (v.id, v.name)}
     vms, hosts = [], []
     for wanted in plan.spec.vms:
         inv, last = known.get(wanted.key), seen.get(wanted.key)
         if inv is not None:
-            size = sum(d.allocated if d.allocated is not None else d.capacity for d in inv.disks)
-            vms.append((inv.id, inv.name, size))
+            vms.append((inv.id, inv.name, allocated(inv)))
             hosts.append(inv.host)
         elif last is not None:
-            vms.append((last.vm, last.name, last.total_bytes))
+            vms.append((last.vm, last.name, size_of(last)))
             hosts.append(last.host)
         else:
             vms.append((wanted.key, wanted.name or wanted.key, 0))
@@ -248,6 +384,42 @@ def plan_estimate(
         warm=plan.spec.warm,
         max_in_flight=plan.spec.maxInFlight,
         vms=vms,
-        history=[x for x in (sample(s) for s in states) if x is not None],
+        history=samples_of(states, learned),
         now=now,
+        probed=probed,
     )
+
+
+def samples_of(states: Sequence[Stored | VmState], learned: Sequence[Sample] = ()) -> list[Sample]:
+    return [*learned, *(x for x in (sample(s) for s in states) if x is not None)]
+
+
+def encode(est: PlanEstimate) -> str:
+    """The estimate as the Migration's ``status.estimate`` holds it."""
+    return msgspec.json.encode(est).decode()
+
+
+def recorded(mig: Migration) -> PlanEstimate | None:
+    """The estimate made when the Migration was admitted (or, from before the controller
+    recorded it, the one ``ferry migrate`` annotated); None when there is none."""
+    text = mig.status.estimate or mig.metadata.annotations.get(ANNOTATION, "")
+    if not text:
+        return None
+    try:
+        return msgspec.json.decode(text, type=PlanEstimate)
+    except msgspec.DecodeError:
+        return None
+
+
+def accuracy(est: PlanEstimate, states: Sequence[VmView]) -> list[Accuracy]:
+    """Each VM that succeeded: its duration against the estimate in the plan's mode. A
+    failed or canceled VM stopped short of what was estimated: no error to learn from."""
+    found = []
+    for s in states:
+        guess = est.vm(s.vm)
+        if guess is None or not (s.status is VmStatus.SUCCEEDED and s.started and s.ended):
+            continue
+        planned = guess.warm_duration if est.warm else guess.cold_duration
+        actual = parse_iso(s.ended) - parse_iso(s.started)
+        found.append(Accuracy(vm=s.name, estimated=planned, actual=actual))
+    return found

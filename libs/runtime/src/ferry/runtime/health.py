@@ -5,19 +5,25 @@ is alive and its event loop still turns (a heartbeat task ticks every second; if
 it stalls, something blocks the loop and a restart is the cure). ``/readyz`` says
 the service can do its job: connected to NATS, topology declared, router running.
 A probe that conflated the two would restart a healthy pod whenever NATS blips.
+
+A service may serve routes of its own on the same port (:meth:`HealthServer.mount`:
+the volume-service's grant broker on the kubernetes platform). The server starts
+before the service's router exists, and a started aiohttp app takes no new routes,
+so mounted ones are looked up by method and path behind one catch-all route.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
+from ferry.bus.tasks import cancel_and_wait
 from ferry.runtime.metrics import CONTENT_TYPE, Metrics
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Check = Callable[[], bool]
 """A readiness condition: cheap, synchronous, no I/O."""
 
@@ -70,13 +76,37 @@ class HealthServer:
         self._last_tick = time.monotonic()
         self._runner: web.AppRunner | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._mounted: dict[tuple[str, str], Handler] = {}
 
     def app(self) -> web.Application:
-        app = web.Application()
+        # Mounted routes are looked up before the app's own routing, by a middleware: a
+        # catch-all route would shadow the routes a subclass adds (the console's pages).
+        @web.middleware
+        async def mounted_first(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await self._dispatch(request, handler)
+
+        app = web.Application(middlewares=[mounted_first])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         return app
+
+    def mount(self, routes: Iterable[web.RouteDef]) -> None:
+        """Serve ``routes`` too (exact paths), even after the server started."""
+        for route in routes:
+            if route.path in {"/metrics", "/healthz", "/readyz"}:
+                raise ValueError(f"{route.path} is the health server's own route")
+            self._mounted[(route.method.upper(), route.path)] = route.handler
+
+    async def _dispatch(self, request: web.Request, routed: Handler) -> web.StreamResponse:
+        handler = self._mounted.get((request.method, request.path))
+        if handler is not None:
+            return await handler(request)
+        if any(path == request.path for _, path in self._mounted):
+            raise web.HTTPMethodNotAllowed(
+                request.method, [m for m, p in self._mounted if p == request.path]
+            )
+        return await routed(request)  # the app's own routes (404 when none matches)
 
     async def start(self) -> None:
         self._heartbeat = asyncio.create_task(self._beat(), name="ferry-heartbeat")
@@ -92,9 +122,7 @@ class HealthServer:
 
     async def stop(self) -> None:
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            await cancel_and_wait(self._heartbeat)
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -20,19 +20,24 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from ferry.bus import Bus, Observer, topology
 from ferry.bus.connection import redact
+from ferry.bus.ledger import Ledger
 from ferry.proto.subjects import Service
 from ferry.runtime import logs
 from ferry.runtime.health import HealthServer, Readiness
 from ferry.runtime.metrics import Metrics
 from ferry.runtime.settings import ServiceSettings
 from ferry.runtime.stack import services
+
+if TYPE_CHECKING:
+    from aiohttp.web import RouteDef
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger("ferry.runtime")
 
@@ -148,6 +153,8 @@ class Runtime:
                 name=self.name,
                 settings=self.settings.bus.topology(),
                 credentials=self.settings.nats.credentials(),
+                tls=self.settings.nats.tls(),
+                publish_timeout=self.settings.bus.publish_timeout_seconds,
             )
         )
         stopping = asyncio.ensure_future(self.stop.wait())
@@ -159,11 +166,16 @@ class Runtime:
                 await connecting
             raise Stopped("signalled before the bus connected")
         bus = connecting.result()
+        if self.settings.bus.ledger_dir is not None:
+            bus.ledger = Ledger(self.settings.bus.ledger_dir, self.name)
         return await self._stack.enter_async_context(bus)
 
     async def run(self, router: Runnable) -> None:
         """Run the router until the stop event is set, then let it drain."""
         self._router_running = True
+        for collector in getattr(router, "collectors", ()):
+            self.metrics.registry.register(cast("Collector", collector))
+        self.health.mount(cast("list[RouteDef]", list(getattr(router, "http_routes", ()))))
         log.info("%s ready", self.name)
         try:
             await router.run(

@@ -61,6 +61,12 @@ class Metrics:
             registry=self.registry,
         )
         self._in_flight.labels(self.service).set(0)
+        self._waiting = Gauge(
+            "ferry_queue_depth",
+            "Messages waiting on a consumer of this service, not yet delivered to a replica.",
+            ["service", "consumer"],
+            registry=self.registry,
+        )
 
     # -- the router's Observer protocol ---------------------------------------
 
@@ -76,6 +82,9 @@ class Metrics:
 
     def in_flight(self, n: int) -> None:
         self._in_flight.labels(self.service).set(n)
+
+    def waiting(self, consumer: str, n: int) -> None:
+        self._waiting.labels(self.service, consumer).set(n)
 
     # -- exposition ------------------------------------------------------------
 

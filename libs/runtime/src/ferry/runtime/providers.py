@@ -99,6 +99,26 @@ class MountedSecrets:
             values[entry.name] = text.rstrip("\n")
         return values
 
+    def stamp(self, namespace: str, name: str) -> tuple[tuple[str, int, int, int, int], ...]:
+        """What tells a rotated secret from the one read before, without reading a value:
+        per file, its name, inode, size, modification and change times (a Kubernetes
+        Secret volume swaps in new files; a file rewritten in place gets new times)."""
+        try:
+            folder = self.root / _component(namespace) / _component(name)
+            entries = sorted(folder.iterdir())
+        except (OSError, PermanentError):
+            return ()
+        stamps = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                st = entry.stat()  # follows a Secret volume's links to the current files
+            except OSError:
+                continue
+            stamps.append((entry.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(stamps)
+
 
 def _component(value: str) -> str:
     if not value or value in {".", ".."} or "/" in value or "\0" in value:
@@ -133,6 +153,25 @@ class Providers:
 
     async def __call__(self, ref: SourceRef) -> Provider:
         return await self.open(ref)
+
+    async def version(self, name: str) -> object:
+        """What a provider opened from Provider ``name`` was opened from: the stored object's
+        revision (a new apply) and its mounted secret's files (rotated on disk, no apply);
+        a holder of opened providers opens one anew when this changes."""
+        if self._bus is None or not name:
+            return None
+        entry = await self._bus.kv(Bucket.OBJECTS, dict).get(subjects.object_key("Provider", name))
+        if entry is None:
+            return None
+        stamp = getattr(self._secrets, "stamp", None)
+        try:
+            found = objects.from_document(dict(entry.value))
+        except objects.ObjectError:
+            return int(entry.revision), None
+        secret = found.spec.secret if isinstance(found, objects.Provider) else None
+        if secret is None or stamp is None:
+            return int(entry.revision), None
+        return int(entry.revision), stamp(secret.namespace or found.metadata.namespace, secret.name)
 
     async def _spec(self, ref: SourceRef) -> tuple[Spec, tuple[str, str] | None]:
         doc = await self._document(ref.provider)

@@ -12,11 +12,12 @@ added by the services that use a platform: this library does not import it.
 
 from __future__ import annotations
 
+import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ferry.bus import Credentials, topology
@@ -48,6 +49,24 @@ class NatsSettings(_Group):
         description="Accept a group-readable credentials file (a Kubernetes Secret mounted "
         "with fsGroup for a non-root user); world access is always refused.",
     )
+
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate (PEM) the NATS server's certificate must verify "
+        "against; set, the connection is TLS (`ferry up --tls` writes "
+        "<data>/nats/tls/ca.pem). Unset: plain, unless the URL says tls://.",
+    )
+
+    @field_validator("tls_ca_file", "credentials_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # the chart's way of leaving it unset
+
+    def tls(self) -> ssl.SSLContext | None:
+        """A client TLS context trusting only ``tls_ca_file`` (None: no CA configured)."""
+        if self.tls_ca_file is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.tls_ca_file))
 
     def credentials(self) -> Credentials | None:
         """This process's NATS identity, read from its file (None: anonymous)."""
@@ -97,6 +116,22 @@ class BusSettings(_Group):
     events_max_age_seconds: float = Field(
         default=30 * 24 * 3600, gt=0, description="How long the audit stream keeps events."
     )
+    events_max_bytes: int = Field(
+        default=1 << 30,
+        gt=0,
+        description="Size cap of the audit stream (bytes); the oldest events go first. "
+        "JetStream reserves it from the server's store.",
+    )
+    dead_letters_max_age_seconds: float = Field(
+        default=30 * 24 * 3600,
+        gt=0,
+        description="How long the dead-letter stream keeps a given-up command.",
+    )
+    dead_letters_max_bytes: int = Field(
+        default=1 << 28,
+        gt=0,
+        description="Size cap of the dead-letter stream (bytes); the oldest letters go first.",
+    )
     duplicate_window_seconds: float = Field(
         default=120, gt=0, description="Window in which a re-published Nats-Msg-Id is dropped."
     )
@@ -114,11 +149,31 @@ class BusSettings(_Group):
     replicas: int = Field(
         default=1, ge=1, le=5, description="Stream replicas (3 on a clustered NATS)."
     )
+    publish_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a publish is retried (NATS down, no stream answering) before "
+        "it fails.",
+    )
+    ledger_dir: Path | None = Field(
+        default=None,
+        description="When set, every acknowledged publish is appended to a file per process "
+        "here (ferry.bus.ledger): how fault tests and the chaos run count effects. "
+        "Empty: off.",
+    )
+
+    @field_validator("ledger_dir", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value
 
     def topology(self) -> topology.TopologySettings:
         """The bus library's view of these settings."""
         return topology.TopologySettings(
             events_max_age_seconds=self.events_max_age_seconds,
+            events_max_bytes=self.events_max_bytes,
+            dead_letters_max_age_seconds=self.dead_letters_max_age_seconds,
+            dead_letters_max_bytes=self.dead_letters_max_bytes,
             duplicate_window_seconds=self.duplicate_window_seconds,
             ack_wait_seconds=self.ack_wait_seconds,
             max_deliver=self.max_deliver,

@@ -41,8 +41,13 @@ async def declare(url: str) -> None:
         await topology.declare(bus, services=list(Service))
 
 
-def start(nats_url: str, data_dir: Path, within: float = 30.0) -> ConsoleProcess:
-    asyncio.run(declare(nats_url))
+def start(
+    nats_url: str, data_dir: Path, within: float = 30.0, *, declared: bool = True
+) -> ConsoleProcess:
+    """The console as its own process, ready; ``declared=False`` starts it before the
+    services have declared anything, and declares once it runs (``ferry up``'s race)."""
+    if declared:
+        asyncio.run(declare(nats_url))
     port = ports.free_port()
     env = services.environment(data_dir, nats_url, port)
     del env["FERRY_HTTP__HOST"]  # the console's own default must keep it on loopback
@@ -54,6 +59,12 @@ def start(nats_url: str, data_dir: Path, within: float = 30.0) -> ConsoleProcess
         )
     console = ConsoleProcess(proc, port, log, data_dir)
     deadline = time.monotonic() + within
+    if not declared:
+        while "waiting for the services to declare" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"console did not wait for the views:\n{log.read_text()}")
+            time.sleep(0.2)
+        asyncio.run(declare(nats_url))
     while True:
         try:
             urllib.request.urlopen(f"{console.url}/readyz", timeout=1).close()  # noqa: S310

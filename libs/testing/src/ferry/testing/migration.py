@@ -9,16 +9,31 @@ stays about processes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ferry.runtime.stack import StackError
 from ferry.testing.stack import LocalStack
+
+# A raw copy of an OVA VM (skipGuestConversion): the importer's verified copy, no virt-v2v.
+RAW_COPY = [
+    "Started",
+    "StorePowerState",
+    "PowerOffSource",
+    "CreateDataVolumes",
+    "AllocateDisks",
+    "CopyDisks",
+    "CreateVM",
+    "PowerOn",
+    "Completed",
+]
 
 # The cold OVA flow (flow 3) as the audit stream shows it, step by step.
 FLOW3 = [
@@ -69,25 +84,17 @@ def plant_secret(stack: LocalStack, name: str, values: Mapping[str, str]) -> Non
         (folder / key).chmod(0o600)  # the services refuse a secret others may read
 
 
-def ova_objects(
-    ova_dir: Path,
-    vm_ids: list[str],
-    *,
-    plan: str = "e2e",
-    max_in_flight: int = 20,
-    secret: str | None = None,
-    power: str = "on",
-) -> str:
-    """Providers, maps and a Plan (YAML) for the VMs ``<name>/ferry-test-guest``."""
-    secret_ref = f", secret: {{name: {secret}}}" if secret else ""
-    vms = "\n".join(
-        f"    - id: {vm_id}\n      targetName: {vm_id.split('/')[0]}" for vm_id in vm_ids
-    )
+def source_objects(source: str, spec: str, network: str, storage: str) -> str:
+    """The source Provider ``source`` (``spec``: its YAML after ``spec:``, inline or a
+    block), the local target Provider, a NetworkMap ``nets`` taking source network
+    ``network`` to the pod network and a StorageMap ``disks`` (``storage``: its YAML after
+    ``map:``), as the YAML documents every e2e stack starts from; a Plan follows."""
+    pair = "{source: {name: %s}, destination: {name: local}}" % source  # noqa: UP031
     return f"""\
 apiVersion: ferry.dev/v1alpha1
 kind: Provider
-metadata: {{name: ova-source}}
-spec: {{type: ova, url: "{ova_dir}"{secret_ref}}}
+metadata: {{name: {source}}}
+spec:{spec}
 ---
 apiVersion: ferry.dev/v1alpha1
 kind: Provider
@@ -98,16 +105,41 @@ apiVersion: ferry.dev/v1alpha1
 kind: NetworkMap
 metadata: {{name: nets}}
 spec:
-  provider: {{source: {{name: ova-source}}, destination: {{name: local}}}}
-  map: [{{source: {{name: VM Network}}, destination: {{type: pod}}}}]
+  provider: {pair}
+  map: [{{source: {{name: {network}}}, destination: {{type: pod}}}}]
 ---
 apiVersion: ferry.dev/v1alpha1
 kind: StorageMap
 metadata: {{name: disks}}
 spec:
-  provider: {{source: {{name: ova-source}}, destination: {{name: local}}}}
-  map: [{{source: {{name: ova}}, destination: {{storageClass: standard}}}}]
----
+  provider: {pair}
+  map:{storage}
+"""
+
+
+def ova_objects(
+    ova_dir: Path,
+    vm_ids: list[str],
+    *,
+    plan: str = "e2e",
+    max_in_flight: int = 20,
+    secret: str | None = None,
+    power: str = "on",
+    raw_copy: bool = False,
+) -> str:
+    """Providers, maps and a Plan (YAML) for the VMs ``<name>/ferry-test-guest``."""
+    secret_ref = f", secret: {{name: {secret}}}" if secret else ""
+    vms = "\n".join(
+        f"    - id: {vm_id}\n      targetName: {vm_id.split('/')[0]}" for vm_id in vm_ids
+    )
+    objects = source_objects(
+        "ova-source",
+        f' {{type: ova, url: "{ova_dir}"{secret_ref}}}',
+        "VM Network",
+        " [{source: {name: ova}, destination: {storageClass: standard}}]",
+    )
+    return f"""\
+{objects}---
 apiVersion: ferry.dev/v1alpha1
 kind: Plan
 metadata: {{name: {plan}}}
@@ -117,6 +149,7 @@ spec:
   targetNamespace: e2e
   targetPowerState: "{power}"
   maxInFlight: {max_in_flight}
+  skipGuestConversion: {"true" if raw_copy else "false"}
   vms:
 {vms}
 """
@@ -147,3 +180,19 @@ def of_type(events: list[dict[str, Any]], kind: str, vm: str | None = None) -> l
 def finished(events: list[dict[str, Any]], migration: str) -> dict[str, Any] | None:
     done = [d for d in of_type(events, "migration.completed") if d["migration"] == migration]
     return done[-1] if done else None
+
+
+async def stored_until_ended(
+    stack: LocalStack, migration: str, within: float, poll: float
+) -> list[dict[str, Any]]:
+    """The migration's events read from the stream every ``poll`` seconds, until it
+    completed or failed or ``within`` seconds passed (for tests whose event loop serves
+    a stand-in, so they must not block it)."""
+    deadline = time.monotonic() + within
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        events = await asyncio.to_thread(stack.stored_events, migration)
+        if finished(events, migration) or of_type(events, "migration.failed"):
+            break
+        await asyncio.sleep(poll)
+    return events

@@ -239,8 +239,30 @@ class LocalStack:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
+                raise StackError(
+                    f"timed out after {timeout:.0f}s waiting for {what}\n{self.diagnosis(recorder)}"
+                )
             time.sleep(0.5)
+
+    def diagnosis(self, recorder: EventRecorder) -> str:
+        """What a timed-out wait saw: the recorder against the stream, the last events,
+        and the services' last warnings and errors (CI keeps no stack directory)."""
+        seen = recorder.events()
+        lines = [f"recorder: {len(seen)} events, exit code {recorder.popen.poll()}"]
+        try:
+            stored = self.stored_events()
+            lines.append(f"stream: {len(stored)} events; last: ")
+            lines[-1] += ", ".join(f"{e['type']} {e.get('data', {}).get('step', '')}".strip()
+                                   for e in stored[-8:])  # fmt: skip
+        except (StackError, subprocess.TimeoutExpired) as err:
+            lines.append(f"stream: not readable ({err})")
+        noted = [
+            f"{p.stem}: {line[:400]}"
+            for p in sorted(self.logs.rglob("*.log"))
+            for line in p.read_text(errors="replace").splitlines()
+            if '"level": "WARNING"' in line or '"level": "ERROR"' in line
+        ]
+        return "\n".join([*lines, "last warnings and errors:", *noted[-15:]])
 
     def log_text(self) -> str:
         """Every service log and the nats-server log, concatenated."""
@@ -288,28 +310,54 @@ def processes_named(*names: str) -> list[tuple[int, str]]:
 def v2v_processes(needle: str) -> list[tuple[int, str]]:
     """virt-v2v runs working on something whose path holds ``needle``.
 
-    The conversion-service hands virt-v2v its guest as ``-i libvirtxml FILE`` (a
-    private work directory), so the command line names neither the stack nor the
-    source: ``needle`` is looked for in the command line and in that document, which
-    names every disk it reads or writes.
+    The conversion-service hands virt-v2v its guest as ``-i libvirtxml FILE`` in a
+    private work directory, over private copies of the source's disks, and its output
+    as ``-o local -os DIR`` whose ``guest-sd*`` entries link to the VM's volumes: the
+    command line names neither the stack nor the source. ``needle`` is looked for in the
+    command line, in that document (every disk it reads) and in the targets of the
+    output links (every volume it writes, inside the stack's data dir).
     """
     found = []
     for pid, cmdline in processes_named("virt-v2v", "virt-v2v-in-place"):
-        if needle in cmdline or needle in _libvirtxml_document(pid):
+        argv = _argv(pid)
+        if needle in cmdline or needle in _libvirtxml_document(argv) or needle in _outputs(argv):
             found.append((pid, cmdline))
     return found
 
 
-def _libvirtxml_document(pid: int) -> str:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        argv = [
-            a.decode(errors="replace")
-            for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        ]
-        at = argv.index("libvirtxml")
-        if argv[at - 1] == "-i":
-            return Path(argv[at + 1]).read_text(errors="replace")
+def _argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0")]
+
+
+def _after(argv: list[str], flag: str, value: str | None = None) -> str:
+    """The argument after ``flag`` (and ``value``, for ``-i libvirtxml FILE``), or ''."""
+    for at, arg in enumerate(argv[:-1]):
+        if arg == flag and (value is None or argv[at + 1] == value):
+            rest = argv[at + 1 :] if value is None else argv[at + 2 :]
+            return rest[0] if rest else ""
     return ""
+
+
+def _libvirtxml_document(argv: list[str]) -> str:
+    path = _after(argv, "-i", "libvirtxml")
+    with contextlib.suppress(OSError, ValueError):
+        return Path(path).read_text(errors="replace") if path else ""
+    return ""
+
+
+def _outputs(argv: list[str]) -> str:
+    """Where the entries of virt-v2v's ``-os`` directory point, one per line."""
+    folder = _after(argv, "-os")
+    targets = []
+    with contextlib.suppress(OSError):
+        for entry in Path(folder).iterdir() if folder else ():
+            with contextlib.suppress(OSError):
+                targets.append(os.readlink(entry))
+    return "\n".join(targets)
 
 
 @contextlib.contextmanager

@@ -23,8 +23,11 @@ from ferry.testing.stack import LocalStack
 class SupervisedStack(LocalStack):
     """``ferry up --detach`` in ``<root>/data``; :meth:`close` is ``ferry down``."""
 
-    def start(self, timeout: float = 90.0) -> SupervisedStack:
-        up = self.ferry("up", "--detach", "--data-dir", str(self.data_dir), timeout=timeout + 60)
+    def start(self, timeout: float = 90.0, *options: str) -> SupervisedStack:
+        """``ferry up --detach``, with ``options`` (the restart policy's, say) added."""
+        up = self.ferry(
+            "up", "--detach", "--data-dir", str(self.data_dir), *options, timeout=timeout + 60
+        )
         if up.returncode != 0:
             raise StackError(f"ferry up failed: {up.stdout}{up.stderr}")
         return self
@@ -35,10 +38,12 @@ class SupervisedStack(LocalStack):
 
     def pid(self, name: str) -> int:
         now = self.state()
-        return int(next(p["pid"] for p in [now["nats"], *now["services"]] if p["name"] == name))
+        every = [now["nats"], *now.get("nats_peers", []), *now["services"]]
+        return int(next(p["pid"] for p in every if p["name"] == name))
 
     def cli_env(self) -> dict[str, str]:
         env = dict(os.environ)
+        env.update(self.env)  # `ferry up` hands the services its FERRY_ settings
         env["FERRY_DATA_DIR"] = str(self.data_dir)  # the CLI finds NATS in stack.json
         env.pop("FERRY_NATS__URL", None)
         env.setdefault("COLUMNS", "200")

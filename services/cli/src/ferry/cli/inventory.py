@@ -24,7 +24,7 @@ from ferry.cli.objects import CliError, NatsOption, connect, get_doc, out, read_
 from ferry.proto import objects
 from ferry.proto.inventory import Disk, Package, ProviderType, Status, Vm
 from ferry.providers import factory
-from ferry.providers.base import PackageLister, ProviderError
+from ferry.providers.base import PackageLister, Provider, ProviderError
 
 
 def _gib(n: int) -> str:
@@ -84,11 +84,20 @@ async def _stored(name: str, nats: str | None) -> objects.Provider:
     return obj
 
 
-async def listing(provider: objects.Provider) -> list[Package]:
+def open_source(provider: objects.Provider) -> Provider:
+    """The provider's source as this process reads it (its own credentials, never a message's)."""
+    spec = provider.spec
+    try:
+        return factory.create(_Spec(spec.type, spec.url, spec.settings))
+    except ProviderError as bad:
+        raise CliError(f"provider {provider.name!r}: {bad}") from None
+
+
+async def listing(provider: objects.Provider, source: Provider | None = None) -> list[Package]:
     """Every package of the provider with its verdict; one package when it has none."""
     spec = provider.spec
     try:
-        source = factory.create(_Spec(spec.type, spec.url, spec.settings))
+        source = source or factory.create(_Spec(spec.type, spec.url, spec.settings))
         await source.check()
         if isinstance(source, PackageLister):
             return await source.packages()
@@ -130,6 +139,9 @@ def inventory(
         typer.echo(json.dumps(msgspec.to_builtins(packages), indent=2))
     else:
         show(packages)
+        if not any(p.vms for p in packages):
+            where = f" ({chosen.spec.url})" if chosen.spec.url else ""
+            typer.echo(f"no VMs in provider {chosen.name!r}{where}", err=True)
     rejected = [p for p in packages if p.status is Status.REJECTED]
     if rejected and not allow_rejected:
         typer.echo(

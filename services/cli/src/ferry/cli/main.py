@@ -6,9 +6,12 @@ only change this file needs.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from ferry.cli import estimate, events, inventory, migrations, objects, service, stack
+from ferry.cli import cluster, estimate, events, inventory, migrations, objects, service, stack
 
 app = typer.Typer(
     name="ferry",
@@ -17,6 +20,36 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context", help="kubeconfig context: apply, get and describe work on that cluster"
+        ),
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(
+            "--kubeconfig", help="kubeconfig file: apply, get and describe work on its cluster"
+        ),
+    ] = None,
+    namespace: Annotated[
+        str,
+        typer.Option(
+            "--namespace", "-n", help="with a cluster: only this namespace [default: all]"
+        ),
+    ] = "",
+) -> None:
+    """Ferry migrates virtual machines into KubeVirt."""
+    cluster.select(ctx.invoked_subcommand, context, kubeconfig, namespace)
+    # The choice is this invocation's: a caller that runs several in one process
+    # (tests, an embedding) must not find the last one's cluster chosen for the next.
+    ctx.call_on_close(cluster.forget)
+
 
 for module in (stack, service, objects, migrations, estimate, events, inventory):
     module.register(app)

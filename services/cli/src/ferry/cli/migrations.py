@@ -5,9 +5,10 @@ decodes each as the :class:`ferry.proto.state.VmView` the controller's state
 extends (it does not import the controller), and unknown fields are ignored, so a
 newer controller's additions never break it.
 
-``migrate --wait`` follows the audit stream of that migration and draws a bar
-per VM (its current step, bytes over all its disks) and per disk, until the
-migration ends; the exit code is 0 only when every VM succeeded.
+``migrate --wait`` follows the migration (:mod:`ferry.cli.watch`) until it ends;
+the exit code is 0 only when every VM succeeded. Without ``--wait`` it waits a
+bounded while for the controller's admission verdict (:mod:`ferry.cli.verdict`)
+and exits 1 when the migration was rejected.
 """
 
 from __future__ import annotations
@@ -17,17 +18,27 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ferry.bus import Bus, Conflict
-from ferry.cli import estimate, plans
-from ferry.cli.objects import ALL, CliError, NatsOption, connect, get_doc, key_of, kv, out, run
-from ferry.proto import migration, objects, subjects
+from ferry.cli import cluster, estimate, plans, verdict, watch
+from ferry.cli.objects import (
+    ALL,
+    CliError,
+    NatsOption,
+    connect,
+    get_doc,
+    key_of,
+    kv,
+    list_docs,
+    out,
+    run,
+)
+from ferry.proto import migration, objects
+from ferry.proto.budget import Budget
 from ferry.proto.estimate import PlanEstimate
-from ferry.proto.phases import StepStatus, VmStatus
-from ferry.proto.state import VmView
-from ferry.proto.subjects import Bucket
+from ferry.proto.phases import MigrationPhase, StepStatus, VmStatus
+from ferry.proto.state import VmView, parse_iso
 from ferry.runtime import estimates
 
 MARK = {
@@ -37,16 +48,6 @@ MARK = {
     StepStatus.CANCELED: "⊘",
     StepStatus.PENDING: "·",
 }
-
-
-async def vm_states(bus: Bus, name: str) -> list[VmView]:
-    store = bus.kv(Bucket.VMS, VmView)
-    states = []
-    for key in await store.keys(subjects.token(name) + "."):
-        entry = await store.get(key)
-        if entry is not None:
-            states.append(entry.value)
-    return sorted(states, key=lambda s: s.seq)
 
 
 # -- migrate -------------------------------------------------------------------------
@@ -64,14 +65,45 @@ def parse_time(value: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-async def skipped(bus: Bus, plan: str) -> list[str]:
-    """The plan's VMs a new migration leaves out (they succeeded before), each with why."""
+async def skipped(bus: Bus, plan: str, mig: objects.Migration | None = None) -> list[str]:
+    """The plan's VMs a new migration leaves out (they succeeded before), each with why; of an
+    existing Migration ``mig``, those that had succeeded in another one when it started."""
+    started = mig.status.started.timestamp() if mig and mig.status.started else None
     done = {
         s.name: s.migration
         for s in await estimates.stored_states(bus)
-        if s.plan == plan and s.status is VmStatus.SUCCEEDED
+        if s.plan == plan
+        and s.status is VmStatus.SUCCEEDED
+        and (
+            mig is None
+            or (
+                s.migration != mig.name
+                and started is not None
+                and s.ended
+                and parse_iso(s.ended) <= started
+            )
+        )
     }
     return [f"skipped {vm}: migrated already by migration {m}" for vm, m in sorted(done.items())]
+
+
+async def rejected(bus: Bus, plan: str) -> list[str]:
+    """Why the plan's newest migration was rejected, if it was: its preflight reasons per VM."""
+    mine = [
+        m
+        for d in await list_docs(bus, objects.Migration.KIND)
+        if isinstance(m := objects.from_document(d), objects.Migration) and m.spec.plan.name == plan
+    ]
+    if not mine:
+        return []
+    floor = datetime.min.replace(tzinfo=UTC)
+    last = max(mine, key=lambda m: m.status.completed or m.status.started or floor)
+    if last.status.phase is not MigrationPhase.REJECTED:
+        return []
+    lines = [f"migration {last.name} was rejected by preflight:"]
+    for vm, reasons in sorted(last.status.reasons.items()):
+        lines.extend(f"  {vm}: {reason}" for reason in reasons)
+    return lines
 
 
 async def start(bus: Bus, plan: str, name: str | None, cutover: datetime | None) -> str:
@@ -91,147 +123,12 @@ async def start(bus: Bus, plan: str, name: str | None, cutover: datetime | None)
         await kv(bus).create(key_of("Migration", name), objects.to_document(mig))
     except Conflict:
         raise CliError(f"Migration {name!r} exists already; pick another --name") from None
-    est = await estimate.of_plan(bus, plan)
-    await estimate.record(bus, name, est)
     await bus.publish(
         migration.StartMigration(
             plan=plan, migration=name, vm=ALL, cutover=cutover.isoformat() if cutover else None
         )
     )
     return name
-
-
-class Board:
-    """Live bars: one per VM (step, bytes over its disks), one per disk under it."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.vms: dict[str, TaskID] = {}
-        self.disks: dict[tuple[str, str], TaskID] = {}
-        self.names: dict[str, str] = {}
-        self.result: migration.MigrationCompleted | None = None
-        self.rejected: migration.MigrationRejected | None = None
-
-    def add_vm(self, state: VmView) -> None:
-        vm = state.vm
-        if vm in self.vms:
-            return
-        self.names[vm] = state.name
-        total = state.total_bytes
-        self.vms[vm] = self.progress.add_task(self._label(vm, "Queued"), total=total or None)
-        for d in state.disks:
-            label = f"  └ {d.name}"
-            self.disks[(vm, d.id)] = self.progress.add_task(
-                label, total=d.total or None, completed=d.done
-            )
-
-    def _label(self, vm: str, what: str) -> str:
-        return f"{self.names.get(vm, vm)}: {what}"
-
-    def see(self, msg: Any) -> None:
-        vm = msg.vm
-        task = self.vms.get(vm)
-        if isinstance(msg, migration.MigrationCompleted):
-            self.result = msg
-        elif isinstance(msg, migration.MigrationRejected):
-            self.rejected = msg
-        elif task is None:
-            return
-        elif isinstance(msg, migration.StepStarted):
-            again = f" (attempt {msg.attempt})" if msg.attempt > 1 else ""
-            self.progress.update(task, description=self._label(vm, msg.step + again))
-        elif isinstance(msg, migration.Progress):
-            self.progress.update(task, completed=msg.done, total=msg.total or None)
-            for disk, done in msg.disks.items():
-                if (vm, disk) in self.disks:
-                    self.progress.update(self.disks[(vm, disk)], completed=done)
-        elif isinstance(msg, migration.VmCompleted):
-            self._finish(vm, "[green]Succeeded[/]")
-        elif isinstance(msg, migration.VmFailed):
-            self.progress.update(
-                task, description=self._label(vm, f"[red]Failed[/] in {msg.step}: {msg.reason}")
-            )
-        elif isinstance(msg, migration.VmCanceled):
-            self.progress.update(task, description=self._label(vm, "[yellow]Canceled[/]"))
-
-    def _finish(self, vm: str, what: str) -> None:
-        task = self.vms[vm]
-        total = self.progress.tasks[task].total
-        self.progress.update(task, description=self._label(vm, what), completed=total or 0)
-        for (owner, _), disk_task in self.disks.items():
-            if owner == vm:
-                self.progress.update(disk_task, completed=self.progress.tasks[disk_task].total or 0)
-
-
-class Lines:
-    """For a log: one plain line per step change or end, stamped with the migration's elapsed
-    time; no bars, no escape codes, nothing cut to a width."""
-
-    def __init__(self, since: datetime) -> None:
-        self.since = since
-        self.vms: dict[str, TaskID] = {}
-        self.names: dict[str, str] = {}
-        self.result: migration.MigrationCompleted | None = None
-        self.rejected: migration.MigrationRejected | None = None
-
-    def add_vm(self, state: VmView) -> None:
-        self.vms.setdefault(state.vm, TaskID(len(self.vms)))
-        self.names[state.vm] = state.name
-
-    def _say(self, vm: str, what: str) -> None:
-        took = int((datetime.now(UTC) - self.since).total_seconds())
-        typer.echo(f"{took // 60}:{took % 60:02d} {self.names.get(vm, vm)}: {what}")
-
-    def see(self, msg: Any) -> None:
-        if isinstance(msg, migration.MigrationCompleted):
-            self.result = msg
-        elif isinstance(msg, migration.MigrationRejected):
-            self.rejected = msg
-        elif isinstance(msg, migration.MigrationStarted):
-            for vm in msg.skipped:
-                typer.echo(f"skipped {vm}: migrated already")
-        elif isinstance(msg, migration.StepStarted):
-            again = f" (attempt {msg.attempt})" if msg.attempt > 1 else ""
-            self._say(msg.vm, msg.step + again)
-        elif isinstance(msg, migration.VmCompleted):
-            self._say(msg.vm, "Succeeded")
-        elif isinstance(msg, migration.VmFailed):
-            self._say(msg.vm, f"Failed in {msg.step}: {msg.reason}")
-        elif isinstance(msg, migration.VmCanceled):
-            self._say(msg.vm, "Canceled")
-
-
-async def follow(bus: Bus, name: str, since: datetime) -> int:
-    """Draw the migration until it ends (bars on a terminal, lines in a log); 0 only when
-    every VM succeeded."""
-    if not out.is_terminal:
-        return await _watch(bus, name, since, Lines(since))
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=out, transient=False) as progress:
-        return await _watch(bus, name, since, Board(progress))
-
-
-async def _watch(bus: Bus, name: str, since: datetime, board: Board | Lines) -> int:
-    async for _, msg in bus.events(subjects.events_of(migration=name), since=since, follow=True):
-        if isinstance(msg, migration.MigrationStarted) or (
-            msg.vm not in board.vms and msg.vm != ALL
-        ):
-            for state in await vm_states(bus, name):
-                board.add_vm(state)
-        board.see(msg)
-        if board.result is not None or board.rejected is not None:
-            break
-    if board.rejected is not None:
-        for vm, reasons in board.rejected.reasons.items():
-            for reason in reasons:
-                typer.echo(f"rejected: {vm}: {reason}", err=True)
-        return 1
-    r = board.result
-    assert r is not None
-    out.print(
-        f"migration {name}: {r.succeeded} succeeded, {r.failed} failed, {r.canceled} canceled"
-    )
-    return 0 if r.failed == 0 and r.canceled == 0 else 1
 
 
 def migrate(
@@ -247,33 +144,44 @@ def migrate(
 ) -> None:
     """Start a Migration of a Plan (only its VMs that have not migrated yet)."""
 
+    started = ""
+
     async def work() -> int:
+        nonlocal started
         when = parse_time(cutover) if cutover else None
         async with connect(nats) as bus:
             since = datetime.now(UTC)
+            position = await verdict.position(bus)
             started = await start(bus, plan, name, when)
             typer.echo(f"migration/{started} created")
-            return await follow(bus, started, since) if wait else 0
+            if wait:
+                return await watch.follow(bus, started, since)
+            return verdict.report(started, await verdict.wait(bus, started, position))
 
-    code = run(work)
+    try:
+        code = run(work)
+    except KeyboardInterrupt:
+        if not started:
+            raise
+        # Ctrl-C stops the watching, not the migration: say so, and how to stop it.
+        typer.echo(
+            f"\nstopped following migration {started}; it goes on "
+            f"(ferry describe migration {started}; ferry cancel {started} stops it)",
+            err=True,
+        )
+        code = 130
     raise typer.Exit(code)
 
 
 # -- describe ----------------------------------------------------------------------------
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n:.1f} PiB"
-
-
-def render(mig: objects.Migration, states: list[VmView]) -> None:
+def render(mig: objects.Migration, states: list[VmView], skips: list[str]) -> None:
     name, plan, phase = mig.name, mig.spec.plan.name, mig.status.phase.shown
     out.print(f"[bold]Migration[/] {name}   plan {plan}   phase [bold]{phase}[/]")
-    est = estimate.recorded(mig)
+    for line in skips:
+        out.print(f"  {line}", markup=False)
+    est = estimates.recorded(mig)
     if est is not None:
         estimate.show_accuracy(est, states)
     for vm, reasons in mig.status.reasons.items():
@@ -300,10 +208,10 @@ def render(mig: objects.Migration, states: list[VmView]) -> None:
                 step.ended,
             )
         out.print(table)
+        for note in s.notes:
+            typer.echo(f"  {note}")
         for d in s.disks:
-            pct = 100 * d.done / d.total if d.total else 0.0
-            check = f"  {d.checksum}" if d.checksum else ""
-            typer.echo(f"  disk {d.name}: {_size(d.done)} / {_size(d.total)} ({pct:.0f}%){check}")
+            typer.echo(watch.disk_line(d))
         for line in rounds(s):
             typer.echo(line)
         for e in s.errors:
@@ -314,14 +222,7 @@ def render(mig: objects.Migration, states: list[VmView]) -> None:
 
 def rounds(s: VmView) -> list[str]:
     """A warm VM's copy rounds: what changed at the source, what was written, how long."""
-    lines = []
-    for r in s.rounds:
-        what = "final delta" if r.final else ("full copy" if r.precopy == 0 else "precopy")
-        lines.append(
-            f"  round {r.precopy} ({what}): {_size(r.changed)} changed, "
-            f"{_size(r.copied)} copied in {r.seconds:.1f} s"
-        )
-    return lines
+    return [watch.round_line(r) for r in s.rounds]
 
 
 def describe(
@@ -330,6 +231,9 @@ def describe(
     nats: NatsOption = None,
 ) -> None:
     """Show a migration's pipeline per VM, or a plan: what holds its VMs, and its estimate."""
+    if cluster.selected():
+        describe_in_cluster(kind, name)
+        return
     if kind.lower() in ("plan", "plans"):
         plans.describe_plan(name, nats)
         describe_plan(name, nats)
@@ -338,31 +242,59 @@ def describe(
         typer.echo(f"error: describe knows 'migration' and 'plan', not {kind!r}", err=True)
         raise typer.Exit(2)
 
-    async def work() -> tuple[objects.Migration, list[VmView]]:
+    async def work() -> tuple[objects.Migration, list[VmView], list[str]]:
         async with connect(nats) as bus:
             doc = await get_doc(bus, "Migration", name)
             if doc is None:
                 raise CliError(f"Migration {name!r} does not exist (ferry get migrations)")
             mig = objects.from_document(doc)
             assert isinstance(mig, objects.Migration)
-            return mig, await vm_states(bus, name)
+            states = await watch.vm_states(bus, name)
+            return mig, states, await skipped(bus, mig.spec.plan.name, mig)
 
     render(*run(work))
 
 
-def describe_plan(name: str, nats: str | None) -> None:
-    async def work() -> tuple[dict[str, Any], list[str], PlanEstimate]:
-        async with connect(nats) as bus:
-            doc = await get_doc(bus, "Plan", name)
-            if doc is None:
-                raise CliError(f"Plan {name!r} does not exist (ferry get plans)")
-            return doc, await skipped(bus, name), await estimate.of_plan(bus, name)
+def describe_in_cluster(kind: str, name: str) -> None:
+    """``describe`` against a cluster: what the operator wrote into the object's status."""
+    if kind.lower() in ("plan", "plans"):
 
-    doc, skips, est = run(work)
-    out.print(f"[bold]Plan[/] {name}   {len(doc['spec']['vms'])} VM(s)")
+        async def plan() -> tuple[objects.Plan, list[Budget]]:
+            found = await cluster.one(objects.Plan.KIND, name)
+            assert isinstance(found, objects.Plan)
+            return found, await cluster.budgets(found.metadata.namespace)
+
+        plans.render(*run(plan))
+        return
+    if kind.lower() not in ("migration", "migrations"):
+        typer.echo(f"error: describe knows 'migration' and 'plan', not {kind!r}", err=True)
+        raise typer.Exit(2)
+
+    async def mig() -> objects.FerryObjectBase:
+        return await cluster.one(objects.Migration.KIND, name)
+
+    found = run(mig)
+    assert isinstance(found, objects.Migration)
+    cluster.render_migration(found)
+
+
+def describe_plan(name: str, nats: str | None) -> None:
+    async def work() -> tuple[list[str], PlanEstimate, str]:
+        async with connect(nats) as bus:
+            if await get_doc(bus, "Plan", name) is None:
+                raise CliError(f"Plan {name!r} does not exist (ferry get plans)")
+            lines = [*await rejected(bus, name), *await skipped(bus, name)]
+            est = await estimate.of_plan(bus, name, notes)
+            return lines, est, await estimate.cold_only(bus, name, notes)
+
+    # The header (name, VMs, limits, budgets) is plans.describe_plan's, printed just before.
+    notes: list[str] = []
+    skips, est, cold_only = run(work)
     for line in skips:
         typer.echo(line)
-    estimate.show(est)
+    estimate.show(est, cold_only)
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
 
 
 # -- cancel -------------------------------------------------------------------------------
@@ -381,7 +313,7 @@ def cancel(
             if mig is None:
                 raise CliError(f"Migration {name!r} does not exist (ferry get migrations)")
             if vm is not None and vm not in {
-                x for s in await vm_states(bus, name) for x in (s.vm, s.name)
+                x for s in await watch.vm_states(bus, name) for x in (s.vm, s.name)
             }:
                 raise CliError(f"Migration {name!r} has no VM {vm!r}")
 
@@ -409,6 +341,19 @@ def cancel(
 # -- cutover ------------------------------------------------------------------------------
 
 
+async def _has_a_cutover(bus: Bus, name: str, mig: dict[str, Any]) -> None:
+    """A cutover means something only to a warm migration that has not ended: say so."""
+    phase = str((mig.get("status") or {}).get("phase") or "")
+    if phase in {p.value for p in MigrationPhase} and MigrationPhase(phase).ended:
+        raise CliError(f"migration {name} has ended ({phase}): it has no cutover to set")
+    plan = mig["spec"]["plan"]["name"]
+    doc = await get_doc(bus, "Plan", plan)
+    if doc is not None and not (doc.get("spec") or {}).get("warm"):
+        raise CliError(
+            f"migration {name} is cold (plan {plan} has no warm: true): it has no precopies to end"
+        )
+
+
 def cutover(
     name: Annotated[str, typer.Argument(help="the warm Migration")],
     at: Annotated[
@@ -424,6 +369,7 @@ def cutover(
             mig = await get_doc(bus, "Migration", name)
             if mig is None:
                 raise CliError(f"Migration {name!r} does not exist (ferry get migrations)")
+            await _has_a_cutover(bus, name, mig)
 
             def record(doc: dict[str, Any]) -> dict[str, Any]:
                 return {**doc, "spec": {**doc["spec"], "cutover": when.isoformat()}}

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -27,11 +29,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ferry.bus import Bus, BusError, Credentials
-from ferry.proto import migration, objects, subjects
+from ferry.cli import cluster
+from ferry.proto import objects
 from ferry.proto.phases import MigrationPhase
-from ferry.proto.subjects import Bucket
+from ferry.runtime import objectbucket
 
-ALL = "*"
+ALL = objectbucket.ALL
 Document = dict[str, Any]
 T = TypeVar("T")
 
@@ -73,10 +76,7 @@ def nats_url(given: str | None) -> str:
     except Exception:
         running = None
     if running is None:
-        raise CliError(
-            f"no Ferry stack found in {where}: start one with `ferry up`, "
-            "or point to one with --nats URL (or FERRY_NATS__URL)"
-        )
+        raise CliError(stack.no_stack(where))
     return running.nats_url
 
 
@@ -101,14 +101,49 @@ def credentials() -> Credentials | None:
         raise CliError(str(bad)) from None
 
 
+def tls(url: str) -> ssl.SSLContext | None:
+    """The CLI's trust in a TLS server: the CA ``FERRY_NATS__TLS_CA_FILE`` names, else,
+    for a tls:// URL, the CA ``ferry up --tls`` made in the data dir; none for plain."""
+    from ferry.cli import stack
+    from ferry.runtime.stack import nats
+    from ferry.runtime.stack import tls as stack_tls
+
+    named = os.environ.get("FERRY_NATS__TLS_CA_FILE")
+    if named:
+        ca = Path(named)
+    elif url.startswith("tls://"):
+        ca = stack_tls.files(nats.tls_dir(stack.default_data_dir().expanduser().resolve())).ca
+        if not ca.exists():
+            return None  # the system's CAs then, as nats-py does for tls://
+    else:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except (OSError, ssl.SSLError) as bad:
+        raise CliError(f"NATS CA file {ca}: {bad}") from None
+
+
 @asynccontextmanager
 async def connect(url: str | None) -> AsyncIterator[Bus]:
+    where = nats_url(url)
+    # Each failed attempt is a warning of the bus's; the CLI says once what failed, below.
+    attempts = logging.getLogger("ferry.bus.connection")
+    level = attempts.level
+    attempts.setLevel(logging.ERROR)
     try:
         bus = await Bus.connect(
-            nats_url(url), name="cli", connect_timeout=5.0, credentials=credentials()
+            where, name="cli", connect_timeout=5.0, credentials=credentials(), tls=tls(where)
         )
     except BusError as bad:
-        raise CliError(f"cannot reach NATS: {bad} (is the stack up? `ferry up`)") from None
+        hint = "is the stack up? `ferry up`"
+        if "authorization violation" in str(bad).lower():
+            hint = (
+                "the CLI's identity is in the stack's data dir: set FERRY_DATA_DIR to it, "
+                "or name the file in FERRY_NATS__CREDENTIALS_FILE"
+            )
+        raise CliError(f"cannot reach NATS: {bad} ({hint})") from None
+    finally:
+        attempts.setLevel(level)
     async with bus:
         yield bus
 
@@ -117,32 +152,15 @@ def run(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a command's coroutine; a :class:`CliError` or bad object is one line and exit 1."""
     try:
         return asyncio.run(work())
-    except (CliError, objects.ObjectError) as bad:
+    except (CliError, objects.ObjectError, BusError, cluster.ClusterCliError) as bad:
         typer.echo(f"error: {bad}", err=True)
         raise typer.Exit(1) from None
 
 
-def kv(bus: Bus) -> Any:
-    return bus.kv(Bucket.OBJECTS, dict)
-
-
-def key_of(kind: str, name: str) -> str:
-    return subjects.object_key(kind, name)
-
-
-async def get_doc(bus: Bus, kind: str, name: str) -> Document | None:
-    entry = await kv(bus).get(key_of(kind, name))
-    return None if entry is None else dict(entry.value)
-
-
-async def list_docs(bus: Bus, kind: str) -> list[Document]:
-    prefix = kind.lower() + "."
-    docs = []
-    for key in await kv(bus).keys(prefix):
-        entry = await kv(bus).get(key)
-        if entry is not None:
-            docs.append(dict(entry.value))
-    return sorted(docs, key=lambda d: str(d.get("metadata", {}).get("name", "")))
+kv = objectbucket.kv
+key_of = objectbucket.key_of
+get_doc = objectbucket.get_doc
+list_docs = objectbucket.list_docs
 
 
 # -- apply ---------------------------------------------------------------------------
@@ -151,7 +169,7 @@ async def list_docs(bus: Bus, kind: str) -> list[Document]:
 def read_files(files: list[Path]) -> list[tuple[str, int, objects.FerryObjectBase]]:
     """Every object of every file with (file, index); the first bad one raises ObjectError."""
     found: list[tuple[str, int, objects.FerryObjectBase]] = []
-    for path in files:
+    for path in _expand(files):
         name = "<stdin>" if str(path) == "-" else str(path)
         try:
             text = sys.stdin.read() if name == "<stdin>" else path.read_text()
@@ -162,70 +180,68 @@ def read_files(files: list[Path]) -> list[tuple[str, int, objects.FerryObjectBas
     return found
 
 
-async def check_refs(bus: Bus, batch: list[tuple[str, int, objects.FerryObjectBase]]) -> None:
-    coming = {(obj.KIND, obj.name) for _, _, obj in batch}
-    for source, index, obj in batch:
-        for path, kind, name in obj.refs():
-            if (kind, name) in coming or await get_doc(bus, kind, name) is not None:
-                continue
-            where = f"document {index + 1} ({obj.KIND} {obj.name}): {path}"
-            raise objects.ObjectError(source, where, f"{kind} {name!r} does not exist")
+def _expand(files: list[Path]) -> list[Path]:
+    """A directory stands for its *.yaml, *.yml and *.json files, by name (as kubectl)."""
+    out: list[Path] = []
+    for path in files:
+        if str(path) == "-" or not path.is_dir():
+            out.append(path)
+            continue
+        inside = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
+        if not inside:
+            raise objects.ObjectError(str(path), "", "no *.yaml, *.yml or *.json file in it")
+        out.extend(inside)
+    return out
 
 
-async def apply_objects(bus: Bus, files: list[Path]) -> list[str]:
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+async def apply_objects(
+    bus: Bus, files: list[Path]
+) -> tuple[list[str], list[objects.FerryObjectBase]]:
+    """What was done to each object (a line each), and the objects."""
     batch = read_files(files)
-    await check_refs(bus, batch)
-    said = []
-    for _, _, obj in batch:
-        said.append(await _store(bus, obj))
-    return said
+    return await objectbucket.apply(bus, batch), [obj for _, _, obj in batch]
 
 
-async def _store(bus: Bus, obj: objects.FerryObjectBase) -> str:
-    doc = objects.to_document(obj)
-    old = await get_doc(bus, obj.KIND, obj.name)
-    label = f"{obj.KIND.lower()}/{obj.name}"
-    if old is not None:
-        doc["status"] = old.get("status", {})  # status is the controller's, spec the user's
-    await kv(bus).put(key_of(obj.KIND, obj.name), doc)
-    if isinstance(obj, objects.Migration):
-        await _migration_changes(bus, obj, old)
-    if old is None:
-        return f"{label} created"
-    return f"{label} configured" if old.get("spec") != doc.get("spec") else f"{label} unchanged"
+async def location_warnings(applied: list[objects.FerryObjectBase]) -> list[str]:
+    """A line per applied Provider whose location is not there, seen from this host."""
+    from ferry.cli import locations
 
-
-async def _migration_changes(bus: Bus, mig: objects.Migration, old: Document | None) -> None:
-    """A new Migration starts; new cancel entries cancel; a new cutover moves it."""
-    ids: dict[str, Any] = {"plan": mig.spec.plan.name, "migration": mig.name}
-    cutover = mig.spec.cutover.isoformat() if mig.spec.cutover else None
-    if old is None:
-        await bus.publish(migration.StartMigration(**ids, vm=ALL, cutover=cutover))
-        return
-    before = objects.Migration.model_validate(old)
-    gone = {c.id or c.name for c in before.spec.cancel}
-    for wanted in mig.spec.cancel:
-        if (wanted.id or wanted.name) not in gone:
-            await bus.publish(migration.CancelMigration(**ids, vm=wanted.id or wanted.name))
-    if cutover and mig.spec.cutover != before.spec.cutover:
-        await bus.publish(migration.Cutover(**ids, vm=ALL, cutover=cutover))
+    found = []
+    for obj in applied:
+        if isinstance(obj, objects.Provider):
+            line = await locations.warning(obj)
+            if line is not None:
+                found.append(line)
+    return found
 
 
 def apply(
     files: Annotated[
         list[Path],
-        typer.Option("--filename", "-f", help="YAML file(s) of objects; - for stdin"),
+        typer.Option(
+            "--filename", "-f", help="YAML file(s) of objects, or directories of them; - for stdin"
+        ),
     ],
     nats: NatsOption = None,
 ) -> None:
     """Create or update Providers, maps, Hooks, Plans and Migrations from YAML."""
 
-    async def work() -> list[str]:
+    async def work() -> tuple[list[str], list[str]]:
+        if cluster.selected():
+            batch = read_files(files)
+            return await cluster.apply(batch), []
         async with connect(nats) as bus:
-            return await apply_objects(bus, files)
+            said, applied = await apply_objects(bus, files)
+        return said, await location_warnings(applied)
 
-    for line in run(work):
+    said, warned = run(work)
+    for line in said:
         typer.echo(line)
+    for line in warned:
+        typer.echo(f"warning: {line}", err=True)
 
 
 # -- get -----------------------------------------------------------------------------
@@ -310,6 +326,8 @@ def get(
         raise typer.Exit(2)
 
     async def work() -> list[Document]:
+        if cluster.selected():
+            return await cluster.get(cls.KIND, name)
         async with connect(nats) as bus:
             if name is None:
                 return await list_docs(bus, cls.KIND)

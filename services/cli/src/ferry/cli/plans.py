@@ -2,11 +2,14 @@
 
 The controller writes what holds each waiting VM into the Plan's status (a
 bounded sample and a count, refreshed every few seconds); this page shows it
-next to the Budgets, with how much of each the whole wave uses.
+next to the Budgets, with how much of each the whole wave uses, and for a
+bandwidth budget the rate every data mover together moves under it now (read
+from the budget's shared rate in the locks bucket).
 """
 
 from __future__ import annotations
 
+from ferry.bus.rate import measured_accounts
 from ferry.cli.objects import CliError, NatsOption, connect, get_doc, kv, out, run
 from ferry.proto import objects
 from ferry.proto.budget import Budget
@@ -28,14 +31,28 @@ def _caps(budget: Budget) -> str:
     return f"{spec.scope}{where}: {', '.join(caps)}{window}"
 
 
-def render(plan: objects.Plan, budgets: list[Budget]) -> None:
+MIB = 1 << 20
+
+
+def _moving(rates: dict[str, float]) -> str:
+    """``moving 38.2 MiB/s`` (per host/datastore/class when the budget counts them apart)."""
+    total = sum(rates.values())
+    parts = [f"{where} {rate / MIB:.1f}" for where, rate in sorted(rates.items()) if where]
+    return f"; moving {total / MIB:.1f} MiB/s" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def render(
+    plan: objects.Plan, budgets: list[Budget], rates: dict[str, dict[str, float]] | None = None
+) -> None:
     spec = plan.spec
     out.print(
         f"[bold]Plan[/] {plan.name}   {len(spec.vms)} VMs   priority {spec.priority}   "
         f"maxInFlight {spec.maxInFlight}   per host {spec.maxInFlightPerHost}"
+        + (f"   window {spec.window}" if spec.window else "")
     )
     for budget in budgets:
-        out.print(f"  Budget {budget.name}: {_caps(budget)}", markup=False)
+        moving = _moving(rates[budget.name]) if rates and budget.name in rates else ""
+        out.print(f"  Budget {budget.name}: {_caps(budget)}{moving}", markup=False)
     status = plan.status
     if not status.waitingCount:
         out.print("  no VM waiting")
@@ -48,7 +65,7 @@ def render(plan: objects.Plan, budgets: list[Budget]) -> None:
 
 
 def describe_plan(name: str, nats: NatsOption = None) -> None:
-    async def work() -> tuple[objects.Plan, list[Budget]]:
+    async def work() -> tuple[objects.Plan, list[Budget], dict[str, dict[str, float]]]:
         async with connect(nats) as bus:
             doc = await get_doc(bus, objects.Plan.KIND, name)
             if doc is None:
@@ -63,6 +80,11 @@ def describe_plan(name: str, nats: NatsOption = None) -> None:
                     found := objects.from_document(entry.value), Budget
                 ):
                     budgets.append(found)
-            return plan, budgets
+            rates = {
+                b.name: await measured_accounts(bus, b.name)
+                for b in budgets
+                if b.spec.bandwidthMiBps is not None
+            }
+            return plan, budgets, rates
 
     render(*run(work))

@@ -95,9 +95,31 @@ DataDir = Annotated[
     ),
 ]
 
+NatsCluster = Annotated[
+    int,
+    typer.Option(
+        "--nats-cluster",
+        min=1,
+        max=5,
+        help="Run NATS as a JetStream cluster of this many nats-servers on loopback "
+        "(streams and buckets get one replica per node); 1: a single server.",
+    ),
+]
+
 
 def _resolve(data_dir: Path | None) -> Path:
     return (data_dir or default_data_dir()).expanduser().resolve()
+
+
+def no_stack(where: Path) -> str:
+    """What every command says when it finds no stack: where it looked, how to start one
+    or name another."""
+    return (
+        f"no Ferry stack found in {where}: start one with `ferry up`, or name the "
+        "data dir of a running one in FERRY_DATA_DIR (`make demo`'s is .ferry/demo), "
+        "or point to one with --nats URL (or FERRY_NATS__URL) and its CLI identity "
+        "in FERRY_NATS__CREDENTIALS_FILE"
+    )
 
 
 def up(
@@ -114,6 +136,15 @@ def up(
         typer.Option(help="HTTP port of the first service, the others follow (0: free ports)."),
     ] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60.0,
+    tls_on: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="NATS speaks only TLS, with a certificate of a local CA made in "
+            "<data>/nats/tls (services, console and CLI verify it).",
+        ),
+    ] = False,
+    nats_cluster: NatsCluster = 1,
     restart_delay: Annotated[
         float, typer.Option(help="Seconds before restarting a process that ended.")
     ] = RestartPolicy.delay,
@@ -141,7 +172,16 @@ def up(
                     _report_running(running, path)
                     return
                 if detach:
-                    stack = _detach(path, running, nats_port, http_port, timeout, policy)
+                    stack = _detach(
+                        path,
+                        running,
+                        nats_port,
+                        http_port,
+                        timeout,
+                        policy,
+                        tls_on=tls_on,
+                        nats_cluster=nats_cluster,
+                    )
                     _say_up(stack, path, adopted=running is not None)
                     typer.echo(f"Stop it with: ferry down --data-dir {path}")
                     return
@@ -158,6 +198,8 @@ def up(
                         policy=policy,
                         foreground=True,
                         interrupted=lambda: bool(signalled),
+                        tls_on=tls_on,
+                        nats_cluster=nats_cluster,
                     )
                 supervisor = Supervisor(
                     stack, path, launch.programs(stack, path), children, say=_err
@@ -201,11 +243,21 @@ def _detach(
     http_port: int,
     timeout: float,
     policy: RestartPolicy,
+    *,
+    tls_on: bool = False,
+    nats_cluster: int = 1,
 ) -> Stack:
     """Start the background supervisor (which starts or adopts the stack) and wait until
     it supervises a ready stack; its log explains a failure."""
     popen = launch.spawn_supervisor(
-        path, running is not None, nats_port, http_port, timeout, policy
+        path,
+        running is not None,
+        nats_port,
+        http_port,
+        timeout,
+        policy,
+        tls_on=tls_on,
+        nats_cluster=nats_cluster,
     )
     deadline = time.monotonic() + timeout + 30
     while time.monotonic() < deadline:
@@ -304,7 +356,10 @@ def status(data_dir: DataDir = None) -> None:
     reasons = []
     for proc in stack.processes():
         seen = stack.supervision.get(proc.name) or state.Supervision()
-        if proc.name == "nats-server":
+        if proc in stack.nats_peers:  # a cluster node's monitor port is not recorded
+            ok = proc.alive()
+            text, probe = ("running" if ok else "DOWN"), f"127.0.0.1:{proc.port}"
+        elif proc.name == "nats-server":
             ok = proc.alive() and readiness.http_status(f"{stack.nats_monitor}/healthz") == 200
             text, probe = ("ready" if ok else "DOWN"), f"{stack.nats_monitor}/healthz"
         else:
@@ -337,11 +392,11 @@ def logs(
     ] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines from the end.")] = 50,
 ) -> None:
-    """Print the log of one process of the stack."""
-    path = _resolve(data_dir) / "logs" / f"{name}.log"
+    """Print the log of one process of the stack (also of a stack that has stopped)."""
+    where = _resolve(data_dir)
+    path = where / "logs" / f"{name}.log"
     if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.log"))
-        typer.echo(f"no log for {name!r} in {path.parent}; known: {', '.join(known)}", err=True)
+        typer.echo(_no_log(name, where), err=True)
         raise typer.Exit(1)
     with path.open("rb") as fh:
         text = fh.read().decode(errors="replace")
@@ -357,6 +412,25 @@ def logs(
                     time.sleep(0.2)
                 except KeyboardInterrupt:
                     return
+
+
+def _no_log(name: str, where: Path) -> str:
+    """Why there is no log of ``name``: no stack here at all, or which processes there are."""
+    try:
+        stack = state.running(where)
+    except StackError:
+        stack = None
+    logged = {p.stem for p in (where / "logs").glob("*.log")}
+    if stack is None and not logged:
+        return no_stack(where)
+    names = set(logged)
+    if stack is not None:
+        names |= {p.name for p in stack.processes()}
+        names |= {"supervisor"} if stack.supervisor else set()
+    stopped = "" if stack else " (the stack there is not running; these are its last logs)"
+    return f"no process {name!r} in the Ferry stack in {where}; its processes: " + (
+        ", ".join(sorted(names)) + stopped
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -28,11 +28,12 @@ from aiohttp import web
 
 from ferry.bus import Bus
 from ferry.bus.connection import redact
-from ferry.console import access, actions, gauges, stream, views
+from ferry.console import access, actions, gauges, probes, stream, views
 from ferry.console.settings import Settings
 from ferry.runtime import logs
 from ferry.runtime.health import HealthServer, Readiness
 from ferry.runtime.metrics import Metrics
+from ferry.runtime.providers import OpenProvider, Providers
 
 __all__ = ["Console", "Settings", "serve"]
 
@@ -56,6 +57,7 @@ class Console(HealthServer):
         *,
         metrics: Metrics | None = None,
         readiness: Readiness | None = None,
+        open_source: OpenProvider | None = None,
     ) -> None:
         ready = readiness or Readiness()
         ready.add("bus_connected", lambda: reader.connected and writer.connected)
@@ -75,6 +77,14 @@ class Console(HealthServer):
         self.writer = writer
         self._streams: set[asyncio.Task[Any]] = set()
         self.views = gauges.Views(self.metrics.registry)
+        self.inventories = views.Inventories()
+        # A pair with no history: its plans' throughput from a short read of the source,
+        # opened from its Provider object without credentials (the console holds none).
+        self.probes = probes.Probes(
+            open_source or Providers(reader, probes.NoSecrets()).open,
+            seconds=settings.console.estimate_probe_seconds,
+            keep=settings.console.probe_cache_seconds,
+        )
 
     def app(self) -> web.Application:
         app = super().app()
@@ -83,6 +93,7 @@ class Console(HealthServer):
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/snapshot", self._snapshot)
         app.router.add_get("/api/events", self._events)
+        app.router.add_get("/api/plans/{plan}/estimate", self._plan_estimate)
         app.router.add_post("/api/session", self._session)
         app.router.add_post("/api/plans/{plan}/start", self._start)
         app.router.add_post("/api/migrations/{name}/cancel", self._cancel)
@@ -97,11 +108,19 @@ class Console(HealthServer):
     async def _refresh(self) -> None:
         # Scrapes are synchronous: the gauges show the last reading, renewed here.
         while True:
+            if not self.declared:  # the buckets may not exist yet: nothing to read
+                await asyncio.sleep(0.5)
+                continue
             try:
-                self.views.update(await views.vm_states(self.reader))
+                await self._read_views()
             except Exception as bad:  # a bus hiccup must not end the refresh loop
                 log.warning("metrics views not refreshed: %s", bad)
             await asyncio.sleep(REFRESH_SECONDS)
+
+    async def _read_views(self) -> None:
+        self.views.update(
+            await views.vm_states(self.reader), migrations=await views.migrations(self.reader)
+        )
 
     # -- reads ---------------------------------------------------------------------
 
@@ -115,9 +134,18 @@ class Console(HealthServer):
         return _file(name)
 
     async def _snapshot(self, _: web.Request) -> web.Response:
-        body = await views.snapshot(self.reader)
-        self.views.update(await views.vm_states(self.reader))
+        body = await views.snapshot(self.reader, self.inventories, self.probes)
+        await self._read_views()
         body["event_log"] = self.settings.console.event_log
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+    async def _plan_estimate(self, request: web.Request) -> web.Response:
+        """A plan's estimate once its pair's probe (if it needs one) has read the source:
+        the page asks for it when the snapshot says ``probing``."""
+        plan = request.match_info["plan"]
+        body = await views.plan_estimate(self.reader, plan, self.probes, self.inventories)
+        if body is None:
+            raise web.HTTPNotFound(text="no such plan")
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
@@ -133,6 +161,7 @@ class Console(HealthServer):
         # Open event streams never end by themselves; without this, shutdown would wait.
         for task in list(self._streams):
             task.cancel()
+        await self.probes.close()
 
     # -- writes (the middleware has checked the token) -----------------------------
 
@@ -254,6 +283,7 @@ async def serve(settings: Settings) -> int:
                     name=NAME,
                     settings=settings.bus.topology(),
                     credentials=settings.nats.credentials(),
+                    tls=settings.nats.tls(),
                 )
             )
             reader = writer

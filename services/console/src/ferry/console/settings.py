@@ -38,6 +38,19 @@ class ConsoleSettings(BaseModel):
         description="Idle server-sent-event streams get a comment this often, so proxies "
         "keep them open and a browser notices a dead connection.",
     )
+    estimate_probe_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="A plan whose source/target pair never migrated: the plan view reads a "
+        "few MiB of one of its disks for the estimate's throughput, for at most this long "
+        "(as ferry estimate and the controller do); 0 turns the probe off.",
+    )
+    probe_cache_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="How long a pair's probe result is reused before the plan view reads "
+        "the source again (one probe per pair at a time, however many pages are open).",
+    )
     event_log: int = Field(
         default=500,
         ge=0,

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import stat
 import xml.etree.ElementTree as ET  # building only; parsing untrusted XML uses defusedxml
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ferry.platform.workloads import Placed
 from ferry.proto.inventory import Firmware, Vm, Volume
 from ferry.providers import libvirtxml
 
@@ -31,16 +32,23 @@ def _is_block(path: str) -> bool:
         return False
 
 
-def _disk(devices: ET.Element, volume: Volume, bus: str, index: int) -> None:
-    block = _is_block(volume.path)
+def _disk(devices: ET.Element, volume: Volume, bus: str, index: int, seen: Placed | None) -> None:
+    path = seen.disk if seen is not None else volume.path
+    block = seen.block if seen is not None else _is_block(path)
     disk = ET.SubElement(devices, "disk", type="block" if block else "file", device="disk")
     ET.SubElement(disk, "driver", name="qemu", type=volume.format or "raw")
-    ET.SubElement(disk, "source", {"dev" if block else "file": volume.path})
+    ET.SubElement(disk, "source", {"dev" if block else "file": path})
     ET.SubElement(disk, "target", dev=libvirtxml.PREFIX[bus] + drive_name(index), bus=bus)
 
 
-def domain_xml(vm: Vm, volumes: Sequence[Volume]) -> bytes:
-    """The domain document for ``vm`` whose disks are ``volumes`` (in disk order)."""
+def domain_xml(
+    vm: Vm, volumes: Sequence[Volume], placed: Mapping[str, Placed] | None = None
+) -> bytes:
+    """The domain document for ``vm`` whose disks are ``volumes`` (in disk order).
+
+    ``placed`` says where the converting workload sees each volume (a pod's device or
+    mounted image); without it, the volumes' own paths on this host.
+    """
     domain = libvirtxml.domain(vm, "kvm")
     os_attributes = {"firmware": "efi"} if vm.firmware is Firmware.UEFI else {}
     os_element = ET.SubElement(domain, "os", os_attributes)
@@ -52,6 +60,7 @@ def domain_xml(vm: Vm, volumes: Sequence[Volume]) -> bytes:
     devices = ET.SubElement(domain, "devices")
     buses = {disk.id: libvirtxml.bus_of(disk) for disk in vm.disks}
     for index, volume in enumerate(volumes):
-        _disk(devices, volume, buses.get(volume.disk_id, "scsi"), index)
+        seen = placed[volume.name] if placed is not None else None
+        _disk(devices, volume, buses.get(volume.disk_id, "scsi"), index, seen)
     libvirtxml.add_nics(devices, vm)
     return libvirtxml.render(domain)

@@ -25,7 +25,7 @@ from typing import BinaryIO
 from defusedxml import ElementTree as SafeET
 
 from ferry.conversion_service.progress import Decisions, OutputReader
-from ferry.platform.workloads import Workload, WorkloadPlatform
+from ferry.platform.workloads import Placed, Workload, WorkloadPlatform
 from ferry.proto.inventory import Firmware, Inspection, Vm, Volume
 
 
@@ -120,10 +120,15 @@ def parse(document: bytes) -> list[InspectedOs]:
     return systems
 
 
-def inspector_command(binary: str, volumes: Sequence[Volume]) -> list[str]:
+def inspector_command(
+    binary: str, volumes: Sequence[Volume], placed: Mapping[str, Placed] | None = None
+) -> list[str]:
+    """virt-inspector over ``volumes``, each where the workload sees it (``placed``;
+    without it, the volume's own path on this host)."""
     argv = [binary, "--no-applications", "--no-icon"]
     for volume in volumes:
-        argv += [f"--format={volume.format or 'raw'}", "-a", volume.path]
+        path = placed[volume.name].disk if placed is not None else volume.path
+        argv += [f"--format={volume.format or 'raw'}", "-a", path]
     return argv
 
 
@@ -131,25 +136,35 @@ async def inspect_disks(
     workloads: WorkloadPlatform,
     binary: str,
     volumes: Sequence[Volume],
+    placed: Mapping[str, Placed] | None = None,
     *,
     env: Mapping[str, str],
     log_file: BinaryIO,
     time_limit: float,
     grace: float = 5.0,
+    namespace: str = "",
+    labels: Mapping[str, str] | None = None,
+    workdir: str = "",
 ) -> InspectedOs:
-    """Run virt-inspector on ``volumes``; the guest's (first) operating system."""
+    """Run virt-inspector on ``volumes`` as a workload (in ``namespace``, owned per
+    ``labels``); the guest's (first) operating system."""
     reader = OutputReader()
 
     async def note(line: str) -> None:
         reader.feed(line)
 
-    log_file.write(f"\n=== {' '.join(inspector_command(binary, volumes))}\n".encode())
+    argv = inspector_command(binary, volumes, placed)
+    log_file.write(f"\n=== {' '.join(argv)}\n".encode())
+    mounts = {v.name: placed[v.name].mount if placed else v.path for v in volumes}
     with tempfile.NamedTemporaryFile(prefix="ferry-inspector-") as output:
         workload = Workload(
             name="virt-inspector",
-            argv=inspector_command(binary, volumes),
+            argv=argv,
             env=dict(env),
-            volumes={v.name: v.path for v in volumes},
+            volumes=mounts,
+            namespace=namespace,
+            labels=dict(labels or {}),
+            workdir=workdir,  # TMPDIR is in it: in a pod, an emptyDir of its own
             time_limit=time_limit,
             grace=grace,
             output=output.name,

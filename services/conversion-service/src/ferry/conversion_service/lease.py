@@ -14,6 +14,14 @@ has one entry in the locks bucket (``conversion.<migration>.<vm>``):
 Every write is a compare-and-set on the revision: two replicas racing for the
 same VM cannot both win.
 
+A command that finds the VM held by another replica waits for that claim to end
+(the router keeps the message alive meanwhile) instead of failing: a redelivery
+would count towards giving up, and a duplicate command sent while a conversion
+takes minutes (a controller restart after the dedupe window) would end in a
+``ConversionFailed`` while the first run still goes. When the claim ends with
+this step and attempt done, the waiting command reports that result; a command
+whose attempt is older than the claim's is stale and does nothing.
+
 The keeper that renews the claim must outlive a bus hiccup: a renewal that times
 out is retried (the claim only lapses if renewals fail for a whole lease), and
 whatever happens to the keeper never replaces the body's own result. Once the
@@ -52,6 +60,22 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
 
 class LeaseLost(Exception):
     """Another replica took the VM over (our renewals stopped for too long)."""
+
+
+class Busy(TemporaryError):
+    """Another replica's claim on the VM is alive (:meth:`Lease.claim` waits it out)."""
+
+
+class Stale(Exception):
+    """A newer attempt of this step has claimed or finished the VM: this command is old."""
+
+
+class AlreadyDone(Exception):
+    """This very step and attempt finished (perhaps while we waited): here is its result."""
+
+    def __init__(self, result: GuestConverted) -> None:
+        super().__init__("conversion already completed")
+        self.result = result
 
 
 def owner_id() -> str:
@@ -104,22 +128,49 @@ class Lease:
         return claim.result if claim.state == "done" and same else None
 
     async def acquire(self) -> None:
-        """Claim the VM, or :class:`TemporaryError` while another replica holds it."""
+        """Claim the VM once: :class:`Busy` while another replica holds it,
+        :class:`Stale` when a newer attempt has it, :class:`AlreadyDone` when this
+        attempt finished."""
         entry = await self.kv.get(self.key)
         try:
             if entry is None:
                 self.revision = await self.kv.create(self.key, self._running())
                 return
             claim = entry.value
+            if claim.step == self.step and claim.attempt > self.attempt:
+                raise Stale(
+                    f"attempt {self.attempt} of {self.step} is stale: attempt "
+                    f"{claim.attempt} is {claim.state} ({claim.owner})"
+                )
+            same = claim.step == self.step and claim.attempt == self.attempt
+            if claim.state == "done" and same and claim.result is not None:
+                raise AlreadyDone(claim.result)
             held = claim.state == "running" and claim.expires > time.time()
             if held and claim.owner != self.owner:
-                raise TemporaryError(
-                    f"VM is being converted by {claim.owner}; retrying when its lease lapses",
-                    delay=max(1.0, min(self.seconds, claim.expires - time.time())),
+                raise Busy(
+                    f"VM is being converted by {claim.owner}; waiting for its lease",
+                    delay=max(0.2, min(self.seconds / 3, claim.expires - time.time() + 0.1)),
                 )
             self.revision = await self.kv.update(self.key, self._running(), entry.revision)
         except Conflict:
-            raise TemporaryError("another replica claimed this VM just now", 2.0) from None
+            raise Busy("another replica claimed this VM just now", 0.5) from None
+
+    async def claim(self) -> None:
+        """Claim the VM, waiting while another replica's claim is alive.
+
+        Only :class:`Stale` or :class:`AlreadyDone` end the wait without a claim
+        (or the task's cancellation: a cancel, a shutdown).
+        """
+        waiting = False
+        while True:
+            try:
+                await self.acquire()
+                return
+            except Busy as busy:
+                if not waiting:
+                    log.info("conversion lease %s: %s", self.key, busy.reason)
+                    waiting = True
+                await asyncio.sleep(busy.delay)
 
     async def renew(self) -> None:
         try:
@@ -138,8 +189,10 @@ class Lease:
             log.warning("conversion result not recorded in %s: %s", self.key, error)
 
     async def release(self) -> None:
-        """Give the claim up after a failure; a recorded result is never released."""
-        if self.completed:
+        """Give the claim up after a failure; a recorded result is never released, and
+        nothing is deleted before a claim was made (revision 0 would delete whatever
+        is there: another replica's live claim, when we failed while waiting for it)."""
+        if self.completed or self.revision == 0:
             return
         try:
             await self.kv.delete(self.key, self.revision)
@@ -153,7 +206,7 @@ class Lease:
         When a renewal finds the claim taken, the body's task is cancelled and
         :class:`LeaseLost` raised in its place.
         """
-        await self.acquire()
+        await self.claim()
         body = asyncio.current_task()
         lost: list[LeaseLost] = []
 

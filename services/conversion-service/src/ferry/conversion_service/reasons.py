@@ -6,6 +6,14 @@ API call sequence (``you must call guestfs_add_drive before guestfs_launch``)
 rather than the problem. The known cases are recognised here by virt-v2v's
 stable message texts; the reason becomes what a user can act on and virt-v2v's
 line leads the supporting detail, so nothing is lost for the log reader.
+
+Not every failure is the guest's fault. A run killed by a signal (the kernel's
+out-of-memory killer), an appliance that could not start or died, a full or
+unavailable work disk, a source that stopped answering: the same command may well
+succeed later, so :func:`transient` says so and the service retries it (with the
+router's backoff, up to its delivery limit) instead of failing the VM at once.
+Everything not known to be transient stays permanent: retrying a guest that
+cannot be converted only wastes the time of every other VM waiting.
 """
 
 from __future__ import annotations
@@ -39,6 +47,43 @@ _KNOWN: tuple[tuple[str, str], ...] = (
         "the guest operating system cannot be converted by virt-v2v",
     ),
 )
+
+
+RETRY_SECONDS = 30.0
+"""Pause before a transient failure's run is tried again."""
+
+# Texts of failures of the machine, not of the guest; the same run may succeed later.
+_TRANSIENT: tuple[str, ...] = (
+    # the libguestfs appliance could not start, or died under the conversion
+    "child process died unexpectedly",
+    "guestfs_launch failed",
+    "could not create appliance through libvirt",
+    "failed to connect to the hypervisor",
+    "cannot allocate memory",
+    "out of memory",
+    "no space left on device",
+    "resource temporarily unavailable",
+    "disk quota exceeded",
+    # the source (or the NBD server serving it) stopped answering
+    "connection refused",
+    "connection reset by peer",
+    "connection timed out",
+    "broken pipe",
+    "nbd: server disconnected",
+    "unexpected end of file",
+    "input/output error",
+)
+
+
+def transient(status: int, reason: str, detail: Sequence[str]) -> bool:
+    """Whether a failed run (exit ``status``; negative: killed by that signal) may
+    succeed if run again. A known guest problem (see :func:`in_user_words`) never is."""
+    text = " ".join([reason, *detail]).lower()
+    if any(needle in text for needle, _ in _KNOWN):
+        return False
+    if status < 0:  # killed by a signal it did not choose: OOM killer, an admin
+        return True
+    return any(needle in text for needle in _TRANSIENT)
 
 
 def in_user_words(reason: str, detail: Sequence[str]) -> tuple[str, list[str]]:

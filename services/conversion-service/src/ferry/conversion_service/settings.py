@@ -48,7 +48,9 @@ class ConversionSettings(BaseModel):
     work_dir: Path = Field(
         default=Path("/tmp"),  # noqa: S108 - mkdtemp below it, mode 0700; short for socket paths
         description="Parent of each run's private work directory (sockets, secrets, "
-        "output links). Keep the path short: unix socket paths are limited to 108 bytes.",
+        "output links, and an OVA's disks copied for their digest check: room for the "
+        "largest VM's disk files). Keep the path short: unix socket paths are limited to "
+        "108 bytes.",
     )
     large_tmp_dir: Path = Field(
         default=Path("/var/tmp"),  # noqa: S108 - virt-v2v's own default for its overlays
@@ -72,6 +74,13 @@ class ConversionSettings(BaseModel):
     inspect_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Time limit of the virt-inspector check."
     )
+    appliance_silence_seconds: float = Field(
+        default=180.0,
+        ge=0,
+        description="While the libguestfs appliance boots (verbose output), this long "
+        "without a line means its boot stopped: the run is killed and tried again later "
+        "(0: wait for the time limit).",
+    )
     kill_grace_seconds: float = Field(
         default=5.0,
         ge=0,
@@ -80,6 +89,14 @@ class ConversionSettings(BaseModel):
     )
     progress_interval_seconds: float = Field(
         default=2.0, ge=0, description="Minimum time between two progress events of one VM."
+    )
+    heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=15,
+        description="Longest time without a progress event while a conversion runs: through "
+        "virt-v2v's silent stages the last stage is published again with the elapsed time, "
+        "so a watcher can tell slow from stuck.",
     )
     error_lines: int = Field(
         default=12, ge=1, le=100, description="Log lines (noise removed) kept in a failure."

@@ -6,10 +6,13 @@ Full mode writes straight into the bound volumes
     that path: libguestfs's ``disk_create`` opens it with ``O_CREAT|O_TRUNC``
     (which follows a symlink, keeps the target's inode, and on a block device
     truncates nothing), then nbdkit's file plugin serves it and nbdcopy writes
-    the converted disk through it. So each run gets a private directory of
-    symlinks named as virt-v2v expects (``guest-sda`` → the first volume's file
-    or block device, …) and ``-on guest`` fixes NAME. This is what Forklift's
-    conversion pod does with ``/mnt/disks/diskN/disk.img`` and ``/dev/blockN``.
+    the converted disk through it. So each run's workload gets links named as
+    virt-v2v expects (``out/guest-sda`` → the first volume's file or block device
+    *as the workload sees it*, …), made by the platform inside the workload (a
+    local run's directory, or a conversion pod's), and ``-on guest`` fixes NAME.
+    This is what Forklift's conversion pod does with ``/mnt/disks/diskN/disk.img``
+    and ``/dev/blockN``; where a volume is seen comes from the platform
+    (``place_volumes``), never from this service's own paths.
     Nothing is copied afterwards: when virt-v2v exits, the data is in the
     volumes (nbdcopy ``--flush``). virt-v2v sets a file's size to the source
     disk's virtual size; a volume pre-allocated larger (filesystem overhead) is
@@ -26,7 +29,12 @@ Inputs and secrets
     The provider says how virt-v2v reads its VM (``Provider.v2v_input``); files it
     writes (a password for ``-ip``) live in the run's directory, are forced to
     mode 0600, and are removed with the directory when the run ends, however it
-    ends. Nothing secret is on the command line, so logging the argv is safe.
+    ends. They reach the workload as its secret files (``<workdir>/input``, a
+    mounted Secret in a pod), with virt-v2v's argv pointed there; a share the input
+    reads (an OVA on NFS) is mounted read-only at the same path. Nothing secret is
+    on the command line, so logging the argv is safe. What the input reads through
+    (a vSphere session) the provider keeps while the workload runs
+    (``V2vInput.hold``); when it ended anyway, the provider's reason is the run's.
 
 Everything a run creates (work directory, virt-v2v's overlays and sockets)
 goes when the run ends; only the log stays, under
@@ -37,33 +45,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shlex
 import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
-from ferry.conversion_service import accel, domain, inspection, reasons
+from ferry.conversion_service import accel, appliance, domain, inspection, reasons, rundirs
 from ferry.conversion_service.progress import Decisions, OutputReader, Progress
 from ferry.conversion_service.settings import ConversionSettings
+from ferry.platform.volumes import labels_for
 from ferry.platform.workloads import (
+    Placed,
     Workload,
     WorkloadError,
+    WorkloadLost,
     WorkloadPlatform,
     WorkloadTimedOut,
 )
 from ferry.proto import subjects
 from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import Inspection, Vm, Volume
-from ferry.providers.base import ProviderError, V2vInput
+from ferry.providers.base import InputHold, ProviderError, V2vInput
+
+log = logging.getLogger(__name__)
 
 GUEST_NAME = "guest"  # virt-v2v's -on: fixes the output file names, not the VM's name
+_OUT = "out"  # virt-v2v's -os, in the work directory
+_INPUT = "input"  # the provider's files and the domain document, in the work directory
+# A conversion pod's work directory (an emptyDir): short, because virt-v2v's helpers put
+# their Unix sockets under TMPDIR and a socket path is limited to 107 bytes.
+_POD_WORKDIR = "/var/tmp/ferry-v2v"  # noqa: S108 - inside the pod: its own emptyDir
 
 ProgressCallback = Callable[[Progress], Awaitable[None]]
 
@@ -77,15 +96,27 @@ class V2vSource(Protocol):
 class ConversionError(Exception):
     """A conversion that cannot succeed as asked: reason, supporting lines, log path."""
 
-    def __init__(self, reason: str, detail: Sequence[str] = (), log: Path | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        detail: Sequence[str] = (),
+        log: Path | None = None,
+        *,
+        transient: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.detail = list(detail)
         self.log = log
+        self.transient = transient  # the same run may succeed later (reasons.transient)
 
 
 class ConversionTimedOut(ConversionError):
     """The run exceeded its time limit; virt-v2v and its helpers were killed."""
+
+
+class ConversionLost(ConversionError):
+    """The platform ended the run (a conversion pod evicted, its node lost): retry it."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +130,7 @@ class Job:
     volumes: Sequence[Volume]
     timeout_seconds: float
     source: V2vSource | None = None  # full mode only
+    namespace: str = ""  # where the VM's claims are (a conversion pod runs there)
 
 
 @dataclass(frozen=True)
@@ -114,17 +146,12 @@ def log_path(data_dir: Path, migration: str, vm: str) -> Path:
 
 
 def check_volumes(vm: Vm, volumes: Sequence[Volume]) -> None:
-    """Every source disk has a volume that exists on this host, formats agree."""
+    """Every source disk has a volume, formats agree (where they are: the platform's)."""
     if len(volumes) != len(vm.disks):
         raise ConversionError(
             f"VM {vm.name!r} has {len(vm.disks)} disk(s) but {len(volumes)} volume(s) were "
             "bound; virt-v2v writes one volume per source disk"
         )
-    for volume in volumes:
-        if not volume.path:
-            raise ConversionError(f"volume {volume.name!r} has no local path on this host")
-        if not Path(volume.path).exists():
-            raise ConversionError(f"volume {volume.name!r}: {volume.path} does not exist")
     formats = {volume.format or "raw" for volume in volumes}
     if len(formats) > 1 or not formats <= {"raw", "qcow2"}:
         raise ConversionError(
@@ -142,25 +169,21 @@ def _secure(files: Sequence[str], workdir: Path) -> None:
             path.chmod(0o600)
 
 
-def link_outputs(outdir: Path, volumes: Sequence[Volume]) -> list[Path]:
-    """``outdir/guest-sda`` → first volume, … as virt-v2v ``-o local`` names them."""
-    links = []
-    for index, volume in enumerate(volumes):
-        link = outdir / f"{GUEST_NAME}-sd{domain.drive_name(index)}"
-        link.symlink_to(Path(volume.path).resolve())
-        links.append(link)
-    return links
+def output_links(volumes: Sequence[Volume], placed: Mapping[str, Placed]) -> dict[str, str]:
+    """``out/guest-sda`` → where the workload sees the first volume's disk, … as virt-v2v
+    ``-o local`` names its outputs; the platform makes them inside the workload."""
+    return {
+        f"{_OUT}/{GUEST_NAME}-sd{domain.drive_name(index)}": placed[volume.name].disk
+        for index, volume in enumerate(volumes)
+    }
 
 
-def check_outputs(outdir: Path, links: Sequence[Path], volumes: Sequence[Volume]) -> None:
-    """virt-v2v wrote through every link, and wrote nothing else."""
-    for link, volume in zip(links, volumes, strict=True):
-        if not link.is_symlink():
-            raise ConversionError(
-                f"virt-v2v replaced the link to {volume.path} with a file; the volume "
-                "was not written"
-            )
-    expected = {link.name for link in links}
+def check_outputs(outdir: Path, links: Mapping[str, str]) -> None:
+    """virt-v2v wrote nothing but the linked disks (the platform checked the links are
+    still links). Seen only where the work directory is this host's."""
+    if not outdir.is_dir():
+        return
+    expected = {Path(link).name for link in links}
     extra = sorted(
         entry.name
         for entry in outdir.iterdir()
@@ -168,6 +191,50 @@ def check_outputs(outdir: Path, links: Sequence[Path], volumes: Sequence[Volume]
     )
     if extra:
         raise ConversionError(f"virt-v2v wrote disks that have no volume: {', '.join(extra)}")
+
+
+def provider_files(
+    given: V2vInput, workdir: Path, secret_dir: str
+) -> tuple[list[str], dict[str, bytes], list[list[str]]]:
+    """The provider's files as secret files of the workload, and its argv (and its captive
+    helpers' argvs) pointed at them.
+
+    A workload may run elsewhere (a pod): what the provider wrote in this host's work
+    directory reaches it only as files mounted at ``secret_dir``.
+    """
+    files: dict[str, bytes] = {}
+    argv = list(given.argv)
+    captive = [list(helper) for helper in given.captive]
+    for name in given.files:
+        path = Path(name)
+        if not path.is_file():
+            continue
+        key = path.resolve().relative_to(workdir.resolve()).as_posix().replace("/", "_")
+        files[key] = path.read_bytes()
+        seen = f"{secret_dir}/{key}"
+
+        def point(args: list[str], path: Path = path, seen: str = seen) -> list[str]:
+            return [
+                seen
+                if arg == str(path)
+                else arg.replace(f"={path}", f"={seen}").replace(f"=+{path}", f"=+{seen}")
+                for arg in args
+            ]
+
+        argv = point(argv)
+        captive = [point(helper) for helper in captive]
+    return argv, files, captive
+
+
+def run_captive(argv: list[str], captive: Sequence[Sequence[str]]) -> list[str]:
+    """``argv`` run inside its captive helpers (``nbdkit --run``), the first outermost.
+
+    Each helper serves while the command runs and exits with the command's status; a
+    cancel that ends the workload's process group ends them together.
+    """
+    for helper in reversed(captive):
+        argv = [helper[0], "--run", shlex.join(argv), *helper[1:]]
+    return argv
 
 
 def restore_sizes(volumes: Sequence[Volume]) -> None:
@@ -186,45 +253,6 @@ def restore_sizes(volumes: Sequence[Volume]) -> None:
             os.truncate(path, want)
 
 
-_OWNER_FILE = ".ferry-owner"
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), or None if it is gone.
-
-    A pid alone can be reused; pid plus start time names one process for good.
-    """
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat_line.rsplit(")", 1)[1].split()[19]
-
-
-def _claim(directory: Path) -> Path:
-    (directory / _OWNER_FILE).write_text(f"{os.getpid()} {_process_start(os.getpid())}\n")
-    return directory
-
-
-def sweep_orphans(*folders: Path) -> list[Path]:
-    """Remove run directories whose owning service process no longer exists.
-
-    A conversion-service killed with -9 cannot clean up after itself; the next one
-    to start on the host does, without touching the runs of replicas still alive.
-    """
-    removed = []
-    for folder in folders:
-        for run in folder.glob("ferry-v2v-*"):
-            try:
-                pid, started = (run / _OWNER_FILE).read_text().split()
-            except (OSError, ValueError):
-                continue  # not (yet) claimed: leave it alone
-            if _process_start(int(pid)) != started:
-                shutil.rmtree(run, ignore_errors=True)
-                removed.append(run)
-    return removed
-
-
 class Converter:
     """Runs conversions on this host; one instance per service."""
 
@@ -234,49 +262,65 @@ class Converter:
         self.settings = settings
         self.data_dir = data_dir
         self.workloads = workloads
-        sweep_orphans(settings.work_dir, settings.large_tmp_dir)
+        rundirs.sweep_orphans(settings.work_dir, settings.large_tmp_dir)
 
     async def environment(self) -> dict[str, str]:
+        """What virt-v2v's workload runs with. A local child inherits this host's
+        environment (the operator's libguestfs tuning); a workload that runs elsewhere
+        (a conversion pod) gets only the decided variables over its image's own."""
         acceleration = await accel.acceleration(self.settings)
-        # Our own settings (FERRY_*, which may name credentials files) stay out; the
-        # operator's libguestfs tuning (LIBGUESTFS_PATH for a fixed appliance, …) stays in.
-        decided = ("LIBGUESTFS_BACKEND", "LIBGUESTFS_BACKEND_SETTINGS", "VIRT_V2V_TMPDIR")
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith("FERRY_") and key not in decided
-        }
+        env: dict[str, str] = {}
+        if self.workloads.workloads_run_here:
+            # Our own settings (FERRY_*, which may name credentials files) stay out; the
+            # operator's libguestfs tuning (LIBGUESTFS_PATH for a fixed appliance, …) in.
+            decided = ("LIBGUESTFS_BACKEND", "LIBGUESTFS_BACKEND_SETTINGS", "VIRT_V2V_TMPDIR")
+            env = {
+                key: value
+                for key, value in os.environ.items()
+                if not key.startswith("FERRY_") and key not in decided
+            }
+            env["LIBGUESTFS_CACHEDIR"] = str(
+                self.settings.appliance_cache_dir
+                or os.environ.get("LIBGUESTFS_CACHEDIR", "/var/tmp")  # noqa: S108
+            )
         env.update(acceleration.environment())
-        env["LIBGUESTFS_CACHEDIR"] = str(
-            self.settings.appliance_cache_dir or os.environ.get("LIBGUESTFS_CACHEDIR", "/var/tmp")  # noqa: S108
-        )
         env["LANG"] = env["LC_ALL"] = "C.UTF-8"  # messages we parse are the untranslated ones
         return env
 
     async def convert(self, job: Job, on_progress: ProgressCallback | None = None) -> Result:
         """Convert ``job``'s guest; :class:`ConversionError` says why it could not."""
         check_volumes(job.inventory, job.volumes)
+        try:
+            placed = await self.workloads.place_volumes(job.namespace, job.volumes)
+        except WorkloadError as error:
+            raise ConversionError(str(error)) from None
         log = log_path(self.data_dir, job.migration, job.vm_key)
         log.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with contextlib.ExitStack() as stack:
-            workdir = _claim(
+            workdir = rundirs.claim(
                 Path(tempfile.mkdtemp(prefix="ferry-v2v-", dir=self.settings.work_dir))
             )
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
             self.settings.large_tmp_dir.mkdir(parents=True, exist_ok=True)
-            large = _claim(
+            large = rundirs.claim(
                 Path(tempfile.mkdtemp(prefix="ferry-v2v-", dir=self.settings.large_tmp_dir))
             )
             stack.callback(shutil.rmtree, large, ignore_errors=True)
             log_file = stack.enter_context(log.open("ab"))
             env = await self.environment()
-            env.update(TMPDIR=str(workdir / "tmp"), VIRT_V2V_TMPDIR=str(large))
-            (workdir / "tmp").mkdir()
+            if self.workloads.workloads_run_here:
+                scratch = rundirs.scratch_dir(workdir)
+                stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+                env.update(TMPDIR=str(scratch), VIRT_V2V_TMPDIR=str(large))
+            else:  # a pod's work directory is its own scratch space (an emptyDir)
+                env.update(TMPDIR=_POD_WORKDIR, VIRT_V2V_TMPDIR=_POD_WORKDIR)
             reader = OutputReader(self.settings.error_lines)
+            seen = str(workdir) if self.workloads.workloads_run_here else _POD_WORKDIR
+            run = _Run(job, workdir, seen, placed, env)
             try:
-                decisions = await self._run(job, workdir, env, log_file, reader, on_progress)
-                system = await self._inspect(job, decisions, env, log_file)
+                decisions = await self._run(run, log_file, reader, on_progress)
+                system = await self._inspect(run, decisions, log_file)
             except inspection.InspectionFailed as error:
                 _note(log_file, f"failed: {error.reason}")
                 raise ConversionError(error.reason, error.detail, log) from None
@@ -293,7 +337,7 @@ class Converter:
         raise AssertionError("unreachable")  # pragma: no cover - ExitStack never swallows
 
     async def _inspect(
-        self, job: Job, decisions: Decisions, env: dict[str, str], log_file: BinaryIO
+        self, run: _Run, decisions: Decisions, log_file: BinaryIO
     ) -> inspection.InspectedOs:
         logged = inspection.from_log(decisions)
         if logged is not None and not self.settings.verify_with_inspector:
@@ -302,27 +346,32 @@ class Converter:
             return await inspection.inspect_disks(
                 self.workloads,
                 self.settings.virt_inspector,
-                job.volumes,
-                env=env,
+                run.job.volumes,
+                run.placed,
+                env=run.env,
                 log_file=log_file,
                 time_limit=self.settings.inspect_timeout_seconds,
                 grace=self.settings.kill_grace_seconds,
+                workdir=run.seen,
+                **run.owner(),
             )
+        except WorkloadLost as error:
+            raise ConversionLost(f"virt-inspector: {error}") from None
         except WorkloadError as error:
             raise ConversionError(f"virt-inspector: {error}") from None
 
     async def _run(
         self,
-        job: Job,
-        workdir: Path,
-        env: dict[str, str],
+        run: _Run,
         log_file: BinaryIO,
         reader: OutputReader,
         on_progress: ProgressCallback | None,
     ) -> Decisions:
+        job, workdir = run.job, run.workdir
         verbose = ["-v", "-x"] if self.settings.verbose else []
-        links: list[Path] = []
-        outdir = workdir / "out"
+        links: dict[str, str] = {}
+        hold: InputHold | None = None  # what the provider keeps while virt-v2v reads
+        secret_dir = f"{run.seen}/{_INPUT}"
         if job.mode is ConversionMode.FULL:
             if job.source is None:
                 raise ConversionError("full conversion needs a provider to read the source")
@@ -331,25 +380,33 @@ class Converter:
             except ProviderError as error:
                 raise ConversionError(f"the provider cannot open the VM: {error}") from None
             _secure(given.files, workdir)
-            outdir.mkdir()
-            links = link_outputs(outdir, job.volumes)
+            given_argv, files, captive = provider_files(given, workdir, secret_dir)
+            links = output_links(job.volumes, run.placed)
             argv = [
                 self.settings.virt_v2v,
                 *verbose,
-                *given.argv,
+                *given_argv,
                 "-o",
                 "local",
                 "-os",
-                str(outdir),
+                f"{run.seen}/{_OUT}",
                 "-on",
                 GUEST_NAME,
                 "-of",
                 job.volumes[0].format or "raw",
             ]
+            argv = run_captive(argv, captive)
+            shares, hold = dict(given.shares), given.hold
         else:
-            document = workdir / "domain.xml"
-            document.write_bytes(domain.domain_xml(job.inventory, job.volumes))
-            argv = [self.settings.virt_v2v_in_place, *verbose, "-i", "libvirtxml", str(document)]
+            files = {"domain.xml": domain.domain_xml(job.inventory, job.volumes, run.placed)}
+            argv = [
+                self.settings.virt_v2v_in_place,
+                *verbose,
+                "-i",
+                "libvirtxml",
+                f"{secret_dir}/domain.xml",
+            ]
+            shares = {}
 
         _note(log_file, f"{job.mode.value} conversion of {job.inventory.name!r}")
         _note(log_file, shlex.join(argv))
@@ -359,31 +416,80 @@ class Converter:
             if update is not None and on_progress is not None:
                 await on_progress(update)
 
+        workload = Workload(
+            name=f"{job.mode.value}-conversion",
+            argv=argv,
+            env=run.env,
+            volumes={name: placed.mount for name, placed in run.placed.items()},
+            workdir=run.seen,
+            time_limit=job.timeout_seconds,
+            grace=self.settings.kill_grace_seconds,
+            secret_files=files,
+            secret_dir=secret_dir,
+            links=links,
+            shares=shares,
+            **run.owner(),
+        )
         try:
-            workload = Workload(
-                name=f"{job.mode.value}-conversion",
-                argv=argv,
-                env=env,
-                volumes={v.name: v.path for v in job.volumes},
-                workdir=str(workdir),
-                time_limit=job.timeout_seconds,
-                grace=self.settings.kill_grace_seconds,
-            )
-            status = await self.workloads.run_workload(workload, log_file, on_line)
+            async with hold or contextlib.nullcontext():  # what the input reads through
+                await self._workload(workload, log_file, reader, on_line)
+        except ProviderError as error:  # it ended anyway: the provider's reason, retried
+            raise ConversionError(str(error), reader.tail(), transient=True) from None
+        if job.mode is ConversionMode.FULL:
+            check_outputs(workdir / _OUT, links)
+            restore_sizes(job.volumes)
+        return reader.decisions
+
+    async def _workload(
+        self,
+        workload: Workload,
+        log_file: BinaryIO,
+        reader: OutputReader,
+        on_line: Callable[[str], Awaitable[None]],
+    ) -> None:
+        """Run it; a failure is a :class:`ConversionError` with its reason."""
+        watch = appliance.Watch(self.settings.appliance_silence_seconds)
+
+        async def watched(line: str) -> None:
+            watch.feed(line)
+            await on_line(line)
+
+        try:
+            status = await watch.guard(self.workloads.run_workload(workload, log_file, watched))
+        except appliance.ApplianceHung as error:
+            _note(log_file, str(error))
+            raise ConversionError(str(error), reader.tail(), transient=True) from None
         except WorkloadTimedOut as error:
             raise ConversionTimedOut(
                 f"conversion exceeded its time limit of {error.seconds:g}s and was killed",
                 reader.tail(),
             ) from None
-        except WorkloadError as error:  # it never started: not on this platform, no volumes
+        except WorkloadLost as error:  # evicted, its node gone: nothing said it would fail
+            raise ConversionLost(str(error), reader.tail()) from None
+        except WorkloadError as error:  # it never started, or wrote around its volumes
             raise ConversionError(str(error)) from None
         if status != 0:
-            reason, detail = reasons.in_user_words(*reader.failure(self.settings.error_lines))
-            raise ConversionError(reason, detail)
-        if job.mode is ConversionMode.FULL:
-            check_outputs(outdir, links, job.volumes)
-            restore_sizes(job.volumes)
-        return reader.decisions
+            said, lines = reader.failure(self.settings.error_lines)
+            reason, detail = reasons.in_user_words(said, lines)
+            raise ConversionError(reason, detail, transient=reasons.transient(status, said, lines))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One run's facts that every workload of it shares."""
+
+    job: Job
+    workdir: Path  # this host's (the provider's files are written here)
+    seen: str  # the work directory as the workload sees it
+    placed: Mapping[str, Placed]
+    env: dict[str, str]
+
+    def owner(self) -> dict[str, Any]:
+        """Where its workloads run and whose they are (a pod's namespace and labels)."""
+        return {
+            "namespace": self.job.namespace,
+            "labels": labels_for(self.job.migration, self.job.vm_key),
+        }
 
 
 def _note(log_file: BinaryIO, message: str) -> None:

@@ -8,8 +8,11 @@
   (``maxInFlight`` per plan, ``maxInFlightPerHost`` per source host, and the
   Budgets all plans share), and says in each Plan's status what holds the rest.
 * The **timers** wake VMs whose retry backoff ran out or whose warm pause ended.
+* The **inventory** loop reads every source and publishes what it holds (the console's view).
 * The **driver** is where every change goes: the engine changes the VM's state,
   the state is stored, then the engine's actions are carried out.
+* The **operator** (operator mode, on in a cluster) applies the cluster's ferry.dev
+  objects to the objects bucket and writes each one's status back (:mod:`.operator`).
 * **Completion** puts back what a failed or canceled VM changed, and ends the
   migration when its last VM ended.
 
@@ -28,16 +31,21 @@ from collections.abc import Callable
 from functools import partial
 
 from ferry.bus import Bus, Intake, Observer, Router
+from ferry.bus.tasks import cancel_and_wait
 from ferry.migration_controller import engine, leadership, steps
 from ferry.migration_controller.admission import Admission
 from ferry.migration_controller.completion import Completion
 from ferry.migration_controller.driver import Driver
+from ferry.migration_controller.inventory import Inventory
+from ferry.migration_controller.operator import Operator
 from ferry.migration_controller.reactions import Reactions
+from ferry.migration_controller.retention import Retention
 from ferry.migration_controller.scheduler import Scheduler
 from ferry.migration_controller.settings import ControllerSettings, Settings
-from ferry.migration_controller.sources import Sources
+from ferry.migration_controller.sources import Sources, Version
 from ferry.migration_controller.store import Objects, VmStates
 from ferry.migration_controller.timers import Timers
+from ferry.platform import factory
 from ferry.proto import objects, subjects
 from ferry.proto.phases import StepStatus, VmStatus
 from ferry.proto.state import VmState
@@ -63,9 +71,11 @@ class Controller:
         self.settings = settings
         self.objects = Objects(bus)
         self.vms = VmStates(bus)
+        version: Version = partial(self.objects.revision, "Provider")
         if providers is None:
             providers = Providers.mounted(bus, settings.providers, settings.data_dir)
-        sources = Sources(providers)
+            version = providers.version  # the object's revision and its secret's files
+        self.sources = sources = Sources(providers, version=version)
         self.scheduler = Scheduler(self.vms.require, self.objects, clock)
         self.timers = Timers(clock)
         self.completion = Completion(
@@ -98,9 +108,23 @@ class Controller:
             sources=sources,
             clock=clock,
         )
+        self.inventory = Inventory(
+            bus, self.objects, sources, settings.controller.inventory_refresh_seconds
+        )
         self.reactions = Reactions(
             bus, settings, self.vms, scheduler=self.scheduler, driver=self.driver, clock=clock
         )
+        self.retention = Retention(
+            self.objects,
+            self.vms,
+            settings.controller.finished_retention_seconds,
+            clock,
+            removed=self._removed,
+        )
+        self.operator: Operator | None = None
+        if settings.controller.operator.enabled:
+            cluster = factory.cluster_objects(settings.platform.kubernetes)
+            self.operator = Operator(bus, cluster, settings.controller.operator)
         self.commands = self._command_router()
         self.events = self._event_router()
 
@@ -144,8 +168,7 @@ class Controller:
         try:
             await self._serve(bus, holding, stop, concurrency, grace_seconds, observer, fetch_wait)
         finally:
-            holding.cancel()
-            await asyncio.gather(holding, return_exceptions=True)
+            await cancel_and_wait(holding)  # a renewal's lost cancel must not keep it beating
             if not holding.cancelled() and isinstance(holding.exception(), leadership.LeaseLost):
                 log.error("controller %s lost its lease to another replica; stopped", lead.owner)
             else:
@@ -166,7 +189,12 @@ class Controller:
             asyncio.create_task(self.scheduler.run(self.driver.start), name="controller-scheduler"),
             asyncio.create_task(self.timers.run(self.driver.tick), name="controller-timer"),
             asyncio.create_task(self.scheduler.report(), name="controller-waiting"),
+            asyncio.create_task(self.retention.run(), name="controller-retention"),
         ]
+        if self.settings.controller.inventory_refresh_seconds > 0:
+            loops.append(asyncio.create_task(self.inventory.run(), name="controller-inventory"))
+        if self.operator is not None:  # only the active replica reads and writes the cluster
+            loops.append(asyncio.create_task(self.operator.run(), name="controller-operator"))
         routers = [
             asyncio.create_task(
                 router.run(bus, concurrency, stop, grace_seconds, observer, fetch_wait)
@@ -181,10 +209,8 @@ class Controller:
             stop.set()
             await asyncio.gather(*routers, return_exceptions=True)
         finally:
-            background = [*loops, *self.driver.tasks()]
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await cancel_and_wait(*loops, *self.driver.tasks())
+            await self.sources.close()
 
     async def resume(self) -> None:
         """Pick every stored VM up where it was; nothing finished runs again."""
@@ -236,6 +262,13 @@ class Controller:
         keys = self.scheduler.forget(migration)
         self.vms.forget(keys)
         self.driver.forget(keys)
+
+    def _removed(self, migration: str, keys: list[str]) -> None:
+        """The retention removed an ended migration's VMs: nothing of it stays in memory
+        (a lock still held when the migration ended is dropped now)."""
+        self.forget(migration)
+        self.driver.forget(keys)
+        self.completion.forget(migration)
 
 
 async def _hook_command(store: Objects, name: str) -> tuple[list[str], int]:

@@ -7,8 +7,9 @@ was taken, so that giving it back frees exactly that even when the Budget
 objects changed in between (a budget removed, a cap lowered).
 
 Like the scheduler's other tables, the ledger is derived: on start-up every
-running VM is charged again. Bandwidth is not counted here; the data movers
-share it while bytes move.
+running VM is charged again. Bandwidth is not counted here: the data movers
+share it while bytes move; :meth:`Ledger.bandwidth` names what a VM's copy
+moves under, and its CopyDisks carries that to them.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ferry.proto.budget import Budget, BudgetScope
+from ferry.bus.rate import account
+from ferry.proto.budget import Budget, BudgetScope, Window
 from ferry.proto.state import VmState
+from ferry.proto.volume import Bandwidth
 
+MIB = 1 << 20
 Account = tuple[str, str]  # (budget name, the host / datastore / class it counts; "" if global)
 
 
@@ -73,6 +77,18 @@ class Ledger:
                     out.append((budget, Charge((budget.name, value), disks)))
         return out
 
+    def bandwidth(self, state: VmState) -> list[Bandwidth]:
+        """The bandwidth budgets a VM's copy moves under, each with its shared account."""
+        return [
+            Bandwidth(
+                budget=budget.name,
+                account=account(budget.name, charge.account[1]),
+                bytes_per_second=budget.spec.bandwidthMiBps * MIB,
+            )
+            for budget, charge in self._touches(state)
+            if budget.spec.bandwidthMiBps is not None
+        ]
+
     def closed_for_all(self, now: float) -> str | None:
         """A global budget that admits no VM at all now (full, or outside its window)."""
         for budget in self._budgets.values():
@@ -94,7 +110,7 @@ class Ledger:
         spec, value = budget.spec, charge.account[1]
         label = describe_account(budget, value)
         if spec.window is not None and not spec.window.open_at(datetime.fromtimestamp(now, UTC)):
-            return f"{label}: outside its window {spec.window.start}-{spec.window.end} UTC"
+            return f"{label}: outside its window {spec.window}"
         vms = self._vms[charge.account]
         if spec.maxVms is not None and vms >= spec.maxVms:
             return f"{label}: {vms}/{spec.maxVms} VMs in flight"
@@ -103,6 +119,14 @@ class Ledger:
         if spec.maxDisks is not None and disks and disks + charge.disks > spec.maxDisks:
             return f"{label}: {disks}/{spec.maxDisks} disks in flight"
         return None
+
+    def windows(self, state: VmState) -> list[tuple[str, Window]]:
+        """The windows of the budgets a VM touches, each with the budget's label."""
+        return [
+            (describe_account(budget, charge.account[1]), budget.spec.window)
+            for budget, charge in self._touches(state)
+            if budget.spec.window is not None
+        ]
 
     def take(self, key: str, state: VmState) -> None:
         if key in self._charges:

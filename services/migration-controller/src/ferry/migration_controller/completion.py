@@ -28,7 +28,7 @@ from ferry.proto.base import Message
 from ferry.proto.inventory import PowerState
 from ferry.proto.phases import MigrationPhase, VmStatus
 from ferry.proto.state import VmError, VmState, now_iso
-from ferry.providers.base import WarmSource
+from ferry.providers.base import TransferSource, WarmSource
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class Completion:
         try:
             if state.source_power == PowerState.ON.value:
                 provider = await self._sources.get(state.provider)
+                if isinstance(provider, TransferSource):  # its disks stay locked until then
+                    await provider.release_transfers(state.inventory)
                 await provider.power_on(state.inventory)
         except Exception as err:
             log.error("could not restore the source power of %s: %s", state.name, err)
@@ -94,6 +96,7 @@ class Completion:
         """
         if s.warm:
             await self.forget_checkpoints(s)
+        await self.release_transfers(s)
         ids = engine.ids(s)
         commands: list[Message] = []
         if vm_too:
@@ -121,6 +124,22 @@ class Completion:
         except Exception as err:
             log.error("could not remove the source checkpoints of %s: %s", s.name, err)
 
+    async def release_transfers(self, s: VmState) -> None:
+        """A failed or canceled VM leaves no transfer open at the source (oVirt image
+        transfers: a killed copy's is found at the source, not in the state)."""
+        try:
+            provider = await self._sources.get(s.provider)
+            if isinstance(provider, TransferSource):
+                released = await provider.release_transfers(s.inventory)
+                if released:
+                    log.info("ended %d source transfer(s) of %s", released, s.name)
+        except Exception as err:
+            log.error("could not end the source transfers of %s: %s", s.name, err)
+
+    def forget(self, name: str) -> None:
+        """The migration's VMs are gone from the bus (retention): stop remembering it."""
+        self._completed.discard(name)
+
     async def maybe_complete(self, name: str) -> None:
         """Complete the migration if all its VMs ended and their ends were carried out."""
         if name in self._completed:
@@ -129,7 +148,9 @@ class Completion:
         if any(not s.status.ended or not s.finalized for s in states):
             return
         mig = await self._objects.find(objects.Migration, name)
-        if mig is None or mig.status.phase in (MigrationPhase.NOT_STARTED, MigrationPhase.REJECTED):
+        # Ended already (a redelivered event, or one of a migration the retention
+        # removed): completing again would report its VMs a second time.
+        if mig is None or mig.status.phase is not MigrationPhase.RUNNING:
             return
         self._completed.add(name)
         count = Counter(s.status for s in states)

@@ -34,7 +34,7 @@ from ferry.migration_controller.sources import PERMANENT, Sources
 from ferry.migration_controller.store import VmStates
 from ferry.migration_controller.timers import Timers
 from ferry.proto.base import Message
-from ferry.proto.phases import StepStatus
+from ferry.proto.phases import Phase, StepStatus
 from ferry.proto.state import VmState
 from ferry.proto.subjects import Service
 
@@ -211,6 +211,8 @@ class Driver:
         its work here and can be canceled (:meth:`stop_local`).
         """
         state = self.state(key)
+        if await self._window_holds(key, state, name):
+            return
         step = itinerary.step_of(state.flow, name)
         ctx = steps.StepContext(
             state=state,
@@ -220,6 +222,7 @@ class Driver:
             now=self.clock(),
             shutdown_timeout=self.settings.controller.shutdown_timeout_seconds,
             label=engine.label(this) if (this := state.step(name)) else name,
+            bandwidth=self.scheduler.ledger.bandwidth(state),
         )
         task = asyncio.create_task(step.run(ctx))
         if step.owner is Service.CONTROLLER:
@@ -243,6 +246,23 @@ class Driver:
             if self._local.get(key) is task:
                 del self._local[key]
         await self._outcome(key, name, outcome, batch)
+
+    async def _window_holds(self, key: str, state: VmState, name: str) -> bool:
+        """A closed window holds the VM before this step: it looks again when one opens.
+
+        Not the warm pause (it waits on its own) and not once the cutover time has
+        come: a cutover someone asked for goes ahead.
+        """
+        now = self.clock()
+        if name == Phase.COPYING_PAUSED.value or (state.cutover and now >= state.cutover):
+            return False
+        closed = self.scheduler.closed(state, now)
+        if closed is None:
+            return False
+        until, why = closed
+        log.info("VM %s waits before %s: %s", state.name, name, why)
+        await self.transition(key, lambda s: engine.step_wait(s, name, until))
+        return True
 
     async def _outcome(
         self, key: str, name: str, outcome: steps.Outcome, batch: list[Message] | None

@@ -25,7 +25,6 @@ NEEDS_CONVERSION = frozenset({ProviderType.VSPHERE, ProviderType.OVA, ProviderTy
 # libvirt's cold path is flow 2 too (the populator reads the disk through the provider),
 # with an in-place conversion after the copy: its guests need not have virtio drivers.
 POPULATOR_SOURCES = frozenset({ProviderType.OVIRT, ProviderType.OPENSTACK, ProviderType.LIBVIRT})
-WARM_SOURCES = frozenset({ProviderType.VSPHERE, ProviderType.OVIRT, ProviderType.LIBVIRT})
 
 
 @dataclass(frozen=True)
@@ -38,10 +37,13 @@ class Facts:
     run_target: bool = False  # the target VM is powered on at the end
     pre_hook: bool = False
     post_hook: bool = False
+    raw_copy: bool = False  # the Plan's skipGuestConversion: disks copied as they are
+    virtio_drivers: bool = False  # the source's inventory shows the guest has them
+    importer_copy: bool = False  # the provider copies cold disks with the importer (flow 1)
 
     @property
     def needs_conversion(self) -> bool:
-        return self.source in NEEDS_CONVERSION
+        return self.source in NEEDS_CONVERSION and not (self.raw_copy or self.virtio_drivers)
 
 
 Predicate = Callable[[Facts], bool]
@@ -123,40 +125,46 @@ _ALLOCATE = Step(
     absorb=steps.absorb_volumes,
 )
 
+
+def _copy(phase: Phase, *, final: bool, when: Predicate = always) -> Step:
+    return Step(
+        phase,
+        VOL,
+        steps.copy_disks(phase, final=final),
+        when=when,
+        done_on=(volume.DisksCopied,),
+        absorb=steps.absorb_copies,
+    )
+
+
+def _convert(mode: conversion.ConversionMode, when: Predicate = always) -> Step:
+    return Step(
+        Phase.CONVERT_GUEST,
+        CONV,
+        steps.convert_guest(mode),
+        when=when,
+        done_on=(conversion.GuestConverted,),
+        absorb=steps.absorb_conversion,
+    )
+
+
 FLOWS: dict[Flow, tuple[Step, ...]] = {
     # 1. warm, or cold to a remote cluster: DataVolumes with the importer.
     Flow.IMPORTER: (
         *_START,
         *_COLD_POWER_OFF,
         _create(volume.VolumeSource.IMPORTER),
+        # pvcinit: a VM's claims placed together before Ferry's transfer pods (each
+        # using one claim) become their first consumers on different nodes
+        _ALLOCATE,
         Step(Phase.CREATE_SNAPSHOT, C, steps.create_snapshot, when=warm),
-        Step(
-            Phase.COPY_DISKS,
-            VOL,
-            steps.copy_disks(Phase.COPY_DISKS, final=False),
-            done_on=(volume.DisksCopied,),
-            absorb=steps.absorb_copies,
-        ),
+        _copy(Phase.COPY_DISKS, final=False),
         Step(Phase.COPYING_PAUSED, C, steps.copying_paused, when=warm),
         Step(Phase.STORE_POWER_STATE, C, steps.store_power_state, when=warm),
         Step(Phase.POWER_OFF_SOURCE, C, steps.power_off_source, when=warm),
         Step(Phase.CREATE_FINAL_SNAPSHOT, C, steps.create_snapshot, when=warm),
-        Step(
-            Phase.FINALIZE,
-            VOL,
-            steps.copy_disks(Phase.FINALIZE, final=True),
-            when=warm,
-            done_on=(volume.DisksCopied,),
-            absorb=steps.absorb_copies,
-        ),
-        Step(
-            Phase.CONVERT_GUEST,
-            CONV,
-            steps.convert_guest(conversion.ConversionMode.IN_PLACE),
-            when=needs_conversion,
-            done_on=(conversion.GuestConverted,),
-            absorb=steps.absorb_conversion,
-        ),
+        _copy(Phase.FINALIZE, final=True, when=warm),
+        _convert(conversion.ConversionMode.IN_PLACE, when=needs_conversion),
         *_FINISH,
     ),
     # 2. cold oVirt/OpenStack to the local cluster: PVC + populator, no conversion.
@@ -165,21 +173,8 @@ FLOWS: dict[Flow, tuple[Step, ...]] = {
         *_COLD_POWER_OFF,
         _create(volume.VolumeSource.POPULATOR),
         _ALLOCATE,
-        Step(
-            Phase.COPY_DISKS,
-            VOL,
-            steps.copy_disks(Phase.COPY_DISKS, final=True),
-            done_on=(volume.DisksCopied,),
-            absorb=steps.absorb_copies,
-        ),
-        Step(
-            Phase.CONVERT_GUEST,
-            CONV,
-            steps.convert_guest(conversion.ConversionMode.IN_PLACE),
-            when=needs_conversion,
-            done_on=(conversion.GuestConverted,),
-            absorb=steps.absorb_conversion,
-        ),
+        _copy(Phase.COPY_DISKS, final=True),
+        _convert(conversion.ConversionMode.IN_PLACE, when=needs_conversion),
         *_FINISH,
     ),
     # 3. cold VMware/OVA to the local cluster: blank volumes, virt-v2v converts and copies.
@@ -188,32 +183,55 @@ FLOWS: dict[Flow, tuple[Step, ...]] = {
         *_COLD_POWER_OFF,
         _create(volume.VolumeSource.BLANK),
         _ALLOCATE,
-        Step(
-            Phase.CONVERT_GUEST,
-            CONV,
-            steps.convert_guest(conversion.ConversionMode.FULL),
-            done_on=(conversion.GuestConverted,),
-            absorb=steps.absorb_conversion,
-        ),
+        _convert(conversion.ConversionMode.FULL),
         *_FINISH,
     ),
 }
 
 
 def select_flow(f: Facts) -> Flow:
-    """Which of the three shapes a VM takes."""
+    """Which of the three shapes a VM takes.
+
+    Raw copy (``skipGuestConversion``) keeps a populator source on flow 2 without
+    its in-place conversion, and moves a flow-3 source (VMware, OVA) to flow 1's
+    verified importer copy: without virt-v2v nothing else would write the disks.
+    A provider that asks for it (``Vm.importer_copy``) has its cold VMs copied by the
+    importer too, then converted in place: flow 1 without precopies.
+    """
     if f.warm or f.remote:
         return Flow.IMPORTER
     if f.source in POPULATOR_SOURCES:
         return Flow.POPULATOR
-    if f.source in NEEDS_CONVERSION:
+    if f.needs_conversion and not f.importer_copy:
         return Flow.CONVERSION
+    # Raw copy of a VMware/OVA guest: nothing converts, so the importer copies the
+    # disks unchanged (and verifies them) instead of virt-v2v writing them.
     return Flow.IMPORTER  # a KubeVirt source exports disks an importer can read as they are
 
 
 def build(f: Facts) -> tuple[Flow, list[Step]]:
     flow = select_flow(f)
     return flow, [s for s in FLOWS[flow] if s.when(f)]
+
+
+def notes(f: Facts, flow: Flow) -> list[str]:
+    """Why the itinerary has (or lacks) its conditional steps, in the user's words."""
+    if flow is Flow.CONVERSION or f.source not in NEEDS_CONVERSION:
+        return []  # flow 3 always converts; the other sources never do
+    if f.importer_copy and not f.warm and f.needs_conversion:
+        return [
+            "disks copied by the importer, then ConvertGuest in place: the provider asks "
+            "for it (flow 1 without precopies instead of virt-v2v copying them)"
+        ]
+    if f.virtio_drivers:
+        return [
+            "no guest conversion: the guest already runs on virtio disks and NICs, "
+            "so it has their drivers"
+        ]
+    return [
+        "ConvertGuest (in place) added: the source does not show virtio drivers in the "
+        "guest, which KubeVirt's virtio disks and NICs need to boot"
+    ]
 
 
 _INDEX: dict[tuple[Flow, str], Step] = {}

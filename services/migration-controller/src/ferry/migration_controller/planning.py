@@ -9,15 +9,26 @@ fetches the objects and the inventory.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ferry.migration_controller import itinerary
 from ferry.proto import names, objects
-from ferry.proto.inventory import NetworkTarget, PowerState, ProviderType, Vm, VolumeTarget
+from ferry.proto.inventory import (
+    WARM_SOURCES,
+    NetworkTarget,
+    PowerState,
+    ProviderType,
+    Vm,
+    VolumeTarget,
+)
 from ferry.proto.state import DiskState, StepState, VmState, now_iso
 from ferry.proto.volume import SourceRef
 
 PLAN_KEY = "plan"  # reasons that concern the plan as a whole
+
+# A VM as one deployment option describes it, or why it cannot be: by (VM id, option).
+Configured = Mapping[tuple[str, str], Vm | str]
 
 
 @dataclass
@@ -42,6 +53,21 @@ def find_vm(wanted: objects.PlanVm, inventory: list[Vm]) -> Vm | None:
     return next((v for v in inventory if v.name == wanted.name), None)
 
 
+def options_to_read(plan: objects.Plan, inventory: list[Vm]) -> list[tuple[Vm, str]]:
+    """(VM, option) for each plan VM that chose an offered, non-default deployment option.
+
+    The caller asks the provider for these (``Configurable.configured``) and hands
+    the answers to :func:`preflight`; options not offered are preflight's reasons.
+    """
+    wanted = []
+    for vm_wanted in plan.spec.vms:
+        option = vm_wanted.deploymentOption
+        found = find_vm(vm_wanted, inventory)
+        if found and option and option != found.configuration and option in found.configurations:
+            wanted.append((found, option))
+    return wanted
+
+
 def preflight(
     plan: objects.Plan,
     source: objects.Provider,
@@ -50,11 +76,17 @@ def preflight(
     storage: objects.StorageMap,
     unreachable: str = "",
     skip: frozenset[str] = frozenset(),
+    configured: Configured | None = None,
+    source_reasons: Mapping[str, list[str]] | None = None,
+    busy: Mapping[str, str] | None = None,
 ) -> Preflight:
     """Check a plan before anything runs.
 
     ``inventory`` is None, with ``unreachable`` saying why, when the source is down;
-    ``skip`` holds VM ids that already migrated (a re-run leaves them out).
+    ``skip`` holds VM ids that already migrated (a re-run leaves them out);
+    ``configured`` holds the VMs of :func:`options_to_read`, as the provider read them.
+    ``source_reasons`` is what the source's own validator said, by VM id.
+    ``busy`` holds VM ids another migration is moving now (id -> that migration).
     """
     out = Preflight()
     if inventory is None:
@@ -67,7 +99,7 @@ def preflight(
             PLAN_KEY,
             f"targetNamespace {plan.spec.targetNamespace!r} is not a DNS-1123 label",
         )
-    if plan.spec.warm and source.spec.type not in itinerary.WARM_SOURCES:
+    if plan.spec.warm and source.spec.type not in WARM_SOURCES:
         out.reject(
             PLAN_KEY, f"warm migration is not supported for {source.spec.type.value} sources"
         )
@@ -83,11 +115,43 @@ def preflight(
         seen.add(found.id)
         if found.id in skip:
             continue
+        if found.id in (busy or {}):
+            out.reject(
+                wanted.key,
+                f"VM {wanted.key!r} is being migrated by migration {(busy or {})[found.id]} "
+                "(wait for it to end, or ferry cancel it)",
+            )
+            continue
+        if wanted.deploymentOption:
+            chosen = _chosen(found, wanted.deploymentOption, configured or {})
+            if isinstance(chosen, str):
+                out.reject(wanted.key, chosen)
+                continue
+            found = chosen
         for reason in _vm_reasons(found, networks, storage, warm=plan.spec.warm):
+            out.reject(wanted.key, reason)
+        for reason in (source_reasons or {}).get(found.id, []):
             out.reject(wanted.key, reason)
         out.vms.append((wanted, found))
     _name_targets(out)
     return out
+
+
+def _chosen(vm: Vm, option: str, configured: Configured) -> Vm | str:
+    """``vm`` in deployment option ``option``, or why it cannot be migrated so."""
+    if option == vm.configuration:
+        return vm
+    if not vm.configurations:
+        return f"deploymentOption {option!r}: VM {vm.name!r} offers no deployment options"
+    if option not in vm.configurations:
+        offered = ", ".join(repr(c) for c in vm.configurations)
+        return f"deploymentOption {option!r} is not offered by VM {vm.name!r} (offered: {offered})"
+    read = configured.get((vm.id, option))
+    if read is None:
+        return f"deploymentOption {option!r} of VM {vm.name!r} could not be read from the source"
+    if isinstance(read, str):
+        return f"deploymentOption {option!r} of VM {vm.name!r}: {read}"
+    return read
 
 
 def _vm_reasons(
@@ -201,6 +265,9 @@ def vm_state(
         run_target=_runs(plan, vm),
         pre_hook="PreHook" in hooks,
         post_hook="PostHook" in hooks,
+        raw_copy=plan.spec.skipGuestConversion,
+        virtio_drivers=bool(vm.virtio_drivers),
+        importer_copy=vm.importer_copy,
     )
     flow, chosen = itinerary.build(facts)
     cutover = migration.spec.cutover.timestamp() if migration.spec.cutover else 0.0
@@ -232,4 +299,5 @@ def vm_state(
         retry_base=limits.retry_base,
         disks=[DiskState(id=d.id, name=d.name, total=d.capacity) for d in vm.disks],
         created=now_iso(now),
+        notes=itinerary.notes(facts, flow),
     )

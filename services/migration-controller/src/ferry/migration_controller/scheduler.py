@@ -8,9 +8,16 @@ big plan queued first does not starve a small one behind it.
 
 The tables here are derived, never stored: on start-up the controller
 re-indexes every stored VM (a running VM takes its slot again, a queued one
-joins its plan's queue), so they need no persistence of their own. Budgets are
+joins its plan's queue), so they need no persistence of their own. Budgets, and
+the limits of every Plan known here (``maxInFlight``, priority, window), are
 re-read from the objects bucket when a migration starts and every
-``BUDGET_REFRESH`` seconds, which is also how an opening window is noticed.
+``BUDGET_REFRESH`` seconds, which is also how an opening window, or a Plan's
+window edited while its migration runs, is noticed.
+
+Windows (a Plan's or a Budget's daily hours, UTC) hold starts the same way, and
+also VMs already running: :meth:`Scheduler.closed` tells the driver, before each
+step, whether the VM must wait for a window to open (it finishes the step it is
+in first).
 
 What holds each waiting VM is written to its Plan's status (a bounded sample)
 so that ``ferry describe plan`` can say it; the scheduler also knows which VMs
@@ -26,19 +33,21 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
 from ferry.migration_controller.budgets import Ledger
 from ferry.migration_controller.store import Objects, VmStates
 from ferry.proto import objects
-from ferry.proto.budget import Budget
+from ferry.proto.budget import Budget, Window
 from ferry.proto.phases import VmStatus
 from ferry.proto.state import VmState
 
 log = logging.getLogger(__name__)
 
 BUDGET_REFRESH = 10.0  # seconds between re-reads of the Budget objects
+WINDOW_RECHECK = 300.0  # seconds between looks at a running VM held by a closed window
 WAITING_SHOWN = 50  # waiting VMs named in a Plan's status; the rest are counted
 
 
@@ -47,10 +56,12 @@ class PlanLimits:
     max_in_flight: int = 20
     per_host: int = 10
     priority: int = 0
+    window: Window | None = None
 
     @classmethod
     def of(cls, plan: objects.Plan) -> PlanLimits:
-        return cls(plan.spec.maxInFlight, plan.spec.maxInFlightPerHost, plan.spec.priority)
+        spec = plan.spec
+        return cls(spec.maxInFlight, spec.maxInFlightPerHost, spec.priority, spec.window)
 
 
 class Scheduler:
@@ -106,6 +117,15 @@ class Scheduler:
         if plan is not None:
             self.set_limits(plan)
 
+    async def reload_limits(self) -> None:
+        """Re-read the limits of every Plan known here: a Plan edited meanwhile applies."""
+        for name in list(self._limits):
+            before = self._limits[name]
+            await self.load_limits(name)
+            after = self._limits[name]
+            if after != before:
+                log.info("plan %s changed: window %s (was %s)", name, after.window, before.window)
+
     async def load_budgets(self) -> None:
         budgets = []
         for key in await self._objects.kv.keys(f"{Budget.KIND.lower()}."):
@@ -146,11 +166,30 @@ class Scheduler:
         """What keeps a queued VM from starting now; ``None`` when nothing does."""
         state = self._states(key)
         limits = self._limits.get(state.plan, PlanLimits())
+        window = limits.window
+        if window is not None and not window.open_at(datetime.fromtimestamp(now, UTC)):
+            return f"Plan {state.plan}: outside its window {window}"
         if self._per_plan[state.plan] >= limits.max_in_flight:
             return f"Plan {state.plan}: {limits.max_in_flight} VMs in flight (maxInFlight)"
         if state.host and self._per_host[(state.plan, state.host)] >= limits.per_host:
             return f"Plan {state.plan}: {limits.per_host} VMs on host {state.host} in flight"
         return self.ledger.hold(state, now)
+
+    def closed(self, state: VmState, now: float) -> tuple[float, str] | None:
+        """A running VM's closed windows: when to look again, and what holds it."""
+        when = datetime.fromtimestamp(now, UTC)
+        plan = self._limits.get(state.plan, PlanLimits()).window
+        windows = [(f"Plan {state.plan}", plan)] if plan is not None else []
+        shut = [
+            (label, w) for label, w in windows + self.ledger.windows(state) if not w.open_at(when)
+        ]
+        if not shut:
+            return None
+        # Look again when the first of them opens (the others may still hold it then),
+        # and every WINDOW_RECHECK seconds meanwhile: a Budget's window may change.
+        opens = min(w.next_open(when).timestamp() for _, w in shut)
+        why = "; ".join(f"{label}: outside its window {w}" for label, w in shut)
+        return min(opens, now + WINDOW_RECHECK), why
 
     def ready(self) -> list[str]:
         """Queued VMs that may start now, by plan priority, equal plans taking turns."""
@@ -208,8 +247,9 @@ class Scheduler:
                 refreshed = self._clock()
                 try:
                     await self.load_budgets()
+                    await self.reload_limits()
                 except Exception:
-                    log.exception("could not re-read the budgets")
+                    log.exception("could not re-read the budgets and plans")
             for key in self.ready():
                 start(key)
 

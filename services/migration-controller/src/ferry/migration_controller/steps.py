@@ -80,6 +80,8 @@ class StepContext:
     now: float = field(default_factory=time.time)
     shutdown_timeout: float = 300.0
     label: str = ""  # the step's name for this run, as commands carry it (engine.label)
+    # The bandwidth budgets the VM's copy moves under (the scheduler's, when the step runs).
+    bandwidth: list[volume.Bandwidth] = field(default_factory=list)
 
     def ids(self) -> dict[str, Any]:
         s = self.state
@@ -202,6 +204,7 @@ def copy_disks(phase: Phase, final: bool) -> StepFn:
             final=final or not s.warm,
             warm=s.warm,
             since=s.checkpoint if s.warm else "",
+            bandwidth=ctx.bandwidth,
         )
         return Dispatch(cmd)
 
@@ -264,6 +267,9 @@ def absorb_volumes(s: VmState, evt: Event) -> None:
 
 def absorb_copies(s: VmState, evt: Event) -> None:
     if isinstance(evt, volume.DisksCopied):
+        # The volumes as bound after the copy (a path once the importer wrote them):
+        # without a conversion after it (raw copy), CreateVM takes them from here.
+        absorb_volumes(s, evt)
         if s.warm:
             # The source's changes are counted from here by the next round.
             s.checkpoint = evt.checkpoint

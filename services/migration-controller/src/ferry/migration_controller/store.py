@@ -9,6 +9,7 @@ active writer), and re-reads when a write loses.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,12 +20,14 @@ from ferry.proto import objects, subjects
 from ferry.proto.phases import VmStatus
 from ferry.proto.state import VmState
 from ferry.proto.subjects import Bucket
+from ferry.runtime import estimates
 
 Obj = TypeVar("Obj", bound=objects.FerryObjectBase)
 
 ALL = "*"
 """The ``vm`` of a message about a whole migration rather than one of its VMs."""
 Document = dict[str, Any]
+LEARNED = 2000  # samples of forgotten VMs kept for estimates
 
 
 class MissingObject(LookupError):
@@ -45,6 +48,11 @@ class Objects:
         if not isinstance(obj, cls):
             raise MissingObject(cls.KIND, name, needed_by)
         return obj
+
+    async def revision(self, kind: str, name: str) -> int | None:
+        """The stored object's revision (it changes with every apply), or None."""
+        entry = await self.kv.get(subjects.object_key(kind, name))
+        return None if entry is None else int(entry.revision)
 
     async def find(self, cls: type[Obj], name: str) -> Obj | None:
         try:
@@ -84,6 +92,8 @@ class VmStates:
         # plan -> {vm id: name} migrated by a migration already forgotten: a later
         # migration of the plan skips them; bounded by the plans' VMs, not by waves.
         self.succeeded: dict[str, dict[str, str]] = {}
+        # What forgotten VMs measured, for the estimates of later migrations; bounded.
+        self.learned: deque[estimates.Sample] = deque(maxlen=LEARNED)
 
     def forget(self, keys: list[str]) -> None:
         """Drop ended VMs from memory, remembering which of them succeeded."""
@@ -91,6 +101,9 @@ class VmStates:
             got = self.cache.pop(key, None)
             if got is not None and got[0].status is VmStatus.SUCCEEDED:
                 self.succeeded.setdefault(got[0].plan, {})[got[0].vm] = got[0].name
+                measured = estimates.sample(got[0])
+                if measured is not None:
+                    self.learned.append(measured)
 
     @staticmethod
     def key(migration: str, vm: str) -> str:

@@ -30,6 +30,7 @@ from ferry.platform.volumes import (
     DEFAULT_FILESYSTEM_OVERHEAD,
     Phase,
     ProgressCallback,
+    Rate,
     TransferProgress,
     VolumePlatform,
     VolumeRequest,
@@ -44,6 +45,7 @@ from ferry.providers.base import Provider
 from ferry.runtime.progress import Throttle
 from ferry.runtime.providers import OpenProvider
 from ferry.volume_service import warm
+from ferry.volume_service.bandwidth import Rates
 from ferry.volume_service.failures import classify
 from ferry.volume_service.images import image_ref
 from ferry.volume_service.progress import ProgressRelay
@@ -74,12 +76,15 @@ class VolumeHandlers:
         providers: OpenProvider,
         settings: VolumeSettings,
         filesystem_overhead: float = DEFAULT_FILESYSTEM_OVERHEAD,
+        rates: Rates | None = None,
     ) -> None:
         self.platform = platform
         self.providers = providers
         self.settings = settings
         # The platform's own figure, so a request that cannot fit fails before anything exists.
         self.filesystem_overhead = filesystem_overhead
+        # The bandwidth budgets' shared rates; without a bus (tests) copies are unpaced.
+        self.rates = rates
 
     def register(self, router: Router) -> None:
         """One handler per command on ``router``."""
@@ -229,6 +234,7 @@ class VolumeHandlers:
                     claims,
                     relay.callback,
                     verify_whole=self.settings.warm_final_verify,
+                    rate=self._pace(cmd),
                 )
         for copy in done.copies:
             _check_checksums(copy)
@@ -305,12 +311,21 @@ class VolumeHandlers:
         if done is not None:
             return done  # copied by an earlier delivery: report it, never copy twice
         assert provider is not None
+        rate = self._pace(cmd)
         with outcome(f"disk {disk.id} ({disk.name})"):
             async with provider.open_disk(cmd.inventory, disk.id) as reader:
                 source = image_ref(reader.qemu_source())
                 if claim.source == VolumeSource.POPULATOR:
-                    return await self.platform.populate(claim, source, progress)
-                return await self.platform.import_disk(claim, source, progress)
+                    return await self.platform.populate(claim, source, progress, rate=rate)
+                return await self.platform.import_disk(claim, source, progress, rate=rate)
+
+    def _pace(self, cmd: volume.CopyDisks) -> Rate | None:
+        if cmd.bandwidth and self.rates is None:
+            raise PermanentError(
+                "this volume-service has no bus to share bandwidth budgets on: "
+                f"cannot keep to {', '.join(b.budget for b in cmd.bandwidth)}"
+            )
+        return self.rates.pace(cmd.bandwidth) if self.rates is not None else None
 
     async def _clean_temporaries(self, cmd: volume.CopyDisks, ctx: Context, why: str) -> None:
         try:

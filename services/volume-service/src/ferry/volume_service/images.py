@@ -26,7 +26,7 @@ def image_ref(qemu: QemuSource) -> ImageRef:
     window = _raw_window(qemu)
     if window is not None:
         path, offset, size = window
-        return ImageRef(path=path, format=DiskFormat.RAW, offset=offset, size=size)
+        return ImageRef(path=path, format=DiskFormat.RAW, offset=offset, size=size, pins=qemu.pins)
     return from_qemu_source(qemu, path=file_of(qemu.options))
 
 

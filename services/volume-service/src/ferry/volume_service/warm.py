@@ -10,6 +10,11 @@ source was powered off, the last one (``final``). A round here is:
    later rounds write only the changed extents onto the filled volumes
    (``apply_changes``), and the last one also compares the whole disks (unless
    the service's ``warm_final_verify`` is off);
+   A delta round killed mid-way and run again resumes inside the round when the
+   provider shows the same picture again (libvirt takes over the backup job the
+   killed attempt left; vSphere finds the snapshot that attempt took, named for
+   the round, :func:`round_id`): the volume's progress is keyed by the view's
+   checkpoint;
 3. checkpoints older than ``since`` are removed once the round's data is written
    (``since`` itself is kept, so a redelivered round can run again); the last
    round removes every checkpoint, so nothing is left at the source.
@@ -27,10 +32,10 @@ from dataclasses import dataclass
 
 from ferry.bus import PermanentError
 from ferry.platform.images import ImageRef
-from ferry.platform.volumes import Phase, ProgressCallback, VolumePlatform, VolumeState
+from ferry.platform.volumes import Phase, ProgressCallback, Rate, VolumePlatform, VolumeState
 from ferry.proto import volume
 from ferry.proto.inventory import DiskCopy, Extent
-from ferry.providers.base import ChangedDisks, Provider, WarmSource
+from ferry.providers.base import ChangedDisks, HttpsExport, Provider, WarmSource
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,14 @@ class Round:
     copies: list[DiskCopy]
     checkpoint: str  # '' after the last round: nothing remains at the source
     changed: int
+
+
+def round_id(cmd: volume.CopyDisks) -> str:
+    """Which round of which VM of which migration asks for a view: the same for every
+    attempt of the round, different for every other round (the final round too,
+    which has the last precopy's number but a picture taken after the power-off)."""
+    which = "final" if cmd.final else str(cmd.precopy)
+    return f"{cmd.migration}/{cmd.vm}/{which}"
 
 
 def warm_source(provider: Provider, cmd: volume.CopyDisks) -> WarmSource:
@@ -56,6 +69,7 @@ async def copy_round(
     progress: ProgressCallback,
     *,
     verify_whole: bool = True,
+    rate: Rate | None = None,
 ) -> Round:
     vm = cmd.inventory
     since = cmd.since or None
@@ -69,13 +83,15 @@ async def copy_round(
         since = left[0]
     copies: list[DiskCopy] = []
     changed = 0
-    async with source.changes(vm, since) as view:
+    async with source.changes(vm, since, round_id(cmd)) as view:
         for disk in vm.disks:
             extents = await view.changed_extents(disk.id)
             changed += sum(e.length for e in extents)
             claim = claims[disk.id]
             copies.append(
-                await _one(platform, view, cmd, disk.id, extents, claim, progress, verify_whole)
+                await _one(
+                    platform, view, cmd, disk.id, extents, claim, progress, verify_whole, rate
+                )
             )
         taken = view.checkpoint
     # A first round that resumed a killed attempt's copy holds bytes read before this
@@ -97,15 +113,23 @@ async def _one(
     claim: VolumeState,
     progress: ProgressCallback,
     verify_whole: bool,
+    rate: Rate | None = None,
 ) -> DiskCopy:
     socket, export = view.nbd_export(disk_id)
+    # the same picture over HTTPS, where the source serves it, for a transfer pod
+    url, ca = view.https_export(disk_id) if isinstance(view, HttpsExport) else ("", "")
     ref = ImageRef(
         path=f"{cmd.inventory.name}/{disk_id}",
         nbd_socket=socket,
         nbd_export=export,
         size=view.size(disk_id),
         extents=extents,
+        # a killed attempt's progress counts only for this picture of this round
+        snapshot=f"{view.since or ''}>{view.checkpoint}",
+        url=url,
+        ca=ca,
     )
     if view.since is None:
-        return await platform.import_disk(claim, ref, progress)
-    return await platform.apply_changes(claim, ref, progress, last=cmd.final and verify_whole)
+        return await platform.import_disk(claim, ref, progress, rate=rate)
+    last = cmd.final and verify_whole
+    return await platform.apply_changes(claim, ref, progress, last=last, rate=rate)

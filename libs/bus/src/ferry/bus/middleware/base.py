@@ -26,6 +26,10 @@ class Middleware(Protocol):
     def in_flight(self, n: int) -> None:
         return None
 
+    def waiting(self, consumer: str, n: int) -> None:
+        """Messages on ``consumer`` not yet delivered to any replica (read periodically)."""
+        return None
+
     async def before(self, job: Job) -> Verdict | None:
         return None
 

@@ -18,6 +18,7 @@ from ferry.bus import cancellation
 from ferry.bus.errors import Canceled
 from ferry.bus.middleware.base import Middleware
 from ferry.bus.outcome import Attempt, GiveUp, Verdict
+from ferry.bus.tasks import cancel_and_wait
 from ferry.proto.base import FailureOutcome
 from ferry.proto.subjects import Bucket
 
@@ -45,8 +46,7 @@ class Cancellation(Middleware):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
 
     async def before(self, job: Job) -> Verdict | None:
         if job.route is not None and job.route.cancelable and self._is_canceled(job):

@@ -13,6 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ferry.bus.middleware.base import Middleware
+from ferry.bus.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from ferry.bus.dispatcher import Dispatcher
@@ -30,8 +31,7 @@ class KeepAlive(Middleware):
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
 
     @staticmethod
     async def _loop(dispatcher: Dispatcher, period: float) -> None:

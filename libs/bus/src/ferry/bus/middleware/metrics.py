@@ -1,4 +1,5 @@
-"""Metrics: every settled message, redelivery and in-flight count goes to an :class:`Observer`.
+"""Metrics: every settled message, redelivery, in-flight count and queue depth goes to an
+:class:`Observer`.
 
 The observer is a protocol so that the bus library stays free of a metrics
 client; the runtime implements it with prometheus-client.
@@ -28,6 +29,7 @@ class Observer(Protocol):
     def failed(self, type: str, reason: str) -> None: ...
     def redelivered(self, type: str) -> None: ...
     def in_flight(self, n: int) -> None: ...
+    def waiting(self, consumer: str, n: int) -> None: ...
 
 
 class NoObserver:
@@ -43,6 +45,9 @@ class NoObserver:
     def in_flight(self, n: int) -> None:
         pass
 
+    def waiting(self, consumer: str, n: int) -> None:
+        pass
+
 
 class Metrics(Middleware):
     """Reports to ``observer``; first in the chain so that it sees every routed message."""
@@ -52,6 +57,9 @@ class Metrics(Middleware):
 
     def in_flight(self, n: int) -> None:
         self.observer.in_flight(n)
+
+    def waiting(self, consumer: str, n: int) -> None:
+        self.observer.waiting(consumer, n)
 
     async def before(self, job: Job) -> Verdict | None:
         if job.deliveries > 1:

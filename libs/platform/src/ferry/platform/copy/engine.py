@@ -74,8 +74,9 @@ class Options:
     # independent second pass (slow: every byte read and hashed twice).
     rehash: bool = False
     max_rate: float | None = None  # bytes per second of allocated data, None = unlimited
-    # Called with each chunk's allocated bytes before the copy goes on: a rate
-    # shared with other processes (``ferry.bus.rate``) blocks here when spent.
+    # Called with each chunk's allocated bytes before the chunk is read: a rate
+    # shared with other processes (``ferry.bus.rate``) blocks here when spent, so
+    # no byte moves ahead of its grant (``max_rate`` paces after the fact).
     throttle: Callable[[int], None] | None = None
 
 
@@ -100,8 +101,9 @@ class Result:
 ProgressCallback = Callable[[Progress], None]
 
 
-class _Pacer:
-    """Throttled progress reports and an optional bandwidth cap."""
+class Pacer:
+    """Throttled progress reports and the bandwidth caps (``max_rate``, ``throttle``):
+    one for every copy that moves data, full or delta."""
 
     def __init__(self, total: int, done: int, options: Options, report: ProgressCallback | None):
         self.total = total
@@ -115,8 +117,6 @@ class _Pacer:
 
     def advance(self, nbytes: int) -> None:
         self.done += nbytes
-        if self._options.throttle is not None and nbytes:
-            self._options.throttle(nbytes)
         now = time.monotonic()
         if self._options.max_rate:
             ahead = (self.done - self._base) / self._options.max_rate - (now - self._started)
@@ -197,6 +197,8 @@ def _run(
                         leaf = checksum.zero_chunk_leaf(length)
                         inflight.append((hole, chunks.ChunkDone(leaf, 0, 0)))
                         drain(limit)
+                    if sink is not None and options.throttle is not None:
+                        options.throttle(sum(e.length for e in group))
                     inflight.append((index, pool.submit(workers.chunk, index, group, size)))
                     drain(limit)
                     expected = index + 1
@@ -260,7 +262,7 @@ def copy(
     checkpoint.commit(state)
 
     allocated, done_before = _allocated(source, resumed_at)
-    pacer = _Pacer(allocated, done_before, options, progress)
+    pacer = Pacer(allocated, done_before, options, progress)
     ledger = _Ledger(state, checkpoint, sink, options, pacer)
     pacer.begin()
     try:
@@ -309,7 +311,7 @@ class _Ledger:
     """Records finished chunks in order and commits checkpoints at the set cadence."""
 
     def __init__(
-        self, state: State, checkpoint: Checkpoint, sink: DiskSink, options: Options, pacer: _Pacer
+        self, state: State, checkpoint: Checkpoint, sink: DiskSink, options: Options, pacer: Pacer
     ) -> None:
         self.state = state
         self._checkpoint = checkpoint

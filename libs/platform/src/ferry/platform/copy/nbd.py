@@ -11,7 +11,6 @@ that the copy engine's modules say ``nbd.NbdClient``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ferry.platform import errors
+from ferry.providers import lifetime
 from ferry.providers.nbd import NbdClient, NbdError
 
 __all__ = ["NbdClient", "NbdError", "QemuNbd", "exported"]
@@ -29,23 +29,23 @@ __all__ = ["NbdClient", "NbdError", "QemuNbd", "exported"]
 LOCK_WAIT_SECONDS = 10.0
 
 
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: a qemu-nbd must not outlive the copy that started it (kill -9)."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class QemuNbd:
     """A private ``qemu-nbd`` exporting one image with its format named explicitly."""
 
-    def __init__(self, path: str, fmt: str, *, writable: bool = False, connections: int = 8):
+    def __init__(
+        self,
+        path: str,
+        fmt: str,
+        *,
+        writable: bool = False,
+        connections: int = 8,
+        pass_fds: tuple[int, ...] = (),
+    ):
         if shutil.which("qemu-nbd") is None:
             raise errors.InvalidSourceError("qemu-nbd is not installed")
         self.path = path
         self.format = fmt
+        self._pass_fds = pass_fds  # pinned source files the image reads as /dev/fd/N
         self._dir = tempfile.mkdtemp(prefix="ferry-nbd-")
         self.socket = str(Path(self._dir) / "nbd.sock")
         args = [
@@ -80,14 +80,15 @@ class QemuNbd:
                 ]
                 time.sleep(0.1)
 
-    @staticmethod
-    def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             args,
+            pass_fds=self._pass_fds,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,  # one async-signal-safe prctl, nothing else
+            # a qemu-nbd must not outlive the copy that started it (kill -9)
+            preexec_fn=lifetime.die_with_parent(signal.SIGKILL),
         )
 
     def _wait_ready(self) -> None:

@@ -25,9 +25,10 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ferry.platform import errors
-from ferry.platform.copy import nbd
+from ferry.platform.copy import nbd, pins
 from ferry.platform.images import ImageRef
 from ferry.proto.inventory import DiskFormat, Extent
+from ferry.providers.base import FilePin
 
 QEMU_FORMATS: dict[str, str] = {
     DiskFormat.RAW: "raw",
@@ -133,13 +134,19 @@ def nbd_reader(client: nbd.NbdClient, label: str) -> RangeReader:
 class RawFileSource:
     """A raw image file or block device, or a raw disk at ``base`` inside a file."""
 
-    def __init__(self, path: str, size: int | None = None, base: int = 0) -> None:
+    def __init__(
+        self, path: str, size: int | None = None, base: int = 0, pin: FilePin | None = None
+    ) -> None:
         self.path = path
-        self._stat = _stat(path)
-        try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise errors.on_read(exc, path) from exc
+        if pin is not None:  # opened once, checked on the descriptor, read only through it
+            self._fd = pins.open_pinned(pin)
+            self._stat = os.fstat(self._fd)
+        else:
+            self._stat = _stat(path)
+            try:
+                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise errors.on_read(exc, path) from exc
         end = os.lseek(self._fd, 0, os.SEEK_END)
         self._base = base
         self._size = size if size is not None else end - base
@@ -218,16 +225,43 @@ class QemuImageSource:
     """
 
     def __init__(
-        self, path: str, fmt: DiskFormat | str, options: dict[str, Any] | None = None
+        self,
+        path: str,
+        fmt: DiskFormat | str,
+        options: dict[str, Any] | None = None,
+        pinned: tuple[FilePin, ...] = (),
     ) -> None:
         self.path = path
         self.format = qemu_format(fmt)
-        self._stat = _stat(path) if path or options is None else None
+        self._tree: pins.PinnedTree | None = None
+        # The resume identity names the files as the provider did, not the private links.
+        self._named = path
+        if options is not None:
+            self._named = "json:" + json.dumps(options, separators=(",", ":"), sort_keys=True)
+        if pinned:
+            # Every file of the tree opened and checked once, now; qemu reads the
+            # descriptors (/dev/fd/N via pass_fds), never the names again.
+            tree = options if options is not None else _file_tree(self.format, path)
+            self._tree = pins.PinnedTree(tree, pinned)
+            options = self._tree.options
+            self._stat: os.stat_result | None = os.fstat(self._tree.fds[0])
+        else:
+            self._stat = _stat(path) if path or options is None else None
+        self._fds = self._tree.fds if self._tree is not None else ()
         self.filename = path
         if options is not None:
             self.filename = "json:" + json.dumps(options, separators=(",", ":"), sort_keys=True)
-        refuse_external_files(self.filename, self.format, check_paths=options is None)
-        self._server = nbd.QemuNbd(self.filename, self.format)
+        try:
+            info = refuse_external_files(
+                self.filename, self.format, check_paths=options is None, pass_fds=self._fds
+            )
+            if self._tree is not None:
+                pins.check_extents(info, self._tree.links)
+            self._server = nbd.QemuNbd(self.filename, self.format, pass_fds=self._fds)
+        except BaseException:
+            if self._tree is not None:
+                self._tree.close()
+            raise
         probe = self._server.connect()
         self._size = probe.size
         probe.close()
@@ -247,7 +281,9 @@ class QemuImageSource:
 
     def _map(self) -> Iterator[Extent]:
         args = ["qemu-img", "map", "--output=json", "-f", self.format, self.filename]
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=self._fds
+        )
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -272,14 +308,14 @@ class QemuImageSource:
             if server is None and len(self._servers) >= (os.cpu_count() or 1):
                 server = self._servers[len(self._servers) % (os.cpu_count() or 1)]
         if server is None:
-            server = nbd.QemuNbd(self.filename, self.format)
+            server = nbd.QemuNbd(self.filename, self.format, pass_fds=self._fds)
             with self._lock:
                 self._servers.append(server)
         return _NbdReader(server.connect(), self.path)
 
     def identity(self) -> str:
         st = self._stat
-        name = self.filename if self.filename != self.path else os.path.realpath(self.path)
+        name = self._named if self._named != self.path else os.path.realpath(self.path)
         stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" if st is not None else ""
         return f"{self.format}:{name}:{stamp}"
 
@@ -288,9 +324,13 @@ class QemuImageSource:
             servers, self._servers, self._spare = self._servers, [], []
         for server in servers:
             server.close()
+        if self._tree is not None:
+            self._tree.close()
 
 
-def refuse_external_files(path: str, fmt: str, *, check_paths: bool = True) -> None:
+def refuse_external_files(
+    path: str, fmt: str, *, check_paths: bool = True, pass_fds: tuple[int, ...] = ()
+) -> dict[str, Any]:
     """Never let qemu follow an image out of its directory.
 
     A qcow2 may name a backing file or an external data file, a VMDK descriptor
@@ -299,22 +339,23 @@ def refuse_external_files(path: str, fmt: str, *, check_paths: bool = True) -> N
     open backing files, so asking is safe.
     """
     args = ["qemu-img", "info", "--output=json", "-f", fmt, path]
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    done = subprocess.run(args, capture_output=True, text=True, check=False, pass_fds=pass_fds)
     if done.returncode != 0:
         raise errors.InvalidSourceError(f"not a valid {fmt} image: {done.stderr.strip()[-300:]}")
-    info = json.loads(done.stdout)
+    info: dict[str, Any] = json.loads(done.stdout)
     if info.get("backing-filename") or info.get("full-backing-filename"):
         raise errors.InvalidSourceError(f"{path}: images with a backing file are not accepted")
     data = info.get("format-specific", {}).get("data", {})
     if data.get("data-file"):
         raise errors.InvalidSourceError(f"{path}: qcow2 with an external data file is refused")
     if not check_paths:
-        return  # an option tree from a provider names its files itself
+        return info  # an option tree from a provider names its files itself
     home = os.path.dirname(os.path.realpath(path))
     for extent in data.get("extents", []):
         target = os.path.realpath(os.path.join(home, str(extent.get("filename", ""))))
         if os.path.commonpath([home, target]) != home:
             raise errors.InvalidSourceError(f"{path}: a VMDK extent points outside its directory")
+    return info
 
 
 class NbdExportSource:
@@ -356,10 +397,17 @@ def open_source(ref: ImageRef) -> DiskSource:
     """Open a described source; raw files are read directly, the rest through qemu."""
     if ref.nbd_socket:
         return NbdExportSource(ref)
-    if ref.qemu_options is not None:
-        return QemuImageSource(ref.path, ref.format, ref.qemu_options)
+    if ref.url and ref.qemu_options is None:
+        from ferry.platform.copy.imageio import ImageioSource
+
+        return ImageioSource(ref)
+    if ref.qemu_options is not None or (ref.pins and DiskFormat(ref.format) != DiskFormat.RAW):
+        if ref.offset:
+            raise errors.InvalidSourceError("only a raw disk can be read at an offset")
+        return QemuImageSource(ref.path, ref.format, ref.qemu_options, ref.pins)
     if DiskFormat(ref.format) == DiskFormat.RAW:
-        return RawFileSource(ref.path, ref.size, ref.offset)
+        pin = pins.pin_for(ref.pins, ref.path) if ref.pins else None
+        return RawFileSource(ref.path, ref.size, ref.offset, pin)
     if ref.offset:
         raise errors.InvalidSourceError("only a raw disk can be read at an offset")
     if DiskFormat(ref.format) in (DiskFormat.VMDK_STREAM, DiskFormat.VMDK):
@@ -367,6 +415,10 @@ def open_source(ref: ImageRef) -> DiskSource:
         if streamed is not None:
             return streamed
     return QemuImageSource(ref.path, ref.format)
+
+
+def _file_tree(fmt: str, path: str) -> dict[str, Any]:
+    return {"driver": fmt, "file": {"driver": "file", "filename": path}}
 
 
 def _vmdk_stream(path: str) -> DiskSource | None:

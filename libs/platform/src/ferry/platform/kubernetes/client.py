@@ -18,6 +18,7 @@ retry policy needs it: 401/403/404/409/422 will not change by retrying,
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ class Resource:
     def path(self, namespace: str, name: str = "", subresource: str = "") -> str:
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         # A cluster-scoped kind (PersistentVolume, StorageClass) ignores the namespace.
-        scope = f"/namespaces/{namespace}" if self.namespaced else ""
+        # … and a namespaced kind without one is its list across every namespace.
+        scope = f"/namespaces/{namespace}" if self.namespaced and namespace else ""
         path = f"{base}{scope}/{self.plural}"
         if name:
             path += f"/{name}"
@@ -89,7 +91,12 @@ class NotFound(ClusterError, LookupError):
 
 
 class AlreadyExists(ClusterError):
-    """409 on create: someone (maybe our own earlier attempt) made it first."""
+    """409 on create: someone (maybe our own earlier attempt) made it first; on an update
+    with a resourceVersion, the object changed since it was read."""
+
+
+class Gone(ClusterError):
+    """410: a watch's resourceVersion is older than the server keeps; list again."""
 
 
 _PERMANENT = {400, 401, 403, 404, 405, 409, 410, 422}
@@ -119,6 +126,8 @@ def cluster_error(error: ApiException, what: str) -> ClusterError:
         return NotFound(f"{what}: not found: {detail}", status, permanent=True)
     if status == 409:
         return AlreadyExists(f"{what}: conflict: {detail}", status, permanent=True)
+    if status == 410:
+        return Gone(f"{what}: expired: {detail}", status, permanent=True)
     return ClusterError(f"{what}: HTTP {status}: {detail}", status, status in _PERMANENT)
 
 
@@ -155,6 +164,49 @@ class KubeClient:
             raise ClusterError(f"{what}: the API server did not answer: {error}") from None
         return cast(dict[str, Any], result or {})
 
+    async def stream(
+        self,
+        path: str,
+        what: str,
+        query: list[tuple[str, str]],
+        *,
+        accept: str = "application/json",
+        request_seconds: float | None = None,
+    ) -> aiohttp.ClientResponse:
+        """A GET whose body is read as it comes (a watch, a pod's log); the caller releases it.
+
+        Unlike every other call the client makes, kubernetes-asyncio does not check the
+        status of a response it does not read (``_preload_content=False``): an error
+        would come back as if it were the stream (a 403 or a 410 ``Status`` read as a
+        watch event, a pod's "waiting to start" read as its log). It is checked here.
+        """
+        try:
+            response = await self.api.call_api(
+                path,
+                "GET",
+                query_params=query,
+                header_params={"Accept": accept},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=request_seconds,
+            )
+        except ApiException as error:
+            raise cluster_error(error, what) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise ClusterError(f"{what}: the API server did not answer: {error}") from None
+        response = cast(aiohttp.ClientResponse, response)
+        if 200 <= response.status <= 299:
+            return response
+        try:
+            data = await response.read()
+        except (aiohttp.ClientError, OSError):
+            data = b""
+        finally:
+            response.release()
+        refused = ApiException(status=response.status, reason=response.reason)
+        refused.body = data  # (json.loads reads bytes: the Status's message is found)
+        raise cluster_error(refused, what)
+
     async def create(self, resource: Resource, obj: Mapping[str, Any]) -> dict[str, Any]:
         namespace = str(obj["metadata"].get("namespace", ""))
         what = f"create {resource.kind} {namespace}/{obj['metadata']['name']}"
@@ -177,6 +229,28 @@ class KubeClient:
         result = await self._call("GET", resource.path(namespace), what, query=query)
         items = result.get("items") or []
         return [item for item in items if matches(item, labels)]
+
+    async def list_all(
+        self, resource: Resource, namespace: str
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """Every object of ``resource`` in ``namespace`` ("" = all), and the list's
+        resourceVersion, from which a :meth:`changes` watch goes on without a gap."""
+        what = f"list {resource.kind} in {namespace or 'every namespace'}"
+        result = await self._call("GET", resource.path(namespace), what)
+        version = str((result.get("metadata") or {}).get("resourceVersion") or "")
+        return list(result.get("items") or []), version
+
+    async def replace(
+        self, resource: Resource, obj: Mapping[str, Any], subresource: str = ""
+    ) -> dict[str, Any]:
+        """PUT: the object as given, refused (409) when its resourceVersion is not current."""
+        metadata = obj["metadata"]
+        namespace, name = str(metadata.get("namespace", "")), str(metadata["name"])
+        path = resource.path(namespace, name, subresource)
+        what = f"update {resource.kind} {namespace}/{name}" + (
+            f"/{subresource}" * bool(subresource)
+        )
+        return await self._call("PUT", path, what, body=dict(obj))
 
     async def patch(
         self,
@@ -216,20 +290,9 @@ class KubeClient:
             ("timeoutSeconds", str(max(1, int(seconds)))),
         ]
         what = f"watch {resource.kind} {namespace}/{name}"
-        try:
-            response = await self.api.call_api(
-                resource.path(namespace),
-                "GET",
-                query_params=query,
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=seconds + 5,
-            )
-        except ApiException as error:
-            raise cluster_error(error, what) from None
-        except (aiohttp.ClientError, OSError) as error:
-            raise ClusterError(f"{what}: the API server did not answer: {error}") from None
+        response = await self.stream(
+            resource.path(namespace), what, query, request_seconds=seconds + 5
+        )
         try:
             async for line in response.content:
                 if not line.strip():
@@ -240,6 +303,38 @@ class KubeClient:
                     raise ClusterError(f"{what}: {obj.get('message', 'watch error')}")
                 if obj.get("metadata", {}).get("name") == name:
                     yield str(event.get("type")), obj
+        except (aiohttp.ClientError, OSError) as error:
+            raise ClusterError(f"{what}: the watch broke: {error}") from None
+        finally:
+            response.release()
+
+    async def changes(
+        self, resource: Resource, namespace: str, since: str, seconds: float
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(event type, object) of every change after resourceVersion ``since``, bookmarks
+        included, for at most ``seconds``; :class:`Gone` when ``since`` is too old."""
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", since),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(max(1, int(seconds)))),
+        ]
+        what = f"watch {resource.kind} in {namespace or 'every namespace'}"
+        response = await self.stream(
+            resource.path(namespace), what, query, request_seconds=seconds + 5
+        )
+        try:
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    # A watch whose version expired ends with a Status of code 410.
+                    code = int(obj.get("code") or 0)
+                    message = f"{what}: {obj.get('message', 'watch error')}"
+                    raise Gone(message, 410, True) if code == 410 else ClusterError(message, code)
+                yield str(event.get("type")), obj
         except (aiohttp.ClientError, OSError) as error:
             raise ClusterError(f"{what}: the watch broke: {error}") from None
         finally:

@@ -2,13 +2,11 @@
 
 Three shapes, as in the established workflow (Forklift on CDI):
 
-* **importer** — a CDI ``DataVolume`` whose source CDI can fill. A provider
-  that serves its disks over HTTP, VDDK or ImageIO would name that source here;
-  for Ferry's providers (an OVA on the Ferry host, a local file) there is *no
-  cluster-reachable source*, so the importer DataVolume uses
-  ``source.upload``: CDI makes the claim and an upload server, and the bytes
-  are pushed to CDI's upload proxy (what ``virtctl image-upload`` does).
-  Pushing them is **not** done by this module (see ``volumes.import_disk``).
+* **importer** — a plain PVC (no ``dataSource``) that Ferry's own transfer pod
+  writes, round after round for a warm migration (:func:`transfer_claim`; why not a
+  CDI DataVolume: :mod:`ferry.platform.kubernetes.rounds`). Its round-0 result is
+  kept in the :data:`ANNOTATION_COPY` annotation: the claim holds a full copy once
+  that is there.
 * **blank** — a ``DataVolume`` with ``source.blank``: an empty disk of the
   right size that virt-v2v fills.
 * **populator** — a plain PVC whose ``dataSourceRef`` names Ferry's own
@@ -62,6 +60,7 @@ ANNOTATION_SOURCE = "ferry.io/volume-source"
 ANNOTATION_DISK = "ferry.io/disk-id"
 ANNOTATION_CAPACITY = "ferry.io/capacity"
 ANNOTATION_FORMAT = "ferry.io/format"
+ANNOTATION_COPY = "ferry.io/full-copy"  # an importer claim's verified round-0 result (JSON)
 # Keep a finished DataVolume: CDI may garbage-collect completed ones, and then
 # "find by labels" would no longer find what this migration made.
 ANNOTATION_KEEP_DV = "cdi.kubevirt.io/storage.deleteAfterCompletion"
@@ -215,13 +214,10 @@ def _storage_fields(request: VolumeRequest) -> dict[str, Any]:
 
 
 def data_volume(request: VolumeRequest, name: str, fmt: str) -> dict[str, Any]:
-    """A ``cdi.kubevirt.io/v1beta1`` DataVolume: blank, or an importer fed by upload."""
-    if request.source == VolumeSource.BLANK:
-        source: dict[str, Any] = {"blank": {}}
-    elif request.source == VolumeSource.IMPORTER:
-        source = {"upload": {}}
-    else:
+    """A ``cdi.kubevirt.io/v1beta1`` DataVolume with ``source.blank``: virt-v2v fills it."""
+    if request.source != VolumeSource.BLANK:
         raise ValueError(f"a {request.source} volume is not a DataVolume")
+    source: dict[str, Any] = {"blank": {}}
     metadata = _metadata(name, request, fmt)
     metadata["annotations"][ANNOTATION_KEEP_DV] = "false"
     storage = _storage_fields(request)
@@ -241,6 +237,22 @@ def populator_claim(request: VolumeRequest, name: str, fmt: str, overhead: float
     size = required_size(request.capacity, mode, overhead)
     spec["resources"] = {"requests": {"storage": str(size)}}
     spec["dataSourceRef"] = {"apiGroup": POPULATOR_GROUP, "kind": POPULATOR_KIND, "name": name}
+    return {
+        "apiVersion": PVC.api_version,
+        "kind": PVC.kind,
+        "metadata": _metadata(name, request, fmt),
+        "spec": spec,
+    }
+
+
+def transfer_claim(request: VolumeRequest, name: str, fmt: str, overhead: float) -> dict[str, Any]:
+    """An importer volume: a plain PVC that Ferry's transfer pods fill; sized like a
+    populator claim (no CDI adds the filesystem overhead)."""
+    if request.source != VolumeSource.IMPORTER:
+        raise ValueError(f"a {request.source} volume is not an importer claim")
+    spec = _storage_fields(request)
+    size = required_size(request.capacity, request.target.volume_mode, overhead)
+    spec["resources"] = {"requests": {"storage": str(size)}}
     return {
         "apiVersion": PVC.api_version,
         "kind": PVC.kind,

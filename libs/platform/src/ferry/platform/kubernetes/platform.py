@@ -1,6 +1,8 @@
 """The whole kubernetes platform: :class:`KubeVolumes` and :class:`KubeVms` on one client.
 
-Workloads (the conversion pod) run as pods through :class:`KubeWorkloads`.
+Workloads (the conversion pod) run as pods through :class:`KubeWorkloads`. The grant
+broker (:mod:`~ferry.platform.kubernetes.pacing`) is made with the platform, and its
+route is what :meth:`KubernetesPlatform.http_routes` offers the volume-service.
 
 The API client is made on first use, not in the constructor, because loading a
 kubeconfig is asynchronous and the factory is not; ``aclose()`` releases its
@@ -11,6 +13,7 @@ against the whole :class:`~ferry.platform.base.Platform` protocol.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -22,13 +25,14 @@ from kubernetes_asyncio.client import (  # type: ignore[import-untyped,unused-ig
 
 from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes.client import KubeClient
+from ferry.platform.kubernetes.pacing import Broker
 from ferry.platform.kubernetes.vms import KubeVms
 from ferry.platform.kubernetes.volumes import KubeVolumes
 from ferry.platform.kubernetes.workloads import KubeWorkloads
 from ferry.platform.settings import KubernetesSettings
 from ferry.platform.vms import VmInfo
-from ferry.platform.volumes import ProgressCallback, VolumeRequest, VolumeState
-from ferry.platform.workloads import LineHandler, Workload, WorkloadError
+from ferry.platform.volumes import ProgressCallback, Rate, VolumeRequest, VolumeState
+from ferry.platform.workloads import LineHandler, Placed, Workload, WorkloadError
 from ferry.proto.inventory import DiskCopy, Volume
 
 if TYPE_CHECKING:
@@ -36,9 +40,16 @@ if TYPE_CHECKING:
 
 __all__ = ["KubernetesPlatform"]
 
+log = logging.getLogger(__name__)
+
 
 async def api_client(settings: KubernetesSettings) -> ApiClient:
-    """An ``ApiClient`` for the configured cluster: explicit host, in-cluster, or kubeconfig."""
+    """An ``ApiClient`` for the configured cluster: explicit host, in-cluster, or kubeconfig.
+
+    The API server's certificate is checked unless ``verify_ssl`` is off or the chosen
+    kubeconfig context says ``insecure-skip-tls-verify`` (as kubectl honours it; said in
+    the log, since nothing else would show it).
+    """
     configuration = Configuration()
     if settings.host:
         configuration.host = settings.host
@@ -50,11 +61,19 @@ async def api_client(settings: KubernetesSettings) -> ApiClient:
             context=settings.context or None,
             client_configuration=configuration,
         )
-    configuration.verify_ssl = settings.verify_ssl
+        if not configuration.verify_ssl:
+            log.warning(
+                "the kubeconfig's context skips TLS verification (insecure-skip-tls-verify): "
+                "the API server's certificate is not checked"
+            )
+    if not settings.verify_ssl:
+        configuration.verify_ssl = False
     return ApiClient(configuration=configuration)
 
 
 class KubernetesPlatform:
+    workloads_run_here = False
+
     def __init__(self, settings: KubernetesSettings, api: ApiClient | None = None) -> None:
         self.settings = settings
         self._api = api
@@ -62,6 +81,12 @@ class KubernetesPlatform:
         self._volumes: KubeVolumes | None = None
         self._vms: KubeVms | None = None
         self._workloads: KubeWorkloads | None = None
+        # made now, not on first use: the service mounts its route before any copy
+        self.pacing = Broker()
+
+    def http_routes(self) -> list[object]:
+        """The grant broker's route, for the volume-service's HTTP server (its pods ask it)."""
+        return list(self.pacing.routes())
 
     async def _ready(self) -> tuple[KubeVolumes, KubeVms]:
         async with self._lock:
@@ -69,7 +94,7 @@ class KubernetesPlatform:
                 if self._api is None:
                     self._api = await api_client(self.settings)
                 client = KubeClient(self._api)
-                self._volumes = KubeVolumes(client, self.settings)
+                self._volumes = KubeVolumes(client, self.settings, self.pacing)
                 self._vms = KubeVms(client, self.settings)
                 self._workloads = KubeWorkloads(client, self.settings)
             return self._volumes, self._vms
@@ -88,14 +113,24 @@ class KubernetesPlatform:
         return await (await self._ready())[0].bind_volumes(namespace, migration, vm)
 
     async def import_disk(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> DiskCopy:
-        return await (await self._ready())[0].import_disk(volume, source, progress)
+        return await (await self._ready())[0].import_disk(volume, source, progress, rate=rate)
 
     async def populate(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> DiskCopy:
-        return await (await self._ready())[0].populate(volume, source, progress)
+        return await (await self._ready())[0].populate(volume, source, progress, rate=rate)
 
     async def apply_changes(
         self,
@@ -104,9 +139,10 @@ class KubernetesPlatform:
         progress: ProgressCallback | None = None,
         *,
         last: bool = False,
+        rate: Rate | None = None,
     ) -> DiskCopy:
         volumes = (await self._ready())[0]
-        return await volumes.apply_changes(volume, source, progress, last=last)
+        return await volumes.apply_changes(volume, source, progress, last=last, rate=rate)
 
     async def list_volumes(self, namespace: str, labels: Mapping[str, str]) -> list[VolumeState]:
         return await (await self._ready())[0].list_volumes(namespace, labels)
@@ -143,6 +179,11 @@ class KubernetesPlatform:
         return await (await self._ready())[1].delete_vm(namespace, name)
 
     # workloads
+    async def place_volumes(self, namespace: str, volumes: Sequence[Volume]) -> dict[str, Placed]:
+        await self._ready()
+        assert self._workloads is not None
+        return await self._workloads.place_volumes(namespace, volumes)
+
     async def run_workload(
         self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None
     ) -> int:

@@ -30,17 +30,13 @@ returns what was copied. Everything made carries the VM's ownership labels and
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from typing import Any
 
 import msgspec
-from kubernetes_asyncio.client.exceptions import (  # type: ignore[import-untyped,unused-ignore]
-    ApiException,
-)
 
 from ferry.platform.images import ImageRef
-from ferry.platform.kubernetes import fill, objects
+from ferry.platform.kubernetes import fill, fillpod, grants, objects
 from ferry.platform.kubernetes.binding import SELECTED_NODE, WAIT_FOR_FIRST_CONSUMER
 from ferry.platform.kubernetes.client import (
     POD,
@@ -50,19 +46,14 @@ from ferry.platform.kubernetes.client import (
     STORAGE_CLASS,
     AlreadyExists,
     KubeClient,
-    cluster_error,
 )
 from ferry.platform.kubernetes.objects import POPULATOR
 from ferry.platform.settings import KubernetesSettings
-from ferry.platform.volumes import ProgressCallback, TransferProgress, VolumeError, VolumeState
+from ferry.platform.volumes import ProgressCallback, VolumeError, VolumeState
 from ferry.proto import label
 from ferry.proto.inventory import DiskCopy, VolumeMode
 
 ATTEMPTS = 3  # populator pods started for one claim before the population fails
-_JOB_DIR = "/etc/ferry/job"
-_STATE_DIR = "/var/lib/ferry-fill"  # an emptyDir: a retried pod starts afresh
-_TARGET_DEVICE = "/dev/ferry-target"
-_TARGET_DIR = "/mnt/ferry-target"
 
 
 class PopulatorFailed(VolumeError):
@@ -98,75 +89,25 @@ def prime_claim(target: dict[str, Any], node: str) -> dict[str, Any]:
 
 
 def job_secret(target: dict[str, Any], job: fill.Job) -> dict[str, Any]:
-    encoded = base64.b64encode(msgspec.json.encode(job)).decode()
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": prime_name(target),
-            "namespace": target["metadata"]["namespace"],
-            "labels": _labels(target),
-        },
-        "type": "Opaque",
-        "data": {"job.json": encoded},
-    }
+    meta = target["metadata"]
+    return fillpod.job_secret(prime_name(target), meta["namespace"], _labels(target), job)
 
 
 def populator_pod(target: dict[str, Any], node: str, image: str, deadline: int) -> dict[str, Any]:
-    name = prime_name(target)
-    block = target["spec"].get("volumeMode") == VolumeMode.BLOCK
-    container: dict[str, Any] = {
-        "name": "populate",
-        "image": image,
-        "command": ["python3", "-m", "ferry.platform.kubernetes.fill", f"{_JOB_DIR}/job.json"],
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [
-            {"name": "job", "mountPath": _JOB_DIR, "readOnly": True},
-            {"name": "state", "mountPath": _STATE_DIR},
-        ],
-        # Restricted, like Ferry's own pods; the claim's group ownership (fsGroup on
-        # the pod) is what lets a non-root process write the volume.
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    }
-    if block:
-        container["volumeDevices"] = [{"name": "target", "devicePath": _TARGET_DEVICE}]
-    else:
-        container["volumeMounts"].append({"name": "target", "mountPath": _TARGET_DIR})
-    spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "activeDeadlineSeconds": deadline,
-        "automountServiceAccountToken": False,
-        "containers": [container],
-        "volumes": [
-            {"name": "target", "persistentVolumeClaim": {"claimName": name}},
-            {"name": "job", "secret": {"secretName": name, "defaultMode": 0o400}},
-            {"name": "state", "emptyDir": {}},
-        ],
-    }
-    if node:  # upstream pins the pod to the node the scheduler chose for the target
-        spec["nodeName"] = node
-    metadata: dict[str, Any] = {"name": name, "namespace": target["metadata"]["namespace"]}
-    metadata["labels"] = _labels(target)
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+    return fillpod.pod(
+        prime_name(target),
+        target["metadata"]["namespace"],
+        _labels(target),
+        claim=prime_name(target),
+        block=target["spec"].get("volumeMode") == VolumeMode.BLOCK,
+        node=node,
+        image=image,
+        deadline=deadline,
+    )
 
 
-def _phase(obj: dict[str, Any] | None) -> str:
-    return str(((obj or {}).get("status") or {}).get("phase") or "")
-
-
-def _pod_reason(pod: dict[str, Any]) -> str:
-    status = pod.get("status") or {}
-    for container in status.get("containerStatuses") or []:
-        terminated = (container.get("state") or {}).get("terminated") or {}
-        if terminated.get("message"):
-            return str(terminated["message"]).strip().splitlines()[-1]
-    return str(status.get("message") or status.get("reason") or "no reason")
+pod_source = fillpod.pod_source
+_phase = fillpod.phase
 
 
 class Populator:
@@ -175,8 +116,16 @@ class Populator:
         self.settings = settings
 
     async def populate(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None,
+        *,
+        ticket: grants.Ticket | None = None,
     ) -> DiskCopy:
+        """Run the steps until the claim is Bound with its data. ``ticket``: the pod asks
+        it for each chunk's grant; a pod an earlier call started holds that call's
+        closed ticket, is refused, fails as transient and is started again with this one."""
         namespace, name = volume.namespace, volume.name
         started = time.monotonic()
         attempts = 0
@@ -193,11 +142,11 @@ class Populator:
             if node is None:
                 self._check(volume, started, "no node was selected for it (was pvcinit run?)")
             else:
-                pod = await self._ensure(target, node, volume, source)
+                pod = await self._ensure(target, node, volume, source, ticket)
                 phase = _phase(pod)
                 if phase == "Failed":
                     attempts += 1
-                    reason = _pod_reason(pod)
+                    reason = fillpod.reason(pod)
                     if attempts >= ATTEMPTS:
                         # the failed pod stays for its logs; the job's Secret never does
                         await self.client.delete(SECRET, namespace, prime_name(target))
@@ -205,7 +154,7 @@ class Populator:
                         raise PopulatorFailed(f"populator of {name} failed: {reason}")
                     await self.client.delete(POD, namespace, prime_name(target), grace_seconds=0)
                 elif phase == "Succeeded":
-                    done = await self._done(namespace, prime_name(target))
+                    done = await fillpod.done(self.client, namespace, prime_name(target))
                     result = msgspec.to_builtins(done)
                     await self._status(cr, {"phase": "Rebinding", "progress": "100"})
                     await self._rebind(target)
@@ -214,7 +163,7 @@ class Populator:
                 self._check(volume, started, f"the populator pod is {phase or 'not started'}")
             await asyncio.sleep(self.settings.poll_seconds)
             if progress is not None and node is not None:
-                await self._progress(volume, prime_name(target), started, progress)
+                await fillpod.report(self.client, volume, prime_name(target), started, progress)
 
     # -- steps -----------------------------------------------------------------------
 
@@ -230,23 +179,21 @@ class Populator:
         return str(node) if node else None
 
     async def _ensure(
-        self, target: dict[str, Any], node: str, volume: VolumeState, source: ImageRef
+        self,
+        target: dict[str, Any],
+        node: str,
+        volume: VolumeState,
+        source: ImageRef,
+        ticket: grants.Ticket | None,
     ) -> dict[str, Any]:
         namespace, name = target["metadata"]["namespace"], prime_name(target)
+        reachable = pod_source(source)  # refused before anything is made for it
         if await self.client.get(PVC, namespace, name) is None:
             await self._create(PVC, prime_claim(target, node))
         pod = await self.client.get(POD, namespace, name)
         if pod is not None:
             return pod
-        block = volume.volume_mode == VolumeMode.BLOCK
-        job = fill.Job(
-            source=source,
-            target=_TARGET_DEVICE if block else _TARGET_DIR,
-            block=block,
-            format=volume.format,
-            capacity=volume.capacity,
-            state_dir=_STATE_DIR,
-        )
+        job = fillpod.job(volume, reachable, ticket)
         await self.client.delete(SECRET, namespace, name)  # a retry's job may differ
         await self._create(SECRET, job_secret(target, job))
         deadline = max(1, int(self.settings.transfer_timeout))
@@ -283,59 +230,6 @@ class Populator:
         await self.client.delete(POD, namespace, name, grace_seconds=0)
         await self.client.delete(SECRET, namespace, name)
         await self.client.delete(PVC, namespace, name)
-
-    # -- reading the pod -------------------------------------------------------------
-
-    async def _log(self, namespace: str, name: str) -> str:
-        try:
-            response = await self.client.api.call_api(
-                POD.path(namespace, name, "log"),
-                "GET",
-                header_params={"Accept": "*/*"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-            )
-        except ApiException as error:
-            raise cluster_error(error, f"logs of pod {namespace}/{name}") from None
-        try:
-            return str((await response.read()).decode(errors="replace"))
-        finally:
-            response.release()
-
-    async def _lines(self, namespace: str, name: str) -> list[fill.Line]:
-        lines = []
-        for text in (await self._log(namespace, name)).splitlines():
-            try:
-                lines.append(msgspec.json.decode(text, type=fill.Line))
-            except msgspec.DecodeError:
-                continue  # anything else the program printed
-        return lines
-
-    async def _done(self, namespace: str, name: str) -> fill.Done:
-        for line in reversed(await self._lines(namespace, name)):
-            if isinstance(line, fill.Done):
-                return line
-        raise VolumeError(f"populator pod {name} succeeded without reporting its checksums")
-
-    async def _progress(
-        self, volume: VolumeState, pod: str, started: float, progress: ProgressCallback
-    ) -> None:
-        if _phase(await self.client.get(POD, volume.namespace, pod)) != "Running":
-            return
-        last = [x for x in await self._lines(volume.namespace, pod) if isinstance(x, fill.Progress)]
-        if last:
-            elapsed = max(time.monotonic() - started, 1e-6)
-            done, total = last[-1].done, max(last[-1].total, 1)
-            share = int(volume.capacity * done / total)
-            progress(
-                TransferProgress(
-                    disk_id=volume.disk_id,
-                    volume=volume.name,
-                    done=share,
-                    total=volume.capacity,
-                    rate=share / elapsed,
-                )
-            )
 
     # -- small helpers ---------------------------------------------------------------
 

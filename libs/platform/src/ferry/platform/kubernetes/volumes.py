@@ -1,30 +1,32 @@
 """:class:`~ferry.platform.volumes.VolumePlatform` on a cluster with CDI.
 
-A volume is a DataVolume (importer or blank; its PVC has the same name) or a
-PVC whose ``dataSourceRef`` names a ``FerryVolumePopulator`` (see
-:mod:`ferry.platform.kubernetes.objects`). Every volume is found by its labels
-(migration, VM, disk) before anything is created, and a 409 on create is
-answered by reading what is there, so a redelivered command never makes a
-second volume.
+A volume is a blank DataVolume (its PVC has the same name), a PVC whose
+``dataSourceRef`` names a ``FerryVolumePopulator``, or a plain PVC that Ferry's
+transfer pods fill (importer; see :mod:`ferry.platform.kubernetes.objects`). Every
+volume is found by its labels (migration, VM, disk) before anything is created,
+and a 409 on create is answered by reading what is there, so a redelivered command
+never makes a second volume.
 
-What this module cannot do from outside the cluster: move bytes. CDI's
-importer and Ferry's populator controller do that inside the cluster;
-:meth:`KubeVolumes.import_disk` and :meth:`KubeVolumes.populate` *wait* for
-them and report the progress the cluster publishes. The ``DiskCopy`` they
-return therefore carries the size the cluster claims to have written and
-``algorithm="unverified"`` checksums: nothing here read the data back.
+Bytes move inside the cluster, in pods running Ferry's copy program: the populator
+pod (:meth:`KubeVolumes.populate`) and, for flow 1, one transfer pod per round on the
+VM's claim (:meth:`KubeVolumes.import_disk`, :meth:`KubeVolumes.apply_changes`; see
+:mod:`ferry.platform.kubernetes.rounds`). Both report the checksums their pod
+computed while it wrote and read back. Under a bandwidth budget each copy holds a
+grant ticket of the volume-service's broker (:mod:`~ferry.platform.kubernetes.pacing`)
+while it runs, and its pod asks it before every chunk.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
-import time
-from collections.abc import Mapping
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ferry.platform.images import ImageRef
-from ferry.platform.kubernetes import objects
+from ferry.platform.kubernetes import grants, objects
 from ferry.platform.kubernetes.binding import Pvcinit
 from ferry.platform.kubernetes.client import (
     DATA_VOLUME,
@@ -36,13 +38,15 @@ from ferry.platform.kubernetes.client import (
     KubeClient,
 )
 from ferry.platform.kubernetes.objects import POPULATOR
+from ferry.platform.kubernetes.pacing import Broker
 from ferry.platform.kubernetes.populator import Populator
+from ferry.platform.kubernetes.rounds import Rounds, copy_of, to_copy
 from ferry.platform.kubevirt import label_value
 from ferry.platform.settings import KubernetesSettings
 from ferry.platform.volumes import (
     Phase,
     ProgressCallback,
-    TransferProgress,
+    Rate,
     VolumeConflict,
     VolumeError,
     VolumeNotFound,
@@ -53,8 +57,10 @@ from ferry.platform.volumes import (
     volume_name,
 )
 from ferry.proto import label
-from ferry.proto.inventory import Checksum, DiskCopy, VolumeMode
+from ferry.proto.inventory import DiskCopy, VolumeMode
 from ferry.proto.volume import VolumeSource
+
+log = logging.getLogger(__name__)
 
 _IN_PROGRESS = {
     "ImportScheduled",
@@ -65,17 +71,6 @@ _IN_PROGRESS = {
     "CloneInProgress",
     "PopulatorInProgress",
 }
-_PERCENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%?\s*$")
-
-
-class TransferTimeout(VolumeError):
-    permanent = False
-
-
-def percent(progress: str) -> float | None:
-    """``"45.5%"`` or ``"45"`` → 45.5; anything else (``"N/A"``, empty) → None."""
-    match = _PERCENT.match(progress or "")
-    return min(100.0, float(match[1])) if match else None
 
 
 def _meta(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,7 +113,7 @@ def state_of(obj: Mapping[str, Any], pvc: Mapping[str, Any] | None, overhead: fl
         else required_size(capacity, mode, overhead)
     )
     phase, reason = _phase(obj, source, pvc_phase)
-    return VolumeState(
+    state = VolumeState(
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         source=source,
@@ -134,11 +129,20 @@ def state_of(obj: Mapping[str, Any], pvc: Mapping[str, Any] | None, overhead: fl
         pv=str(((claim or {}).get("spec") or {}).get("volumeName") or ""),
         reason=reason,
     )
+    done = copy_of(dict(obj)) if source == VolumeSource.IMPORTER else None
+    if done is None or phase != Phase.SUCCEEDED:
+        return state
+    return msgspec.structs.replace(state, copy=to_copy(state, done))
 
 
 def _phase(obj: Mapping[str, Any], source: VolumeSource, pvc_phase: str) -> tuple[Phase, str]:
     if pvc_phase == "Lost":
         return Phase.FAILED, "the claim lost its PersistentVolume"
+    if obj.get("kind") == PVC.kind and source == VolumeSource.IMPORTER:
+        # a transfer claim is a full copy once round 0's verified result is on it
+        if pvc_phase != "Bound":
+            return Phase.PENDING, ""
+        return (Phase.SUCCEEDED if copy_of(dict(obj)) else Phase.BOUND), ""
     if obj.get("kind") == PVC.kind:  # populator: the claim binds only once it is filled
         return (Phase.SUCCEEDED if pvc_phase == "Bound" else Phase.PENDING), ""
     dv_phase = str((obj.get("status") or {}).get("phase") or "")
@@ -180,22 +184,36 @@ def _format(request: VolumeRequest) -> str:
     return fmt
 
 
-def _unverified(volume: VolumeState, seconds: float) -> DiskCopy:
-    claimed = Checksum(algorithm="unverified", digest="", bytes=volume.capacity)
-    return DiskCopy(
-        disk_id=volume.disk_id,
-        volume=volume.name,
-        bytes_copied=volume.capacity,
-        source=claimed,
-        target=claimed,
-        seconds=round(seconds, 3),
-    )
-
-
 class KubeVolumes:
-    def __init__(self, client: KubeClient, settings: KubernetesSettings) -> None:
+    def __init__(
+        self, client: KubeClient, settings: KubernetesSettings, broker: Broker | None = None
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.broker = broker or Broker()
+
+    @contextlib.contextmanager
+    def _paced(self, volume: VolumeState, rate: Rate | None) -> Iterator[grants.Ticket | None]:
+        """The copy's grant ticket while it runs (``None`` when no budget applies).
+
+        A budget that applies is enforced or the copy is refused: with no ``pacing_url``
+        a pod cannot reach the broker, and copying unpaced would break the budget's
+        promise (to a source host, a link) without anyone asking for that."""
+        if rate is None:
+            yield None
+            return
+        if not self.settings.pacing_url:
+            raise VolumeError(
+                f"volume {volume.name}: a bandwidth budget applies, but pods cannot ask for "
+                "grants: set platform.kubernetes.pacing_url (FERRY_PLATFORM__KUBERNETES__"
+                "PACING_URL) to the volume-service's HTTP address as pods reach it"
+            )
+        # the address only: the token is the copy's secret
+        log.info(
+            "volume %s: its pod asks %s for bandwidth grants", volume.name, self.settings.pacing_url
+        )
+        with self.broker.ticket(rate) as token:
+            yield grants.Ticket(url=self.settings.pacing_url, token=token)
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -246,12 +264,14 @@ class KubeVolumes:
                     await self._create(objects.populator_cr(request, there.name, fmt))
             return there
         name = volume_name(request.migration, request.vm, request.disk_id, request.vm_name)
+        overhead = self.settings.filesystem_overhead
         if request.source == VolumeSource.POPULATOR:
-            overhead = self.settings.filesystem_overhead
             made = [
                 objects.populator_cr(request, name, fmt),
                 objects.populator_claim(request, name, fmt, overhead),
             ]
+        elif request.source == VolumeSource.IMPORTER:
+            made = [objects.transfer_claim(request, name, fmt, overhead)]
         else:
             made = [objects.data_volume(request, name, fmt)]
         for obj in made:  # all valid before the first is sent
@@ -302,29 +322,21 @@ class KubeVolumes:
     # -- transfers -------------------------------------------------------------------
 
     async def import_disk(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> DiskCopy:
-        """Wait for the importer DataVolume to reach ``Succeeded``, reporting ``status.progress``.
-
-        ``source`` is not read: the bytes reach the DataVolume inside the cluster
-        (CDI's importer, or an upload to CDI's upload proxy, which Ferry does
-        not perform yet). The result is what the cluster reports, unverified.
-        """
+        """Round 0 of flow 1 (:mod:`~ferry.platform.kubernetes.rounds`): a transfer pod
+        copies the whole disk into the claim; its verified result is kept on the claim."""
         if volume.source != VolumeSource.IMPORTER:
             raise VolumeError(f"volume {volume.name} is a {volume.source} volume, not importer")
-        started = time.monotonic()
-        while True:
-            dv = await self.client.get(DATA_VOLUME, volume.namespace, volume.name)
-            if dv is None:
-                raise VolumeNotFound(f"no DataVolume {volume.namespace}/{volume.name}")
-            status = dv.get("status") or {}
-            self._report(volume, str(status.get("progress") or ""), started, progress)
-            phase = status.get("phase")
-            if phase == "Succeeded":
-                return _unverified(volume, time.monotonic() - started)
-            if phase == "Failed":
-                raise VolumeError(f"DataVolume {volume.name} failed: {_reason(dv) or 'no reason'}")
-            await self._pause(volume, started)
+        with self._paced(volume, rate) as ticket:
+            return await Rounds(self.client, self.settings).full(
+                volume, source, progress, ticket=ticket
+            )
 
     async def apply_changes(
         self,
@@ -333,13 +345,23 @@ class KubeVolumes:
         progress: ProgressCallback | None = None,
         *,
         last: bool = False,
+        rate: Rate | None = None,
     ) -> DiskCopy:
-        # CDI's multi-stage import (checkpoints on the DataVolume) is the cluster's
-        # way to apply a round; not built yet, so a warm round says so.
-        raise VolumeError(f"volume {volume.name}: warm rounds are not built for Kubernetes yet")
+        """A later warm round: a transfer pod writes ``source.extents`` over the claim."""
+        if volume.source != VolumeSource.IMPORTER:
+            raise VolumeError(f"volume {volume.name} is a {volume.source} volume, not importer")
+        with self._paced(volume, rate) as ticket:
+            return await Rounds(self.client, self.settings).delta(
+                volume, source, progress, last=last, ticket=ticket
+            )
 
     async def populate(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> DiskCopy:
         """Be the populator of the claim (:mod:`~ferry.platform.kubernetes.populator`).
 
@@ -348,36 +370,10 @@ class KubeVolumes:
         """
         if volume.source != VolumeSource.POPULATOR or volume.temporary:
             raise VolumeError(f"volume {volume.name} is not a populator volume")
-        return await Populator(self.client, self.settings).populate(volume, source, progress)
-
-    def _report(
-        self,
-        volume: VolumeState,
-        text: str,
-        started: float,
-        progress: ProgressCallback | None,
-    ) -> None:
-        share = percent(text)
-        if progress is None or share is None:
-            return
-        done = int(volume.capacity * share / 100)
-        elapsed = max(time.monotonic() - started, 1e-6)
-        progress(
-            TransferProgress(
-                disk_id=volume.disk_id,
-                volume=volume.name,
-                done=done,
-                total=volume.capacity,
-                rate=done / elapsed,
+        with self._paced(volume, rate) as ticket:
+            return await Populator(self.client, self.settings).populate(
+                volume, source, progress, ticket=ticket
             )
-        )
-
-    async def _pause(self, volume: VolumeState, started: float) -> None:
-        if time.monotonic() - started >= self.settings.transfer_timeout:
-            raise TransferTimeout(
-                f"volume {volume.name} was not filled within {self.settings.transfer_timeout:g} s"
-            )
-        await asyncio.sleep(self.settings.poll_seconds)
 
     # -- clean-up --------------------------------------------------------------------
 

@@ -19,13 +19,12 @@ awaiting task deletes the pod with its grace period and waits until it is gone.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import time
+import uuid
+from collections.abc import Sequence
 from typing import Any, BinaryIO
-
-from kubernetes_asyncio.client.exceptions import (  # type: ignore[import-untyped,unused-ignore]
-    ApiException,
-)
 
 from ferry.platform.kubernetes import objects, pods
 from ferry.platform.kubernetes.client import (
@@ -34,18 +33,18 @@ from ferry.platform.kubernetes.client import (
     SECRET,
     ClusterError,
     KubeClient,
-    cluster_error,
 )
 from ferry.platform.settings import KubernetesSettings
 from ferry.platform.workloads import (
     LineHandler,
+    Placed,
     Workload,
     WorkloadError,
     WorkloadLost,
     WorkloadTimedOut,
     split_lines,
 )
-from ferry.proto.inventory import VolumeMode
+from ferry.proto.inventory import Volume, VolumeMode
 
 _GONE_SECONDS = 60.0  # after a delete, how long a pod may take to go before we stop waiting
 
@@ -69,25 +68,75 @@ def _waiting_reason(pod: dict[str, Any]) -> str:
     return "not started"
 
 
+class _Output:
+    """A pod's log as it comes: up to the marker line, the workload's log (and its
+    lines); after it, the bytes of the workload's output file."""
+
+    def __init__(self, log: BinaryIO, marker: str) -> None:
+        self.log = log
+        self.marker = f"\n{marker}\n".encode() if marker else b""
+        self.held = b""  # a tail that may be the start of the marker
+        self.output = b""
+        self.after = False
+
+    def _write(self, data: bytes) -> bytes:
+        if data:
+            self.log.write(data)
+            self.log.flush()
+        return data
+
+    def feed(self, chunk: bytes) -> bytes:
+        """What of ``chunk`` is log (written to the log already)."""
+        if self.after:
+            self.output += chunk
+            return b""
+        if not self.marker:
+            return self._write(chunk)
+        data = self.held + chunk
+        at = data.find(self.marker)
+        if at >= 0:
+            self.after, self.held = True, b""
+            self.output = data[at + len(self.marker) :]
+            return self._write(data[:at])  # the newline before the marker is its own
+        keep = len(self.marker) - 1
+        data, self.held = data[: max(0, len(data) - keep)], data[max(0, len(data) - keep) :]
+        return self._write(data)
+
+    def finish(self) -> bytes:
+        """The log ended: a held tail was log after all."""
+        rest, self.held = self.held, b""
+        return self._write(rest)
+
+
 class KubeWorkloads:
+    workloads_run_here = False
+
     def __init__(self, client: KubeClient, settings: KubernetesSettings) -> None:
         self.client = client
         self.settings = settings
+
+    async def place_volumes(self, namespace: str, volumes: Sequence[Volume]) -> dict[str, Placed]:
+        """Each claim at Forklift's conversion-pod paths (:func:`pods.disk_placement`)."""
+        modes = await self._modes(namespace, [volume.name for volume in volumes])
+        placed = {}
+        for index, volume in enumerate(volumes):
+            mount, disk = pods.disk_placement(index, modes[volume.name])
+            block = modes[volume.name] == VolumeMode.BLOCK
+            placed[volume.name] = Placed(mount=mount, disk=disk, block=block)
+        return placed
 
     async def run_workload(
         self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None
     ) -> int:
         if not self.settings.conversion_image:
             raise WorkloadError("kubernetes platform: conversion_image is not set; cannot run pods")
-        if workload.output:
-            raise WorkloadError(
-                f"workload {workload.name}: an output file is not built for pods yet"
-            )
         if not workload.namespace:
             raise WorkloadError(f"workload {workload.name}: no namespace for its pod")
         namespace = workload.namespace
         modes = await self._modes(namespace, list(workload.volumes))
-        pod = pods.workload_pod(workload, namespace, self.settings.conversion_image, modes)
+        marker = f"ferry-output-{uuid.uuid4().hex}" if workload.output else ""
+        image = self.settings.conversion_image
+        pod = pods.workload_pod(workload, namespace, image, modes, marker)
         name = pod["metadata"]["name"]
         made = [pod]
         if workload.secret_files:
@@ -98,10 +147,14 @@ class KubeWorkloads:
         for obj in reversed(made):  # the Secret first: the pod mounts it
             await self.client.create(POD if obj["kind"] == "Pod" else SECRET, obj)
         succeeded = False
+        kept = _Output(log, marker)
         try:
             async with asyncio.timeout(workload.time_limit):
-                status = await self._follow(namespace, name, log, on_line)
+                status = await self._follow(namespace, name, kept, on_line)
             succeeded = status == 0
+            if workload.output:
+                with open(workload.output, "wb") as output:  # noqa: ASYNC230 - small, local
+                    output.write(kept.output)
             return status
         except TimeoutError:
             raise WorkloadTimedOut(workload.time_limit) from None
@@ -124,7 +177,7 @@ class KubeWorkloads:
         return modes
 
     async def _follow(
-        self, namespace: str, name: str, log: BinaryIO, on_line: LineHandler | None
+        self, namespace: str, name: str, log: _Output, on_line: LineHandler | None
     ) -> int:
         while True:
             pod = await self.client.get(POD, namespace, name)
@@ -155,36 +208,39 @@ class KubeWorkloads:
             raise WorkloadLost(
                 f"pod {pod['metadata']['name']} ended by the cluster: {reason}: {why}"
             )
-        return int(terminated.get("exitCode", 1))
+        code = int(terminated.get("exitCode", 1))
+        message = str(terminated.get("message") or "")
+        if code == pods.LINKS_REPLACED and message.startswith(pods.LINK_MESSAGE):
+            raise WorkloadError(
+                f"pod {pod['metadata']['name']}: {message.removeprefix(pods.LINK_MESSAGE)}".strip()
+            )
+        return code
 
     async def _stream(
-        self, namespace: str, name: str, log: BinaryIO, on_line: LineHandler | None
+        self, namespace: str, name: str, log: _Output, on_line: LineHandler | None
     ) -> None:
-        path = POD.path(namespace, name, "log")
-        try:
-            response = await self.client.api.call_api(
-                path,
-                "GET",
-                query_params=[("follow", "true"), ("container", pods.CONTAINER)],
-                header_params={"Accept": "*/*"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-            )
-        except ApiException as error:
-            raise cluster_error(error, f"logs of pod {namespace}/{name}") from None
+        response = await self.client.stream(
+            POD.path(namespace, name, "log"),
+            f"logs of pod {namespace}/{name}",
+            [("follow", "true"), ("container", pods.CONTAINER)],
+            accept="*/*",
+        )
         pending = ""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             async for chunk in response.content.iter_any():
-                log.write(chunk)
-                log.flush()
-                lines, pending = split_lines(pending + chunk.decode(errors="replace"))
+                text = decoder.decode(log.feed(chunk))
+                lines, pending = split_lines(pending + text)
                 if on_line is not None:
                     for line in lines:
                         await on_line(line)
         finally:
             response.release()
-        if pending and on_line is not None:
-            await on_line(pending)
+        pending += decoder.decode(log.finish(), final=True)
+        if on_line is not None:
+            lines, pending = split_lines(pending)
+            for line in [*lines, pending] if pending else lines:
+                await on_line(line)
 
     async def _clear(self, namespace: str, name: str) -> None:
         """A pod of the same name from an earlier attempt goes first (a retry starts afresh)."""

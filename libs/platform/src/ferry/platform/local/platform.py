@@ -19,12 +19,14 @@ from ferry.platform.local.vms import LocalVms
 from ferry.platform.local.volumes import LocalVolumes
 from ferry.platform.settings import LocalSettings
 from ferry.platform.vms import VmInfo
-from ferry.platform.volumes import ProgressCallback, VolumeRequest, VolumeState
-from ferry.platform.workloads import LineHandler, Workload
+from ferry.platform.volumes import ProgressCallback, Rate, VolumeRequest, VolumeState
+from ferry.platform.workloads import LineHandler, Placed, Workload
 from ferry.proto.inventory import DiskCopy, Volume
 
 
 class LocalPlatform:
+    workloads_run_here = True
+
     def __init__(self, settings: LocalSettings, data_dir: Path) -> None:
         """Volumes under ``settings.storage_root`` (default ``<data_dir>/storage``), VMs under
         ``<data_dir>/vms``."""
@@ -43,14 +45,24 @@ class LocalPlatform:
         return await self.volumes.bind_volumes(namespace, migration, vm)
 
     async def import_disk(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> DiskCopy:
-        return await self.volumes.import_disk(volume, source, progress)
+        return await self.volumes.import_disk(volume, source, progress, rate=rate)
 
     async def populate(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> DiskCopy:
-        return await self.volumes.populate(volume, source, progress)
+        return await self.volumes.populate(volume, source, progress, rate=rate)
 
     async def apply_changes(
         self,
@@ -59,8 +71,9 @@ class LocalPlatform:
         progress: ProgressCallback | None = None,
         *,
         last: bool = False,
+        rate: Rate | None = None,
     ) -> DiskCopy:
-        return await self.volumes.apply_changes(volume, source, progress, last=last)
+        return await self.volumes.apply_changes(volume, source, progress, last=last, rate=rate)
 
     async def list_volumes(self, namespace: str, labels: Mapping[str, str]) -> list[VolumeState]:
         return await self.volumes.list_volumes(namespace, labels)
@@ -97,6 +110,9 @@ class LocalPlatform:
         return await self.vms.delete_vm(namespace, name)
 
     # workloads
+    async def place_volumes(self, namespace: str, volumes: Sequence[Volume]) -> dict[str, Placed]:
+        return await self.workloads.place_volumes(namespace, volumes)
+
     async def run_workload(
         self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None
     ) -> int:

@@ -11,7 +11,11 @@ virt-v2v so it can remove its temporary files, a grace period, then SIGKILL to
 whatever remains, then a check that nothing does.
 
 The same sweep runs after a normal exit, so a helper that outlives virt-v2v
-never lingers either. :class:`LocalWorkloads` is the platform's workload seam on top
+never lingers either. If the service itself is killed, virt-v2v gets SIGTERM
+from the kernel (``PR_SET_PDEATHSIG``) and stops its helpers, and the session
+is recorded in the work directory (``.ferry-session``) for the owner's sweep.
+
+:class:`LocalWorkloads` is the platform's workload seam on top
 of this: the workload runs with its own environment only (nothing of the service's
 is inherited) in its work directory; its volumes are the local platform's files or
 devices, already at the paths it is given, so they are checked, not mounted.
@@ -24,6 +28,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat as file_stat
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,11 +37,15 @@ from typing import BinaryIO
 
 from ferry.platform.workloads import (
     LineHandler,
+    Placed,
     Workload,
     WorkloadError,
     WorkloadTimedOut,
+    link_problems,
     split_lines,
 )
+from ferry.proto.inventory import Volume
+from ferry.providers import lifetime
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +171,11 @@ async def run(
         env=dict(env),
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=lifetime.die_with_parent(),
     )
+    if cwd is not None:  # for a sweep after this service is killed (lifetime.kill_recorded)
+        with contextlib.suppress(OSError):
+            lifetime.record(Path(cwd) / lifetime.SESSION_FILE, process.pid)
     pump = asyncio.create_task(_pump(process, log_file, on_line))
     waiter = asyncio.create_task(_exited(process))
     try:
@@ -268,19 +281,50 @@ def _secret_files(workload: Workload) -> Iterator[None]:
             path.unlink(missing_ok=True)
 
 
+def _links(workload: Workload) -> None:
+    """The workload's links in its work directory (the caller's: it removes them with it)."""
+    if workload.links and not workload.workdir:
+        raise WorkloadError(f"workload {workload.name}: links but no workdir")
+    for path, target in workload.links.items():
+        link = Path(workload.workdir) / path
+        if not link.parent.resolve().is_relative_to(Path(workload.workdir).resolve()):
+            raise WorkloadError(f"workload {workload.name}: link {path} leaves its workdir")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(target).resolve())
+
+
 class LocalWorkloads:
+    workloads_run_here = True
+
+    async def place_volumes(self, namespace: str, volumes: Sequence[Volume]) -> dict[str, Placed]:
+        """A local volume is its file (or device) on this host."""
+        placed = {}
+        for volume in volumes:
+            if not volume.path:
+                raise WorkloadError(f"volume {volume.name!r} has no local path on this host")
+            try:
+                info = os.stat(volume.path)
+            except FileNotFoundError:
+                raise WorkloadError(
+                    f"volume {volume.name!r}: {volume.path} does not exist"
+                ) from None
+            block = file_stat.S_ISBLK(info.st_mode)
+            placed[volume.name] = Placed(mount=volume.path, disk=volume.path, block=block)
+        return placed
+
     async def run_workload(
         self, workload: Workload, log: BinaryIO, on_line: LineHandler | None = None
     ) -> int:
-        missing = _missing(workload.volumes)
+        missing = _missing({**workload.volumes, **{p: p for p in workload.shares}})
         if missing:
             raise WorkloadError(
                 f"workload {workload.name}: volumes not on this host: {', '.join(missing)}"
             )
         with contextlib.ExitStack() as stack:
             stack.enter_context(_secret_files(workload))
+            _links(workload)
             stdout = stack.enter_context(_output(workload.output)) if workload.output else None
-            return await run(
+            status = await run(
                 workload.argv,
                 env=workload.env,
                 log_file=log,
@@ -290,3 +334,7 @@ class LocalWorkloads:
                 cwd=workload.workdir or None,
                 stdout=stdout,
             )
+            replaced = link_problems(workload.workdir, workload.links) if status == 0 else []
+            if replaced:
+                raise WorkloadError(f"workload {workload.name}: {'; '.join(replaced)}")
+            return status

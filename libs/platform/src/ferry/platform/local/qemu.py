@@ -403,6 +403,8 @@ async def launch(
     out, err = await process.communicate()
     if process.returncode != 0:
         message = (err or out).decode(errors="replace").strip()
+        if not message and files.log.exists():  # with -D, QEMU's own errors go to its log
+            message = files.log.read_text(errors="replace").strip()[-2000:]
         raise LaunchError(f"QEMU did not start (exit {process.returncode}): {message}")
     pid = int(files.pidfile.read_text().strip())
     ticks = start_ticks(pid)

@@ -3,8 +3,13 @@
 Each workload is a child process (``python -m ferry.platform.local.importer`` or
 ``…populator``) so that killing it, or the service, is a real crash: whatever
 it leaves behind is what the next attempt must cope with. It reads its job
-(JSON) on stdin, never on the command line, and reports on stdout one JSON
-object per line: ``stage``, ``progress``, then ``done`` or ``error``.
+(one JSON line) on stdin, never on the command line, and reports on stdout one
+JSON object per line: ``stage``, ``progress``, then ``done`` or ``error``.
+
+A *paced* job (a copy under bandwidth budgets) asks before each chunk moves:
+``want`` with the chunk's bytes on stdout, then it waits for one line on stdin,
+the service's grant, taken from the budgets' rates shared by every replica
+(:mod:`ferry.bus.rate`). The workload needs no bus connection of its own.
 
 The populator runs the whole populator sequence, each stage committed by one
 atomic record write, so a kill between any two stages leaves the original
@@ -28,6 +33,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 
 import msgspec
 
@@ -59,6 +65,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     # (the source is off) also compares the whole disks.
     delta: bool = False
     last: bool = False
+    paced: bool = False  # ask for a grant on stdin before each chunk moves
 
 
 class Stage(msgspec.Struct, frozen=True, tag_field="event", tag="stage"):
@@ -71,6 +78,10 @@ class ProgressLine(msgspec.Struct, frozen=True, tag_field="event", tag="progress
     rate: float
 
 
+class Want(msgspec.Struct, frozen=True, tag_field="event", tag="want"):
+    bytes: int
+
+
 class Done(msgspec.Struct, frozen=True, tag_field="event", tag="done"):
     copy: DiskCopy
     resumed_at: int = 0
@@ -81,13 +92,18 @@ class Error(msgspec.Struct, frozen=True, tag_field="event", tag="error"):
     reason: str
 
 
-Line = Stage | ProgressLine | Done | Error
+Line = Stage | ProgressLine | Want | Done | Error
 _ENCODER = msgspec.json.Encoder()
 
 
+_OUT = threading.Lock()  # copy threads report too: one whole line at a time
+
+
 def emit(line: Line) -> None:
-    sys.stdout.buffer.write(_ENCODER.encode(line) + b"\n")
-    sys.stdout.buffer.flush()
+    data = _ENCODER.encode(line) + b"\n"
+    with _OUT:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
 
 
 def stage(name: str) -> None:
@@ -100,16 +116,30 @@ def prime_name(name: str) -> str:
     return f"{name}-prime"
 
 
-def _options(config: StorageConfig) -> engine.Options:
+_GRANTS = threading.Lock()
+
+
+def wait_for_grant(nbytes: int) -> None:
+    """Block until the service grants ``nbytes`` (chunks of every copy thread, one at a time)."""
+    with _GRANTS:
+        emit(Want(nbytes))
+        if not sys.stdin.buffer.readline():
+            raise OSError("the service stopped granting bandwidth (stdin closed)")
+
+
+def _options(config: StorageConfig, paced: bool = False) -> engine.Options:
     return engine.Options(
         workers=config.copy_workers,
         checkpoint_seconds=config.checkpoint_seconds,
         max_rate=config.max_rate,
         verify=config.verify_readback,
+        throttle=wait_for_grant if paced else None,
     )
 
 
-def _transfer(store: Store, claim: VolumeState, ref: ImageRef) -> tuple[DiskCopy, int]:
+def _transfer(
+    store: Store, claim: VolumeState, ref: ImageRef, paced: bool = False
+) -> tuple[DiskCopy, int]:
     source = open_source(ref)
     try:
         if source.size > claim.capacity:
@@ -122,7 +152,7 @@ def _transfer(store: Store, claim: VolumeState, ref: ImageRef) -> tuple[DiskCopy
             source,
             sink,
             store.copy_dir(claim),
-            _options(store.config),
+            _options(store.config, paced),
             lambda p: emit(ProgressLine(p.done, p.total, p.rate)),
         )
     finally:
@@ -162,7 +192,7 @@ def run_importer(store: Store, job: Job) -> Done:
         if again is not None and again.phase == Phase.SUCCEEDED and again.copy is not None:
             return Done(again.copy)  # an earlier workload finished while we waited
         try:
-            copy, resumed_at = _transfer(store, claim, job.source)
+            copy, resumed_at = _transfer(store, claim, job.source, job.paced)
         except errors.CopyError as exc:
             store.reset_data(claim)
             with store.lock(job.namespace):
@@ -193,8 +223,10 @@ def run_delta(store: Store, job: Job) -> Done:
                 open_sink(claim.path, claim.format, claim.capacity),
                 list(ref.extents or []),
                 whole=whole,
-                options=_options(store.config),
+                options=_options(store.config, job.paced),
                 progress=lambda p: emit(ProgressLine(p.done, p.total, p.rate)),
+                state_dir=store.copy_dir(claim),
+                key=ref.snapshot,
             )
     finally:
         source.close()
@@ -209,7 +241,7 @@ def run_delta(store: Store, job: Job) -> Done:
         target=result.target,
         seconds=round(result.seconds, 3),
     )
-    return Done(copy)
+    return Done(copy, result.resumed_at)
 
 
 def new_prime(claim: VolumeState) -> VolumeState:
@@ -261,7 +293,7 @@ def run_populator(store: Store, job: Job) -> Done:
     if prime.phase != Phase.SUCCEEDED or prime.copy is None:
         try:
             with store.workload_lock(prime):
-                copy, resumed_at = _transfer(store, prime, job.source)
+                copy, resumed_at = _transfer(store, prime, job.source, job.paced)
         except errors.CopyError as exc:
             with store.lock(job.namespace):
                 drop_primes(store, claim)
@@ -297,7 +329,7 @@ def _die_with_parent() -> None:
 def main(kind: str) -> int:
     _die_with_parent()
     try:
-        job = msgspec.json.decode(sys.stdin.buffer.read(), type=Job)
+        job = msgspec.json.decode(sys.stdin.buffer.readline(), type=Job)
         store = Store(job.config)
         if job.delta:
             done = run_delta(store, job)

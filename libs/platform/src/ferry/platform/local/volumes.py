@@ -23,6 +23,7 @@ from ferry.platform.settings import LocalSettings
 from ferry.platform.volumes import (
     Phase,
     ProgressCallback,
+    Rate,
     TransferProgress,
     VolumeConflict,
     VolumeError,
@@ -141,19 +142,29 @@ class LocalVolumes:
     # -- transfers -------------------------------------------------------------------
 
     async def import_disk(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> DiskCopy:
         if volume.source != VolumeSource.IMPORTER:
             raise VolumeError(f"volume {volume.name} is a {volume.source} volume, not importer")
-        done = await self._run("importer", volume, source, progress)
+        done = await self._run("importer", volume, source, progress, rate=rate)
         return done.copy
 
     async def populate(
-        self, volume: VolumeState, source: ImageRef, progress: ProgressCallback | None = None
+        self,
+        volume: VolumeState,
+        source: ImageRef,
+        progress: ProgressCallback | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> DiskCopy:
         if volume.source != VolumeSource.POPULATOR or volume.temporary:
             raise VolumeError(f"volume {volume.name} is not a populator volume")
-        done = await self._run("populator", volume, source, progress)
+        done = await self._run("populator", volume, source, progress, rate=rate)
         return done.copy
 
     async def apply_changes(
@@ -163,9 +174,10 @@ class LocalVolumes:
         progress: ProgressCallback | None = None,
         *,
         last: bool = False,
+        rate: Rate | None = None,
     ) -> DiskCopy:
         job = msgspec.structs.replace(self.job(volume, source), delta=True, last=last)
-        done = await self._run("importer", volume, source, progress, job)
+        done = await self._run("importer", volume, source, progress, job, rate=rate)
         return done.copy
 
     async def _run(
@@ -175,8 +187,12 @@ class LocalVolumes:
         source: ImageRef,
         progress: ProgressCallback | None,
         job: transfer.Job | None = None,
+        *,
+        rate: Rate | None = None,
     ) -> transfer.Done:
         job = job or self.job(volume, source)
+        if rate is not None:
+            job = msgspec.structs.replace(job, paced=True)
 
         def report(line: transfer.ProgressLine) -> None:
             if progress is not None:
@@ -190,7 +206,7 @@ class LocalVolumes:
                     )
                 )
 
-        return await workload.run(self.settings, kind, job, report)
+        return await workload.run(self.settings, kind, job, report, rate=rate)
 
     def job(self, volume: VolumeState, source: ImageRef) -> transfer.Job:
         """The job a workload for ``volume`` gets on its stdin."""

@@ -12,8 +12,11 @@ A domain has at most one backup job. Ferry's jobs serve from a directory named
 ``ferry-backup-*`` under the provider's work directory, so a job that a killed
 service left behind is recognised by its socket path and aborted before the next
 one starts (:func:`abort_leftover`), and every checkpoint Ferry makes is named
-``ferry-…``. The directory is handed to the QEMU process's own user (from the
-domain's DAC label), because QEMU creates the socket and the scratch files.
+``ferry-…``. One exception: a job left by a killed attempt of the same round (an
+incremental from the same checkpoint) is taken over, not aborted, so the round
+reads the same picture again and its copy resumes inside the round. The
+directory is handed to the QEMU process's own user (from the domain's DAC
+label), because QEMU creates the socket and the scratch files.
 """
 
 from __future__ import annotations
@@ -139,6 +142,38 @@ def abort_leftover(dom: libvirt.virDomain) -> bool:
     return True
 
 
+def _parent(checkpoint: libvirt.virDomainCheckpoint) -> str:
+    try:
+        return str(checkpoint.getParent(0).getName())
+    except libvirt.libvirtError:
+        return ""  # the first checkpoint has none
+
+
+def _newest_after(dom: libvirt.virDomain, since: str) -> str | None:
+    """The checkpoint the running job took: the only leaf, ``since`` among its ancestors.
+
+    A job's checkpoint is made when the job begins (libvirt makes it a child of the
+    newest checkpoint then), and a domain runs one job at a time, so it is the one
+    Ferry checkpoint nothing descends from. More than one such leaf is ambiguous,
+    and then nothing is taken over (the round starts afresh).
+    """
+    parents: dict[str, str] = {
+        str(c.getName()): _parent(c)
+        for c in dom.listAllCheckpoints(0)
+        if c.getName().startswith(CHECKPOINT_PREFIX)
+    }
+    leaves = [name for name in parents if name not in parents.values()]
+    if len(leaves) != 1 or leaves[0] == since:
+        return None
+    seen, node = set(), parents[leaves[0]]
+    while node and node not in seen:
+        if node == since:
+            return leaves[0]
+        seen.add(node)
+        node = parents.get(node, "")
+    return None
+
+
 def end_job(dom: libvirt.virDomain, timeout: float = 30.0) -> None:
     """Abort the domain's backup job and wait until libvirt has forgotten it.
 
@@ -223,6 +258,8 @@ class Backup:
         dom = self._client.domain(self._vm.id)
         if not dom.isActive():
             raise ProviderError(f"VM {self._vm.name} is not running: no backup job can serve it")
+        if self._adopt(dom):
+            return
         abort_leftover(dom)
         if self._since and self._since not in [c.getName() for c in dom.listAllCheckpoints(0)]:
             raise CheckpointGone(self._vm.name, self._since)
@@ -257,6 +294,42 @@ class Backup:
         except BaseException:
             self._end()  # begun but not described: never leave the job behind
             raise
+
+    def _adopt(self, dom: libvirt.virDomain) -> bool:
+        """Take over the job a killed attempt of this same round left running.
+
+        Same round: an incremental from the same checkpoint, over the same disks,
+        serving from a job directory in this work directory, and the checkpoint it
+        took (:func:`_newest_after` ``since``) still there. The view then shows the same
+        picture, so the copy resumes where that attempt's durable progress ends.
+        """
+        if not self._since or not self._checkpoint:
+            return False
+        try:
+            desc = inventory.parse(dom.backupGetXMLDesc(0))
+        except libvirt.libvirtError:
+            return False  # no job left
+        server = desc.find("server")
+        socket = Path(server.get("socket", "")) if server is not None else Path()
+        if (
+            (desc.findtext("incremental") or "").strip() != self._since
+            or not socket.parent.name.startswith(WORKDIR_PREFIX)
+            or socket.parent.parent != self._workdir
+        ):
+            return False
+        exports = {
+            node.get("name", ""): (node.get("exportname") or node.get("name", ""), node)
+            for node in desc.findall("disks/disk")
+            if node.get("backup") == "yes"
+        }
+        taken = _newest_after(dom, self._since)
+        if sorted(exports) != sorted(self._targets) or taken is None:
+            return False
+        self._dir, self._checkpoint = socket.parent, taken
+        for name, (export, node) in exports.items():
+            self._exports[name] = str(export)
+            self._bitmaps[name] = node.get("exportbitmap", "")
+        return True
 
     async def close(self) -> None:
         readers, self._readers = self._readers, {}

@@ -97,6 +97,7 @@ def vm(
             warnings.append(f"disk {disk.target} has a backing chain; only its top is tracked")
     sockets, cores, threads = _topology(root)
     firmware, secure = _firmware(root)
+    nics = _nics(root)
     return Vm(
         id=_text(root, "uuid"),
         name=_text(root, "name"),
@@ -111,9 +112,20 @@ def vm(
         guest_os=_os_hint(root),
         host=host,
         disks=[_disk(d, sizes, storage) for d in found],
-        nics=_nics(root),
+        nics=nics,
         warnings=warnings,
+        virtio_drivers=_runs_on_virtio(found, nics),
     )
+
+
+def _runs_on_virtio(found: list[DiskXml], nics: list[Nic]) -> bool | None:
+    """True when the guest already runs on virtio disks and NICs: it boots from a
+    virtio-blk disk, so its kernel (or driver store) has the drivers KubeVirt's
+    devices need. None otherwise: not known without reading the guest, so it is
+    converted in place."""
+    if found and all(d.bus == "virtio" for d in found) and all(n.model == "virtio" for n in nics):
+        return True
+    return None
 
 
 def _disk(

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Self
 
 from ferry.proto.inventory import Extent, Vm
-from ferry.providers import children
+from ferry.providers import children, lifetime
 from ferry.providers.base import CheckpointGone, ProviderError
 from ferry.providers.libvirt import inventory
 from ferry.providers.libvirt.backup import job_dir, merged, qemu_img_map, settle
@@ -116,6 +116,7 @@ class OfflineView:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lifetime.die_with_parent(),
         )  # fmt: skip
         self._servers[disk_id] = proc
         loop = asyncio.get_running_loop()

@@ -151,7 +151,9 @@ class LibvirtProvider:
 
     # -- WarmSource -------------------------------------------------------------------
 
-    def changes(self, vm: Vm, since: str | None) -> ChangedDisks:
+    def changes(self, vm: Vm, since: str | None, round_id: str = "") -> ChangedDisks:
+        # A killed attempt's picture is found without round_id: its backup job, from
+        # the same checkpoint, is taken over (backup.py).
         return _View(self, vm, since)
 
     def _view(self, vm: Vm, since: str | None, running: bool) -> ChangedDisks:

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Self
 
 from ferry.proto.inventory import Extent, Vm
-from ferry.providers.base import DiskNotFound, ProviderError, QemuSource
+from ferry.providers.base import DiskNotFound, ProviderError, QemuSource, read_span
 from ferry.providers.libvirt.backup import Backup, merged, qemu_img_map, settle
 from ferry.providers.nbd import AsyncNbdClient, NbdServer
 
@@ -129,11 +129,10 @@ class LibvirtDiskReader:
             await self._views.release(self._vm)
 
     async def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
         if self._view is not None:
+            read_span(offset, length, self.size)  # the view clamps itself; refuse negatives
             return await self._view.read(self._disk_id, offset, length)
-        length = max(0, min(length, self.size - offset))
+        length = read_span(offset, length, self.size)
         if length == 0:
             return b""
         if self._client is None:

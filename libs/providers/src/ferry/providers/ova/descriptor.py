@@ -8,8 +8,9 @@ and files in :mod:`disks`; numbers and units in :mod:`units`; the XML parse and
 its limits in :mod:`ovfxml`.
 
 A ``DeploymentOptionSection`` offers several configurations of one appliance;
-the active one is the default (the one marked so, else the first) and items that
-belong only to other configurations are not counted.
+the active one is the default (the one marked so, else the first) unless the
+caller chooses another (a Plan's ``deploymentOption``), and items that belong
+only to other configurations are not counted.
 """
 
 from __future__ import annotations
@@ -59,12 +60,30 @@ class _Envelope:
     configurations: list[str]
 
 
-def parse(origin: str, data: bytes, limits: Limits = DEFAULT) -> list[System]:
-    """Every VirtualSystem in the descriptor ``data`` read from ``origin``."""
+def parse(
+    origin: str, data: bytes, limits: Limits = DEFAULT, configuration: str = ""
+) -> list[System]:
+    """Every VirtualSystem in the descriptor ``data`` read from ``origin``.
+
+    ``configuration`` chooses a deployment option ("": the default one); one the
+    descriptor does not offer is a :class:`DeploymentOptionError` naming those it does.
+    """
     root = ovfxml.parse(origin, data, limits)
     if local(root.tag) != "Envelope":
         raise errors.OvfFormatError(origin, f"root element is {local(root.tag)!r}, not Envelope")
     active, offered = _configurations(root)
+    if configuration and configuration != active:
+        if configuration not in offered:
+            raise errors.DeploymentOptionError(
+                origin,
+                f"deployment option {configuration!r} is not offered; "
+                + (
+                    "offered: " + ", ".join(repr(c) for c in offered)
+                    if offered
+                    else "the package has no DeploymentOptionSection"
+                ),
+            )
+        active = configuration
     properties = _properties(root, active)
     files = disks.references(origin, root, limits)
     envelope = _Envelope(

@@ -21,10 +21,9 @@ name such as ``web<1>&co``) can change its structure.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET  # building only; untrusted XML is parsed with defusedxml
 from collections.abc import Sequence
 
-from ferry.proto.inventory import Firmware, Vm
+from ferry.proto.inventory import Vm
 from ferry.providers import libvirtxml
 from ferry.providers.base import QemuSource
 
@@ -32,28 +31,4 @@ from ferry.providers.base import QemuSource
 def source_xml(vm: Vm, disks: Sequence[QemuSource]) -> bytes:
     """The domain of ``vm`` whose disks (in ``vm.disks`` order) are read as ``disks``."""
     # virt-v2v's own OVA input calls every OVA guest a VMware one; so does this.
-    domain = libvirtxml.domain(vm, "vmware")
-    cpu = ET.SubElement(domain, "cpu")
-    ET.SubElement(
-        cpu,
-        "topology",
-        sockets=str(vm.cpu_sockets),
-        cores=str(vm.cpu_cores),
-        threads=str(vm.cpu_threads),
-    )
-    os_element = ET.SubElement(
-        domain, "os", firmware="efi" if vm.firmware is Firmware.UEFI else "bios"
-    )
-    ET.SubElement(os_element, "type", arch="x86_64").text = "hvm"
-    devices = ET.SubElement(domain, "devices")
-    counters: dict[str, int] = {}
-    for disk, source in zip(vm.disks, disks, strict=True):
-        bus = libvirtxml.bus_of(disk)
-        prefix = libvirtxml.PREFIX[bus]
-        index = counters.get(prefix, 0)
-        counters[prefix] = index + 1
-        element = ET.SubElement(devices, "disk", type="file", device="disk")
-        ET.SubElement(element, "source", file=source.filename())
-        ET.SubElement(element, "target", dev=prefix + libvirtxml.drive_name(index), bus=bus)
-    libvirtxml.add_nics(devices, vm)
-    return libvirtxml.render(domain)
+    return libvirtxml.source_domain(vm, [source.filename() for source in disks])

@@ -77,3 +77,7 @@ class UnsafeImageError(OvaError):
 
 class UnsupportedDiskError(OvaError):
     """A real but unsupported disk layout (encrypted qcow2, split VMDK inside an OVA)."""
+
+
+class DeploymentOptionError(OvaError):
+    """A deployment option was asked for that the descriptor does not offer."""

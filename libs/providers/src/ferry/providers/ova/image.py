@@ -6,7 +6,9 @@ VMDK descriptor whose extent is ``../../secret``: each would make qemu read outs
 the import area. So the header is read here first (backing file, external data
 file, descriptor extents), the qemu description is built with the format named and
 ``backing`` pinned to null, and ``qemu-img info`` confirms the result (it opens the
-image without its backing chain).
+image without its backing chain). Each image lists the package files it reads
+(``files``), so every qemu tool gets them as descriptors checked once
+(:mod:`qemutools`), never by name.
 
 The declared format is honoured: a disk declared raw is read as raw whatever its
 first bytes look like (the raw driver never follows a header's backing file), and
@@ -17,23 +19,23 @@ qemu's ``null-co`` driver reading zeros.
 
 from __future__ import annotations
 
-import asyncio
-import json
+import dataclasses
+import errno
+import os
 import re
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ferry.proto.inventory import DiskFormat
+from ferry.proto.inventory import Concern, ConcernCode, DiskFormat
 from ferry.providers.base import QemuSource
-from ferry.providers.ova import errors
+from ferry.providers.ova import errors, qemutools
 from ferry.providers.ova.disks import DiskRef
-from ferry.providers.ova.package import BLOCK, Location, Package, read_at
+from ferry.providers.ova.limits import Limits
+from ferry.providers.ova.package import BLOCK, Location, Package, open_checked, read_at
 
 HEAD = 64 * 1024
 SECTOR = 512
-QEMU_IMG_TIMEOUT = 60.0
 _VMDK_FAMILY = {DiskFormat.VMDK, DiskFormat.VMDK_STREAM, DiskFormat.VMDK_FLAT}
 _EXTENT = re.compile(
     r'^(RW|RDONLY|NOACCESS)\s+(\d{1,20})\s+([A-Z]+)(?:\s+"([^"]*)"(?:\s+(\d{1,20}))?)?\s*$'
@@ -51,6 +53,7 @@ class Image:
     virtual_size: int
     window: Location | None  # raw guest bytes lie here verbatim (raw, flat VMDK)
     note: str = ""  # a warning for the VM: what was read differently than it looks
+    files: tuple[Location, ...] = ()  # every package file qemu reads for this image
 
 
 def blank(capacity: int) -> Image:
@@ -77,14 +80,16 @@ async def inspect(package: Package, ref: DiskRef) -> Image:
         looks = _looks_like(head)
         if looks:
             note = f"disk {ref.disk_id} is declared raw but begins like {looks}; read as raw"
-            image = Image(image.format, image.source, image.virtual_size, image.window, note)
+            image = dataclasses.replace(image, note=note)
     else:
         image = _classify(package, location, where, head)
         _reconcile(where, ref.declared, image.format, head)
+    if not image.files:
+        image = dataclasses.replace(image, files=(location,))
     if image.window is None:
         image = await confirm(package, where, image)
         if image.source.format in ("qcow2", "vmdk"):
-            await check_integrity(where, image)
+            await check_integrity(where, image, package.limits)
     if ref.capacity is not None and image.virtual_size > ref.capacity:
         raise errors.ImageSizeError(
             where,
@@ -262,11 +267,16 @@ def _descriptor_vmdk(package: Package, location: Location, where: str, head: byt
     if len(extents) == 1 and extents[0][2] == "FLAT":
         extent, sectors, _, first = extents[0]
         image = _raw_window(extent, extent.offset + first * SECTOR, sectors * SECTOR)
-        return Image(DiskFormat.VMDK_FLAT, image.source, image.virtual_size, image.window)
+        return Image(
+            DiskFormat.VMDK_FLAT, image.source, image.virtual_size, image.window, files=(extent,)
+        )
     if location.offset != 0 or any(e.offset != 0 for e, _, _, _ in extents):
         raise errors.UnsupportedDiskError(where, "multi-extent VMDK inside an OVA archive")
     node = {"driver": "vmdk", "backing": None, "file": _file_node(location)}
-    return Image(DiskFormat.VMDK_FLAT, QemuSource(format="vmdk", options=node), 0, None)
+    files = (location, *(extent for extent, _, _, _ in extents))
+    return Image(
+        DiskFormat.VMDK_FLAT, QemuSource(format="vmdk", options=node), 0, None, files=files
+    )
 
 
 def _extents(package: Package, where: str, text: str) -> list[tuple[Location, int, str, int]]:
@@ -303,71 +313,45 @@ def _extents(package: Package, where: str, text: str) -> list[tuple[Location, in
 
 async def confirm(package: Package, where: str, image: Image) -> Image:
     """``qemu-img info`` on the exact description: no backing, no data file, real size."""
-    info = await qemu_img_json(where, ["info", "--output=json", *image.source.qemu_img_args()])
-    if not isinstance(info, dict):
-        raise errors.DiskFormatError(where, "qemu-img info gave no object")
+    with qemutools.pinned(image.source, image.files) as pins:
+        info = await qemutools.qemu_img_json(
+            where, ["info", "--output=json", *pins.args()], pins, package.limits
+        )
+        if not isinstance(info, dict):
+            raise errors.DiskFormatError(where, "qemu-img info gave no object")
+        specific = (info.get("format-specific") or {}).get("data") or {}
+        _check_extent_files(where, specific.get("extents") or [], pins)
     if info.get("format") != image.source.format:
         raise errors.DiskFormatError(where, f"qemu-img sees {info.get('format')!r}")
     if info.get("backing-filename") or info.get("full-backing-filename"):
         raise errors.UnsafeImageError(where, "image has a backing file")
-    specific = (info.get("format-specific") or {}).get("data") or {}
     if specific.get("data-file"):
         raise errors.UnsafeImageError(where, "image uses an external data file")
-    _check_extent_files(package, where, specific.get("extents") or [])
     size = info.get("virtual-size")
     if not isinstance(size, int) or size <= 0:
         raise errors.ImageSizeError(where, f"qemu-img reports virtual size {size!r}")
-    return Image(image.format, image.source, size, None)
+    return dataclasses.replace(image, virtual_size=size)
 
 
-def _check_extent_files(package: Package, where: str, extents: list[dict[str, Any]]) -> None:
-    root = package.source.parent.resolve()
+def _check_extent_files(where: str, extents: list[dict[str, Any]], pins: qemutools.Pinned) -> None:
+    """Every extent qemu opened is one of the pinned files (or our window into a tar)."""
     for extent in extents:
         name = str(extent.get("filename", ""))
         if name.startswith("json:"):
             continue  # our own window into the archive
-        if not Path(name).resolve().is_relative_to(root):
+        if name not in pins.links:
             raise errors.UnsafeImageError(where, f"extent {name!r} is outside the package")
 
 
-async def _qemu_img(where: str, args: list[str]) -> tuple[int, bytes, bytes]:
-    process = await asyncio.create_subprocess_exec(
-        "qemu-img",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), QEMU_IMG_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise errors.DiskFormatError(where, f"qemu-img {args[0]} timed out") from None
-    return process.returncode or 0, out, err
-
-
-async def qemu_img_json(where: str, args: list[str]) -> Any:
-    """Run ``qemu-img`` (the caller names the format) and decode its JSON output."""
-    code, out, err = await _qemu_img(where, args)
-    if code != 0:
-        message = err.decode(errors="replace").strip().splitlines()
-        detail = message[-1] if message else f"exit {code}"
-        raise errors.DiskFormatError(where, f"qemu-img {args[0]} failed: {detail[-300:]}")
-    try:
-        return json.loads(out)
-    except ValueError:
-        raise errors.DiskFormatError(where, f"qemu-img {args[0]} printed no JSON") from None
-
-
-async def check_integrity(where: str, image: Image) -> None:
+async def check_integrity(where: str, image: Image, limits: Limits) -> None:
     """Refuse a qcow2 or VMDK whose tables point past its end (a cut or damaged file).
 
     qemu reads such clusters as zeros without a word, so a truncated upload would
     migrate as a disk with holes; ``qemu-img check`` reads only the metadata.
     Exit 3 (leaked clusters) is harmless to a reader; 0 is clean.
     """
-    code, _, err = await _qemu_img(where, ["check", *image.source.qemu_img_args()])
+    with qemutools.pinned(image.source, image.files) as pins:
+        code, _, err = await qemutools.qemu_img(where, ["check", *pins.args()], pins, limits)
     if code in (0, 3):
         return
     lines = err.decode(errors="replace").strip().splitlines()
@@ -378,3 +362,45 @@ async def check_integrity(where: str, image: Image) -> None:
         f"the {image.format.value} image is damaged or cut short"
         + (f" ({detail})" if detail else ""),
     )
+
+
+async def holds_data(where: str, image: Image, limits: Limits) -> bool:
+    """Whether any byte of the guest disk may be non-zero (False only when sure it is not).
+
+    A blank disk holds none; a raw window holds none when the file has no data in
+    it (``SEEK_DATA``); any other image when ``qemu-img map`` lists no data.
+    """
+    if not image.files:
+        return False
+    if image.window is not None:
+        window = image.window
+        fd = open_checked(window)
+        try:
+            found = os.lseek(fd, window.offset, os.SEEK_DATA)
+        except OSError as exc:
+            return exc.errno != errno.ENXIO  # ENXIO: no data after the window's start
+        finally:
+            os.close(fd)
+        return found < window.offset + window.size
+    with qemutools.pinned(image.source, image.files) as pins:
+        rows = await qemutools.qemu_img_json(
+            where, ["map", "--output=json", *pins.args()], pins, limits
+        )
+    return any(row.get("data") for row in rows)
+
+
+async def nothing_to_convert(disks: list[tuple[str, Image]], limits: Limits) -> list[Concern]:
+    """A concern when no disk (by id, in order) holds a byte of data; else none.
+
+    Disks are looked at in order, so a VM whose first disk holds data costs one check.
+    """
+    for disk_id, image in disks:
+        if await holds_data(f"disk {disk_id}", image, limits):
+            return []
+    return [
+        Concern(
+            code=ConcernCode.UNSUPPORTED,
+            message="every disk of the VM is empty (blank, or holding only zeros): there is "
+            "no operating system to convert",
+        )
+    ]

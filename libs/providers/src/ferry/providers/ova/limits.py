@@ -32,6 +32,12 @@ class Limits:
     max_descriptor_bytes: int = 16 * 1024 * 1024
     """Largest descriptor, manifest or certificate, which are read into memory."""
 
+    qemu_cpu_seconds: int = 120
+    """CPU time one ``qemu-img`` run on a package's image may use (info, check, map)."""
+
+    qemu_address_space_mib: int = 4096
+    """Address space of each ``qemu-img`` and ``qemu-nbd`` reading a package's image."""
+
     @classmethod
     def from_settings(cls, settings: Mapping[str, object]) -> Limits:
         """The limits named in a Provider's settings; other settings are ignored."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.providers.ova import errors
-from ferry.providers.ova.package import Location, Package, open_checked, safe_name
+from ferry.providers.ova.package import Archive, Location, Package, open_checked, safe_name
 
 _LINE = re.compile(r"^(?P<algo>[A-Za-z0-9-]+)\s*\((?P<name>[^()]+)\)\s*=\s*(?P<hex>[0-9A-Fa-f]+)$")
 _ALGORITHMS = {"SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
@@ -81,3 +81,27 @@ def verify(package: Package, entry: Entry) -> None:
             package.source,
             f"{entry.name}: {entry.algorithm} is {actual}, manifest says {entry.digest}",
         )
+
+
+def of_package(package: Package) -> dict[str, Entry]:
+    """The package's manifest entries by file name ({} without a manifest)."""
+    name = package.manifest_name()
+    if name is None:
+        return {}
+    entries = parse(package.source, name, package.read_small(name))
+    for entry in entries.values():
+        package.locate(entry.name)  # a listed file that is missing is an error
+    return entries
+
+
+def package_notes(package: Package, entries: dict[str, Entry]) -> list[str]:
+    """Warnings about the package as a whole, shown with each of its VMs."""
+    notes = []
+    names = package.names()
+    if not entries:
+        notes.append("the package has no manifest: its files' digests cannot be checked")
+    if any(n.lower().endswith(".cert") for n in names):
+        notes.append("the package is signed; Ferry does not check the signature")
+    if isinstance(package, Archive) and names and names[0] != package.descriptor:
+        notes.append("the descriptor is not the archive's first member")
+    return notes

@@ -13,7 +13,8 @@ reason per disk. Only VMs with every disk usable are in :meth:`inventory`;
 VM raises its first reason, so the user learns which file is wrong and why.
 
 Disk digests from the manifest are checked when a disk is opened (once per file
-version): hashing every disk on every inventory would read the whole share.
+version): hashing every disk on every inventory would read the whole share. For
+a conversion they are checked on private copies, the ones virt-v2v then reads.
 
 OVA VMs are never running: power operations are no-ops that report "off".
 
@@ -36,7 +37,7 @@ import msgspec
 
 from ferry.proto.inventory import Disk, DiskFormat, Package, PowerState, ProviderType, Status, Vm
 from ferry.providers.base import DiskNotFound, ProviderError, V2vInput, VmNotFound
-from ferry.providers.ova import descriptor, domainxml, errors, image, manifest
+from ferry.providers.ova import descriptor, domainxml, errors, guests, image, manifest, staging
 from ferry.providers.ova.disks import DiskRef
 from ferry.providers.ova.limits import DEFAULT, Limits
 from ferry.providers.ova.package import Archive, Folder, safe_name
@@ -58,6 +59,7 @@ class Loaded:
     images: dict[tuple[str, str], image.Image]  # (vm id, disk id) → image
     files: dict[tuple[str, str], str]  # (vm id, disk id) → package file name
     entries: dict[str, manifest.Entry]
+    refs: dict[tuple[str, str], DiskRef] = field(default_factory=dict)  # as the OVF says
     verified: set[str] = field(default_factory=set)
     problems: dict[str, list[errors.OvaError]] = field(default_factory=dict)  # by VM id
 
@@ -78,12 +80,21 @@ class OvaProvider:
     """A :class:`ferry.providers.base.Provider` over an import directory."""
 
     def __init__(
-        self, root: Path, *, verify_digests: bool = True, limits: Limits = DEFAULT
+        self,
+        root: Path,
+        *,
+        verify_digests: bool = True,
+        limits: Limits = DEFAULT,
+        share: str = "",
     ) -> None:
         self.root = Path(root)
+        # The NFS export (``nfs://server/path``) that ``root`` is the mount of, if any:
+        # a conversion that runs elsewhere (a pod) mounts it read-only at ``root`` too.
+        self.share = share
         self.verify_digests = verify_digests
         self.limits = limits
-        self._cache: dict[Path, tuple[tuple[int, int], Loaded | errors.OvaError]] = {}
+        # By file and deployment option ("" for the default one).
+        self._cache: dict[tuple[Path, str], tuple[tuple[int, int], Loaded | errors.OvaError]] = {}
 
     # -- reachability and inventory ----------------------------------------------
 
@@ -164,6 +175,23 @@ class OvaProvider:
             raise found.rejected[package]
         raise VmNotFound(id_or_name, [vm.id for vm in vms])
 
+    async def configured(self, vm: Vm, option: str) -> Vm:
+        """``vm`` as its deployment option ``option`` describes it (a Plan's choice).
+
+        CPU, memory, NICs and disks are the ones of that configuration, and every
+        later call given the returned VM (disks, virt-v2v input) reads that
+        configuration. An option the package does not offer, or one whose disks
+        cannot be used, raises the reason.
+        """
+        if option == vm.configuration:
+            return vm
+        if not vm.configurations:
+            raise errors.DeploymentOptionError(
+                vm.id, f"deployment option {option!r} asked for, but the VM offers none"
+            )
+        loaded = await self._loaded_for(vm.id, option)
+        return _usable(loaded, next(v for v in loaded.vms if v.id == vm.id))
+
     # -- power: an OVA is a file, never a running VM -----------------------------
 
     async def power_state(self, vm: Vm) -> PowerState:
@@ -178,10 +206,16 @@ class OvaProvider:
     # -- disks and conversion ----------------------------------------------------
 
     def open_disk(self, vm: Vm, disk_id: str) -> OvaDiskReader:
-        return OvaDiskReader(f"{vm.id}:{disk_id}", lambda: self._disk(vm.id, disk_id))
+        return OvaDiskReader(
+            f"{vm.id}:{disk_id}",
+            lambda: self._disk(vm.id, disk_id, vm.configuration),
+            self.limits,
+        )
 
-    async def _disk(self, vm_id: str, disk_id: str) -> tuple[image.Image, _Verify | None]:
-        loaded = await self._loaded_for(vm_id)
+    async def _disk(
+        self, vm_id: str, disk_id: str, option: str
+    ) -> tuple[image.Image, _Verify | None]:
+        loaded = await self._loaded_for(vm_id, option)
         checked = loaded.images.get((vm_id, disk_id))
         if checked is None:
             for problem in loaded.problems.get(vm_id, []):
@@ -194,38 +228,52 @@ class OvaProvider:
         return checked, verify
 
     async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
-        """``-i libvirtxml`` over the disks as Ferry reads them (see :mod:`domainxml`)."""
-        loaded = await self._loaded_for(vm.id)
+        """``-i libvirtxml`` over private, digest-checked copies of the disks.
+
+        Each file is copied into ``workdir`` and its manifest digest checked on the
+        bytes copied (:mod:`staging`), always, whatever ``verify_digests`` says:
+        virt-v2v reads exactly what was checked. The copies are checked again as
+        images (:func:`image.inspect`), and the document (:mod:`domainxml`) names them.
+        """
+        loaded = await self._loaded_for(vm.id, vm.configuration)
         listed = _usable(loaded, next(v for v in loaded.vms if v.id == vm.id))
+        staged = staging.Staged(loaded.package, workdir / "disks", loaded.entries)
         sources = []
         for disk in vm.disks:
-            checked = loaded.images.get((vm.id, disk.id))
-            if checked is None:
+            checked, ref = loaded.images.get((vm.id, disk.id)), loaded.refs.get((vm.id, disk.id))
+            if checked is None or ref is None:
                 raise DiskNotFound(vm.id, disk.id)
-            sources.append(checked.source)
-        # Always, whatever verify_digests says: virt-v2v's own -i ova checked the
-        # manifest on every conversion, and this input must not check less.
-        await self.verify(listed)
+            for location in checked.files:  # copied off the event loop, then inspected
+                try:
+                    await asyncio.to_thread(staged.locate, location.name)
+                except asyncio.CancelledError:
+                    staged.stopped.set()  # the thread cannot be canceled: it stops itself
+                    raise
+            sources.append((await image.inspect(staged, ref)).source)
         document = workdir / "source.xml"
         facts = msgspec.structs.replace(listed, disks=vm.disks)
         await asyncio.to_thread(document.write_bytes, domainxml.source_xml(facts, sources))
-        return V2vInput(argv=["-i", "libvirtxml", str(document)], files=[str(document)])
+        shares = {str(self.root): self.share} if self.share else {}
+        return V2vInput(
+            argv=["-i", "libvirtxml", str(document)], files=[str(document)], shares=shares
+        )
 
     async def verify(self, vm: Vm) -> None:
         """Check every manifest digest of ``vm``'s disks now (reads them whole)."""
-        loaded = await self._loaded_for(vm.id)
+        loaded = await self._loaded_for(vm.id, vm.configuration)
         for (vm_id, _), name in loaded.files.items():
             if vm_id == vm.id and name in loaded.entries and name not in loaded.verified:
                 await _Verify(loaded, name)()
 
-    async def _loaded_for(self, vm_id: str) -> Loaded:
-        """The package of ``vm_id`` (``<package key>/<VirtualSystem id>``), loaded."""
+    async def _loaded_for(self, vm_id: str, option: str = "") -> Loaded:
+        """The package of ``vm_id`` (``<package key>/<VirtualSystem id>``), loaded
+        in deployment option ``option`` ("" for the default one)."""
         key = vm_id.rsplit("/", 1)[0]
         safe_name(self.root, key)  # a VM id from a message must not walk out of the root
         for suffix in (".ova", ".ovf"):
             path = self.root / (key + suffix)
             if path.is_file() or path.is_symlink():
-                result = await self._load_cached(key, path)
+                result = await self._load_cached(key, path, option)
                 if isinstance(result, errors.OvaError):
                     raise result
                 if any(vm.id == vm_id for vm in result.vms):
@@ -255,18 +303,20 @@ class OvaProvider:
             raise errors.UnsafeMemberError(path, "outside the OVA directory")
         return relative.with_suffix("").as_posix()
 
-    async def _load_cached(self, key: str, path: Path) -> Loaded | errors.OvaError:
+    async def _load_cached(
+        self, key: str, path: Path, option: str = ""
+    ) -> Loaded | errors.OvaError:
         try:
             info = await asyncio.to_thread(path.lstat)
         except OSError as exc:
             return errors.OvaError(path, f"cannot read: {exc.strerror}")
         stamp = (info.st_mtime_ns, info.st_size)
-        cached = self._cache.get(path)
+        cached = self._cache.get((path, option))
         if cached is not None and cached[0] == stamp:
             return cached[1]
         result: Loaded | errors.OvaError
         try:
-            result = await _load(key, path, info, self.limits, self.root.stat().st_dev)
+            result = await _load(key, path, info, self.limits, self.root.stat().st_dev, option)
         except errors.OvaError as exc:
             result = exc
         except OSError as exc:
@@ -276,7 +326,7 @@ class OvaProvider:
             result = errors.OvaError(
                 path, f"cannot be read: {type(exc).__name__}: {_one_line(str(exc))}"
             )
-        self._cache[path] = (stamp, result)
+        self._cache[(path, option)] = (stamp, result)
         return result
 
 
@@ -293,7 +343,7 @@ class _Verify:
 
 
 async def _load(
-    key: str, path: Path, info: os.stat_result, limits: Limits, root_device: int
+    key: str, path: Path, info: os.stat_result, limits: Limits, root_device: int, option: str
 ) -> Loaded:
     if stat.S_ISLNK(info.st_mode):
         raise errors.UnsafeMemberTypeError(path, "is a symlink; copy the file into the directory")
@@ -309,38 +359,15 @@ async def _load(
     else:
         package = Folder(path, limits)
     text = package.read_small(package.descriptor)
-    entries = _manifest(package)
+    entries = manifest.of_package(package)
     if package.descriptor in entries:
         manifest.verify(package, entries[package.descriptor])
-    systems = descriptor.parse(str(package.source), text, limits)
+    systems = descriptor.parse(str(package.source), text, limits, option)
     loaded = Loaded(key, package, [], {}, {}, entries)
-    notes = _package_notes(package, entries)
+    notes = manifest.package_notes(package, entries)
     for system in systems:
         loaded.vms.append(await _vm(loaded, system, notes, several=len(systems) > 1))
     return loaded
-
-
-def _manifest(package: OvfPackage) -> dict[str, manifest.Entry]:
-    name = package.manifest_name()
-    if name is None:
-        return {}
-    entries = manifest.parse(package.source, name, package.read_small(name))
-    for entry in entries.values():
-        package.locate(entry.name)  # a listed file that is missing is an error
-    return entries
-
-
-def _package_notes(package: OvfPackage, entries: dict[str, manifest.Entry]) -> list[str]:
-    """Warnings about the package as a whole, shown with each of its VMs."""
-    notes = []
-    names = package.names()
-    if not entries:
-        notes.append("the package has no manifest: its files' digests cannot be checked")
-    if any(n.lower().endswith(".cert") for n in names):
-        notes.append("the package is signed; Ferry does not check the signature")
-    if isinstance(package, Archive) and names and names[0] != package.descriptor:
-        notes.append("the descriptor is not the archive's first member")
-    return notes
 
 
 async def _vm(loaded: Loaded, system: descriptor.System, notes: list[str], *, several: bool) -> Vm:
@@ -360,6 +387,16 @@ async def _vm(loaded: Loaded, system: descriptor.System, notes: list[str], *, se
             problems.append(problem)
     if problems:
         loaded.problems[vm_id] = problems
+    # Known before any copy: the VM is refused in preflight, not after minutes in virt-v2v.
+    concerns = guests.concerns(system.guest_os)
+    concerns += (
+        []
+        if problems or concerns
+        else await image.nothing_to_convert(
+            [(ref.disk_id, loaded.images[(vm_id, ref.disk_id)]) for ref in system.disks],
+            loaded.package.limits,
+        )
+    )
     return Vm(
         id=vm_id,
         name=system.name,
@@ -379,6 +416,7 @@ async def _vm(loaded: Loaded, system: descriptor.System, notes: list[str], *, se
         errors=[d.error for d in disks if d.error],
         configuration=system.configuration,
         configurations=system.configurations,
+        concerns=concerns,
     )
 
 
@@ -400,6 +438,7 @@ async def _disk(
     capacity = ref.capacity or 0
     if checked is not None:
         loaded.images[(vm_id, ref.disk_id)] = checked
+        loaded.refs[(vm_id, ref.disk_id)] = ref
         if ref.file is not None:
             loaded.files[(vm_id, ref.disk_id)] = ref.file
         if checked.note:

@@ -4,11 +4,14 @@ Raw disks (and flat VMDK extents) are guest bytes verbatim at an offset in the
 archive, so they are read with ``pread`` and never unpacked. Every other format is
 decoded by ``qemu-nbd`` started on demand, with the format named. Extents come from
 ``qemu-img map`` on the same description, so the data path never reads a hole.
+Both qemu tools get the package's files as descriptors checked when the reader
+opened them, and run bounded (:mod:`qemutools`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -16,10 +19,11 @@ from types import TracebackType
 from typing import Self
 
 from ferry.proto.inventory import Extent
-from ferry.providers.base import ProviderError, QemuSource
+from ferry.providers.base import FilePin, ProviderError, QemuSource, read_span
 from ferry.providers.nbd import AsyncNbdClient, NbdError, NbdServer
-from ferry.providers.ova import package
-from ferry.providers.ova.image import Image, qemu_img_json
+from ferry.providers.ova import package, qemutools
+from ferry.providers.ova.image import Image
+from ferry.providers.ova.limits import DEFAULT, Limits
 
 Resolved = tuple[Image, Callable[[], Awaitable[None]] | None]
 
@@ -27,9 +31,14 @@ Resolved = tuple[Image, Callable[[], Awaitable[None]] | None]
 class OvaDiskReader:
     """A :class:`ferry.providers.base.DiskReader` over one checked OVA image."""
 
-    def __init__(self, name: str, resolve: Callable[[], Awaitable[Resolved]]) -> None:
+    def __init__(
+        self, name: str, resolve: Callable[[], Awaitable[Resolved]], limits: Limits = DEFAULT
+    ) -> None:
         self.name = name
+        self.limits = limits
         self._resolve = resolve
+        self._pins = contextlib.ExitStack()
+        self._pinned: qemutools.Pinned | None = None
         self._image: Image | None = None
         self._fd: int | None = None
         self._server: NbdServer | None = None
@@ -54,6 +63,9 @@ class OvaDiskReader:
         window = self.image.window
         if window is not None:
             self._fd = package.open_checked(window)
+        elif checked.files:
+            # Opened and checked once, now: every qemu tool reads these descriptors.
+            self._pinned = self._pins.enter_context(qemutools.pinned(checked.source, checked.files))
         return self
 
     async def __aexit__(
@@ -74,11 +86,11 @@ class OvaDiskReader:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._pinned = None
+        self._pins.close()
 
     async def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
-        length = max(0, min(length, self.size - offset))
+        length = read_span(offset, length, self.size)
         if length == 0:
             return b""
         window = self.image.window
@@ -114,8 +126,10 @@ class OvaDiskReader:
 
     async def extents(self) -> list[Extent]:
         where = f"disk {self.name}"
-        rows = await qemu_img_json(
-            where, ["map", "--output=json", *self.image.source.qemu_img_args()]
+        pins = self._pinned
+        args = pins.args() if pins is not None else self.image.source.qemu_img_args()
+        rows = await qemutools.qemu_img_json(
+            where, ["map", "--output=json", *args], pins, self.limits
         )
         return merged(
             Extent(int(row["start"]), int(row["length"]))
@@ -124,7 +138,22 @@ class OvaDiskReader:
         )
 
     def qemu_source(self) -> QemuSource:
-        return self.image.source
+        """The image's qemu description, with the files it reads pinned as checked.
+
+        A copy that runs elsewhere (the platform's workload) opens these files by
+        name again; the pins make it refuse whatever was swapped in meanwhile.
+        """
+        image = self.image
+        pins = []
+        for location in image.files:
+            if location.identity is None:
+                raise ProviderError(f"disk {self.name}: {location.name} was never checked")
+            device, inode = location.identity
+            name = qemutools.link_name(location)
+            pins.append(FilePin(path=str(location.path), name=name, device=device, inode=inode))
+        return QemuSource(
+            format=image.source.format, options=image.source.options, pins=tuple(pins)
+        )
 
     async def nbd_uri(self) -> str:
         return (await self._nbd_server()).uri()
@@ -132,7 +161,12 @@ class OvaDiskReader:
     async def _nbd_server(self) -> NbdServer:
         async with self._start_lock:
             if self._server is None:
-                server = NbdServer(self.image.source)
+                pins = self._pinned
+                server = NbdServer(
+                    pins.source if pins is not None else self.image.source,
+                    pass_fds=pins.fds if pins is not None else (),
+                    preexec_fn=qemutools.bounded(self.limits, cpu=False),
+                )
                 await server.start()
                 self._server = server
             return self._server

@@ -14,7 +14,9 @@ Credentials come only from the secret handed to the factory (``user`` or
 :class:`Credentials` does not print its password.
 
 pyVmomi is blocking: every call runs in a worker thread, one at a time per
-session (its SOAP stub is not safe to share between threads).
+session (its SOAP stub is not safe to share between threads). A session that reads
+carry (their cookie) is kept alive meanwhile by its :attr:`Session.keepalive`
+(:mod:`ferry.providers.vsphere.keepalive`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -34,10 +37,12 @@ from pyVim import connect
 from pyVmomi import vim, vmodl
 
 from ferry.providers.base import ProviderError
+from ferry.providers.vsphere import keepalive
 
 T = TypeVar("T")
 CONNECT_TIMEOUT = 30.0
 TRUE_WORDS = frozenset({"true", "yes", "1"})
+SESSION_COOKIE = "vmware_soap_session"
 
 
 class CertificateRefused(ProviderError):
@@ -133,7 +138,13 @@ def check_pin(host: str, der: bytes, pinned: str) -> None:
 class Session:
     """A pyVmomi service instance, opened on demand and used from one thread at a time."""
 
-    def __init__(self, url: str, credentials: Credentials, trust: Trust) -> None:
+    def __init__(
+        self,
+        url: str,
+        credentials: Credentials,
+        trust: Trust,
+        keepalive_seconds: float = keepalive.DEFAULT_SECONDS,
+    ) -> None:
         parts = urlsplit(url if "//" in url else f"https://{url}")
         if parts.scheme != "https" or not parts.hostname:
             raise ProviderError(f"vSphere provider url must be https://host[/sdk], got {url!r}")
@@ -145,6 +156,7 @@ class Session:
         self.certificate = b""  # DER of the server's certificate, once connected
         self._si: Any = None
         self._lock = threading.Lock()
+        self.keepalive = keepalive.KeepAlive(self, keepalive_seconds)
 
     @property
     def netloc(self) -> str:
@@ -158,7 +170,13 @@ class Session:
         with self._lock:
             if self._si is None:
                 self._si = self._connect()
-            return fn(self._si)
+            try:
+                return fn(self._si)
+            except vim.fault.NotAuthenticated:
+                # The session ended at the server (idle timeout, an administrator):
+                # log in again once and repeat the call; a second refusal is real.
+                self._si = self._connect()
+                return fn(self._si)
 
     def _connect(self) -> Any:
         try:
@@ -193,11 +211,41 @@ class Session:
         return si
 
     def cookie(self) -> str:
-        """The session cookie, for the datastore HTTP path; a credential, never logged."""
+        """The cookie of a live session, for the datastore HTTP path; a credential, never
+        logged. A session the server ended is replaced by a new login first, so a reader
+        opened again after one expired (a retried copy) gets a cookie that works."""
         with self._lock:
-            if self._si is None:
+            if self._si is None or not self._alive(self._si):
                 self._si = self._connect()
-            return str(self._si._stub.cookie)
+            return request_cookie(str(self._si._stub.cookie))
+
+    def touch(self, cookie: str) -> bool:
+        """``CurrentTime`` on the session behind ``cookie``, which counts as activity:
+        False, and no new login, when that session has ended or was replaced (its
+        holders' cookie is dead either way)."""
+        with self._lock:
+            si = self._si
+            if si is None or not same_session(str(si._stub.cookie), cookie):
+                return False
+            try:
+                si.CurrentTime()
+            except vim.fault.NotAuthenticated:
+                return False
+            return True
+
+    def alive(self, cookie: str) -> bool:
+        """Whether the session behind ``cookie`` is still this connection's and the
+        server's; asked after a read failed, never logs in."""
+        with self._lock:
+            si = self._si
+            return si is not None and same_session(str(si._stub.cookie), cookie) and self._alive(si)
+
+    @staticmethod
+    def _alive(si: Any) -> bool:
+        try:
+            return si.content.sessionManager.currentSession is not None
+        except vim.fault.NotAuthenticated:
+            return False
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close)
@@ -209,6 +257,31 @@ class Session:
             # A session that is already gone needs no logout.
             with contextlib.suppress(Exception):
                 connect.Disconnect(si)
+
+
+def request_cookie(set_cookie: str) -> str:
+    """The ``Cookie`` a request sends for pyVmomi's stored ``Set-Cookie`` value: only
+    ``vmware_soap_session=<value>``, without the attributes (``Path``, ``HttpOnly``,
+    ``Secure``) vCenter sends with it, as virt-v2v's own vCenter input does."""
+    with contextlib.suppress(CookieError):
+        morsel = SimpleCookie(set_cookie).get(SESSION_COOKIE)
+        if morsel is not None:
+            return f"{SESSION_COOKIE}={morsel.coded_value}"
+    return set_cookie.split(";", 1)[0].strip()
+
+
+def same_session(cookie: str, other: str) -> bool:
+    """Whether two ``Set-Cookie`` values name one session (its ``vmware_soap_session``
+    id; a server may send the cookie again with other attributes)."""
+
+    def key(text: str) -> str:
+        with contextlib.suppress(CookieError):
+            morsel = SimpleCookie(text).get(SESSION_COOKIE)
+            if morsel is not None:
+                return morsel.value
+        return text
+
+    return key(cookie) == key(other)
 
 
 def wait_for(task: Any, what: str) -> Any:

@@ -12,7 +12,10 @@ it without VDDK or an export. Two faces, as the seam asks:
   in parallel, skips zeroes and resumes from its checkpoint, for every source alike.
 
 The session cookie is a credential: nbdkit reads it from a 0600 file in a private
-directory (``cookie=+FILE``), never from its argv or environment. A pinned server
+directory (``cookie=+FILE``), never from its argv or environment. From the login to
+:meth:`DatastoreDiskReader.close` the reader holds its session
+(:mod:`ferry.providers.vsphere.keepalive`), so a copy longer than vCenter's idle
+timeout keeps the cookie it started with. A pinned server
 is trusted by its certificate (checked against the thumbprint at login) given to
 curl as the only CA, and to aiohttp as a SHA-256 fingerprint.
 """
@@ -37,10 +40,12 @@ from urllib.parse import quote
 import aiohttp
 
 from ferry.proto.inventory import Extent
-from ferry.providers import children
-from ferry.providers.base import ProviderError, QemuSource
+from ferry.providers import children, lifetime
+from ferry.providers.base import ProviderError, QemuSource, SourceInterrupted, read_span
 from ferry.providers.nbd import NbdError
 from ferry.providers.vsphere.client import Session
+from ferry.providers.vsphere.keepalive import Hold
+from ferry.providers.vsphere.keepalive import SessionExpired as SessionExpired  # its old home
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 20.0
@@ -93,6 +98,7 @@ class DatastoreDiskReader:
         self._dir: Path | None = None
         self._nbdkit: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
+        self._hold: Hold | None = None  # the session behind the cookie, kept alive
 
     @property
     def size(self) -> int:
@@ -103,7 +109,22 @@ class DatastoreDiskReader:
         return self.file.url(self.session.netloc)
 
     async def __aenter__(self) -> Self:
-        cookie = await asyncio.to_thread(self.session.cookie)
+        await self.probe()
+        # Served now, not on demand: the seam's qemu_source() is synchronous, and the
+        # volume-service hands it to a workload right after opening the disk.
+        try:
+            await self.nbd_uri()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def probe(self) -> None:
+        """Open the HTTP session and check the file: there (not 404), readable, whole.
+
+        The reader stays open for :meth:`read` afterwards; :meth:`close` ends it.
+        """
+        cookie = await self._login()
         self._http = aiohttp.ClientSession(
             headers={"Cookie": cookie},
             connector=aiohttp.TCPConnector(ssl=self._aiohttp_ssl(), limit=8),
@@ -124,14 +145,6 @@ class DatastoreDiskReader:
             raise ProviderError(
                 f"disk {self.name}: {self.file.path} holds {length} bytes, the disk is {self._size}"
             )
-        # Served now, not on demand: the seam's qemu_source() is synchronous, and the
-        # volume-service hands it to a workload right after opening the disk.
-        try:
-            await self.nbd_uri()
-        except BaseException:
-            await self.close()
-            raise
-        return self
 
     async def __aexit__(
         self,
@@ -139,9 +152,42 @@ class DatastoreDiskReader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        """A copy through the reader that failed (nbdkit curl's reads refused, seen by the
+        copy workload as I/O errors) is a :class:`SessionExpired` when the session ended
+        meanwhile: then a retry, with a new login, can finish it."""
+        try:
+            failed = isinstance(exc, Exception) and not isinstance(exc, SourceInterrupted)
+            if failed and await self.session_ended():
+                raise SessionExpired(
+                    f"disk {self.name}: the vSphere session ended during the copy "
+                    f"(datastore HTTP path answered 401); retried with a new login"
+                ) from exc
+        finally:
+            await self.close()
+
+    async def session_ended(self) -> bool:
+        """Whether the datastore path now refuses this reader's cookie (401)."""
+        if self._http is None:
+            return False
+        try:
+            async with self._http.head(self.url) as response:
+                return response.status == 401
+        except aiohttp.ClientError:
+            return False
+
+    async def _login(self) -> str:
+        """The session's cookie, held (kept alive) until :meth:`close`; one per reader, so
+        its HTTP reads and its nbdkit carry the same session."""
+        if self._hold is None:
+            cookie = await asyncio.to_thread(self.session.cookie)
+            self._hold = self.session.keepalive.hold(cookie, f"the read of disk {self.name}")
+            self._hold.start()
+        return self._hold.cookie
 
     async def close(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.stop()
         process, self._nbdkit = self._nbdkit, None
         await children.stop(process)
         if self._dir is not None:
@@ -166,15 +212,18 @@ class DatastoreDiskReader:
                 f"disk {self.name}: [{self.file.datastore}] {self.file.path} "
                 f"not found on the datastore HTTP path (404)"
             )
-        if status in (401, 403):
+        if status == 401:
+            raise SessionExpired(
+                f"disk {self.name}: the vSphere session ended at offset {offset} "
+                f"(datastore HTTP path answered 401); the copy is retried with a new login"
+            )
+        if status == 403:
             raise ProviderError(f"disk {self.name}: datastore access refused ({status})")
         if status >= 400:
             raise ProviderError(f"disk {self.name}: HTTP {status} at offset {offset}")
 
     async def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must not be negative")
-        length = max(0, min(length, self._size - offset))
+        length = read_span(offset, length, self._size)
         if length == 0:
             return b""
         if self._http is None:
@@ -228,10 +277,7 @@ class DatastoreDiskReader:
 
     async def _serve(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="ferry-vsphere-"))
-        cookie = self._dir / "cookie"
-        fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(await asyncio.to_thread(self.session.cookie))
+        cookie = write_secret(self._dir / "cookie", await self._login())
         args = [
             "nbdkit",
             "--exit-with-parent",
@@ -248,6 +294,7 @@ class DatastoreDiskReader:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lifetime.die_with_parent(),
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
@@ -261,16 +308,33 @@ class DatastoreDiskReader:
             await asyncio.sleep(0.02)
 
     def _curl_trust(self) -> list[str]:
-        trust = self.session.trust
-        if trust.insecure:
-            return ["sslverify=false"]
         assert self._dir is not None
-        if trust.thumbprint:
-            pinned = self._dir / "pinned.pem"
-            pinned.write_text(ssl.DER_cert_to_PEM_cert(self.session.certificate))
-            return [f"cainfo={pinned}"]
-        if trust.ca_pem:
-            bundle = self._dir / "ca.pem"
-            bundle.write_text(trust.ca_pem)
-            return [f"cainfo={bundle}"]
-        return [f"cainfo={trust.ca_file}"] if trust.ca_file else []
+        return curl_trust(self.session, self._dir)
+
+
+def curl_trust(session: Session, folder: Path) -> list[str]:
+    """nbdkit curl's trust parameters for the session's server; PEM files go in ``folder``.
+
+    A pinned server is trusted by its certificate (checked against the thumbprint at
+    login) as the only CA.
+    """
+    trust = session.trust
+    if trust.insecure:
+        return ["sslverify=false"]
+    if trust.thumbprint:
+        pinned = folder / "vsphere-pinned.pem"
+        pinned.write_text(ssl.DER_cert_to_PEM_cert(session.certificate))
+        return [f"cainfo={pinned}"]
+    if trust.ca_pem:
+        bundle = folder / "vsphere-ca.pem"
+        bundle.write_text(trust.ca_pem)
+        return [f"cainfo={bundle}"]
+    return [f"cainfo={trust.ca_file}"] if trust.ca_file else []
+
+
+def write_secret(path: Path, text: str) -> Path:
+    """``text`` into a new 0600 file (a cookie is a credential)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return path

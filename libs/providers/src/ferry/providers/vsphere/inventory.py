@@ -148,7 +148,8 @@ def build_vm(vm_id: str, props: dict[str, Any], dc: str, host: Host | None, name
         datacenter=dc,
         cluster=host.cluster if host else "",
     )
-    return validator.with_concerns(vm, ferry_prefix=FERRY_PREFIX)
+    blocked = validator.cbt_blocker(str(config.version or ""))
+    return validator.with_concerns(vm, ferry_prefix=FERRY_PREFIX, cbt_blocked=blocked)
 
 
 def _disk(device: Any, controllers: dict[int, Any], names: Names) -> Disk:

@@ -2,7 +2,8 @@
 
 Forklift's file set: ``client`` (trust, login, properties, tasks), ``inventory``,
 ``validator`` (preflight concerns), ``power``, ``snapshots``, ``disks`` (reads over
-the datastore HTTP path) and ``v2v`` (virt-v2v input). This module only wires them
+the datastore HTTP path), ``warm`` (snapshots as checkpoints, CBT change ids as
+deltas) and ``v2v`` (virt-v2v input). This module only wires them
 to the :class:`ferry.providers.base.Provider` seam.
 
 Every operation looks the VM up again by its managed object id, so a VM removed
@@ -15,19 +16,45 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from pyVmomi import vim, vmodl
 
 from ferry.proto.inventory import Extent, PowerState, Vm
 from ferry.providers.base import DiskNotFound, ProviderError, V2vInput, VmNotFound
-from ferry.providers.vsphere import changes, client, inventory, power, snapshots, v2v
+from ferry.providers.vsphere import (
+    changes,
+    client,
+    inventory,
+    keepalive,
+    power,
+    snapshots,
+    v2v,
+    warm,
+)
 from ferry.providers.vsphere.disks import DatastoreDiskReader, DatastoreFile
+
+COLD_TRANSFERS = ("virt-v2v", "importer")
+
+
+def cold_transfer(settings: Mapping[str, str]) -> bool:
+    """The Provider's ``coldTransfer``: ``virt-v2v`` (flow 3, the default) copies a cold
+    VM's disks while it converts the guest; ``importer`` copies them with the importer
+    and converts in place afterwards (flow 1 without precopies). True for the importer."""
+    chosen = settings.get("coldTransfer", "virt-v2v") or "virt-v2v"
+    if chosen not in COLD_TRANSFERS:
+        raise ProviderError(
+            f"vSphere provider setting coldTransfer is {chosen!r}; "
+            f"one of {', '.join(COLD_TRANSFERS)}"
+        )
+    return chosen == "importer"
 
 
 class VsphereProvider:
     """A :class:`ferry.providers.base.Provider` over one vCenter or ESXi."""
 
-    def __init__(self, session: client.Session) -> None:
+    def __init__(self, session: client.Session, *, importer_copy: bool = False) -> None:
         self.session = session
+        self.importer_copy = importer_copy
 
     @classmethod
     def create(
@@ -35,7 +62,8 @@ class VsphereProvider:
     ) -> VsphereProvider:
         credentials = client.Credentials.from_secret(secret)
         trust = client.Trust.from_provider(settings, secret)
-        return cls(client.Session(url, credentials, trust))
+        session = client.Session(url, credentials, trust, keepalive.seconds_of(settings))
+        return cls(session, importer_copy=cold_transfer(settings))
 
     async def close(self) -> None:
         await self.session.close()
@@ -47,7 +75,10 @@ class VsphereProvider:
 
     async def read(self) -> inventory.Found:
         """Datacenters, clusters, hosts and VMs, in one pass."""
-        return await self.session.call(inventory.read)
+        found = await self.session.call(inventory.read)
+        if self.importer_copy:
+            found.vms = [msgspec.structs.replace(vm, importer_copy=True) for vm in found.vms]
+        return found
 
     async def inventory(self) -> list[Vm]:
         return (await self.read()).vms
@@ -106,6 +137,21 @@ class VsphereProvider:
         removed: list[str] = await self._on_vm(vm, snapshots.remove_all)
         return removed
 
+    # -- warm migration (ferry.providers.base.WarmSource) ---------------------------
+
+    def changes(self, vm: Vm, since: str | None, round_id: str = "") -> warm.SnapshotView:
+        """The round's ``ferry-cbt-…`` snapshot (a killed attempt's, else a new one) with
+        the areas changed since ``since``'s."""
+        return warm.SnapshotView(self.session, lambda si: self._ref(si, vm.id), vm, since, round_id)
+
+    async def remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
+        await self._on_vm(vm, lambda ref: warm.remove(ref, checkpoint))
+
+    async def checkpoints(self, vm: Vm) -> list[str]:
+        """Every Ferry snapshot still on the VM (a killed round's too), oldest first."""
+        found: list[str] = await self._on_vm(vm, warm.checkpoints)
+        return found
+
     # -- disks and conversion -----------------------------------------------------
 
     def open_disk(self, vm: Vm, disk_id: str) -> DatastoreDiskReader:
@@ -129,4 +175,4 @@ class VsphereProvider:
         )
 
     async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
-        return v2v.v2v_input(self.session, vm, workdir)
+        return await v2v.v2v_input(self.session, vm, workdir)

@@ -18,6 +18,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from pyVmomi import vim, vmodl
+
 from ferry.providers.base import ProviderError
 from ferry.providers.vsphere import client
 
@@ -27,9 +29,31 @@ FERRY_PREFIX = "ferry-"
 DESCRIPTION = "taken by Ferry for a disk copy; removed when the copy ends"
 
 
-def walk(tree: Any) -> Iterator[Any]:
+def tree(vm_ref: Any) -> Any:
+    """Blocking: the VM's ``snapshot`` property, None when it has no snapshot.
+
+    Read through the property collector rather than a property fetch: an unset
+    property is then simply absent (vcsim's fetch of it drops the connection).
+    """
+    pc = vim.ServiceInstance("ServiceInstance", vm_ref._stub).RetrieveContent().propertyCollector
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm_ref)],
+        propSet=[
+            vmodl.query.PropertyCollector.PropertySpec(
+                type=vim.VirtualMachine, pathSet=["snapshot"]
+            )
+        ],
+    )
+    for item in pc.RetrieveContents([spec]):
+        for prop in item.propSet:
+            if prop.name == "snapshot":
+                return prop.val
+    return None
+
+
+def walk(info: Any) -> Iterator[Any]:
     """Every node of a VM's ``snapshot`` property (``VirtualMachineSnapshotInfo``)."""
-    stack = list(tree.rootSnapshotList) if tree is not None else []
+    stack = list(info.rootSnapshotList) if info is not None else []
     while stack:
         node = stack.pop()
         yield node
@@ -40,26 +64,26 @@ def snapshot_names(tree: Any) -> list[str]:
     return sorted(node.name for node in walk(tree))
 
 
-def create(vm_ref: Any, tag: str, *, quiesce: bool) -> Any:
+def create(vm_ref: Any, tag: str, *, quiesce: bool, description: str = DESCRIPTION) -> Any:
     """Blocking: a new ``ferry-<tag>`` snapshot (memory never included); its moref."""
     name = FERRY_PREFIX + tag
     if quiesce:
         try:
             return client.wait_for(
-                vm_ref.CreateSnapshot_Task(name, DESCRIPTION, False, True),
+                vm_ref.CreateSnapshot_Task(name, description, False, True),
                 f"quiesced snapshot of {vm_ref._moId}",
             )
         except ProviderError as exc:
             log.warning("quiesced snapshot failed, taking a crash-consistent one: %s", exc)
     return client.wait_for(
-        vm_ref.CreateSnapshot_Task(name, DESCRIPTION, False, False),
+        vm_ref.CreateSnapshot_Task(name, description, False, False),
         f"snapshot of {vm_ref._moId}",
     )
 
 
 def leftovers(vm_ref: Any) -> list[Any]:
     """Ferry's snapshot nodes on the VM, deepest first so children go before parents."""
-    nodes = [node for node in walk(vm_ref.snapshot) if node.name.startswith(FERRY_PREFIX)]
+    nodes = [node for node in walk(tree(vm_ref)) if node.name.startswith(FERRY_PREFIX)]
     return list(reversed(nodes))
 
 

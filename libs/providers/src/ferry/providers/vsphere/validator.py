@@ -13,17 +13,27 @@ import msgspec
 
 from ferry.proto.inventory import Concern, ConcernCode, Firmware, Vm
 
+CBT_HARDWARE = 7  # vSphere tracks changed blocks from virtual hardware version 7 on
 
-def concerns(vm: Vm, *, ferry_prefix: str) -> list[Concern]:
+
+def cbt_blocker(version: str) -> str:
+    """Why CBT cannot be turned on for a VM of this virtual hardware (``vmx-04``); "" if it can."""
+    digits = version.removeprefix("vmx-")
+    if digits.isdigit() and int(digits) < CBT_HARDWARE:
+        return (
+            f"its virtual hardware is {version} and CBT needs version {CBT_HARDWARE} or later "
+            "(upgrade the VM's compatibility, or migrate it cold)"
+        )
+    return ""
+
+
+def concerns(vm: Vm, *, ferry_prefix: str, cbt_blocked: str = "") -> list[Concern]:
     found: list[Concern] = []
     if vm.change_tracking is False:
-        found.append(
-            Concern(
-                code=ConcernCode.CBT_DISABLED,
-                message="changed block tracking (CBT) is off: a warm migration needs it",
-                warm_only=True,
-            )
-        )
+        message = "changed block tracking (CBT) is off: a warm migration needs it"
+        if cbt_blocked:
+            message = f"changed block tracking (CBT) cannot be enabled: {cbt_blocked}"
+        found.append(Concern(code=ConcernCode.CBT_DISABLED, message=message, warm_only=True))
     own = [name for name in vm.snapshots if not name.startswith(ferry_prefix)]
     if own:
         found.append(
@@ -72,5 +82,6 @@ def concerns(vm: Vm, *, ferry_prefix: str) -> list[Concern]:
     return found
 
 
-def with_concerns(vm: Vm, *, ferry_prefix: str) -> Vm:
-    return msgspec.structs.replace(vm, concerns=concerns(vm, ferry_prefix=ferry_prefix))
+def with_concerns(vm: Vm, *, ferry_prefix: str, cbt_blocked: str = "") -> Vm:
+    found = concerns(vm, ferry_prefix=ferry_prefix, cbt_blocked=cbt_blocked)
+    return msgspec.structs.replace(vm, concerns=found)

@@ -18,14 +18,18 @@ identity can read another's replies. JetStream's API is reached through
 Credentials are a small JSON file per identity (user and password), mode 0600 in a
 0700 folder, read by the process from a file named in ``FERRY_NATS__CREDENTIALS_FILE``:
 never from its command line or a plain environment value. They are generated once
-and kept, so a restarted stack keeps its users.
+and kept, so a restarted stack keeps its users. ``ferry up`` keeps them in one
+folder; containers (docker compose, the chart's Secrets) get one folder per identity
+from :func:`split` (``python -m ferry.runtime.stack.identities --out DIR``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +47,19 @@ _READS: dict[str, tuple[Bucket, ...]] = {
     Service.VOLUME.value: (Bucket.OBJECTS, Bucket.CANCEL, Bucket.VMS, Bucket.LOCKS),
     Service.CONVERSION.value: (Bucket.OBJECTS, Bucket.CANCEL, Bucket.VMS, Bucket.LOCKS),
     Service.VM.value: (Bucket.OBJECTS, Bucket.CANCEL, Bucket.VMS, Bucket.LOCKS),
-    CLI: (Bucket.OBJECTS, Bucket.VMS, Bucket.CANCEL),
+    # The CLI reads the bandwidth budgets' shared rates (``ferry describe budget``).
+    CLI: (Bucket.OBJECTS, Bucket.VMS, Bucket.CANCEL, Bucket.LOCKS),
 }
 _WRITES: dict[str, tuple[Bucket, ...]] = {
     # The controller's replicas hold their active/standby lease in LOCKS.
     Service.CONTROLLER.value: (Bucket.OBJECTS, Bucket.VMS, Bucket.CANCEL, Bucket.LOCKS),
     Service.CONVERSION.value: (Bucket.LOCKS,),
+    # The volume-service's copies take grants from the bandwidth budgets' rates there.
+    Service.VOLUME.value: (Bucket.LOCKS,),
     CLI: (Bucket.OBJECTS, Bucket.CANCEL),
 }
+# Whose entries each identity removes for good (the controller: ended migrations' VMs).
+_REMOVES: dict[str, tuple[Bucket, ...]] = {Service.CONTROLLER.value: (Bucket.VMS,)}
 # Which services' commands each identity sends.
 _SENDS: dict[str, tuple[Service, ...]] = {
     Service.CONTROLLER.value: (Service.VOLUME, Service.CONVERSION, Service.VM),
@@ -101,6 +110,8 @@ def _buckets(identity: str, *, declare: bool) -> list[str]:
         found += _stream_use(f"KV_{bucket.value}", declare=declare)
     for bucket in _WRITES.get(identity, ()):
         found.append(f"$KV.{bucket.value}.>")
+    for bucket in _REMOVES.get(identity, ()):
+        found.append(f"$JS.API.STREAM.PURGE.KV_{bucket.value}")
     return found
 
 
@@ -142,23 +153,67 @@ def credentials_file(folder: Path, identity: str) -> Path:
     return folder / f"{identity}.json"
 
 
+def _private_dir(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if stat.S_IMODE(folder.stat().st_mode) != 0o700:  # (a read-only image's is already)
+        folder.chmod(0o700)
+
+
+def _load_or_make(path: Path, identity: str) -> Credentials:
+    """The identity's credentials from ``path``, written there (0600) the first time."""
+    if path.exists():
+        document = json.loads(path.read_text())
+        return Credentials(document["user"], document["password"])
+    creds = Credentials(identity, secrets.token_urlsafe(32))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps({"user": creds.user, "password": creds.password}) + "\n")
+    return creds
+
+
 def ensure(folder: Path) -> dict[str, Credentials]:
     """Every identity's credentials under ``folder``, generated the first time (0600)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
+    _private_dir(folder)
+    return {i: _load_or_make(credentials_file(folder, i), i) for i in IDENTITIES}
+
+
+SERVER = "server"
+"""``split``'s folder for the server's ``authorization.conf``."""
+
+
+def split(root: Path) -> dict[str, Credentials]:
+    """The layout for containers (docker compose, ``ferry identities``): one private
+    folder per identity holding its ``credentials.json`` (0600), so each container
+    mounts its own folder and no other identity's, and ``server/authorization.conf``
+    (0600) for the nats-server to ``include``. Kept when present, made otherwise."""
+    _private_dir(root)
     found: dict[str, Credentials] = {}
     for identity in IDENTITIES:
-        path = credentials_file(folder, identity)
-        if path.exists():
-            document = json.loads(path.read_text())
-            found[identity] = Credentials(document["user"], document["password"])
-            continue
-        creds = Credentials(identity, secrets.token_urlsafe(32))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps({"user": creds.user, "password": creds.password}) + "\n")
-        found[identity] = creds
+        _private_dir(root / identity)
+        found[identity] = _load_or_make(root / identity / "credentials.json", identity)
+    _private_dir(root / SERVER)
+    path = root / SERVER / "authorization.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(authorization(found))
     return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ferry.runtime.stack.identities --out DIR``: :func:`split` into DIR."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ferry.runtime.stack.identities",
+        description="Write every Ferry NATS identity (one folder each) and the server's "
+        "authorization block; existing credentials are kept.",
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    made = split(args.out)
+    print(
+        f"{len(made)} identities in {args.out}; server: {args.out / SERVER / 'authorization.conf'}"
+    )
+    return 0
 
 
 def _quoted(text: str) -> str:
@@ -178,3 +233,7 @@ def authorization(users: dict[str, Credentials]) -> str:
         ]
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

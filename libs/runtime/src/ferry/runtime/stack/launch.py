@@ -25,6 +25,7 @@ from ferry.runtime.stack import (
     processes,
     readiness,
     services,
+    tls,
 )
 from ferry.runtime.stack.processes import Process
 from ferry.runtime.stack.state import STATE_FILE, RestartPolicy, Stack
@@ -43,11 +44,14 @@ def credentials(data_dir: Path, spec: services.ServiceSpec) -> Path:
     return identities.credentials_file(nats.identities_dir(data_dir), identity)
 
 
+def tls_ca(data_dir: Path, nats_url: str) -> Path | None:
+    """The CA services must verify the stack's server with, when it speaks TLS."""
+    return tls.files(nats.tls_dir(data_dir)).ca if nats_url.startswith("tls://") else None
+
+
 def programs(stack: Stack, data_dir: Path) -> list[Program]:
     """How to restart each recorded process: same command line, environment and port."""
     logs = data_dir / "logs"
-    config = data_dir / "nats" / "nats.conf"
-    nats_log = logs / "nats-server.log"
     found = [
         Program(
             spec.name,
@@ -56,17 +60,30 @@ def programs(stack: Stack, data_dir: Path) -> list[Program]:
                 data_dir,
                 stack.nats_url,
                 stack.named(spec.name).port,
+                cluster_settings(stack),
                 credentials=credentials(data_dir, spec),
+                tls_ca=tls_ca(data_dir, stack.nats_url),
             ),
             logs / f"{spec.name}.log",
             stack.named(spec.name).port,
         )
         for spec in services.SERVICES
     ]
-    found.append(
-        Program("nats-server", lambda: nats.argv(config, nats_log), os.environ, nats_log, 0)
-    )
+    for number, _node in enumerate(stack.nats_nodes(), 1):
+        found.append(_nats_program(data_dir, number))
     return found
+
+
+def _nats_program(data_dir: Path, number: int) -> Program:
+    config, log = nats.config_file(data_dir, number), nats.log_file(data_dir, number)
+    return Program(nats.node_name(number), lambda: nats.argv(config, log), os.environ, log, 0)
+
+
+def cluster_settings(stack: Stack) -> dict[str, str]:
+    """What the services need to know of a NATS cluster: streams and buckets with one
+    replica per node (at most 5, JetStream's own limit)."""
+    size = len(stack.nats_nodes())
+    return {"FERRY_BUS__REPLICAS": str(min(size, 5))} if size > 1 else {}
 
 
 def start(
@@ -78,21 +95,27 @@ def start(
     policy: RestartPolicy,
     foreground: bool,
     interrupted: Callable[[], bool] = lambda: False,
+    tls_on: bool = False,
+    nats_cluster: int = 1,
 ) -> tuple[Stack, Children]:
-    """Start nats-server and the services, wait until all are ready; on any failure,
-    stop what was started. Returns the stack and the Popen of each child."""
+    """Start nats-server (``nats_cluster`` of them as one JetStream cluster) and the
+    services, wait until all are ready; on any failure, stop what was started. Returns
+    the stack and the Popen of each child."""
     started: list[Process] = []
     children: Children = {}
     try:
-        server, bound = nats.start(data_dir, nats_port, timeout)
-        started.append(server)
-        _keep(children, server)
+        nodes = nats.start_cluster(data_dir, nats_cluster, nats_port, timeout, tls_on=tls_on)
+        for server, _ in nodes:
+            started.append(server)
+            _keep(children, server)
+        (server, bound), *peers = nodes
         assert bound.monitor is not None  # ferry up always turns monitoring on
         stack = Stack(
             data_dir=str(data_dir),
-            nats_url=bound.url,
+            nats_url=nats.urls([b for _, b in nodes]),
             nats_monitor=bound.monitor,
             nats=server,
+            nats_peers=[p for p, _ in peers],
             foreground_pid=os.getpid() if foreground else None,
             policy=policy,
         )
@@ -101,7 +124,12 @@ def start(
         ):
             log = data_dir / "logs" / f"{spec.name}.log"
             env = services.environment(
-                data_dir, bound.url, port, credentials=credentials(data_dir, spec)
+                data_dir,
+                stack.nats_url,
+                port,
+                cluster_settings(stack),
+                credentials=credentials(data_dir, spec),
+                tls_ca=tls_ca(data_dir, bound.url),
             )
             proc, popen = processes.spawn(spec.name, spec.argv(), log, env, port)
             children[proc.pid] = popen
@@ -115,8 +143,8 @@ def start(
         stack.save(data_dir)
         return stack, children
     except BaseException:
-        processes.stop([p for p in started if p.name != "nats-server"], 10)
-        processes.stop([p for p in started if p.name == "nats-server"], 10)
+        processes.stop([p for p in started if not p.name.startswith("nats-server")], 10)
+        processes.stop([p for p in started if p.name.startswith("nats-server")], 10)
         (data_dir / STATE_FILE).unlink(missing_ok=True)
         raise
 
@@ -130,7 +158,7 @@ def _keep(children: Children, proc: Process) -> None:
 def stop(stack: Stack, timeout: float) -> list[str]:
     """Services first (they drain while the bus is still up), nats-server last."""
     killed = processes.stop(stack.services, timeout)
-    killed += processes.stop([stack.nats], timeout)
+    killed += processes.stop(stack.nats_nodes(), timeout)
     return killed
 
 
@@ -161,10 +189,14 @@ def spawn_supervisor(
     http_port: int,
     timeout: float,
     policy: RestartPolicy,
+    tls_on: bool = False,
+    nats_cluster: int = 1,
 ) -> subprocess.Popen[bytes]:
     """The background supervisor of ``ferry up --detach``, in its own session."""
     argv = [sys.executable, "-m", "ferry.runtime.stack", "--data-dir", str(data_dir)]
     argv += ["--adopt"] if adopt else []
+    argv += ["--tls"] if tls_on else []
+    argv += ["--nats-cluster", str(nats_cluster)] if nats_cluster > 1 else []
     argv += ["--nats-port", str(nats_port), "--http-port", str(http_port)]
     argv += ["--timeout", str(timeout), *policy_args(policy)]
     log = data_dir / "logs" / "supervisor.log"
@@ -195,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ferry.runtime.stack")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--adopt", action="store_true")
+    parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--nats-cluster", type=int, default=1)
     parser.add_argument("--nats-port", type=int, default=0)
     parser.add_argument("--http-port", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60.0)
@@ -225,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 policy=policy,
                 foreground=False,
                 interrupted=lambda: bool(signalled),
+                tls_on=args.tls,
+                nats_cluster=args.nats_cluster,
             )
         supervisor = Supervisor(stack, data_dir, programs(stack, data_dir), children)
     except StackError as error:

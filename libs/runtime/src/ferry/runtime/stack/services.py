@@ -62,11 +62,13 @@ def environment(
     extra: Mapping[str, str] | None = None,
     *,
     credentials: Path | None = None,
+    tls_ca: Path | None = None,
 ) -> dict[str, str]:
     """A service process's environment: the caller's, plus where its data, the bus and its
     HTTP port are. ``extra`` (a test's settings) overrides all but the port, which is
     the slot's own. ``credentials`` names the service's NATS credentials *file*: the
-    secret itself never enters an environment."""
+    secret itself never enters an environment. ``tls_ca`` is the CA the server's
+    certificate must verify against (``ferry up --tls``)."""
     env = dict(os.environ)
     env.update(
         {
@@ -78,6 +80,8 @@ def environment(
     )
     if credentials is not None:
         env["FERRY_NATS__CREDENTIALS_FILE"] = str(credentials)
+    if tls_ca is not None:
+        env["FERRY_NATS__TLS_CA_FILE"] = str(tls_ca)
     env.update(extra or {})
     env["FERRY_HTTP__PORT"] = str(http_port)
     return env

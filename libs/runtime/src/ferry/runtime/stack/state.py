@@ -77,6 +77,7 @@ class Stack:
     nats_monitor: str
     nats: Process
     services: list[Process] = field(default_factory=list)
+    nats_peers: list[Process] = field(default_factory=list)  # nodes 2..N of --nats-cluster
     created: float = field(default_factory=time.time)
     foreground_pid: int | None = None  # the `ferry up` supervising in a terminal
     supervisor: Process | None = None
@@ -86,7 +87,11 @@ class Stack:
     version: int = STATE_VERSION
 
     def processes(self) -> list[Process]:
-        return [*self.services, self.nats]
+        return [*self.services, self.nats, *self.nats_peers]
+
+    def nats_nodes(self) -> list[Process]:
+        """The nats-server processes: node 1, then the cluster's other nodes."""
+        return [self.nats, *self.nats_peers]
 
     def named(self, name: str) -> Process:
         for proc in self.processes():
@@ -119,6 +124,7 @@ class Stack:
             nats_monitor=raw["nats_monitor"],
             nats=Process(**raw["nats"]),
             services=[Process(**p) for p in raw["services"]],
+            nats_peers=[Process(**p) for p in raw.get("nats_peers", [])],
             created=raw.get("created", 0.0),
             foreground_pid=raw.get("foreground_pid"),
             supervisor=Process(**supervisor) if supervisor else None,

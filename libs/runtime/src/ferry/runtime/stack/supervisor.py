@@ -195,6 +195,8 @@ class Supervisor:
     def _replace(self, old: processes.Process, new: processes.Process) -> None:
         if self.stack.nats is old:
             self.stack.nats = new
+        elif old in self.stack.nats_peers:
+            self.stack.nats_peers[self.stack.nats_peers.index(old)] = new
         else:
             self.stack.services[self.stack.services.index(old)] = new
 

@@ -7,11 +7,12 @@ installed); the PV controller, provisioner and scheduler's volume binding
 alone, re-bind by ``claimRef``, ``Lost``); a kubelet (:mod:`.kubelet`) that runs
 a pod's container as a local process in its own mount namespace with its claims,
 Secret files, env, exit code and termination message; CDI and KubeVirt phases
-(:mod:`.operators`).
+(:mod:`.operators`), the guest of a VirtualMachineInstance booted under QEMU
+(:mod:`.launcher`).
 
 What it does not: authentication and RBAC (every request is allowed), admission
 webhooks, quotas, more than one container per pod, restarts (``restartPolicy``
 other than ``Never`` runs once), CDI's importer pods (http/imageio/vddk/upload
-sources never fill), a guest boot for a VirtualMachineInstance, node failures,
+sources never fill), restarting an ended VirtualMachineInstance, node failures,
 set-based label selectors. Needs root (mount namespaces).
 """

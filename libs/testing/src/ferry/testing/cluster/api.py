@@ -1,8 +1,10 @@
 """A real HTTP server that speaks the Kubernetes API the way kubernetes-asyncio uses it.
 
 Paths, verbs, ``Status`` errors, label and field selectors, JSON merge patches,
-the ``status`` subresource, watches (existing objects first as ``ADDED``, then
-changes, until ``timeoutSeconds``) and ``pods/log`` (with ``follow``). Every
+the ``status`` subresource (a stale resourceVersion is a 409 there too), watches
+(without a resourceVersion the existing objects first as ``ADDED``; from one, the
+changes after it, or 410 Gone once compacted; ``BOOKMARK`` s when allowed; until
+``timeoutSeconds``) and ``pods/log`` (with ``follow`` and ``tailLines``). Every
 object a client writes is admitted only if it validates against its real schema
 (core kinds through ``kubernetes-validate``, KubeVirt and CDI through their
 packaged OpenAPI documents, custom resources through their CRD's schema); unknown
@@ -99,8 +101,16 @@ def fields_match(selector: str, obj: Obj) -> bool:
     return True
 
 
+# The API server's request body limit (413 above it), and etcd's for one stored object:
+# a write of a larger object fails whole, as "etcdserver: request is too large".
+REQUEST_BYTES = 3 * 1024 * 1024
+OBJECT_BYTES = 1536 * 1024
+
+
 def admit(kind: Kind, obj: Obj) -> None:
-    """Refuse an object its real API would refuse (422, naming the path)."""
+    """Refuse an object its real API would refuse (422, naming the path; too large: 500)."""
+    if len(json.dumps(obj, separators=(",", ":"))) > OBJECT_BYTES:
+        raise ApiError(500, "InternalError", "etcdserver: request is too large")
     if kind.schema is not None:
         schema = dict(kind.schema)
         schema["additionalProperties"] = False
@@ -122,11 +132,13 @@ class ApiServer:
         self.store = store
         self.logs = logs
         self.requests: list[Request] = []
+        self._watches: set[asyncio.Queue[Any]] = set()
+        self.bookmark_seconds = 1.0  # upstream: about a minute; short here, tests are short
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> str:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=REQUEST_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
@@ -229,7 +241,10 @@ class ApiServer:
 
     def _update(self, kind: Kind, there: Obj, wanted: Obj, sub: str) -> Obj:
         if kind.status and sub == "status":
+            # Only status changes here; the resourceVersion sent still guards the write (409).
+            sent = meta(wanted).get("resourceVersion")
             wanted = {**there, "status": wanted.get("status")}
+            wanted["metadata"] = {**there["metadata"], "resourceVersion": sent}
         elif kind.status:
             wanted = {**wanted, "status": there.get("status")}
             if wanted["status"] is None:
@@ -253,10 +268,19 @@ class ApiServer:
     # -- streams ---------------------------------------------------------------------
 
     async def _watch(self, request: web.Request, kind: Kind, namespace: str) -> web.StreamResponse:
+        """A watch as the API server serves it: from ``resourceVersion`` N, every change
+        after N (410 Gone as an ERROR event when N is older than the store keeps); without
+        one (or "0"), the current objects as ADDED first; BOOKMARKs (the current revision)
+        every ``bookmark_seconds`` when the client allows them."""
         query = request.query
         labels, fields = query.get("labelSelector", ""), query.get("fieldSelector", "")
         seconds = float(query.get("timeoutSeconds", "1800"))
+        since = query.get("resourceVersion", "")
+        if since not in ("", "0") and not since.isdigit():
+            raise ApiError(400, "BadRequest", f"invalid resourceVersion: {since!r}")
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         queue = self.store.subscribe()
+        self._watches.add(queue)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
 
@@ -268,24 +292,69 @@ class ApiServer:
         async def send(event: str, obj: Obj) -> None:
             await response.write(json.dumps({"type": event, "object": obj}).encode() + b"\n")
 
+        sent = 0  # the revision of the last change sent (a change is sent once)
         try:
-            if query.get("resourceVersion", "0") in ("", "0"):
+            if since in ("", "0"):
+                sent = self.store.revision
                 for obj in self.store.list(kind, namespace or None):
                     if wanted(obj):
                         await send("ADDED", obj)
+            else:
+                sent = int(since)
+                try:
+                    replay = self.store.since(sent)
+                except ApiError as gone:
+                    await send("ERROR", gone.status())
+                    replay = None
+                if replay is None:
+                    raise ConnectionResetError  # the watch ends after its ERROR
+                for revision, (event, changed, obj) in replay:
+                    if changed.key == kind.key and wanted(obj):
+                        await send(event, obj)
+                    sent = revision
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):
                     while True:
-                        event, changed, obj = await queue.get()
-                        if changed.key == kind.key and wanted(obj):
+                        try:
+                            async with asyncio.timeout(
+                                self.bookmark_seconds if bookmarks else None
+                            ):
+                                got = await queue.get()
+                        except TimeoutError:
+                            mark = {"resourceVersion": str(self.store.revision)}
+                            await send(
+                                "BOOKMARK",
+                                {
+                                    "kind": kind.kind,
+                                    "apiVersion": kind.api_version,
+                                    "metadata": mark,
+                                },
+                            )
+                            continue
+                        if got is None:  # broken (break_watches): what was in flight is lost
+                            raise ConnectionResetError
+                        event, changed, obj = got
+                        revision = int(meta(obj).get("resourceVersion") or 0)
+                        if revision > sent and changed.key == kind.key and wanted(obj):
                             await send(event, obj)
+                        sent = max(sent, revision)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
+            self._watches.discard(queue)
             self.store.unsubscribe(queue)
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
+
+    def break_watches(self) -> None:
+        """End every open watch now, dropping the changes it had not sent yet, as a
+        connection broken by an API server restart does; clients resume from the last
+        resourceVersion they saw."""
+        for queue in list(self._watches):
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(None)
 
     async def _log(self, request: web.Request, namespace: str, name: str) -> web.StreamResponse:
         from ferry.testing.cluster.resources import POD
@@ -298,9 +367,16 @@ class ApiServer:
                 f'container in pod "{name}" is waiting to start: ContainerCreating',
             )
         follow = request.query.get("follow") in ("true", "1")
+        tail = request.query.get("tailLines")
+        if tail is not None and not tail.isdigit():
+            raise ApiError(400, "BadRequest", f"tailLines: invalid value {tail!r}")
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await response.prepare(request)
         sent = 0
+        if tail is not None:  # start that many lines from the end, as the kubelet does
+            data, _ended = await self.logs(namespace, name)
+            kept = data.splitlines(keepends=True)[-int(tail) :] if int(tail) else []
+            sent = len(data) - sum(len(line) for line in kept)
         with contextlib.suppress(ConnectionResetError):  # the reader went away
             while True:
                 data, ended = await self.logs(namespace, name)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import Any
 
 from ferry.testing.cluster.resources import POD, PV, PVC, STORAGE_CLASS
 from ferry.testing.cluster.store import Obj, Store, meta
@@ -49,6 +48,14 @@ def quantity(text: str) -> int:
         if text.endswith(suffix):
             return int(float(text[: -len(suffix)]) * factor)
     return int(float(text))
+
+
+def volume_nodes(pv: Obj) -> list[str]:
+    """The nodes a local volume's required node affinity allows (empty: any)."""
+    terms = (((pv.get("spec") or {}).get("nodeAffinity") or {}).get("required") or {}).get(
+        "nodeSelectorTerms"
+    ) or []
+    return [v for t in terms for e in t.get("matchExpressions", []) for v in e.get("values", [])]
 
 
 def claims_of(pod: Obj) -> list[str]:
@@ -82,6 +89,8 @@ class Binder:
         self.store = store
         self.root = root
         self.nodes = nodes
+        self._chosen: dict[str, int] = {}  # node → the turn it was last chosen
+        self._turn = 0
 
     def reconcile(self) -> None:
         for claim in self.store.list(PVC):
@@ -265,7 +274,7 @@ class Binder:
                 pod["status"].setdefault("phase", "Pending")
                 self.store.replace(POD, pod)
             return
-        node = nodes[0]
+        node = self._least_busy(nodes)
         for claim in waiting:  # PreBind: the provisioner takes it from here
             annotations = meta(claim).setdefault("annotations", {})
             if annotations.get(SELECTED_NODE) != node:
@@ -286,17 +295,27 @@ class Binder:
         pod["status"]["phase"] = "Pending"
         self.store.replace(POD, pod)
 
+    def _least_busy(self, nodes: list[str]) -> str:
+        """The scheduler's scoring, as far as it matters here: of the nodes that fit, the
+        one running the fewest pods (LeastAllocated and the default topology spread both
+        move the next pod away from busy nodes). Upstream picks at random among equal
+        scores; here the tie goes to the node chosen least recently, so that two pods
+        made one after the other land on two nodes, as they may in a cluster."""
+        running: dict[str, int] = dict.fromkeys(nodes, 0)
+        for pod in self.store.list(POD):
+            node = (pod.get("spec") or {}).get("nodeName")
+            phase = (pod.get("status") or {}).get("phase")
+            if node in running and phase not in ("Succeeded", "Failed"):
+                running[node] += 1
+        chosen = min(nodes, key=lambda n: (running[n], self._chosen.get(n, -1), nodes.index(n)))
+        self._turn += 1
+        self._chosen[chosen] = self._turn
+        return chosen
+
     def _bound_now(self, claim: Obj) -> bool:
         fresh = self.store.get(PVC, meta(claim)["namespace"], meta(claim)["name"]) or {}
         return (fresh.get("status") or {}).get("phase") == "Bound"
 
     def _fits(self, volume_name: str, node: str) -> bool:
-        volume = self.store.get(PV, "", volume_name) or {}
-        terms: list[Any] = ((volume.get("spec") or {}).get("nodeAffinity") or {}).get(
-            "required", {}
-        ).get("nodeSelectorTerms") or []
-        if not terms:
-            return True
-        return any(
-            node in e.get("values", []) for t in terms for e in t.get("matchExpressions", [])
-        )
+        allowed = volume_nodes(self.store.get(PV, "", volume_name) or {})
+        return not allowed or node in allowed

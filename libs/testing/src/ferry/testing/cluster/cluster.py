@@ -3,7 +3,8 @@
 ``async with Cluster(root) as cluster`` serves the Kubernetes API on a free
 loopback port (:attr:`Cluster.url`, what ``FERRY_PLATFORM__KUBERNETES__HOST``
 takes) and runs, after every change, the binder and scheduler, CDI, KubeVirt
-and the kubelet, each following upstream's rules (see their modules). Storage
+and the kubelet, each following upstream's rules (see their modules); a
+VirtualMachineInstance's guest is booted under QEMU (:mod:`.launcher`). Storage
 classes are given by name and binding mode; Ferry's own CRDs are installed only
 when asked for (:meth:`install_crd`), so a cluster without them answers 404.
 """
@@ -21,6 +22,7 @@ from ferry.testing.cluster import resources
 from ferry.testing.cluster.api import ApiServer
 from ferry.testing.cluster.binder import PROVISIONER, Binder
 from ferry.testing.cluster.kubelet import Kubelet
+from ferry.testing.cluster.launcher import Launcher
 from ferry.testing.cluster.operators import Cdi, KubeVirt
 from ferry.testing.cluster.store import Obj, Store
 
@@ -44,7 +46,8 @@ class Cluster:
         self.binder = Binder(self.store, root, list(nodes))
         self.kubelet = Kubelet(self.store, root, {k: dict(v) for k, v in (images or {}).items()})
         self.cdi = Cdi(self.store)
-        self.kubevirt = KubeVirt(self.store)
+        self.launcher = Launcher(self.store, root)
+        self.kubevirt = KubeVirt(self.store, self.launcher)
         self.api = ApiServer(self.store, self.kubelet.logs)
         self._classes = dict(storage_classes or {"standard": "WaitForFirstConsumer"})
         self._loop: asyncio.Task[None] | None = None
@@ -75,6 +78,7 @@ class Cluster:
         tb: TracebackType | None,
     ) -> None:
         await self.kubelet.close()
+        await self.launcher.close()
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):

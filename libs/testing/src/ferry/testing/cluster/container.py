@@ -8,10 +8,16 @@ for, read-only where the spec says so, and replaces itself with the container's
 command. A path whose parent does not exist is made on a tmpfs laid over its
 nearest existing ancestor, which keeps that ancestor's entries by bind-mounting
 them back, so nothing outside the namespace ever sees the pod's paths.
+
+A container whose ``securityContext.readOnlyRootFilesystem`` is true gets what a
+runtime gives it: every mount it did not ask for (the machine's root, its tmp
+included) remounted read-only in its namespace; its volumes, the termination-message
+file and the kernel's ``/proc``, ``/sys`` and ``/dev`` stay as they were.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -59,6 +65,36 @@ def _make(target: Path, is_file: bool, scratch: Path, shadowed: set[Path]) -> No
         target.mkdir()
 
 
+_KERNEL = ("/proc", "/sys", "/dev")
+
+
+def _read_only_root(volumes: set[str]) -> None:
+    """Remount read-only every writable mount of this namespace but the pod's volumes."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        target, options = fields[4].replace("\\040", " "), fields[5].split(",")
+        if "ro" in options or target in volumes:
+            continue
+        if any(target == k or target.startswith(k + "/") for k in _KERNEL):
+            continue
+        if any(target.startswith(v.rstrip("/") + "/") for v in volumes):
+            continue
+        _remount_read_only(target)
+
+
+_MS_RDONLY, _MS_REMOUNT, _MS_BIND = 1, 32, 4096
+
+
+def _remount_read_only(target: str) -> None:
+    """``mount -o remount,bind,ro TARGET`` as one system call: a pod's namespace holds
+    a mount per entry of each directory its paths were made in, too many to fork for."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY
+    if libc.mount(None, target.encode(), None, ctypes.c_ulong(flags), None) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"remount read-only {target}: {os.strerror(error)}")
+
+
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     scratch = Path(spec["scratch"])
@@ -69,6 +105,8 @@ def main(spec_path: str) -> None:
         _mount("--bind", str(source), str(target))
         if mount.get("read_only"):
             _mount("-o", "remount,bind,ro", str(target))
+    if spec.get("read_only_root"):
+        _read_only_root({m["target"] for m in spec["mounts"]})
     os.chdir(spec.get("workdir") or "/")
     argv = spec["argv"]
     try:

@@ -5,7 +5,8 @@ image is one the node can run (:attr:`Kubelet.images`; any other stays
 ``Pending`` in ``ErrImagePull``). Its command and args run in a private mount
 namespace (:mod:`.container`) where each volume is at the path the spec names:
 a claim's directory (``volumeMounts``) or block file (``volumeDevices``), a
-Secret's keys as files, an ``emptyDir``, and the termination-message file. Its
+Secret's keys as files, an ``emptyDir``, an ``nfs`` export (a local directory standing
+for the share: no NFS server runs here), and the termination-message file. Its
 environment is the spec's ``env`` (``secretKeyRef`` resolved) over the image's
 own, nothing of the kubelet's.
 
@@ -44,6 +45,7 @@ class SpecError(Exception):
 
 @dataclass
 class _Running:
+    key: tuple[str, str]  # the pod's namespace and name (its uid keys the kubelet's table)
     task: asyncio.Task[None]
     log: Path
     termination: Path
@@ -57,11 +59,18 @@ class Kubelet:
     store: Store
     root: Path
     images: dict[str, dict[str, str]] = field(default_factory=dict)  # image → its ENV
-    _running: dict[tuple[str, str], _Running] = field(default_factory=dict)
+    # NFS exports this node can mount, "server:/path" → a local directory. There is no
+    # NFS server here: an ``nfs`` volume is that directory, always mounted read-only
+    # when the pod asks for readOnly (and an export not listed leaves the pod waiting,
+    # as a mount that times out would).
+    exports: dict[str, Path] = field(default_factory=dict)
+    # Pods whose process has not ended, by uid: a pod force-deleted and made again under
+    # its name is another pod, as on a node (its old process may still be ending).
+    _running: dict[str, _Running] = field(default_factory=dict)
     _ended: set[str] = field(default_factory=set)  # uids of pods that ran
 
     def __post_init__(self) -> None:
-        self.store.graceful[POD.key] = lambda pod: self._key(pod) in self._running
+        self.store.graceful[POD.key] = lambda pod: meta(pod)["uid"] in self._running
 
     @staticmethod
     def _key(pod: Obj) -> tuple[str, str]:
@@ -72,21 +81,21 @@ class Kubelet:
 
     def running(self) -> list[tuple[str, str]]:
         """(namespace, name) of every pod whose process has not ended."""
-        return sorted(self._running)
+        return sorted(running.key for running in self._running.values())
 
     async def logs(self, namespace: str, name: str) -> tuple[bytes, bool]:
         path = self.pod_dir(namespace, name) / "log"
         data = path.read_bytes() if path.exists() else b""
-        return data, (namespace, name) not in self._running
+        return data, (namespace, name) not in self.running()
 
     # -- the sync loop ---------------------------------------------------------------
 
     def reconcile(self) -> None:
         present = set()
         for pod in self.store.list(POD):
-            key = self._key(pod)
-            present.add(key)
-            running = self._running.get(key)
+            uid = meta(pod)["uid"]
+            present.add(uid)
+            running = self._running.get(uid)
             if running is not None:
                 if meta(pod).get("deletionTimestamp") and not running.stopping:
                     grace = meta(pod).get("deletionGracePeriodSeconds")
@@ -94,13 +103,15 @@ class Kubelet:
                         grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
                     self._stop(running, "Deleted", float(grace))
                 continue
-            if not (pod.get("spec") or {}).get("nodeName") or meta(pod)["uid"] in self._ended:
+            if not (pod.get("spec") or {}).get("nodeName") or uid in self._ended:
                 continue
+            if self._key(pod) in self.running():
+                continue  # an earlier pod of this name still ending: its directory is in use
             if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue
             self._start(pod)
-        for key, running in list(self._running.items()):
-            if key not in present and not running.stopping:  # force-deleted
+        for uid, running in list(self._running.items()):
+            if uid not in present and not running.stopping:  # force-deleted
                 self._stop(running, "Deleted", 0)
 
     def _start(self, pod: Obj) -> None:
@@ -117,9 +128,10 @@ class Kubelet:
         spec_file = directory / "container.json"
         spec_file.write_text(json.dumps(spec))
         log = directory / "log"
-        self._ended.add(meta(pod)["uid"])
+        uid = meta(pod)["uid"]
+        self._ended.add(uid)
         task = asyncio.get_running_loop().create_task(self._run(pod, spec_file, log))
-        self._running[key] = _Running(task, log, Path(spec["termination"]))
+        self._running[uid] = _Running(key, task, log, Path(spec["termination"]))
 
     def _waiting(self, pod: Obj, reason: str, message: str) -> None:
         status = pod.setdefault("status", {})
@@ -154,7 +166,8 @@ class Kubelet:
         namespace = meta(pod)["namespace"]
         directory = self.pod_dir(namespace, meta(pod)["name"])
         directory.mkdir(parents=True, exist_ok=True)
-        sources = self._volumes(pod, directory)
+        read_only: set[str] = set()
+        sources = self._volumes(pod, directory, read_only)
         mounts: list[dict[str, Any]] = []
         for mount in container.get("volumeMounts") or []:
             source, block = sources.get(mount["name"], (None, False))
@@ -166,7 +179,7 @@ class Kubelet:
                 {
                     "source": str(source),
                     "target": mount["mountPath"],
-                    "read_only": bool(mount.get("readOnly")),
+                    "read_only": bool(mount.get("readOnly")) or mount["name"] in read_only,
                 }
             )
         for device in container.get("volumeDevices") or []:
@@ -199,6 +212,9 @@ class Kubelet:
             "scratch": str(scratch),
             "termination": str(termination),
             "policy": container.get("terminationMessagePolicy", "File"),
+            "read_only_root": bool(
+                (container.get("securityContext") or {}).get("readOnlyRootFilesystem")
+            ),
         }
 
     def _env_value(self, namespace: str, item: Mapping[str, Any]) -> str:
@@ -210,7 +226,9 @@ class Kubelet:
             raise _Waiting("CreateContainerConfigError", f'secret "{ref["name"]}" not found')
         return base64.b64decode(secret["data"][ref["key"]]).decode()
 
-    def _volumes(self, pod: Obj, directory: Path) -> dict[str, tuple[Path, bool]]:
+    def _volumes(
+        self, pod: Obj, directory: Path, read_only: set[str]
+    ) -> dict[str, tuple[Path, bool]]:
         namespace = meta(pod)["namespace"]
         found: dict[str, tuple[Path, bool]] = {}
         for volume in pod["spec"].get("volumes") or []:
@@ -233,27 +251,39 @@ class Kubelet:
                         f'MountVolume.SetUp failed for volume "{name}": '
                         f'secret "{secret_name}" not found',
                     )
-                files = directory / "volumes" / name
+                files = directory / meta(pod)["uid"] / name
                 files.mkdir(parents=True, exist_ok=True)
                 for key, value in (secret.get("data") or {}).items():
                     path = files / key
                     path.write_bytes(base64.b64decode(value))
                     path.chmod(volume["secret"].get("defaultMode", 0o644) & 0o777)
                 found[name] = (files, False)
+            elif "nfs" in volume:
+                nfs = volume["nfs"]
+                export = self.exports.get(f"{nfs['server']}:{nfs['path']}")
+                if export is None:
+                    raise _Waiting(
+                        "ContainerCreating",
+                        f'MountVolume.SetUp failed for volume "{name}": mount.nfs: '
+                        f"{nfs['server']}:{nfs['path']}: no such export",
+                    )
+                found[name] = (export, False)
+                if nfs.get("readOnly"):
+                    read_only.add(name)
             elif "emptyDir" in volume:
-                empty = directory / "volumes" / name
+                empty = directory / meta(pod)["uid"] / name  # empty for each new pod
                 empty.mkdir(parents=True, exist_ok=True)
                 found[name] = (empty, False)
             else:
                 raise SpecError(
-                    f"volume {name!r}: only claims, Secrets and emptyDir are served here"
+                    f"volume {name!r}: only claims, Secrets, nfs and emptyDir are served here"
                 )
         return found
 
     # -- running and ending ----------------------------------------------------------
 
     async def _run(self, pod: Obj, spec_file: Path, log: Path) -> None:
-        key = self._key(pod)
+        uid = meta(pod)["uid"]
         spec = json.loads(spec_file.read_text())  # noqa: ASYNC240 - a small local file
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(
@@ -275,7 +305,7 @@ class Kubelet:
                     "PYTHONPATH": os.pathsep.join(sys.path),
                 },
             )
-        running = self._running[key]
+        running = self._running[uid]
         running.process = process
         if running.stopping:  # deleted while it was starting
             self._signal(process, signal.SIGKILL)
@@ -292,12 +322,12 @@ class Kubelet:
             self._signal(process, signal.SIGKILL)
             code = await process.wait()
         self._signal(process, signal.SIGKILL)  # helpers left in its session go with it
-        self._finish(key, running, code, spec)
+        self._finish(uid, running, code, spec)
 
     def _started(self, pod: Obj) -> None:
         fresh = self.store.get(POD, *self._key(pod))
-        if fresh is None:
-            return
+        if fresh is None or meta(fresh)["uid"] != meta(pod)["uid"]:
+            return  # gone, or another pod of this name now
         container = fresh["spec"]["containers"][0]
         fresh.setdefault("status", {}).update(
             phase="Running",
@@ -318,13 +348,12 @@ class Kubelet:
         )
         self.store.replace(POD, fresh)
 
-    def _finish(
-        self, key: tuple[str, str], running: _Running, code: int, spec: Mapping[str, Any]
-    ) -> None:
-        del self._running[key]
+    def _finish(self, uid: str, running: _Running, code: int, spec: Mapping[str, Any]) -> None:
+        del self._running[uid]
+        key = running.key
         pod = self.store.get(POD, *key)
-        if pod is None:
-            return
+        if pod is None or meta(pod)["uid"] != uid:
+            return  # gone (a pod made again under its name starts on the next sync)
         if meta(pod).get("deletionTimestamp"):
             self.store.delete(POD, *key, grace=0)
             return
@@ -380,7 +409,7 @@ class Kubelet:
 
     def evict(self, namespace: str, name: str, message: str) -> None:
         """What node-pressure eviction does: kill the pod now, phase Failed, reason Evicted."""
-        running = self._running[(namespace, name)]
+        [running] = [r for r in self._running.values() if r.key == (namespace, name)]
         running.stopping, running.message = "Evicted", message
         if running.process is not None:
             self._signal(running.process, signal.SIGKILL)

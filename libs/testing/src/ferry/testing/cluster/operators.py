@@ -12,9 +12,13 @@ importer pod (``http``, ``imageio``, ``vddk``, ``upload``) are **not** modelled:
 DataVolumes stay ``ImportScheduled``/``UploadScheduled``.
 
 KubeVirt (``VirtualMachine``): ``runStrategy: Always`` (or ``running: true``)
-makes a ``VirtualMachineInstance`` owned by the VM, which reaches ``Running`` only
-when every claim and DataVolume it uses is bound and succeeded; ``Halted`` deletes
-it. The guest is **not** booted here.
+makes a ``VirtualMachineInstance`` owned by the VM; ``Halted`` deletes it. The
+instance stays ``Pending`` until every claim and DataVolume it uses is bound and
+succeeded, then goes ``Scheduling`` → ``Scheduled`` (on the node) → ``Running``
+as its guest is booted by :mod:`.launcher` (QEMU, the local platform's runner),
+and ends ``Succeeded`` (the guest powered off) or ``Failed`` with a reason. Not
+modelled: restarting a VM's ended instance (upstream does, with a back-off, for
+``Always``): it stays ended, and the VM says ``CrashLoopBackOff`` or ``Stopped``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.testing.cluster.binder import SELECTED_NODE, quantity
+from ferry.testing.cluster.launcher import NODE, Launcher
 from ferry.testing.cluster.resources import (
     DATA_VOLUME,
     PV,
@@ -61,6 +66,11 @@ def _status(store: Store, kind: Kind, obj: Obj, **status: Any) -> None:
 
 def _phase(store: Store, kind: Kind, obj: Obj, phase: str, **status: Any) -> None:
     _status(store, kind, obj, phase=phase, **status)
+
+
+def _phase_and_get(store: Store, vmi: Obj, phase: str, **status: Any) -> Obj:
+    _phase(store, VMI, vmi, phase, **status)
+    return store.require(VMI, meta(vmi)["namespace"], meta(vmi)["name"])
 
 
 class Cdi:
@@ -130,13 +140,20 @@ class Cdi:
 
 
 class KubeVirt:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, launcher: Launcher) -> None:
         self.store = store
+        self.launcher = launcher
 
     def reconcile(self) -> None:
         for vm in self.store.list(VIRTUAL_MACHINE):
             if not meta(vm).get("deletionTimestamp"):
                 self._vm(vm)
+        for vmi in self.store.list(VMI):
+            self._instance(vmi)
+        present = {(meta(v)["namespace"], meta(v)["name"]) for v in self.store.list(VMI)}
+        for key in self.launcher.guests():
+            if key not in present:  # force-deleted: the guest goes at once
+                self.launcher.stop(key, 0)
 
     def _vm(self, vm: Obj) -> None:
         namespace, name = meta(vm)["namespace"], meta(vm)["name"]
@@ -144,9 +161,10 @@ class KubeVirt:
         strategy = spec.get("runStrategy") or ("Always" if spec.get("running") else "Halted")
         vmi = self.store.get(VMI, namespace, name)
         if strategy == "Halted":
-            if vmi is not None:
+            if vmi is not None and not meta(vmi).get("deletionTimestamp"):
                 self.store.delete(VMI, namespace, name)
-            _status(self.store, VIRTUAL_MACHINE, vm, printableStatus="Stopped", ready=False)
+            printable = "Stopping" if vmi is not None else "Stopped"
+            _status(self.store, VIRTUAL_MACHINE, vm, printableStatus=printable, ready=False)
             return
         if vmi is None:
             template = spec["template"]
@@ -162,23 +180,41 @@ class KubeVirt:
                         "ownerReferences": _owner(vm),
                     },
                     "spec": template["spec"],
+                    "status": {"phase": "Pending"},
                 },
             )
-        waiting = self._unready(namespace, vmi["spec"].get("volumes") or [])
-        if waiting:
-            _phase(self.store, VMI, vmi, "Pending")
-            _status(
-                self.store,
-                VIRTUAL_MACHINE,
-                vm,
-                printableStatus="WaitingForVolumeBinding",
-                ready=False,
-            )
+        phase = (vmi.get("status") or {}).get("phase", "Pending")
+        if phase == "Pending" and self._unready(namespace, vmi["spec"].get("volumes") or []):
+            printable = "WaitingForVolumeBinding"
+        elif phase == "Running":
+            printable = "Running"
+        elif phase in ("Failed", "Succeeded"):
+            failed = phase == "Failed" and strategy in ("Always", "RerunOnFailure")
+            printable = "CrashLoopBackOff" if failed else "Stopped"
+        else:
+            printable = "Starting"
+        ready = phase == "Running"
+        _status(self.store, VIRTUAL_MACHINE, vm, printableStatus=printable, ready=ready)
+        if phase == "Running":
+            _status(self.store, VIRTUAL_MACHINE, vm, created=True)
+
+    def _instance(self, vmi: Obj) -> None:
+        """virt-controller and virt-handler: schedule a ready instance and boot it."""
+        key = (meta(vmi)["namespace"], meta(vmi)["name"])
+        if meta(vmi).get("deletionTimestamp"):
+            grace = meta(vmi).get("deletionGracePeriodSeconds")
+            self.launcher.stop(key, None if grace is None else float(grace))
             return
-        _phase(self.store, VMI, vmi, "Running", nodeName="node-1")
-        _status(
-            self.store, VIRTUAL_MACHINE, vm, printableStatus="Running", ready=True, created=True
-        )
+        phase = (vmi.get("status") or {}).get("phase", "Pending")
+        if phase != "Pending" or self.launcher.launched(vmi):
+            return
+        if self._unready(key[0], vmi["spec"].get("volumes") or []):
+            _phase(self.store, VMI, vmi, "Pending")
+            return
+        # The launcher pod is made and scheduled; its QEMU is started on the node.
+        vmi = _phase_and_get(self.store, vmi, "Scheduling")
+        vmi = _phase_and_get(self.store, vmi, "Scheduled", nodeName=NODE)
+        self.launcher.start(vmi)
 
     def _unready(self, namespace: str, volumes: list[dict[str, Any]]) -> list[str]:
         waiting = []

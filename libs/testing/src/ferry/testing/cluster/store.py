@@ -6,14 +6,18 @@ which react to changes as upstream controllers react to their informers). The
 rules here are the API server's own, not a controller's: names are unique per
 namespace, a deleted object with finalizers stays (``deletionTimestamp`` set)
 until they are gone, and removing an owner removes what it owns (background
-garbage collection).
+garbage collection). A bounded history of changes lets a watch resume from a
+resourceVersion; what fell out of it (or :meth:`Store.compact` dropped, as etcd's
+compaction) is 410 Gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +26,7 @@ from ferry.testing.cluster.resources import Kind
 
 Obj = dict[str, Any]
 Event = tuple[str, Kind, Obj]  # ADDED | MODIFIED | DELETED, the kind, a copy of the object
+HISTORY = 5000  # changes kept for watches that resume from a resourceVersion (etcd's window)
 
 
 class ApiError(Exception):
@@ -58,6 +63,10 @@ class Store:
         self._kinds: dict[str, Kind] = {}
         self._revision = 0
         self._subscribers: list[asyncio.Queue[Event]] = []
+        # Every change with its revision, for a watch resuming from a resourceVersion; what
+        # fell out of the window (or was compacted) answers 410 Gone, as etcd's compaction.
+        self._history: deque[tuple[int, Event]] = deque(maxlen=HISTORY)
+        self.compacted = 0
         # kind key → returns True when it will finish the deletion itself (the kubelet)
         self.graceful: dict[str, Callable[[Obj], bool]] = {}
 
@@ -109,6 +118,9 @@ class Store:
         meta(obj)["resourceVersion"] = str(self._revision)
 
     def _emit(self, kind: Kind, event: str, obj: Obj) -> None:
+        if len(self._history) == self._history.maxlen:
+            self.compacted = self._history[0][0]
+        self._history.append((int(meta(obj)["resourceVersion"]), (event, kind, copy.deepcopy(obj))))
         for queue in self._subscribers:
             queue.put_nowait((event, kind, copy.deepcopy(obj)))
 
@@ -125,6 +137,8 @@ class Store:
             plural = f"{kind.plural}.{kind.group}" if kind.group else kind.plural
             raise ApiError(409, "AlreadyExists", f'{plural} "{name}" already exists')
         metadata.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+        metadata.pop("deletionTimestamp", None)  # as upstream's BeforeCreate
+        metadata.pop("deletionGracePeriodSeconds", None)
         if kind.namespaced:
             metadata["namespace"] = namespace
         obj.setdefault("apiVersion", kind.api_version)
@@ -135,7 +149,13 @@ class Store:
         return copy.deepcopy(obj)
 
     def replace(self, kind: Kind, obj: Obj) -> Obj:
-        """Store ``obj`` as the new state (optimistic: its resourceVersion must be current)."""
+        """Store ``obj`` as the new state (optimistic: its resourceVersion must be current).
+
+        As upstream's ``BeforeUpdate`` and ``ValidateObjectMetaUpdate``: an update never
+        removes or changes a deletion timestamp (it is carried over), sets one (422), or
+        adds a finalizer to an object being deleted (422); the update that empties the
+        finalizers of an object being deleted removes it (``ShouldDeleteDuringUpdate``).
+        """
         metadata = meta(obj)
         key = (kind.key, str(metadata.get("namespace", "")), str(metadata["name"]))
         there = self._objects.get(key)
@@ -149,6 +169,22 @@ class Store:
                 f'Operation cannot be fulfilled on {kind.plural} "{key[2]}": '
                 "the object has been modified; please apply your changes to the latest version",
             )
+        before = there["metadata"]
+        if before.get("deletionTimestamp"):
+            metadata["deletionTimestamp"] = before["deletionTimestamp"]
+            if metadata.get("deletionGracePeriodSeconds") is None:
+                metadata["deletionGracePeriodSeconds"] = before.get("deletionGracePeriodSeconds")
+            if metadata["deletionGracePeriodSeconds"] is None:
+                metadata.pop("deletionGracePeriodSeconds")
+        problems = _update_problems(metadata, before)
+        if problems:
+            plural = f"{kind.plural}.{kind.group}" if kind.group else kind.plural
+            raise ApiError(422, "Invalid", f'{plural} "{key[2]}" is invalid: {"; ".join(problems)}')
+        return self._write(kind, key, obj)
+
+    def _write(self, kind: Kind, key: tuple[str, str, str], obj: Obj) -> Obj:
+        there = self._objects[key]
+        metadata = meta(obj)
         if obj.get("spec") != there.get("spec"):
             metadata["generation"] = int(there["metadata"].get("generation", 1)) + 1
         self._stamp(obj)
@@ -165,15 +201,33 @@ class Store:
         return hook is not None and hook(obj)
 
     def delete(self, kind: Kind, namespace: str, name: str, grace: int | None = None) -> Obj:
+        """Delete, as the registry's ``Delete``: an object with finalizers only gets a
+        ``deletionTimestamp`` (with ``deletionGracePeriodSeconds`` 0 for a kind without
+        graceful deletion) and stays, returned as it now is, until an update empties its
+        finalizers; deleting it again changes nothing. A graceful kind's object (the
+        kubelet's pod) stays until whoever finishes it deletes it with grace 0."""
         obj = self.require(kind, namespace, name)
         metadata = meta(obj)
+        key = (kind.key, namespace if kind.namespaced else "", name)
+        held = bool(metadata.get("finalizers"))
         if metadata.get("deletionTimestamp") is None:
             metadata["deletionTimestamp"] = now()
-            if grace is not None:
-                metadata["deletionGracePeriodSeconds"] = grace
-            if metadata.get("finalizers") or (grace != 0 and self._finishing_elsewhere(kind, obj)):
-                return self.replace(kind, obj)
-        self._remove(kind, (kind.key, namespace if kind.namespaced else "", name))
+            graceful = grace != 0 and self._finishing_elsewhere(kind, obj)
+            if held or graceful:
+                if int(metadata.get("generation") or 0) > 0:
+                    metadata["generation"] = int(metadata["generation"]) + 1
+                if grace is not None:
+                    metadata["deletionGracePeriodSeconds"] = grace
+                elif not graceful:
+                    metadata["deletionGracePeriodSeconds"] = 0  # upstream's markAsDeleting
+                return self._write(kind, key, obj)
+        elif held:
+            have = metadata.get("deletionGracePeriodSeconds")
+            if grace is not None and (have is None or grace < int(have)):
+                metadata["deletionGracePeriodSeconds"] = grace  # a grace may only shorten
+                return self._write(kind, key, obj)
+            return obj
+        self._remove(kind, key)
         return obj
 
     def _remove(self, kind: Kind, key: tuple[str, str, str]) -> None:
@@ -192,6 +246,22 @@ class Store:
 
     # -- changes ---------------------------------------------------------------------
 
+    def compact(self) -> None:
+        """Forget the changes made so far, as etcd's compaction does: a watch resuming
+        from an older resourceVersion is told 410 Gone and must list again."""
+        self._history.clear()
+        self.compacted = self._revision
+
+    def since(self, revision: int) -> builtins.list[tuple[int, Event]]:
+        """The changes after ``revision``; :class:`ApiError` 410 when they are not kept."""
+        if revision < self.compacted:
+            raise ApiError(
+                410,
+                "Expired",
+                f"too old resource version: {revision} ({self.compacted})",
+            )
+        return [(rev, copy.deepcopy(event)) for rev, event in self._history if rev > revision]
+
     def subscribe(self) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
         self._subscribers.append(queue)
@@ -200,3 +270,21 @@ class Store:
     def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
         if queue in self._subscribers:
             self._subscribers.remove(queue)
+
+
+def _update_problems(new: dict[str, Any], old: dict[str, Any]) -> builtins.list[str]:
+    """What upstream's ``ValidateObjectMetaAccessorUpdate`` refuses of the finalizers and
+    the deletion fields (the update carried an existing deletion over already)."""
+    problems = []
+    if old.get("deletionTimestamp"):
+        extra = sorted(set(new.get("finalizers") or []) - set(old.get("finalizers") or []))
+        if extra:
+            found = "[]string{" + ", ".join(f'"{f}"' for f in extra) + "}"
+            problems.append(
+                "metadata.finalizers: Forbidden: no new finalizers can be added if the object "
+                f"is being deleted, found new finalizers {found}"
+            )
+    for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+        if new.get(field) != old.get(field):
+            problems.append(f"metadata.{field}: Invalid value: field is immutable")
+    return problems

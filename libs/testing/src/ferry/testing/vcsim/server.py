@@ -127,9 +127,17 @@ def _build(target: Path) -> None:
 class Vcsim:
     """One simulator process with its own datastore folders, removed on close."""
 
-    def __init__(self, username: str = "ferry@vsphere.local", password: str = "") -> None:
+    def __init__(
+        self, username: str = "ferry@vsphere.local", password: str = "", idle_timeout: float = 0
+    ) -> None:
+        """``idle_timeout`` (seconds, 0 for never) ends a session that made no API call
+        for that long, as vCenter's idle timeout does; it ends one to two timeouts after
+        its last call (the simulator checks once per timeout)."""
+        if idle_timeout < 0:
+            raise ValueError("idle_timeout must not be negative")
         self.username = username
         self.password = password or hashlib.sha256(os.urandom(16)).hexdigest()[:20]
+        self.idle_timeout = idle_timeout
         self._proc: subprocess.Popen[str] | None = None
         self.endpoint: Endpoint | None = None
 
@@ -137,7 +145,7 @@ class Vcsim:
         exe = binary()
         env = {**os.environ, "VCSIM_USERNAME": self.username, "VCSIM_PASSWORD": self.password}
         self._proc = subprocess.Popen(
-            [str(exe), "-l", "127.0.0.1:0"],
+            [str(exe), "-l", "127.0.0.1:0", f"-idle-timeout={self.idle_timeout:g}s"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -5,7 +5,7 @@
 // server resumes the stream right after it.
 "use strict";
 
-const S = { snap: null, applied: 0, log: [], rates: {}, drafts: {}, es: null, refreshTimer: null };
+const S = { snap: null, applied: 0, log: [], rates: {}, drafts: {}, es: null, refreshTimer: null, probes: {} };
 const LOG_MAX = 1000;
 const $ = (id) => document.getElementById(id);
 
@@ -85,6 +85,9 @@ function renderVm(vm) {
       el("span", { class: "bytes" }, `${bytes(vm.done)} / ${bytes(vm.total)}`),
       el("span", { class: "rate" }, rate ? `${bytes(rate)}/s` : ""),
       vm.stage ? el("span", { class: "stage" }, vm.stage) : null,
+      vm.estimated === null || vm.estimated === undefined ? null : el("span", { class: "estimated" },
+        `estimated ${clock(vm.estimated)}` + (vm.estimate_error === null || vm.estimate_error === undefined
+          ? "" : ` (${vm.estimate_error >= 0 ? "+" : ""}${Math.round(vm.estimate_error * 100)}%)`)),
       ended ? null : el("button", { class: "danger cancel-vm", onclick: () => cancel(vm.migration, vm.vm) }, "Cancel VM")),
     el("ul", { class: "pipeline" }, steps),
     disks, errors,
@@ -123,7 +126,7 @@ function renderPlan(p) {
     el("div", {}, "VMs: ", p.vms.map((v) => v.name || v.id).join(", "),
       p.succeeded.length ? ` (already migrated: ${p.succeeded.length})` : ""),
     reasons(p.reasons),
-    renderEstimate(p.estimate));
+    renderEstimate(p.estimate, p.cold_only));
 }
 
 const clock = (s) => {
@@ -132,31 +135,40 @@ const clock = (s) => {
   return s >= 60 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s` : `${s}s`;
 };
 
-// Every number with the inputs behind it, measured or assumed, so a person can judge it.
-function renderEstimate(e) {
+const WARM_ONLY_INPUTS = new Set(["final_delta"]);
+
+// Every number with the inputs behind it, measured or assumed, so a person can judge it;
+// a source that cannot run warm (coldOnly says why) gets the cold figures only.
+function renderEstimate(e, coldOnly) {
   if (!e) return null;
+  const heads = ["VM", "size", "cold", "cold downtime"].concat(coldOnly ? [] : ["warm", "warm downtime"]);
   return el("div", { class: "estimate" },
     el("div", {}, `Estimate (${e.warm ? "warm" : "cold"}): whole plan ≈ ${clock(e.duration)}`),
+    coldOnly ? el("div", { class: "cold-only" }, `cold only: ${coldOnly}`) : null,
     el("table", {},
-      el("thead", {}, el("tr", {}, ["VM", "size", "cold", "cold downtime", "warm", "warm downtime"].map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, heads.map((h) => el("th", {}, h)))),
       el("tbody", {}, e.vms.map((v) => el("tr", {},
         el("td", {}, v.name), el("td", {}, v.bytes ? bytes(v.bytes) : "unknown"),
         el("td", {}, clock(v.cold_duration)), el("td", {}, clock(v.cold_downtime)),
-        el("td", {}, clock(v.warm_duration)), el("td", {}, clock(v.warm_downtime)))))),
-    el("ul", { class: "inputs" }, e.inputs.map((i) => el("li", {},
+        coldOnly ? null : el("td", {}, clock(v.warm_duration)),
+        coldOnly ? null : el("td", {}, clock(v.warm_downtime)))))),
+    el("ul", { class: "inputs" }, e.inputs.filter((i) => !(coldOnly && WARM_ONLY_INPUTS.has(i.name))).map((i) => el("li", {},
       `${i.name}: ${i.unit === "B/s" ? bytes(i.value) + "/s" : i.unit === "s" ? clock(i.value) : i.value + " " + i.unit}`
-      + ` (${i.measured ? "measured" : "assumed"}${i.basis ? ": " + i.basis : ""})`))));
+      + ` (${i.probed ? "probed" : i.measured ? "measured" : "assumed"}${i.basis ? ": " + i.basis : ""})`))));
 }
 
 function renderProvider(p) {
-  return el("div", { class: "card provider" },
-    el("h3", {}, el("span", {}, p.name), el("span", {}, p.type), p.url ? el("code", {}, p.url) : null),
+  return el("div", { class: "card provider", "data-provider": p.name },
+    el("h3", {}, el("span", {}, p.name), el("span", {}, p.type), p.url ? el("code", {}, p.url) : null,
+      p.inventory_read ? el("span", { class: "read" }, `read ${p.inventory_read}`) : null),
+    p.inventory_error ? el("div", { class: "errors" }, `cannot read: ${p.inventory_error}`) : null,
+    p.inventory_left_out ? el("div", {}, `… and ${p.inventory_left_out} more VMs not listed`) : null,
     p.inventory.length ? el("table", {},
       el("thead", {}, el("tr", {}, ["VM", "power", "CPUs", "memory", "host", "disks", "warnings"].map((h) => el("th", {}, h)))),
       el("tbody", {}, p.inventory.map((v) => el("tr", {},
         el("td", {}, v.name), el("td", {}, v.power), el("td", {}, v.cpus), el("td", {}, `${v.memory_mib} MiB`),
         el("td", {}, v.host), el("td", {}, v.disks.map((d) => `${d.name} ${bytes(d.capacity)}`).join(", ")),
-        el("td", {}, v.warnings.join("; ")))))) : el("p", { class: "empty" }, "No VM of this provider seen in a migration yet."));
+        el("td", {}, v.warnings.join("; ")))))) : el("p", { class: "empty" }, p.inventory_read ? "No VM at this source." : "Not read yet."));
 }
 
 function fill(id, items, render) {
@@ -253,9 +265,30 @@ async function refresh() {
   const stages = {};
   if (S.snap) for (const m of S.snap.migrations) for (const v of m.vms) if (v.stage) stages[v.key] = v.stage;
   for (const m of snap.migrations) for (const v of m.vms) if (stages[v.key] && v.status === "Running") v.stage = stages[v.key];
+  for (const p of snap.plans) if (p.probing && S.probes[p.name]) { p.estimate = S.probes[p.name]; p.probing = false; }
   S.snap = snap;
   S.applied = Math.max(S.applied, snap.position);
   render();
+  for (const p of snap.plans) if (p.probing) probe(p.name);
+}
+
+// A plan whose pair never migrated: the snapshot shows the assumed throughput while the
+// console reads the source; this one request waits for that read (a few seconds at most)
+// and puts the probed estimate in place. The page is never held by it.
+const probing = new Set();
+async function probe(plan) {
+  if (probing.has(plan)) return;
+  probing.add(plan);
+  try {
+    const response = await fetch(`/api/plans/${encodeURIComponent(plan)}/estimate`, { cache: "no-store" });
+    if (!response.ok) return;
+    const got = await response.json();
+    S.probes[plan] = got.estimate;
+    const p = S.snap && S.snap.plans.find((x) => x.name === plan);
+    if (p) { p.estimate = got.estimate; p.probing = got.probing; p.cold_only = got.cold_only; render(); }
+  } finally {
+    probing.delete(plan);
+  }
 }
 
 function follow() {

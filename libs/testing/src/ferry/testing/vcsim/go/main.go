@@ -11,6 +11,11 @@
 // appear in a process listing. Once serving, one JSON line goes to stdout (the
 // SDK URL, the certificate's SHA-1 thumbprint and a PEM file of it); the process
 // then runs until SIGTERM or SIGINT and removes the datastore folders it made.
+//
+// -idle-timeout ends a session that made no API call for that long, as vCenter's
+// idle timeout does (30 min by default there); 0, the default, keeps sessions until
+// logout. govmomi checks every timeout's length, so an idle session ends between one
+// and two timeouts after its last call.
 package main
 
 import (
@@ -81,7 +86,12 @@ func selfSigned() tls.Certificate {
 
 func main() {
 	listen := flag.String("l", "127.0.0.1:0", "address to listen on")
+	idle := flag.Duration("idle-timeout", 0, "end a session idle this long (0: never)")
 	flag.Parse()
+	if *idle < 0 {
+		log.Fatal("-idle-timeout must not be negative")
+	}
+	simulator.SessionIdleTimeout = *idle
 
 	user, pass := os.Getenv("VCSIM_USERNAME"), os.Getenv("VCSIM_PASSWORD")
 	if user == "" || pass == "" {
@@ -93,6 +103,8 @@ func main() {
 		log.Fatal(err)
 	}
 	defer model.Remove()
+	// Change ids for snapshots of VMs with CBT on (simulator/change_tracker.go).
+	simulator.Map.AddHandler(simulator.ChangeTracker())
 
 	// The model's VMs stand for guests with VMware Tools running, so a guest
 	// shutdown can be asked of them; VMs created later through the API have none.
@@ -106,6 +118,9 @@ func main() {
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned()}}
 	server := model.Service.NewServer()
 	defer server.Close()
+	// /folder only with a live session's cookie (simulator/folder_sessions.go); set
+	// before the ready line, so before any client can send a request.
+	server.Config.Handler = simulator.FolderSessions(server.Config.Handler)
 
 	certFile, err := server.CertificateFile()
 	if err != nil {

@@ -1,0 +1,1 @@
+"""The oVirt provider: the engine SDK for inventory and power, imageio for the data."""
