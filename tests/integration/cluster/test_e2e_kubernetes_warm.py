@@ -66,16 +66,10 @@ def _posted(cluster: Cluster, plural: str, prefix: str) -> list[dict[str, Any]]:
 def _migrate(
     stack: LocalStack, eng: Engine, vm: VmRecord, guest: libvirtd.Guest
 ) -> list[dict[str, Any]]:
-    """A warm plan, a precopy every 3 s, 1 MiB written after the full round and after the
-    first precopy, then the cutover; the events until the migration ended."""
+    """A warm plan, a precopy every 3 s, 1 MiB written after the full round and again
+    once a precopy carried it, then the cutover; the events until the migration ended."""
     recorder = scenario.start(stack, eng, vm, warm=True, precopy_seconds=3)
-    for n, (offset, pattern) in enumerate(WRITES):
-
-        def done_round(ev: list[dict[str, Any]], n: int = n) -> bool:
-            return any(c["precopy"] == n for c in of_type(ev, "volume.disks_copied", vm.id))
-
-        stack.wait_for(f"round {n}", done_round, recorder, timeout=120)
-        guest.write("vda", offset, MiB, pattern)
+    scenario.write_between_rounds(stack, recorder, vm, guest, WRITES, timeout=120)
     cut = stack.ferry("cutover", "m1", "--at", "now")
     assert cut.returncode == 0, cut.stdout + cut.stderr
     done = stack.wait_for("m1", lambda ev: finished(ev, "m1"), recorder, 240)
@@ -113,7 +107,7 @@ async def test_warm_ovirt_vm_through_flow_one_with_a_transfer_pod_per_round(
             finally:
                 await asyncio.to_thread(stack.close)
 
-            # Then a full round and precopies ran, each precopy exactly the MiB written
+            # Then a full round and precopies ran, each write exactly one precopy's change
             rounds = of_type(events, "volume.disks_copied", vm.id)
             assert [r["precopy"] for r in rounds[:2]] == [0, 1] and len(rounds) >= 3
             assert rounds[-1]["checkpoint"] == ""  # the last delta: nothing left at the source

@@ -7,9 +7,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ferry.testing.migration import apply_yaml, guest_ova, plant_secret, source_objects
+from ferry.testing.migration import apply_yaml, guest_ova, of_type, plant_secret, source_objects
 from ferry.testing.ovirt.engine import Disk, Engine, Nic, VmRecord
 from ferry.testing.ovirt.imageio import Imageio
 from ferry.testing.stack import EventRecorder, LocalStack
@@ -102,3 +102,31 @@ def start(stack: LocalStack, eng: Engine, vm: VmRecord, *, warm: bool = False,
     recorder = stack.record_events()
     migrate(stack)
     return recorder
+
+
+def write_between_rounds(
+    stack: LocalStack,
+    recorder: EventRecorder,
+    vm: VmRecord,
+    guest: libvirtd.Guest,
+    writes: list[tuple[int, int]],
+    timeout: float,
+) -> None:
+    """After the full round, each ``(offset, pattern)`` MiB written into ``vda``, the next
+    one only once a round has carried it (reported a change): so each write is exactly one
+    precopy's change, however late this test sees a round end. (A write lands in the
+    first round whose backup begins after it; a round that began before reports 0.)"""
+    mib = 1 << 20
+
+    def rounds(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return of_type(events, "volume.disks_copied", vm.id)
+
+    stack.wait_for("the full round", lambda ev: rounds(ev)[:1], recorder, timeout)
+    for offset, pattern in writes:
+        seen = len(rounds(recorder.events()))
+        guest.write("vda", offset, mib, pattern)
+
+        def carried(ev: list[dict[str, Any]], seen: int = seen) -> bool:
+            return any(r["changed"] for r in rounds(ev)[seen:])
+
+        stack.wait_for(f"the round that copies the write at {offset}", carried, recorder, timeout)
