@@ -68,15 +68,17 @@ FLOW1_WARM = [
 ]
 
 
+PACE = "FERRY_PLATFORM__LOCAL__MAX_RATE"
+
+
 @pytest.fixture
 def paced(tmp_path: Path) -> Iterator[LocalStack]:
-    """A stack whose copies move at 24 MiB/s: the first precopy of the test guest's
-    disk (about 375 MiB of data) lasts about 15 s, so a cancel or a kill lands inside it
-    on a loaded machine as well (the tests check that it did; a window of 25 s was once
-    too short for a loaded oVirt test's cancel, so they stay short on purpose: each
-    second of pace is a second of make test-fast)."""
-    env = {"FERRY_PLATFORM__LOCAL__MAX_RATE": str(24 * 1024 * 1024)}
-    stack = LocalStack(tmp_path / "stack", env=env)
+    """A stack whose copies move at 4 MiB/s: the first precopy of the test guest's disk
+    (about 375 MiB of data) would last about 90 s, so a cancel or a kill made when the
+    test sees it copying lands inside it however loaded the machine (a 15 s round was
+    once seen ending before a loaded test's cancel). The tests do not wait it out: the
+    cancel ends it, and the kill test lifts the pace for the restarted service."""
+    stack = LocalStack(tmp_path / "stack", env={PACE: str(4 * 1024 * 1024)})
     try:
         yield stack.start()
     finally:
@@ -240,13 +242,17 @@ def test_a_volume_service_killed_in_a_precopy_leaks_no_snapshot(
         )
         killed_during = not rounds(recorder.events(), vm)
         stack.kill("volume-service")
+        stack.env = {k: v for k, v in stack.env.items() if k != PACE}  # the round, at full speed
         stack.restart("volume-service")
         # And the guest writes after the first round, which a second round copies
         stack.wait_for("precopy 0", lambda ev: rounds(ev, vm), recorder, timeout=600)
+        seen = len(rounds(recorder.events(), vm))
         guest_write(flat, MARKS[0], b"after the kill ")
+        # (the first round that begins after the write copies it: the next one, or a later
+        # one when this test saw the round end late)
         stack.wait_for(
-            "precopy 1",
-            lambda ev: [r for r in rounds(ev, vm) if r["precopy"] == 1],
+            "the precopy that copies the write",
+            lambda ev: [r for r in rounds(ev, vm)[seen:] if r["changed"] >= BLOCK],
             recorder,
             timeout=300,
         )
@@ -261,12 +267,12 @@ def test_a_volume_service_killed_in_a_precopy_leaks_no_snapshot(
 
     # Then the killed attempt's snapshot was not leaked: between rounds only the two
     # checkpoints in use remain (the one counted from and the one taken), and after the
-    # cancel none; the second round still saw the guest's write
+    # cancel none; a later round still copied the guest's write
     assert killed_during, "the first precopy had finished before the kill"
     assert 1 <= len(during_rounds) <= 2, during_rounds
     assert left == []
     changed = [r["changed"] for r in rounds(recorder.events(), vm)]
-    assert changed[1] >= BLOCK, changed
+    assert any(c >= BLOCK for c in changed[1:]), changed
 
 
 @pytest.mark.timeout(600)
