@@ -26,6 +26,7 @@ HEAVY = [
     TESTS / "integration" / "cluster",  # the stand-in: API server, kubelet, QEMU
     TESTS / "integration" / "vsphere",  # vcsim
     TESTS / "integration" / "providers" / "test_libvirt.py",  # libvirtd and guests
+    TESTS / "integration" / "providers" / "test_libvirt_tls.py",
     TESTS / "integration" / "providers" / "test_ovirt_warm.py",  # imageio + libvirt
     TESTS / "integration" / "volume_service" / "test_libvirt_source.py",
     TESTS / "integration" / "testing" / "test_ovirt_engine_backups.py",

@@ -27,7 +27,7 @@ from ferry.providers.base import (
     VmNotFound,
     WarmSource,
 )
-from ferry.providers.libvirt import backup, offline
+from ferry.providers.libvirt import jobs, offline
 from ferry.providers.libvirt.provider import LibvirtProvider
 from ferry.testing import libvirtd
 
@@ -207,7 +207,7 @@ async def test_a_backup_left_by_a_killed_service_is_ended_by_the_next_round(
     # Then the orphan's job and export directory are gone
     with pytest.raises(libvirt.libvirtError):
         guest.dom.backupGetXMLDesc(0)
-    assert not [p for p in os.listdir(provider.workdir) if p.startswith(backup.WORKDIR_PREFIX)]
+    assert not [p for p in os.listdir(provider.workdir) if p.startswith(jobs.WORKDIR_PREFIX)]
     assert not await provider.release_leftovers(vm)
 
 

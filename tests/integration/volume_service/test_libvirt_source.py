@@ -32,9 +32,9 @@ from ferry.proto.inventory import PowerState, ProviderType, Vm, VolumeTarget
 from ferry.proto.subjects import Service
 from ferry.proto.volume import SourceRef, VolumeSource
 from ferry.providers.base import Provider
-from ferry.providers.libvirt import backup
+from ferry.providers.libvirt import backup, jobs
 from ferry.providers.libvirt.provider import LibvirtProvider
-from ferry.testing import libvirtd
+from ferry.testing import backup_tls, libvirtd
 from ferry.testing.broker import InMemoryBroker
 from ferry.volume_service.handlers import VolumeHandlers
 from ferry.volume_service.settings import VolumeSettings
@@ -55,10 +55,17 @@ def guest() -> Iterator[libvirtd.Guest]:
     conn.close()
 
 
-@pytest.fixture
-async def provider() -> AsyncIterator[LibvirtProvider]:
+@pytest.fixture(params=["unix", "tls"])
+async def provider(request: pytest.FixtureRequest) -> AsyncIterator[LibvirtProvider]:
+    """The provider reading the jobs here (a Unix socket), or as a remote host's (over TCP
+    with TLS, through local relays: :mod:`ferry.providers.libvirt.exports`)."""
+    uri = libvirtd.uri_or_skip()
     work = libvirtd.scratch_dir("ferry-work-")
-    made = LibvirtProvider(libvirtd.uri_or_skip(), {}, {"workdir": str(work)})
+    if request.param == "tls":
+        secret = backup_tls.ensure_or_skip().secret()
+        made = LibvirtProvider(uri, secret, backup_tls.provider_settings(work))
+    else:
+        made = LibvirtProvider(uri, {}, {"workdir": str(work)})
     yield made
     await made.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -174,7 +181,7 @@ async def test_a_round_canceled_mid_copy_leaves_no_export_and_the_source_running
     # Then the round ended canceled, its backup job and export are gone, the source runs
     assert done.settled == "term" and done.failed is not None and done.failed.canceled
     assert not _job_running(guest)
-    assert not [p for p in os.listdir(provider.workdir) if p.startswith(backup.WORKDIR_PREFIX)]
+    assert not [p for p in os.listdir(provider.workdir) if p.startswith(jobs.WORKDIR_PREFIX)]
     assert await provider.power_state(vm) == PowerState.ON
     # And the controller's clean-up removes every checkpoint Ferry made
     left = await provider.checkpoints(vm)

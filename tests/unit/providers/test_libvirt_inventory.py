@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +11,7 @@ from ferry.proto.inventory import DiskFormat, Firmware, PowerState, ProviderType
 from ferry.proto.volume import SourceRef
 from ferry.providers import factory
 from ferry.providers.base import ProviderError
-from ferry.providers.libvirt import backup, inventory, v2v, validator
+from ferry.providers.libvirt import backup, exports, inventory, jobs, v2v, validator
 from ferry.providers.libvirt.provider import LibvirtProvider
 
 DOMAIN = """<domain type='kvm' xmlns:libosinfo='http://libosinfo.org/xmlns/libvirt/domain/1.0'>
@@ -112,16 +113,76 @@ def test_preflight_reasons_for_warm_and_cold() -> None:
 
 
 def test_backup_and_checkpoint_xml_name_only_the_chosen_disks() -> None:
-    xml = backup.backup_xml("/w/nbd.sock", Path("/w"), ["vda"], ["vda", "vdb"], "ferry-1")
-    root = inventory.parse(xml)
+    server = backup.unix_server("/w/nbd.sock")
+    scratch = {"vda": Path("/w/scratch-vda.qcow2")}
+    root = inventory.parse(backup.backup_xml(server, scratch, ["vda", "vdb"], "ferry-1"))
     assert root.get("mode") == "pull" and root.findtext("incremental") == "ferry-1"
     assert [(d.get("name"), d.get("backup")) for d in root.findall("disks/disk")] == [
         ("vda", "yes"),
         ("vdb", "no"),
     ]
+    assert _attrs(root, "server") == {"transport": "unix", "socket": "/w/nbd.sock"}
+    assert _attrs(root, "disks/disk/scratch") == {"file": "/w/scratch-vda.qcow2"}
     check = inventory.parse(backup.checkpoint_xml("ferry-2", ["vda"], ["vda", "vdb"]))
     assert [d.get("checkpoint") for d in check.findall("disks/disk")] == ["bitmap", "no"]
-    assert backup.new_checkpoint_name().startswith(backup.CHECKPOINT_PREFIX)
+    assert backup.new_checkpoint_name().startswith(jobs.CHECKPOINT_PREFIX)
+
+
+def _attrs(root: Any, path: str) -> dict[str, str]:
+    found = root.find(path)
+    assert found is not None, path
+    return dict(found.attrib)
+
+
+def test_a_job_on_tcp_asks_for_tls_and_names_its_exports_as_ferrys() -> None:
+    tls = exports.Tls("kvm-7.example", range(10809, 10811), "CA", "CERT", "KEY")
+    server = exports.server_xml(tls, 10810)
+    scratch = {"vda": Path("/var/lib/libvirt/images/a.qcow2.ferry-backup-x.scratch")}
+    names = {"vda": exports.export_name("vda")}
+    root = inventory.parse(backup.backup_xml(server, scratch, ["vda", "vdb"], None, names))
+    assert _attrs(root, "server") == {
+        "transport": "tcp", "tls": "yes", "name": "kvm-7.example", "port": "10810"
+    }  # fmt: skip
+    [disk, _] = root.findall("disks/disk")
+    assert disk.get("exportname") == "ferry-vda"
+    # and a job like it is recognised as Ferry's (a killed run's is ended), another's not
+    assert jobs.ours_on_tcp(root)
+    theirs = inventory.parse(backup.backup_xml(server, scratch, ["vda"], None))
+    assert not jobs.ours_on_tcp(theirs)
+    assert "KEY" not in repr(tls)
+
+
+def test_the_transport_follows_the_uri_unless_set_and_tls_needs_all_three_pems() -> None:
+    assert exports.transport_of("qemu:///system", {}) == "unix"
+    assert exports.transport_of("qemu+ssh://kvm-7/system", {}) == "tls"
+    assert exports.transport_of("qemu:///system", {"backupTransport": "tls"}) == "tls"
+    with pytest.raises(exports.TransportError, match="'unix' or 'tls'"):
+        exports.transport_of("qemu+ssh://kvm-7/system", {"backupTransport": "tcp"})
+    pems = {"backupCACert": "CA", "backupClientCert": "CERT", "backupClientKey": "KEY"}
+    assert exports.missing_keys({**pems, "backupClientKey": " "}) == ["backupClientKey"]
+    assert exports.tls_of("qemu+ssh://kvm-7/system", {}, {}) is None
+    tls = exports.tls_of("qemu+ssh://kvm-7/system", {"backupPorts": "12000-12003"}, pems)
+    assert tls is not None and (tls.host, tls.ports) == ("kvm-7", range(12000, 12004))
+    with pytest.raises(exports.TransportError, match="backupHost"):
+        exports.tls_of("qemu:///system", {"backupTransport": "tls"}, pems)
+    for bad in ("x", "0-3", "70000", "12-10"):
+        with pytest.raises(exports.TransportError, match="backupPorts"):
+            exports.ports_of(bad)
+
+
+def test_credentials_are_written_private_and_loaded_by_folder(tmp_path: Path) -> None:
+    tls = exports.Tls("h", exports.DEFAULT_PORTS, "CA", "CERT", "KEY")
+    folder = exports.write_credentials(tls, tmp_path)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    files = {f.name: (f.read_text(), f.stat().st_mode & 0o777) for f in folder.iterdir()}
+    assert files == {
+        "ca-cert.pem": ("CA", 0o600),
+        "client-cert.pem": ("CERT", 0o600),
+        "client-key.pem": ("KEY", 0o600),
+    }
+    assert exports.tls_object(folder) == (
+        f"tls-creds-x509,id={exports.TLS_OBJECT_ID},dir={folder},endpoint=client"
+    )
 
 
 def test_v2v_user_goes_in_the_uri_and_password_in_a_file(tmp_path: Path) -> None:
@@ -158,7 +219,7 @@ def test_the_work_directory_must_be_ours_and_closed_to_others(tmp_path: Path) ->
         backup.job_dir(tmp_path / "link")
     # When it is created by the provider itself, it is 0711 and the job's directory inside it
     made = backup.job_dir(tmp_path / "work")
-    assert made.parent == tmp_path / "work" and made.name.startswith(backup.WORKDIR_PREFIX)
+    assert made.parent == tmp_path / "work" and made.name.startswith(jobs.WORKDIR_PREFIX)
     assert (tmp_path / "work").stat().st_mode & 0o777 == 0o711
 
 

@@ -232,6 +232,8 @@ class NbdServer:
     """A read-only ``qemu-nbd`` on a private Unix socket, stopped on exit.
 
     Tools such as ``nbdcopy`` can use the same socket through :meth:`uri`.
+    ``objects`` are qemu ``--object`` definitions the source's tree refers to (the
+    TLS credentials of a remote NBD export it reads, by folder).
     """
 
     def __init__(
@@ -240,8 +242,10 @@ class NbdServer:
         *,
         pass_fds: Sequence[int] = (),
         preexec_fn: Callable[[], None] | None = None,
+        objects: Sequence[str] = (),
     ) -> None:
         self.source = source
+        self.objects = tuple(objects)
         self.pass_fds = tuple(pass_fds)  # files the source names as /dev/fd/N
         self.preexec_fn = preexec_fn  # e.g. resource limits for an untrusted image
         self._dir: Path | None = None
@@ -264,6 +268,7 @@ class NbdServer:
             "--persistent",
             "--shared=0",
             f"--socket={self.socket}",
+            *(a for obj in self.objects for a in ("--object", obj)),
             *self.source.qemu_img_args(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
@@ -286,9 +291,32 @@ class NbdServer:
                 raise NbdError(f"qemu-nbd did not start: {err.decode(errors='replace')[-300:]}")
             await asyncio.sleep(0.02)
 
+    async def probe(self) -> None:
+        """Read the export's first bytes through the server, so a server that came up
+        but cannot read its source (a remote export that refused it) says so now, with
+        its own words, instead of at the first copy."""
+        try:
+            await asyncio.to_thread(_first_bytes, self.socket)
+        except OSError as exc:
+            process = self._process
+            await self.stop()
+            said = b""
+            if process is not None and process.stderr is not None:
+                said = await process.stderr.read()
+            reason = said.decode(errors="replace").strip()[-300:] or str(exc)
+            raise NbdError(f"qemu-nbd cannot read its source: {reason}") from None
+
     async def stop(self) -> None:
         process, self._process = self._process, None
         await children.stop(process)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _first_bytes(socket_path: Path) -> None:
+    client = NbdClient(socket_path)
+    try:
+        client.read(0, min(client.size, 512))
+    finally:
+        client.close()

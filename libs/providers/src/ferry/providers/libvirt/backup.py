@@ -1,7 +1,8 @@
 """Pull-mode backups: a running domain's disks exported over NBD, whole or changed.
 
 One libvirt backup job is a point-in-time view of the domain's disks served by
-QEMU's NBD server on a Unix socket; taken with a checkpoint (a persistent dirty
+QEMU's NBD server, on a Unix socket here or over TCP with TLS on a remote libvirt
+host (:mod:`.exports` says how each is reached); taken with a checkpoint (a persistent dirty
 bitmap per disk), it is also where the next round's changes are counted from.
 ``qemu:dirty-bitmap:`` metadata on the export tells which 64 KiB blocks changed
 since the incremental's checkpoint; ``qemu-img map`` reads it (the nbd driver's
@@ -16,7 +17,10 @@ one starts (:func:`abort_leftover`), and every checkpoint Ferry makes is named
 incremental from the same checkpoint) is taken over, not aborted, so the round
 reads the same picture again and its copy resumes inside the round. The
 directory is handed to the QEMU process's own user (from the domain's DAC
-label), because QEMU creates the socket and the scratch files.
+label), because QEMU creates the socket and the scratch files. A job on TCP is
+recognised by its export names (``ferry-<target>``); its job directory here holds
+only the sockets of the local relays, and its scratch files sit next to the disks
+on the host.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import tempfile
-import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -39,35 +43,52 @@ import libvirt
 
 from ferry.proto.inventory import Extent, Vm
 from ferry.providers.base import CheckpointGone, ProviderError, VmNotFound
-from ferry.providers.libvirt import inventory
+from ferry.providers.libvirt import exports, inventory
 from ferry.providers.libvirt.client import Client, describe
-from ferry.providers.nbd import AsyncNbdClient, NbdClient, NbdError
+from ferry.providers.libvirt.exports import Tls, qemu_img_map
+from ferry.providers.libvirt.jobs import (
+    CHECKPOINT_PREFIX,
+    WORKDIR_PREFIX,
+    abort_leftover,
+    end_job,
+    newest_after,
+    ours_on_tcp,
+)
+from ferry.providers.nbd import AsyncNbdClient, NbdClient, NbdError, NbdServer
 
-CHECKPOINT_PREFIX = "ferry-"
-WORKDIR_PREFIX = "ferry-backup-"
+PORT_TRIES = 8  # ports of the range tried before a job on TCP gives up
 
 
 def new_checkpoint_name() -> str:
     return f"{CHECKPOINT_PREFIX}{secrets.token_hex(6)}"
 
 
+def unix_server(socket: str) -> str:
+    return f"<server transport='unix' socket={quoteattr(socket)}/>"
+
+
 def backup_xml(
-    socket: str, scratch: Path, targets: list[str], all_targets: list[str], since: str | None
+    server: str,
+    scratch: dict[str, Path],
+    all_targets: list[str],
+    since: str | None,
+    names: dict[str, str] | None = None,
 ) -> str:
+    """The job of the disks in ``scratch`` (target → its scratch file), served at
+    ``server``; ``names``: the exports' names (libvirt's default: the target)."""
     disks = []
     for target in all_targets:
-        if target in targets:
-            path = quoteattr(str(scratch / f"scratch-{target}.qcow2"))
+        if target in scratch:
+            name = f" exportname={quoteattr(names[target])}" if names else ""
             disks.append(
-                f"<disk name={quoteattr(target)} backup='yes' type='file'>"
-                f"<scratch file={path}/></disk>"
+                f"<disk name={quoteattr(target)} backup='yes' type='file'{name}>"
+                f"<scratch file={quoteattr(str(scratch[target]))}/></disk>"
             )
         else:
             disks.append(f"<disk name={quoteattr(target)} backup='no'/>")
     incremental = f"<incremental>{escape(since)}</incremental>" if since else ""
     return (
-        f"<domainbackup mode='pull'>{incremental}"
-        f"<server transport='unix' socket={quoteattr(socket)}/>"
+        f"<domainbackup mode='pull'>{incremental}{server}"
         f"<disks>{''.join(disks)}</disks></domainbackup>"
     )
 
@@ -106,6 +127,11 @@ def job_dir(workdir: Path) -> Path:
     for one of their own and read the guest's disks through the socket. QEMU's user
     must pass through it (0711) to reach its own directory inside.
     """
+    return Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=own_workdir(workdir)))
+
+
+def own_workdir(workdir: Path) -> Path:
+    """``workdir``, made if missing, once it is this process's and closed to writers."""
     workdir.mkdir(mode=0o711, parents=True, exist_ok=True)
     info = workdir.lstat()
     if not workdir.is_dir() or workdir.is_symlink() or info.st_uid != os.geteuid():
@@ -114,7 +140,7 @@ def job_dir(workdir: Path) -> Path:
         raise ProviderError(
             f"work directory {workdir} is writable by others (mode {info.st_mode & 0o777:o})"
         )
-    return Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=workdir))
+    return workdir
 
 
 def _qemu_owner(dom: libvirt.virDomain) -> tuple[int, int] | None:
@@ -127,76 +153,12 @@ def _qemu_owner(dom: libvirt.virDomain) -> tuple[int, int] | None:
     return None
 
 
-def abort_leftover(dom: libvirt.virDomain) -> bool:
-    """Abort a backup job a crashed Ferry left on ``dom``; True when one was aborted."""
-    try:
-        desc = dom.backupGetXMLDesc(0)
-    except libvirt.libvirtError:
-        return False  # no backup job
-    server = inventory.parse(desc).find("server")
-    socket = server.get("socket", "") if server is not None else ""
-    if WORKDIR_PREFIX not in socket:
-        return False  # someone else's backup: not ours to end
-    end_job(dom)
-    shutil.rmtree(Path(socket).parent, ignore_errors=True)
-    return True
-
-
-def _parent(checkpoint: libvirt.virDomainCheckpoint) -> str:
-    try:
-        return str(checkpoint.getParent(0).getName())
-    except libvirt.libvirtError:
-        return ""  # the first checkpoint has none
-
-
-def _newest_after(dom: libvirt.virDomain, since: str) -> str | None:
-    """The checkpoint the running job took: the only leaf, ``since`` among its ancestors.
-
-    A job's checkpoint is made when the job begins (libvirt makes it a child of the
-    newest checkpoint then), and a domain runs one job at a time, so it is the one
-    Ferry checkpoint nothing descends from. More than one such leaf is ambiguous,
-    and then nothing is taken over (the round starts afresh).
-    """
-    parents: dict[str, str] = {
-        str(c.getName()): _parent(c)
-        for c in dom.listAllCheckpoints(0)
-        if c.getName().startswith(CHECKPOINT_PREFIX)
-    }
-    leaves = [name for name in parents if name not in parents.values()]
-    if len(leaves) != 1 or leaves[0] == since:
-        return None
-    seen, node = set(), parents[leaves[0]]
-    while node and node not in seen:
-        if node == since:
-            return leaves[0]
-        seen.add(node)
-        node = parents.get(node, "")
-    return None
-
-
-def end_job(dom: libvirt.virDomain, timeout: float = 30.0) -> None:
-    """Abort the domain's backup job and wait until libvirt has forgotten it.
-
-    The abort returns before the job's end is processed; a next backup started in
-    that window would be refused as a second job.
-    """
-    with contextlib.suppress(libvirt.libvirtError):
-        dom.abortJob()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            dom.backupGetXMLDesc(0)
-        except libvirt.libvirtError:
-            return
-        time.sleep(0.05)
-    raise ProviderError(f"the backup job of {dom.name()} did not end within {timeout:.0f}s")
-
-
 class Backup:
     """A :class:`ferry.providers.base.ChangedDisks` over one pull-mode backup job.
 
     ``checkpoint=False`` takes a plain full view (a cold read of a running domain)
-    without starting to track anything.
+    without starting to track anything. ``remote``: the host's TLS transport and the
+    folder of Ferry's credentials (:mod:`.exports`); None serves on a Unix socket here.
     """
 
     def __init__(
@@ -208,6 +170,7 @@ class Backup:
         targets: list[str] | None = None,
         *,
         checkpoint: bool = True,
+        remote: tuple[Tls, Path] | None = None,
     ) -> None:
         self._client = client
         self._vm = vm
@@ -215,9 +178,12 @@ class Backup:
         self._workdir = workdir
         self._targets = targets if targets is not None else [d.id for d in vm.disks]
         self._checkpoint = new_checkpoint_name() if checkpoint else ""
+        self._remote = remote
+        self._port = 0  # the job's TCP port on the host (remote only)
         self._dir: Path | None = None
         self._exports: dict[str, str] = {}  # disk id → NBD export name
         self._bitmaps: dict[str, str] = {}  # disk id → the export's dirty-bitmap name
+        self._relays: dict[str, NbdServer] = {}  # disk id → its local relay (remote only)
         self._readers: dict[str, AsyncNbdClient] = {}
         self._sizes = {d.id: d.capacity for d in vm.disks}
         self._lock = asyncio.Lock()
@@ -241,10 +207,26 @@ class Backup:
         # whatever it began, so a cancel while the job starts leaves no export behind.
         try:
             await settle(self._client.call(self._begin))
+            if self._remote is not None:
+                await settle(self._start_relays(self._remote[1]))
         except BaseException:
             await settle(self.close())
             raise
         return self
+
+    async def _start_relays(self, credentials: Path) -> None:
+        assert self._remote is not None
+        host = self._remote[0].host
+        for disk_id, export in self._exports.items():
+            try:
+                relay = await exports.relay(host, self._port, export, credentials)
+            except NbdError as exc:
+                raise ProviderError(
+                    f"VM {self._vm.name}: its backup job on {host}:{self._port} could not be "
+                    f"read over TLS ({exc}); the host's backup CA must have signed "
+                    "backupClientCert, and backupCACert the host's certificate"
+                ) from None
+            self._relays[disk_id] = relay
 
     async def __aexit__(
         self,
@@ -264,27 +246,26 @@ class Backup:
         if self._since and self._since not in [c.getName() for c in dom.listAllCheckpoints(0)]:
             raise CheckpointGone(self._vm.name, self._since)
         self._dir = job_dir(self._workdir)
-        owner = _qemu_owner(dom)
-        if owner is not None:
-            os.chown(self._dir, *owner)
-        all_targets = [d.target for d in inventory.disks(inventory.parse(dom.XMLDesc(0)))[0]]
+        disks = inventory.disks(inventory.parse(dom.XMLDesc(0)))[0]
+        all_targets = [d.target for d in disks]
         missing = [t for t in self._targets if t not in all_targets]
         if missing:
             self._remove_dir()
             raise ProviderError(f"VM {self._vm.name}: disk(s) {', '.join(missing)} are gone")
-        bxml = backup_xml(self.socket, self._dir, self._targets, all_targets, self._since)
         cxml = (
             checkpoint_xml(self._checkpoint, self._targets, all_targets)
             if self._checkpoint
             else None
         )
-        try:
-            dom.backupBegin(bxml, cxml, 0)
-        except libvirt.libvirtError as exc:
-            self._remove_dir()
-            raise ProviderError(
-                f"VM {self._vm.name}: backup could not start: {describe(exc)}"
-            ) from None
+        if self._remote is None:
+            owner = _qemu_owner(dom)
+            if owner is not None:
+                os.chown(self._dir, *owner)
+            scratch = {t: self._dir / f"scratch-{t}.qcow2" for t in self._targets}
+            bxml = backup_xml(unix_server(self.socket), scratch, all_targets, self._since)
+            self._start(dom, bxml, cxml)
+        else:
+            self._start_on_tcp(dom, {d.target: d for d in disks}, all_targets, cxml)
         try:
             for node in inventory.parse(dom.backupGetXMLDesc(0)).findall("disks/disk"):
                 if node.get("backup") == "yes":
@@ -295,12 +276,58 @@ class Backup:
             self._end()  # begun but not described: never leave the job behind
             raise
 
+    def _start(self, dom: libvirt.virDomain, bxml: str, cxml: str | None) -> None:
+        try:
+            dom.backupBegin(bxml, cxml, 0)
+        except libvirt.libvirtError as exc:
+            self._remove_dir()
+            raise ProviderError(
+                f"VM {self._vm.name}: backup could not start: {describe(exc)}"
+            ) from None
+
+    def _start_on_tcp(
+        self,
+        dom: libvirt.virDomain,
+        disks: dict[str, inventory.DiskXml],
+        all_targets: list[str],
+        cxml: str | None,
+    ) -> None:
+        """The job on the host's TCP port: a free one of the range, tried at random so
+        that jobs of other VMs rarely meet; scratch files next to the disks."""
+        assert self._remote is not None and self._dir is not None
+        tls = self._remote[0]
+        blocks = [t for t in self._targets if disks[t].kind != "file"]
+        if blocks:
+            self._remove_dir()
+            raise ProviderError(
+                f"VM {self._vm.name}: disk(s) {', '.join(blocks)} are block devices on "
+                f"{tls.host}; a remote backup keeps its scratch files next to file disks only"
+            )
+        scratch = {t: Path(f"{disks[t].path}.{self._dir.name}.scratch") for t in self._targets}
+        names = {t: exports.export_name(t) for t in self._targets}
+        ports = random.sample(list(tls.ports), min(PORT_TRIES, len(tls.ports)))
+        for port in ports:
+            server = exports.server_xml(tls, port)
+            bxml = backup_xml(server, scratch, all_targets, self._since, names)
+            try:
+                dom.backupBegin(bxml, cxml, 0)
+            except libvirt.libvirtError as exc:
+                reason = describe(exc)
+                if "in use" in reason.lower() and port != ports[-1]:
+                    continue  # another job (or program) listens there: the next port
+                self._remove_dir()
+                raise ProviderError(
+                    f"VM {self._vm.name}: backup could not start on {tls.host}:{port}: {reason}"
+                ) from None
+            self._port = port
+            return
+
     def _adopt(self, dom: libvirt.virDomain) -> bool:
         """Take over the job a killed attempt of this same round left running.
 
         Same round: an incremental from the same checkpoint, over the same disks,
         serving from a job directory in this work directory, and the checkpoint it
-        took (:func:`_newest_after` ``since``) still there. The view then shows the same
+        took (:func:`newest_after` ``since``) still there. The view then shows the same
         picture, so the copy resumes where that attempt's durable progress ends.
         """
         if not self._since or not self._checkpoint:
@@ -310,10 +337,14 @@ class Backup:
         except libvirt.libvirtError:
             return False  # no job left
         server = desc.find("server")
-        socket = Path(server.get("socket", "")) if server is not None else Path()
-        if (
-            (desc.findtext("incremental") or "").strip() != self._since
-            or not socket.parent.name.startswith(WORKDIR_PREFIX)
+        if (desc.findtext("incremental") or "").strip() != self._since or server is None:
+            return False
+        socket = Path(server.get("socket", ""))
+        if self._remote is not None:
+            if not ours_on_tcp(desc) or not server.get("port", "").isdigit():
+                return False
+        elif (
+            not socket.parent.name.startswith(WORKDIR_PREFIX)
             or socket.parent.parent != self._workdir
         ):
             return False
@@ -322,10 +353,14 @@ class Backup:
             for node in desc.findall("disks/disk")
             if node.get("backup") == "yes"
         }
-        taken = _newest_after(dom, self._since)
+        taken = newest_after(dom, self._since)
         if sorted(exports) != sorted(self._targets) or taken is None:
             return False
-        self._dir, self._checkpoint = socket.parent, taken
+        if self._remote is not None:  # a new directory here for this view's relays
+            self._dir, self._port = job_dir(self._workdir), int(server.get("port", ""))
+        else:
+            self._dir = socket.parent
+        self._checkpoint = taken
         for name, (export, node) in exports.items():
             self._exports[name] = str(export)
             self._bitmaps[name] = node.get("exportbitmap", "")
@@ -336,6 +371,9 @@ class Backup:
         for reader in readers.values():
             with contextlib.suppress(NbdError, OSError):
                 await reader.close()
+        relays, self._relays = self._relays, {}
+        for relay in relays.values():
+            await relay.stop()
         if self._dir is not None:
             await self._client.call(self._end)
 
@@ -357,8 +395,13 @@ class Backup:
         return self._sizes[disk_id]
 
     def _export(self, disk_id: str) -> tuple[str, str]:
+        """(Unix socket, export name) of the disk here: QEMU's, or its local relay's."""
         if disk_id not in self._exports:
             raise ProviderError(f"VM {self._vm.name}: disk {disk_id!r} is not in this backup")
+        if self._remote is not None:
+            if disk_id not in self._relays:
+                raise ProviderError(f"VM {self._vm.name}: disk {disk_id!r} has no relay yet")
+            return str(self._relays[disk_id].socket), ""
         return self.socket, self._exports[disk_id]
 
     def nbd_export(self, disk_id: str) -> tuple[str, str]:
@@ -371,18 +414,17 @@ class Backup:
             "export": export,
             "server": {"type": "unix", "path": socket},
         }
+        objects: list[str] = []
+        if self._remote is not None:  # the host's own export: a relay drops the bitmap
+            tls, credentials = self._remote
+            node = exports.map_node(tls.host, self._port, self._exports[disk_id])
+            objects = [exports.tls_object(credentials)]
         if self._since:
             if not self._bitmaps.get(disk_id):
                 raise ProviderError(f"VM {self._vm.name}: disk {disk_id} exports no dirty bitmap")
             node["x-dirty-bitmap"] = f"qemu:dirty-bitmap:{self._bitmaps[disk_id]}"
-        rows = await qemu_img_map("json:" + json.dumps(node))
-        # Through x-dirty-bitmap a dirty block reads as a hole ("data": false); without
-        # it, "data" is allocation and "zero" a range that reads as zeros anyway.
-        if self._since:
-            picked = (r for r in rows if not r.get("data"))
-        else:
-            picked = (r for r in rows if r.get("data") and not r.get("zero"))
-        return merged(Extent(_int(r["start"]), _int(r["length"])) for r in picked)
+        rows = await qemu_img_map("json:" + json.dumps(node), objects)
+        return exports.extents(rows, dirty=bool(self._since))
 
     async def read(self, disk_id: str, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size(disk_id) - offset))
@@ -399,38 +441,3 @@ class Backup:
                     await asyncio.to_thread(NbdClient, socket, export)
                 )
             return self._readers[disk_id]
-
-
-async def qemu_img_map(filename: str) -> list[dict[str, object]]:
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-img",
-        "map",
-        "--output=json",
-        filename,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise ProviderError(
-            f"qemu-img map of the backup export failed: {err.decode(errors='replace')[-300:]}"
-        )
-    rows: list[dict[str, object]] = json.loads(out)
-    return rows
-
-
-def _int(value: object) -> int:
-    if not isinstance(value, int):
-        raise ProviderError(f"qemu-img map gave {value!r} where a number belongs")
-    return value
-
-
-def merged(extents: Iterable[Extent]) -> list[Extent]:
-    result: list[Extent] = []
-    for extent in extents:
-        if result and result[-1].offset + result[-1].length == extent.offset:
-            last = result.pop()
-            extent = Extent(last.offset, last.length + extent.length)
-        result.append(extent)
-    return result

@@ -29,8 +29,9 @@ from ferry.proto.inventory import Extent, Vm
 from ferry.providers import children, lifetime
 from ferry.providers.base import CheckpointGone, ProviderError
 from ferry.providers.libvirt import inventory
-from ferry.providers.libvirt.backup import job_dir, merged, qemu_img_map, settle
+from ferry.providers.libvirt.backup import job_dir, settle
 from ferry.providers.libvirt.client import Client
+from ferry.providers.libvirt.exports import merged, qemu_img_map
 from ferry.providers.nbd import AsyncNbdClient, NbdClient, NbdError
 
 START_TIMEOUT = 30.0

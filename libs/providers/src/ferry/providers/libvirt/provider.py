@@ -8,13 +8,17 @@ with a new checkpoint, whose export lists exactly the blocks written since the
 previous one.
 
 ``settings.workdir`` (default: the system's temporary directory) holds the
-backup jobs' sockets and scratch files; it must be on the libvirt host, so a
-remote URI is warm-migrated only by a Ferry running there.
+backup jobs' sockets and scratch files. A remote host's jobs serve over TCP with
+TLS and Ferry reads them through local relays (:mod:`.exports`: the settings
+``backupTransport``, ``backupHost``, ``backupPorts`` and the Secret's
+``backupCACert``, ``backupClientCert``, ``backupClientKey``); a shut-off VM on a
+remote host has no job to serve it, and its files are not on this host.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -26,7 +30,16 @@ import libvirt
 
 from ferry.proto.inventory import Extent, PowerState, Vm
 from ferry.providers.base import ChangedDisks, ProviderError, V2vInput, VmNotFound
-from ferry.providers.libvirt import backup, inventory, offline, power, v2v, validator
+from ferry.providers.libvirt import (
+    backup,
+    exports,
+    inventory,
+    jobs,
+    offline,
+    power,
+    v2v,
+    validator,
+)
 from ferry.providers.libvirt.client import Client
 from ferry.providers.libvirt.reader import FileDisk, LibvirtDiskReader, SharedViews
 
@@ -47,8 +60,16 @@ class LibvirtProvider:
             tempfile.gettempdir(), "ferry-libvirt"
         )
         self.workdir = Path(str(root))
+        self.transport = exports.transport_of(uri, settings or {})
+        self._secret_keys = exports.missing_keys(secret or {})
+        self._tls = (
+            exports.tls_of(uri, settings or {}, secret or {}) if self.transport == "tls" else None
+        )
+        self._credentials: Path | None = None
         self._views = SharedViews(
-            lambda vm: backup.Backup(self.client, vm, None, self.workdir, checkpoint=False)
+            lambda vm: backup.Backup(
+                self.client, vm, None, self.workdir, checkpoint=False, remote=self._remote(vm)
+            )
         )
 
     def __repr__(self) -> str:
@@ -58,6 +79,24 @@ class LibvirtProvider:
     def local(self) -> bool:
         """True when the daemon runs on this host (its files and sockets are ours to open)."""
         return not urlsplit(self.client.uri).hostname
+
+    def _remote(self, vm: Vm) -> tuple[exports.Tls, Path] | None:
+        """The TLS transport and the folder of Ferry's credentials (written once, here)."""
+        if self.transport != "tls":
+            return None
+        if self._tls is None:
+            raise exports.TransportError(self._tls_missing(vm))
+        if self._credentials is None:
+            self._credentials = exports.write_credentials(
+                self._tls, backup.own_workdir(self.workdir)
+            )
+        return self._tls, self._credentials
+
+    def _tls_missing(self, vm: Vm) -> str:
+        return (
+            f"VM {vm.name} runs on {self._host()}, whose backup jobs Ferry reads over NBD "
+            f"with TLS; the Provider's Secret has no {', '.join(self._secret_keys)} (PEM)"
+        )
 
     # -- Provider ---------------------------------------------------------------------
 
@@ -142,7 +181,11 @@ class LibvirtProvider:
     async def preflight(self, vm: Vm, *, warm: bool) -> list[str]:
         """Reasons this VM cannot be migrated as planned (empty: it can)."""
         supported = await self.client.call(self._backup_supported)
-        return validator.reasons(vm, warm=warm, backup_supported=supported, local=self.local)
+        found = validator.reasons(vm, warm=warm, backup_supported=supported, local=self.local)
+        running = vm.power_state == PowerState.ON
+        if self.transport == "tls" and self._tls is None and running and vm.disks:
+            found.append(self._tls_missing(vm))
+        return found
 
     def _backup_supported(self) -> bool:
         caps = self.client.connection().getDomainCapabilities(None, None, None, None, 0)
@@ -158,7 +201,7 @@ class LibvirtProvider:
 
     def _view(self, vm: Vm, since: str | None, running: bool) -> ChangedDisks:
         if running:
-            return backup.Backup(self.client, vm, since, self.workdir)
+            return backup.Backup(self.client, vm, since, self.workdir, remote=self._remote(vm))
         if not self.local:
             raise ProviderError(f"VM {vm.name} is off on {self._host()}: no view of its disks")
         return offline.OfflineView(self.client, vm, since, self.workdir)
@@ -170,7 +213,7 @@ class LibvirtProvider:
         dom = self.client.domain(vm.id)
         active = bool(dom.isActive())
         if active:
-            backup.abort_leftover(dom)  # a killed round's job would hold the checkpoint
+            jobs.abort_leftover(dom)  # a killed round's job would hold the checkpoint
         try:
             found = dom.checkpointLookupByName(checkpoint, 0)
             # libvirt deletes an inactive domain's checkpoint only as metadata;
@@ -191,15 +234,18 @@ class LibvirtProvider:
         ours = [
             c
             for c in dom.listAllCheckpoints(libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)
-            if c.getName().startswith(backup.CHECKPOINT_PREFIX)
+            if c.getName().startswith(jobs.CHECKPOINT_PREFIX)
         ]
         return [c.getName() for c in ours]
 
     async def release_leftovers(self, vm: Vm) -> bool:
         """End a backup job a killed Ferry left on ``vm``; True when there was one."""
-        return await self.client.call(lambda: backup.abort_leftover(self.client.domain(vm.id)))
+        return await self.client.call(lambda: jobs.abort_leftover(self.client.domain(vm.id)))
 
     async def close(self) -> None:
+        credentials, self._credentials = self._credentials, None
+        if credentials is not None:
+            shutil.rmtree(credentials, ignore_errors=True)
         await self.client.call(self.client.close)
 
 

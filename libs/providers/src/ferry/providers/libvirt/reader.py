@@ -17,7 +17,8 @@ from typing import Self
 
 from ferry.proto.inventory import Extent, Vm
 from ferry.providers.base import DiskNotFound, ProviderError, QemuSource, read_span
-from ferry.providers.libvirt.backup import Backup, merged, qemu_img_map, settle
+from ferry.providers.libvirt.backup import Backup, settle
+from ferry.providers.libvirt.exports import merged, qemu_img_map
 from ferry.providers.nbd import AsyncNbdClient, NbdServer
 
 _QEMU_FORMATS = {"raw": "raw", "qcow2": "qcow2"}

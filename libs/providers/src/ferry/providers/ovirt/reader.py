@@ -23,7 +23,7 @@ from typing import Self
 from ferry.proto.inventory import Extent, Vm
 from ferry.providers import children, lifetime
 from ferry.providers.base import DiskNotFound, ProviderError, QemuSource, read_span
-from ferry.providers.libvirt.backup import merged, qemu_img_map
+from ferry.providers.libvirt.exports import merged, qemu_img_map
 from ferry.providers.nbd import AsyncNbdClient
 from ferry.providers.ovirt import imageio_extents, transfers
 from ferry.providers.ovirt.client import Client

@@ -1,0 +1,209 @@
+"""A libvirt host's backup jobs read over TCP with TLS, as Ferry reads a remote host's.
+
+The provider runs with ``backupTransport: tls`` against the machine's own libvirtd
+(no second host here: ``qemu:///system`` reaches the daemon, ``backupHost:
+localhost`` the jobs' NBD servers, exactly the path of a remote host's jobs from
+there on): QEMU's NBD server with TLS on a TCP port, its certificate from the test
+CA in qemu.conf's backup folder, Ferry's client certificate from the Secret, and
+a local ``qemu-nbd`` relay per disk. Skipped without libvirt, failed in CI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from ferry.proto.inventory import Extent, ProviderType
+from ferry.providers import factory
+from ferry.providers.base import ProviderError
+from ferry.providers.libvirt import backup, exports
+from ferry.providers.libvirt.provider import LibvirtProvider
+from ferry.providers.nbd import NbdClient
+from ferry.testing import backup_tls, libvirtd
+
+MiB = 1024 * 1024
+BLOCK = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def pems() -> backup_tls.ClientPems:
+    libvirtd.uri_or_skip()
+    return backup_tls.ensure_or_skip()
+
+
+@pytest.fixture
+def guest() -> Iterator[libvirtd.Guest]:
+    conn = libvirt.open(libvirtd.uri_or_skip())
+    made = libvirtd.define_guest(conn, [32 * MiB], fill=[(0, MiB, 0x11), (8 * MiB, 2 * MiB, 0x22)])
+    yield made
+    made.remove()
+    conn.close()
+
+
+class _Spec:
+    def __init__(self, settings: dict[str, str]) -> None:
+        self.type = ProviderType.LIBVIRT
+        self.url = libvirtd.URI
+        self.settings = settings
+
+
+def _free_ports(count: int) -> int:
+    return int(backup_tls.free_ports(count).split("-")[0])
+
+
+def _provider(secret: dict[str, str], first: int, count: int = 4) -> LibvirtProvider:
+    work = libvirtd.scratch_dir("ferry-work-")
+    settings = {
+        **backup_tls.provider_settings(work),
+        "backupPorts": f"{first}-{first + count - 1}",
+    }
+    made = factory.create(_Spec(settings), secret)
+    assert isinstance(made, LibvirtProvider)
+    return made
+
+
+def _raw_sha(path: Path) -> str:
+    raw = path.with_suffix(".raw")
+    subprocess.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(path), str(raw)],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        return hashlib.sha256(raw.read_bytes()).hexdigest()
+    finally:
+        raw.unlink()
+
+
+def _job(guest: libvirtd.Guest) -> Any:
+    try:
+        return guest.dom.backupGetXMLDesc(0)
+    except libvirt.libvirtError:
+        return None
+
+
+def _scratch_left(guest: libvirtd.Guest) -> list[str]:
+    return [p for p in os.listdir(guest.root) if p.endswith(".scratch")]
+
+
+async def test_full_then_incremental_over_tls_through_local_relays(
+    pems: backup_tls.ClientPems, guest: libvirtd.Guest
+) -> None:
+    provider = _provider(pems.secret(), _free_ports(4))
+    work = provider.workdir
+    try:
+        vm = await provider.vm(guest.name)
+        # Given a running domain whose jobs serve over TCP with TLS
+        async with provider.changes(vm, None) as full:
+            job = _job(guest)
+            assert "transport='tcp'" in job and "tls='yes'" in job
+            # When the full view is listed and read through its relay's socket
+            extents = await full.changed_extents("vda")
+            relay, export = full.nbd_export("vda")
+            client = NbdClient(relay, export)
+            try:
+                data = client.read(0, client.size)
+            finally:
+                client.close()
+            scratch_during = _scratch_left(guest)
+            first = full.checkpoint
+        # Then it lists the written ranges and reads the disk's bytes
+        assert extents == [Extent(0, MiB), Extent(8 * MiB, 2 * MiB)]
+        assert hashlib.sha256(data).hexdigest() == _raw_sha(guest.disks["vda"])
+        assert len(scratch_during) == 1  # next to the disk on the host, while the job ran
+        # When the guest writes and the next round asks what changed since
+        guest.write("vda", 4 * MiB, BLOCK, 0xAB)
+        async with provider.changes(vm, first) as delta:
+            changed = await delta.changed_extents("vda")
+            written = await delta.read("vda", 4 * MiB, BLOCK)
+        # Then exactly the written block, read from the host's dirty bitmap over TLS
+        assert changed == [Extent(4 * MiB, BLOCK)]
+        assert written == b"\xab" * BLOCK
+        # And a cold read of the running domain goes the same way
+        async with provider.open_disk(vm, "vda") as disk:
+            assert await disk.read(4 * MiB, 4) == b"\xab" * 4
+        # And nothing is left: no job, no scratch file, no relay
+        assert _job(guest) is None
+        assert _scratch_left(guest) == []
+        assert not Path(relay).exists()
+        assert [p for p in os.listdir(work) if not p.startswith("ferry-tls-")] == []
+    finally:
+        await provider.close()
+    # and the credentials folder goes with the provider
+    assert os.listdir(work) == []
+    shutil.rmtree(work, ignore_errors=True)
+
+
+async def test_a_port_another_program_holds_is_skipped(
+    pems: backup_tls.ClientPems, guest: libvirtd.Guest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _free_ports(2)
+    # (the ports in order, so the held one is tried first)
+    monkeypatch.setattr(backup.random, "sample", lambda ports, k: list(ports)[:k])
+    provider = _provider(pems.secret(), first, count=2)
+    try:
+        vm = await provider.vm(guest.name)
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", first))
+            squatter.listen()
+            # When a job starts while the range's first port is taken
+            async with provider.changes(vm, None) as view:
+                job = _job(guest)
+                assert await view.read("vda", 0, 4) == b"\x11" * 4
+        # Then it served on the other one
+        assert f"port='{first + 1}'" in job
+    finally:
+        await provider.close()
+        shutil.rmtree(provider.workdir, ignore_errors=True)
+
+
+async def test_a_host_that_does_not_trust_ferrys_certificate_refuses_and_nothing_is_left(
+    pems: backup_tls.ClientPems, guest: libvirtd.Guest, tmp_path: Path
+) -> None:
+    # Given a client certificate of another CA (Ferry trusts both CAs, the host only its own)
+    foreign = backup_tls.foreign_client(tmp_path / "foreign")
+    secret = {
+        "backupCACert": pems.ca + foreign.ca,
+        "backupClientCert": foreign.cert,
+        "backupClientKey": foreign.key,
+    }
+    provider = _provider(secret, _free_ports(4))
+    try:
+        vm = await provider.vm(guest.name)
+        # When a disk is read
+        with pytest.raises(ProviderError, match="could not be read over TLS") as caught:
+            async with provider.open_disk(vm, "vda") as disk:
+                await disk.read(0, 4)
+        # Then the reason names the job's address, and no key is in it
+        assert "localhost:" in str(caught.value)
+        assert foreign.key.strip().splitlines()[1] not in str(caught.value)
+        # and the job it began is ended, its scratch file gone
+        assert _job(guest) is None
+        assert _scratch_left(guest) == []
+    finally:
+        await provider.close()
+        shutil.rmtree(provider.workdir, ignore_errors=True)
+
+
+async def test_without_the_pems_preflight_says_which_and_no_job_begins(
+    pems: backup_tls.ClientPems, guest: libvirtd.Guest
+) -> None:
+    provider = _provider({"backupCACert": pems.ca}, _free_ports(4))
+    try:
+        vm = await provider.vm(guest.name)
+        reasons = await provider.preflight(vm, warm=True)
+        [reason] = [r for r in reasons if "TLS" in r]
+        assert "backupClientCert, backupClientKey" in reason
+        with pytest.raises(exports.TransportError, match="backupClientCert"):
+            async with provider.changes(vm, None):
+                pass
+        assert _job(guest) is None
+    finally:
+        await provider.close()
+        shutil.rmtree(provider.workdir, ignore_errors=True)
