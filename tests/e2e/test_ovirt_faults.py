@@ -61,7 +61,8 @@ def test_a_volume_service_killed_in_a_warm_ovirt_round_takes_its_backup_over_and
             stack = LocalStack(tmp_path / "stack", env=env).start()
             try:
                 # Given a warm plan of the running VM past its full round, 16 MiB written since
-                recorder = scenario.start(stack, eng, vm, warm=True, precopy_seconds=5)
+                # (10 s between rounds: time for a loaded test to write before precopy 1)
+                recorder = scenario.start(stack, eng, vm, warm=True, precopy_seconds=10)
                 stack.wait_for("round 0", lambda ev: copied(ev, vm.id, 0), recorder, 300)
                 guest.write("vda", AT, WRITE, 0x5C)
                 # And precopy 1 under way, part of it durable on the target

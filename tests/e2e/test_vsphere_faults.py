@@ -68,7 +68,8 @@ def test_a_volume_service_killed_in_a_delta_precopy_resumes_inside_the_round(
         flat = arrange.place_disk(si, "DC0_H0_VM0", raw, cbt=True)
         vm_ref = arrange.find_vm(si, "DC0_H0_VM0")
         vm = vm_ref._moId
-        text = vsphere_objects(vcsim, ["DC0_H0_VM0"], plan="warm", warm=True, interval=4)
+        # (10 s between rounds: time for a loaded test to write before precopy 1 begins)
+        text = vsphere_objects(vcsim, ["DC0_H0_VM0"], plan="warm", warm=True, interval=10)
         prepare(stack, vcsim, text)
         recorder = stack.record_events()
         time.sleep(2)
