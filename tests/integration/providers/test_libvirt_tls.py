@@ -22,10 +22,10 @@ from typing import Any
 import libvirt
 import pytest
 
-from ferry.proto.inventory import Extent, ProviderType
+from ferry.proto.inventory import Extent, PowerState, ProviderType
 from ferry.providers import factory
 from ferry.providers.base import ProviderError
-from ferry.providers.libvirt import backup, exports
+from ferry.providers.libvirt import backup, exports, offline, paused
 from ferry.providers.libvirt.provider import LibvirtProvider
 from ferry.providers.nbd import NbdClient
 from ferry.testing import backup_tls, libvirtd
@@ -204,6 +204,72 @@ async def test_without_the_pems_preflight_says_which_and_no_job_begins(
             async with provider.changes(vm, None):
                 pass
         assert _job(guest) is None
+    finally:
+        await provider.close()
+        shutil.rmtree(provider.workdir, ignore_errors=True)
+
+
+async def test_a_shut_off_domain_is_read_started_paused_and_left_off(
+    pems: backup_tls.ClientPems, guest: libvirtd.Guest
+) -> None:
+    provider = _provider(pems.secret(), _free_ports(4))
+    try:
+        # Given a tracked domain that wrote, then was powered off (the cutover)
+        vm = await provider.vm(guest.name)
+        async with provider.changes(vm, None) as full:
+            first = full.checkpoint
+        guest.write("vda", 16 * MiB, 4096, 0xEE)
+        await provider.shutdown(vm, timeout=0.5)
+        assert not guest.dom.isActive()
+        # When the last delta is read, its files being on the host (read over TLS)
+        async with provider.changes(vm, first) as last:
+            state = guest.dom.state(0)[0]
+            changed = await last.changed_extents("vda")
+            data = await last.read("vda", 16 * MiB, 4096)
+            assert last.checkpoint == first  # nothing can change while paused
+        # Then it ran paused (its CPUs stopped) only while read, and is off again
+        assert state == libvirt.VIR_DOMAIN_PAUSED
+        assert not guest.dom.isActive()
+        assert changed == [Extent(16 * MiB, BLOCK)] and data == b"\xee" * 4096
+        # And a cold read of the off domain goes the same way
+        async with provider.open_disk(vm, "vda") as disk:
+            assert await disk.read(16 * MiB, 4) == b"\xee" * 4
+        assert not guest.dom.isActive()
+        # And removing its checkpoint leaves no checkpoint and no bitmap in its file
+        await provider.remove_checkpoint(vm, first)
+        await provider.remove_checkpoint(vm, first)  # already gone: no start, no error
+        assert await provider.checkpoints(vm) == []
+        assert offline.bitmaps(str(guest.disks["vda"])) == []
+        assert not guest.dom.isActive()
+        assert _job(guest) is None and _scratch_left(guest) == []
+    finally:
+        await provider.close()
+        shutil.rmtree(provider.workdir, ignore_errors=True)
+
+
+async def test_a_paused_start_a_killed_service_left_is_ended_and_no_one_elses(
+    pems: backup_tls.ClientPems, guest: libvirtd.Guest
+) -> None:
+    provider = _provider(pems.secret(), _free_ports(4))
+    try:
+        vm = await provider.vm(guest.name)
+        await provider.shutdown(vm, timeout=0.5)
+        dom = guest.dom
+        # Given the domain started paused by a Ferry that was then killed (its mark, and
+        # no view of this process holding it)
+        paused.start(dom, vm.name)
+        paused._OPEN.discard(dom.UUIDString())
+        # When the next round looks at it
+        assert await provider.power_state(vm) == PowerState.ON
+        async with provider.changes(vm, None) as view:
+            inner = view._inner  # type: ignore[attr-defined]
+        # Then it was destroyed first and read as the off domain it was
+        assert isinstance(inner, paused.PausedView)
+        assert not dom.isActive()
+        # And a domain someone else started paused is not Ferry's to end
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        assert not await provider.release_leftovers(vm)
+        assert dom.isActive()
     finally:
         await provider.close()
         shutil.rmtree(provider.workdir, ignore_errors=True)

@@ -241,8 +241,10 @@ async def test_cold_flow_two_populates_from_a_shut_off_domain(
     assert [c.temporary for c in claims] == [False]
     target = hashlib.sha256(Path(claims[0].path).read_bytes()[:SIZE]).hexdigest()
     assert target == _sha_qcow2(guest.disks["vda"])
-    # And nothing of Ferry's is left at the source: no checkpoint, no export
-    assert await provider.checkpoints(vm) == [] and os.listdir(provider.workdir) == []
+    # And nothing of Ferry's is left at the source: no checkpoint, no export (the TLS
+    # credentials' folder is the provider's, until it closes), the domain off as it was
+    assert await provider.checkpoints(vm) == [] and not guest.dom.isActive()
+    assert [p for p in os.listdir(provider.workdir) if not p.startswith("ferry-tls-")] == []
 
 
 async def test_a_first_round_killed_mid_copy_resumes_and_loses_no_write(

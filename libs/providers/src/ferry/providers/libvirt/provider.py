@@ -36,6 +36,7 @@ from ferry.providers.libvirt import (
     inventory,
     jobs,
     offline,
+    paused,
     power,
     v2v,
     validator,
@@ -66,11 +67,7 @@ class LibvirtProvider:
             exports.tls_of(uri, settings or {}, secret or {}) if self.transport == "tls" else None
         )
         self._credentials: Path | None = None
-        self._views = SharedViews(
-            lambda vm: backup.Backup(
-                self.client, vm, None, self.workdir, checkpoint=False, remote=self._remote(vm)
-            )
-        )
+        self._views = SharedViews(self._cold_view)
 
     def __repr__(self) -> str:
         return f"LibvirtProvider({self.client.uri!r})"
@@ -148,12 +145,35 @@ class LibvirtProvider:
 
     def open_disk(self, vm: Vm, disk_id: str) -> LibvirtDiskReader:
         return LibvirtDiskReader(
-            vm, disk_id, self._running(vm), self._views, self._file(vm, disk_id)
+            vm,
+            disk_id,
+            self._running(vm),
+            self._views,
+            self._file(vm, disk_id),
+            paused_reads=self.transport == "tls",
         )
 
+    async def _cold_view(self, vm: Vm) -> backup.Backup | paused.PausedView:
+        """A full view without tracking: the running domain's job, or (read over TLS) the
+        shut-off domain's started paused."""
+        view = backup.Backup(
+            self.client, vm, None, self.workdir, checkpoint=False, remote=self._remote(vm)
+        )
+        if await self._running(vm)():
+            return view
+        return paused.PausedView(self.client, vm, view)
+
     def _running(self, vm: Vm) -> Callable[[], Awaitable[bool]]:
+        """Whether the domain runs; one a killed Ferry left started paused is destroyed
+        first (it was off: :mod:`.paused`)."""
+
+        def look() -> bool:
+            dom = self.client.domain(vm.id)
+            paused.end_leftover(dom)
+            return bool(dom.isActive())
+
         async def running() -> bool:
-            return await self.client.call(lambda: bool(self.client.domain(vm.id).isActive()))
+            return await self.client.call(look)
 
         return running
 
@@ -181,7 +201,8 @@ class LibvirtProvider:
     async def preflight(self, vm: Vm, *, warm: bool) -> list[str]:
         """Reasons this VM cannot be migrated as planned (empty: it can)."""
         supported = await self.client.call(self._backup_supported)
-        found = validator.reasons(vm, warm=warm, backup_supported=supported, local=self.local)
+        readable_off = self.local or self.transport == "tls"  # files here, or started paused
+        found = validator.reasons(vm, warm=warm, backup_supported=supported, local=readable_off)
         running = vm.power_state == PowerState.ON
         if self.transport == "tls" and self._tls is None and running and vm.disks:
             found.append(self._tls_missing(vm))
@@ -202,6 +223,11 @@ class LibvirtProvider:
     def _view(self, vm: Vm, since: str | None, running: bool) -> ChangedDisks:
         if running:
             return backup.Backup(self.client, vm, since, self.workdir, remote=self._remote(vm))
+        if self.transport == "tls":  # the files are on the host: a job of it started paused
+            inner = backup.Backup(
+                self.client, vm, since, self.workdir, checkpoint=False, remote=self._remote(vm)
+            )
+            return paused.PausedView(self.client, vm, inner)
         if not self.local:
             raise ProviderError(f"VM {vm.name} is off on {self._host()}: no view of its disks")
         return offline.OfflineView(self.client, vm, since, self.workdir)
@@ -211,6 +237,17 @@ class LibvirtProvider:
 
     def _remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
         dom = self.client.domain(vm.id)
+        paused.end_leftover(dom)
+        if checkpoint not in [c.getName() for c in dom.listAllCheckpoints(0)]:
+            return  # already gone
+        if not dom.isActive() and self.transport == "tls":
+            # libvirt removes an off domain's bitmaps only from files it can reach here
+            with paused.started_paused(dom, vm.name):
+                self._delete_checkpoint(dom, checkpoint)
+            return
+        self._delete_checkpoint(dom, checkpoint)
+
+    def _delete_checkpoint(self, dom: libvirt.virDomain, checkpoint: str) -> None:
         active = bool(dom.isActive())
         if active:
             jobs.abort_leftover(dom)  # a killed round's job would hold the checkpoint
@@ -239,8 +276,14 @@ class LibvirtProvider:
         return [c.getName() for c in ours]
 
     async def release_leftovers(self, vm: Vm) -> bool:
-        """End a backup job a killed Ferry left on ``vm``; True when there was one."""
-        return await self.client.call(lambda: jobs.abort_leftover(self.client.domain(vm.id)))
+        """End a backup job, or a paused start, a killed Ferry left on ``vm``; True when
+        there was one."""
+
+        def release() -> bool:
+            dom = self.client.domain(vm.id)
+            return jobs.abort_leftover(dom) | paused.end_leftover(dom)
+
+        return await self.client.call(release)
 
     async def close(self) -> None:
         credentials, self._credentials = self._credentials, None

@@ -13,36 +13,51 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Protocol, Self
 
 from ferry.proto.inventory import Extent, Vm
 from ferry.providers.base import DiskNotFound, ProviderError, QemuSource, read_span
-from ferry.providers.libvirt.backup import Backup, settle
+from ferry.providers.libvirt.backup import settle
 from ferry.providers.libvirt.exports import merged, qemu_img_map
 from ferry.providers.nbd import AsyncNbdClient, NbdServer
 
 _QEMU_FORMATS = {"raw": "raw", "qcow2": "qcow2"}
 
 
+class View(Protocol):
+    """What a reader reads through: a :class:`Backup`, or a :class:`PausedView` of it."""
+
+    async def __aenter__(self) -> Any: ...
+
+    async def close(self) -> None: ...
+
+    async def changed_extents(self, disk_id: str) -> list[Extent]: ...
+
+    async def read(self, disk_id: str, offset: int, length: int) -> bytes: ...
+
+    def nbd_export(self, disk_id: str) -> tuple[str, str]: ...
+
+
 @dataclass
 class _Held:
-    view: Backup
+    view: View
     users: int
 
 
 class SharedViews:
-    """One full backup view per running domain, shared by its open readers."""
+    """One full backup view per domain, shared by its open readers (``make`` opens a
+    running domain's job, or a shut-off one's started paused)."""
 
-    def __init__(self, make: Callable[[Vm], Backup]) -> None:
+    def __init__(self, make: Callable[[Vm], Awaitable[View]]) -> None:
         self._make = make
         self._held: dict[str, _Held] = {}
         self._lock = asyncio.Lock()
 
-    async def acquire(self, vm: Vm) -> Backup:
+    async def acquire(self, vm: Vm) -> View:
         async with self._lock:
             held = self._held.get(vm.id)
             if held is None:
-                view = self._make(vm)
+                view = await self._make(vm)
                 await view.__aenter__()
                 held = self._held[vm.id] = _Held(view, 0)
             held.users += 1
@@ -76,7 +91,9 @@ class FileDisk:
 
 
 class LibvirtDiskReader:
-    """A running domain's disk through the shared backup view, or a shut-off one's file."""
+    """A running domain's disk through the shared backup view, or a shut-off one's file
+    (``paused_reads``: through a view of the domain started paused, the files being on a
+    host Ferry reads over TLS)."""
 
     def __init__(
         self,
@@ -85,6 +102,8 @@ class LibvirtDiskReader:
         running: Callable[[], Awaitable[bool]],
         views: SharedViews,
         file_disk: Callable[[], Awaitable[FileDisk]],
+        *,
+        paused_reads: bool = False,
     ) -> None:
         if disk_id not in {d.id for d in vm.disks}:
             raise DiskNotFound(vm.name, disk_id)
@@ -93,7 +112,8 @@ class LibvirtDiskReader:
         self._running = running
         self._views = views
         self._file_disk = file_disk
-        self._view: Backup | None = None
+        self._paused_reads = paused_reads
+        self._view: View | None = None
         self._file: FileDisk | None = None
         self._server: NbdServer | None = None
         self._client: AsyncNbdClient | None = None
@@ -104,7 +124,7 @@ class LibvirtDiskReader:
         return self._size
 
     async def __aenter__(self) -> Self:
-        if await self._running():
+        if self._paused_reads or await self._running():
             self._view = await self._views.acquire(self._vm)
         else:
             self._file = await self._file_disk()

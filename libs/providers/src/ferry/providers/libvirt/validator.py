@@ -29,7 +29,8 @@ def reasons(vm: Vm, *, warm: bool, backup_supported: bool, local: bool) -> list[
             )
     elif vm.power_state == PowerState.OFF and not local:
         found.append(
-            f"VM {vm.name} is off on a remote host: its disks are read through a backup "
-            "job, which needs it running (or a local URI)"
+            f"VM {vm.name} is off on a remote host read without TLS: its disks are read "
+            "through a backup job of the domain started paused, served over TLS only "
+            "(backupTransport: tls)"
         )
     return found
