@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,13 @@ def test_credentials_are_written_private_and_loaded_by_folder(tmp_path: Path) ->
         "client-cert.pem": ("CERT", 0o600),
         "client-key.pem": ("KEY", 0o600),
     }
+    assert folder.name.startswith(f"ferry-tls-{os.getpid()}-")
+    # and a folder a killed process left is removed by the next one, a live one's kept
+    left = tmp_path / "ferry-tls-999999999-x"  # (above pid_max: no such process)
+    left.mkdir()
+    (left / "client-key.pem").write_text("KEY")
+    again = exports.write_credentials(tls, tmp_path)
+    assert not left.exists() and folder.exists() and again.exists()
     assert exports.tls_object(folder) == (
         f"tls-creds-x509,id={exports.TLS_OBJECT_ID},dir={folder},endpoint=client"
     )

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -113,16 +114,44 @@ def missing_keys(secret: Mapping[str, Any]) -> list[str]:
     return [k for k in SECRET_KEYS if not str(secret.get(k) or "").strip()]
 
 
+CREDENTIALS_PREFIX = "ferry-tls-"
+
+
 def write_credentials(tls: Tls, workdir: Path) -> Path:
     """A private folder with qemu's client layout (``ca-cert.pem``, ``client-cert.pem``,
-    ``client-key.pem``), each file 0600 from the moment it exists."""
-    folder = Path(tempfile.mkdtemp(prefix="ferry-tls-", dir=workdir))  # 0700
+    ``client-key.pem``), each file 0600 from the moment it exists, named for this
+    process; those of processes that died without removing theirs (a kill -9) go first."""
+    sweep_credentials(workdir)
+    prefix = f"{CREDENTIALS_PREFIX}{os.getpid()}-"
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))  # 0700
     values = {"backupCACert": tls.ca, "backupClientCert": tls.cert, "backupClientKey": tls.key}
     for key, name in _FILES.items():
         fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(values[key])
     return folder
+
+
+def sweep_credentials(workdir: Path) -> list[Path]:
+    """Remove the credential folders of processes that no longer run; the removed ones."""
+    removed = []
+    for folder in workdir.glob(f"{CREDENTIALS_PREFIX}*-*"):
+        pid = folder.name[len(CREDENTIALS_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
 
 
 def tls_object(credentials: Path) -> str:
