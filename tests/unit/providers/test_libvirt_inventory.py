@@ -173,7 +173,7 @@ def test_the_transport_follows_the_uri_unless_set_and_tls_needs_all_three_pems()
 
 def test_credentials_are_written_private_and_loaded_by_folder(tmp_path: Path) -> None:
     tls = exports.Tls("h", exports.DEFAULT_PORTS, "CA", "CERT", "KEY")
-    folder = exports.write_credentials(tls, tmp_path)
+    folder = exports.write_credentials(tmp_path, tls.ca, tls.cert, tls.key)
     assert folder.stat().st_mode & 0o777 == 0o700
     files = {f.name: (f.read_text(), f.stat().st_mode & 0o777) for f in folder.iterdir()}
     assert files == {
@@ -186,7 +186,7 @@ def test_credentials_are_written_private_and_loaded_by_folder(tmp_path: Path) ->
     left = tmp_path / "ferry-tls-999999999-x"  # (above pid_max: no such process)
     left.mkdir()
     (left / "client-key.pem").write_text("KEY")
-    again = exports.write_credentials(tls, tmp_path)
+    again = exports.write_credentials(tmp_path, tls.ca, tls.cert, tls.key)
     assert not left.exists() and folder.exists() and again.exists()
     assert exports.tls_object(folder) == (
         f"tls-creds-x509,id={exports.TLS_OBJECT_ID},dir={folder},endpoint=client"

@@ -14,7 +14,7 @@ import msgspec
 
 from ferry.platform import errors
 from ferry.proto.inventory import DiskFormat, Extent
-from ferry.providers.base import FilePin, repr_hiding
+from ferry.providers.base import FilePin, NbdTls, repr_hiding
 
 
 class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,17 +49,29 @@ class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
     # the CA that signs the daemon's certificate. Read only when no other shape is set.
     url: str = ""
     ca: str = ""
+    # The same disk as an NBD export over TCP with TLS (a remote libvirt host's backup
+    # job) with the client's credentials: for a workload off this host, like ``url``;
+    # read (through a local qemu-nbd) only when no socket is given. A secret too.
+    nbd_tls: NbdTls | None = None
 
     def __repr__(self) -> str:
-        return repr_hiding(self, "url")
+        return repr_hiding(self, "url", "nbd_tls")
 
     def for_remote_workload(self) -> ImageRef:
-        """What a workload off this host reads: the HTTPS shape when there is one."""
-        if not self.url:
-            return self
-        return ImageRef(
-            path=self.path, format=self.format, size=self.size, url=self.url, ca=self.ca
-        )
+        """What a workload off this host reads: the HTTPS or the TLS shape, if any."""
+        if self.url:
+            return ImageRef(
+                path=self.path, format=self.format, size=self.size, url=self.url, ca=self.ca
+            )
+        if self.nbd_tls is not None:
+            return ImageRef(
+                path=self.path,
+                size=self.size,
+                extents=self.extents,
+                snapshot=self.snapshot,
+                nbd_tls=self.nbd_tls,
+            )
+        return self
 
 
 def from_qemu_source(qemu: Any, path: str = "") -> ImageRef:

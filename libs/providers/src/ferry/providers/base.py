@@ -83,6 +83,22 @@ def repr_hiding(obj: msgspec.Struct, *secret: str) -> str:
     return f"{type(obj).__name__}({', '.join(shown)})"
 
 
+class NbdTls(msgspec.Struct, frozen=True, kw_only=True):
+    """An NBD export served over TCP with TLS (a remote libvirt host's backup job), with
+    the client's credentials (PEM). The key is a secret: the struct travels in a job file
+    or Secret only, and its repr hides the credentials."""
+
+    host: str
+    port: int
+    export: str
+    ca: str
+    cert: str
+    key: str
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, "cert", "key")
+
+
 class QemuSource(msgspec.Struct, frozen=True, kw_only=True):
     """How a qemu tool opens a disk, with the format always named.
 
@@ -324,6 +340,18 @@ class ChangedDisks(Protocol):
     def nbd_export(self, disk_id: str) -> tuple[str, str]:
         """(Unix socket, export name) serving the view's raw guest bytes, for a data
         mover in another process; valid until the view is closed."""
+        ...
+
+
+@runtime_checkable
+class TlsNbdExport(Protocol):
+    """A :class:`ChangedDisks` that may serve its disks over TCP with TLS (a remote
+    libvirt host's job), so a data mover off the volume-service's host (a pod) can read
+    the same picture itself."""
+
+    def tls_export(self, disk_id: str) -> NbdTls | None:
+        """The disk's export on the host with the client's credentials; None when the
+        view serves only here. Valid until the view is closed."""
         ...
 
 

@@ -35,7 +35,7 @@ from ferry.platform.images import ImageRef
 from ferry.platform.volumes import Phase, ProgressCallback, Rate, VolumePlatform, VolumeState
 from ferry.proto import volume
 from ferry.proto.inventory import DiskCopy, Extent
-from ferry.providers.base import ChangedDisks, HttpsExport, Provider, WarmSource
+from ferry.providers.base import ChangedDisks, HttpsExport, Provider, TlsNbdExport, WarmSource
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,9 @@ async def _one(
     rate: Rate | None = None,
 ) -> DiskCopy:
     socket, export = view.nbd_export(disk_id)
-    # the same picture over HTTPS, where the source serves it, for a transfer pod
+    # the same picture over HTTPS or TLS, where the source serves it, for a transfer pod
     url, ca = view.https_export(disk_id) if isinstance(view, HttpsExport) else ("", "")
+    tls = view.tls_export(disk_id) if isinstance(view, TlsNbdExport) else None
     ref = ImageRef(
         path=f"{cmd.inventory.name}/{disk_id}",
         nbd_socket=socket,
@@ -128,6 +129,7 @@ async def _one(
         snapshot=f"{view.since or ''}>{view.checkpoint}",
         url=url,
         ca=ca,
+        nbd_tls=tls,
     )
     if view.since is None:
         return await platform.import_disk(claim, ref, progress, rate=rate)

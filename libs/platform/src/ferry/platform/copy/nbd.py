@@ -40,6 +40,7 @@ class QemuNbd:
         writable: bool = False,
         connections: int = 8,
         pass_fds: tuple[int, ...] = (),
+        objects: tuple[str, ...] = (),
     ):
         if shutil.which("qemu-nbd") is None:
             raise errors.InvalidSourceError("qemu-nbd is not installed")
@@ -61,6 +62,7 @@ class QemuNbd:
             args.append("--discard=unmap")
         else:
             args.append("--read-only")
+        args += [a for obj in objects for a in ("--object", obj)]  # (TLS credentials, by folder)
         args.append(path)
         # A killed copy's qemu-nbd dies with it, but not instantly: while it
         # still holds the image lock, a new server fails to open it, so retry.

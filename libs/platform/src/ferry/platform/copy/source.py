@@ -397,6 +397,10 @@ def open_source(ref: ImageRef) -> DiskSource:
     """Open a described source; raw files are read directly, the rest through qemu."""
     if ref.nbd_socket:
         return NbdExportSource(ref)
+    if ref.nbd_tls is not None:
+        from ferry.platform.copy.nbdtls import TlsNbdSource
+
+        return TlsNbdSource(ref)
     if ref.url and ref.qemu_options is None:
         from ferry.platform.copy.imageio import ImageioSource
 

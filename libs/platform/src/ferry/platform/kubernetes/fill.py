@@ -151,7 +151,8 @@ def run_delta(job: Job, path: str) -> Done:
             f"the volume holds no full copy yet ({path} is missing): no delta applies"
         )
     source = open_source(job.source)
-    whole = open_source(job.source) if job.last else None
+    # the whole disk with its true allocation, not the round's extents (as the local one)
+    whole = open_source(msgspec.structs.replace(job.source, extents=None)) if job.last else None
     try:
         result = delta.apply(
             source,

@@ -19,11 +19,11 @@ a DataVolume would also bring CDI's importer pod onto the same claim.
 
 What a round guarantees here:
 
-* the source must be readable from a pod (an image transfer URL over HTTPS); a disk
-  on the volume-service's host (a Unix socket, a file) is refused before anything is
-  made;
-* the job (URL with its ticket, CA, extents, the grant ticket of a paced copy) is
-  only in the pod's Secret;
+* the source must be readable from a pod (an image transfer URL over HTTPS, or a
+  remote libvirt host's backup job over TCP with TLS); a disk on the volume-service's
+  host (a Unix socket, a file) is refused before anything is made;
+* the job (URL with its ticket, or the TLS export with the client's key; CA, extents,
+  the grant ticket of a paced copy) is only in the pod's Secret;
 * one pod per claim, under one name: a round killed and run again removes what the
   killed attempt left (pod and Secret) before it starts its own, so never two pods;
 * a delta round's pod prints its durable ledger (:class:`fill.Checkpoint`); the pod
@@ -81,12 +81,12 @@ def pod_name(claim: dict[str, Any]) -> str:
 def round_source(source: ImageRef) -> ImageRef:
     """What the pod reads; only a disk served over the network reaches a pod."""
     remote = fillpod.pod_source(source)
-    if not remote.url:
+    if not remote.url and remote.nbd_tls is None:
         where = remote.path or "a source of the volume-service's host"
         raise VolumeError(
             f"a transfer pod cannot read {where}: on Kubernetes a copy round reads only a "
-            "disk served over the network (an oVirt image transfer), not a file or socket "
-            "of the volume-service's host"
+            "disk served over the network (an oVirt image transfer, a remote libvirt "
+            "host's backup job over TLS), not a file or socket of the volume-service's host"
         )
     return remote
 

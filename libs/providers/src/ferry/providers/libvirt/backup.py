@@ -42,7 +42,7 @@ from xml.sax.saxutils import escape, quoteattr
 import libvirt
 
 from ferry.proto.inventory import Extent, Vm
-from ferry.providers.base import CheckpointGone, ProviderError, VmNotFound
+from ferry.providers.base import CheckpointGone, NbdTls, ProviderError, VmNotFound
 from ferry.providers.libvirt import exports, inventory
 from ferry.providers.libvirt.client import Client, describe
 from ferry.providers.libvirt.exports import Tls, qemu_img_map
@@ -406,6 +406,15 @@ class Backup:
 
     def nbd_export(self, disk_id: str) -> tuple[str, str]:
         return self._export(disk_id)
+
+    def tls_export(self, disk_id: str) -> NbdTls | None:
+        """The disk's export on the host over TLS, for a reader off this host (a pod)."""
+        self._export(disk_id)
+        if self._remote is None:
+            return None
+        tls = self._remote[0]
+        return NbdTls(host=tls.host, port=self._port, export=self._exports[disk_id],
+                      ca=tls.ca, cert=tls.cert, key=tls.key)  # fmt: skip
 
     async def changed_extents(self, disk_id: str) -> list[Extent]:
         socket, export = self._export(disk_id)

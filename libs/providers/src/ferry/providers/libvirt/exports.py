@@ -117,14 +117,14 @@ def missing_keys(secret: Mapping[str, Any]) -> list[str]:
 CREDENTIALS_PREFIX = "ferry-tls-"
 
 
-def write_credentials(tls: Tls, workdir: Path) -> Path:
+def write_credentials(workdir: Path, ca: str, cert: str, key: str) -> Path:
     """A private folder with qemu's client layout (``ca-cert.pem``, ``client-cert.pem``,
     ``client-key.pem``), each file 0600 from the moment it exists, named for this
     process; those of processes that died without removing theirs (a kill -9) go first."""
     sweep_credentials(workdir)
     prefix = f"{CREDENTIALS_PREFIX}{os.getpid()}-"
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))  # 0700
-    values = {"backupCACert": tls.ca, "backupClientCert": tls.cert, "backupClientKey": tls.key}
+    values = {"backupCACert": ca, "backupClientCert": cert, "backupClientKey": key}
     for key, name in _FILES.items():
         fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:

@@ -29,7 +29,7 @@ from typing import Self
 import libvirt
 
 from ferry.proto.inventory import Extent, Vm
-from ferry.providers.base import ProviderError, VmNotFound
+from ferry.providers.base import NbdTls, ProviderError, VmNotFound
 from ferry.providers.libvirt.backup import Backup, settle
 from ferry.providers.libvirt.client import Client, describe
 
@@ -156,3 +156,6 @@ class PausedView:
 
     def nbd_export(self, disk_id: str) -> tuple[str, str]:
         return self._inner.nbd_export(disk_id)
+
+    def tls_export(self, disk_id: str) -> NbdTls | None:
+        return self._inner.tls_export(disk_id)

@@ -29,7 +29,14 @@ from urllib.parse import urlsplit
 import libvirt
 
 from ferry.proto.inventory import Extent, PowerState, Vm
-from ferry.providers.base import ChangedDisks, ProviderError, V2vInput, VmNotFound
+from ferry.providers.base import (
+    ChangedDisks,
+    NbdTls,
+    ProviderError,
+    TlsNbdExport,
+    V2vInput,
+    VmNotFound,
+)
 from ferry.providers.libvirt import (
     backup,
     exports,
@@ -84,9 +91,8 @@ class LibvirtProvider:
         if self._tls is None:
             raise exports.TransportError(self._tls_missing(vm))
         if self._credentials is None:
-            self._credentials = exports.write_credentials(
-                self._tls, backup.own_workdir(self.workdir)
-            )
+            tls, workdir = self._tls, backup.own_workdir(self.workdir)
+            self._credentials = exports.write_credentials(workdir, tls.ca, tls.cert, tls.key)
         return self._tls, self._credentials
 
     def _tls_missing(self, vm: Vm) -> str:
@@ -344,3 +350,7 @@ class _View:
 
     def nbd_export(self, disk_id: str) -> tuple[str, str]:
         return self._open.nbd_export(disk_id)
+
+    def tls_export(self, disk_id: str) -> NbdTls | None:
+        inner = self._open
+        return inner.tls_export(disk_id) if isinstance(inner, TlsNbdExport) else None
