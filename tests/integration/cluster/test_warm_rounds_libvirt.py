@@ -20,11 +20,13 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import msgspec
 import pytest
 
+from ferry.platform.images import from_qemu_source
 from ferry.platform.kubernetes import fill
 from ferry.platform.kubernetes.platform import KubernetesPlatform
 from ferry.platform.volumes import VolumeRequest, VolumeState, labels_for
@@ -151,3 +153,51 @@ async def test_rounds_read_the_hosts_job_over_tls_from_the_pods_and_the_claim_ma
     except libvirt.libvirtError:
         pass
     assert await source.checkpoints(await source.vm(guest.name)) == []
+
+
+async def test_a_populator_pod_reads_a_running_domains_disk_over_tls(
+    platform: KubernetesPlatform,
+    cluster: Cluster,
+    provider: tuple[LibvirtProvider, backup_tls.ClientPems],
+    guest: libvirtd.Guest,
+) -> None:
+    source, pems = provider
+    # Given a populator claim placed on WaitForFirstConsumer storage (flow 2, cold copy)
+    vm = await source.vm(guest.name)
+    [disk] = vm.disks
+    target = VolumeTarget(disk_id=disk.id, storage_class="wffc", volume_mode=VolumeMode.BLOCK)
+    claim = await platform.ensure_volume(
+        VolumeRequest(
+            namespace=NS,
+            migration="mig-2",
+            vm=vm.id,
+            vm_name=vm.name,
+            disk_id=disk.id,
+            capacity=disk.capacity,
+            target=target,
+            source=VolumeSource.POPULATOR,
+        )
+    )
+    await platform.bind_volumes(NS, "mig-2", vm.id)
+    # When the volume-service populates it from the disk as the provider describes it
+    async with source.open_disk(vm, disk.id) as reader:
+        ref = from_qemu_source(reader.qemu_source())
+        copy = await platform.populate(claim, ref)
+    # Then the pod read the host's export over TLS (its Secret says so, no pod has the key)
+    [secret] = [
+        s for s in _posted_all(cluster, "secrets") if s["metadata"]["name"].startswith("populate-")
+    ]
+    job = msgspec.json.decode(base64.b64decode(secret["data"]["job.json"]), type=fill.Job)
+    assert job.source.nbd_tls is not None and job.source.qemu_options is None
+    key_line = pems.key.strip().splitlines()[1]
+    assert all(key_line not in str(p) for p in _posted_all(cluster, "pods"))
+    # and the bound claim holds the disk's bytes, verified
+    assert copy.source.digest == copy.target.digest and copy.source.algorithm != "unverified"
+    state = await platform.get_volume(NS, claim.name)
+    assert state is not None
+    assert hashlib.sha256(_bytes(cluster, state)).hexdigest() == _source_sha(guest.disks["vda"])
+
+
+def _posted_all(cluster: Cluster, plural: str) -> list[dict[str, Any]]:
+    return [r.body for r in cluster.api.requests
+            if r.method == "POST" and r.path.endswith(f"/{plural}")]  # fmt: skip

@@ -92,6 +92,7 @@ def from_qemu_source(qemu: Any, path: str = "") -> ImageRef:
         pins=pins,
         url=str(getattr(qemu, "url", "")),
         ca=str(getattr(qemu, "ca", "")),
+        nbd_tls=getattr(qemu, "nbd_tls", None),
     )
 
 

@@ -116,9 +116,12 @@ class QemuSource(msgspec.Struct, frozen=True, kw_only=True):
     # transfer's URL, whose path is a secret ticket, and its CA's PEM); '' when none.
     url: str = ""
     ca: str = ""
+    # The same disk as an NBD export over TCP with TLS (a remote libvirt host's backup
+    # job) with the client's credentials, for a copy off this host; None when none.
+    nbd_tls: NbdTls | None = None
 
     def __repr__(self) -> str:
-        return repr_hiding(self, "url")
+        return repr_hiding(self, "url", "nbd_tls")
 
     def filename(self) -> str:
         """The ``json:`` pseudo-filename that qemu-img and qemu-nbd accept."""

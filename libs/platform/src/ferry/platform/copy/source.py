@@ -397,7 +397,7 @@ def open_source(ref: ImageRef) -> DiskSource:
     """Open a described source; raw files are read directly, the rest through qemu."""
     if ref.nbd_socket:
         return NbdExportSource(ref)
-    if ref.nbd_tls is not None:
+    if ref.nbd_tls is not None and ref.qemu_options is None:  # (a pod's: no local shape)
         from ferry.platform.copy.nbdtls import TlsNbdSource
 
         return TlsNbdSource(ref)

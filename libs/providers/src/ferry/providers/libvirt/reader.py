@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from ferry.proto.inventory import Extent, Vm
-from ferry.providers.base import DiskNotFound, ProviderError, QemuSource, read_span
+from ferry.providers.base import DiskNotFound, NbdTls, ProviderError, QemuSource, read_span
 from ferry.providers.libvirt.backup import settle
 from ferry.providers.libvirt.exports import merged, qemu_img_map
 from ferry.providers.nbd import AsyncNbdClient, NbdServer
@@ -36,6 +36,8 @@ class View(Protocol):
     async def read(self, disk_id: str, offset: int, length: int) -> bytes: ...
 
     def nbd_export(self, disk_id: str) -> tuple[str, str]: ...
+
+    def tls_export(self, disk_id: str) -> NbdTls | None: ...
 
 
 @dataclass
@@ -175,7 +177,9 @@ class LibvirtDiskReader:
         if self._view is not None:
             socket, export = self._view.nbd_export(self._disk_id)
             nbd = {"driver": "nbd", "server": {"type": "unix", "path": socket}, "export": export}
-            return QemuSource(format="raw", options={"driver": "raw", "file": nbd})
+            # (over TLS, the host's export too: a populator pod reads it itself)
+            tls = self._view.tls_export(self._disk_id)
+            return QemuSource(format="raw", options={"driver": "raw", "file": nbd}, nbd_tls=tls)
         if self._file is None:
             raise ProviderError(f"disk {self._disk_id} is not open (use 'async with')")
         return self._file.qemu_source()
