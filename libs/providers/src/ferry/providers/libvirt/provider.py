@@ -11,8 +11,9 @@ previous one.
 backup jobs' sockets and scratch files. A remote host's jobs serve over TCP with
 TLS and Ferry reads them through local relays (:mod:`.exports`: the settings
 ``backupTransport``, ``backupHost``, ``backupPorts`` and the Secret's
-``backupCACert``, ``backupClientCert``, ``backupClientKey``); a shut-off VM on a
-remote host has no job to serve it, and its files are not on this host.
+``backupCACert``, ``backupClientCert``, ``backupClientKey``); a shut-off VM there
+is read through a job of the domain started paused (:mod:`.paused`), its files being
+on that host.
 """
 
 from __future__ import annotations
@@ -244,14 +245,14 @@ class LibvirtProvider:
     def _remove_checkpoint(self, vm: Vm, checkpoint: str) -> None:
         dom = self.client.domain(vm.id)
         paused.end_leftover(dom)
-        if checkpoint not in [c.getName() for c in dom.listAllCheckpoints(0)]:
-            return  # already gone
         if not dom.isActive() and self.transport == "tls":
-            # libvirt removes an off domain's bitmaps only from files it can reach here
+            if checkpoint not in [c.getName() for c in dom.listAllCheckpoints(0)]:
+                return  # already gone: no start for nothing
+            # the files are on the host: libvirt removes the bitmaps of a running domain
             with paused.started_paused(dom, vm.name):
                 self._delete_checkpoint(dom, checkpoint)
             return
-        self._delete_checkpoint(dom, checkpoint)
+        self._delete_checkpoint(dom, checkpoint)  # (also a file bitmap whose metadata went)
 
     def _delete_checkpoint(self, dom: libvirt.virDomain, checkpoint: str) -> None:
         active = bool(dom.isActive())
