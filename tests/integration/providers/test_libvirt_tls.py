@@ -273,3 +273,33 @@ async def test_a_paused_start_a_killed_service_left_is_ended_and_no_one_elses(
     finally:
         await provider.close()
         shutil.rmtree(provider.workdir, ignore_errors=True)
+
+
+async def test_a_round_run_again_takes_over_the_job_its_killed_attempt_left_on_tcp(
+    pems: backup_tls.ClientPems, guest: libvirtd.Guest
+) -> None:
+    provider = _provider(pems.secret(), _free_ports(4))
+    try:
+        vm = await provider.vm(guest.name)
+        async with provider.changes(vm, None) as full:
+            first = full.checkpoint
+        guest.write("vda", 4 * MiB, BLOCK, 0xAB)
+        # Given a delta round whose service was killed with its job on TCP still open
+        killed = provider.changes(vm, first)
+        await killed.__aenter__()
+        left_job, left_checkpoint = _job(guest), killed.checkpoint
+        # When the round runs again
+        async with provider.changes(vm, first) as again:
+            job = _job(guest)
+            changed = await again.changed_extents("vda")
+            data = await again.read("vda", 4 * MiB, BLOCK)
+            taken = again.checkpoint
+        # Then it read the same job (same port, same checkpoint) instead of a new one
+        assert job == left_job and taken == left_checkpoint
+        assert changed == [Extent(4 * MiB, BLOCK)] and data == b"\xab" * BLOCK
+        # and the job is ended with the round
+        assert _job(guest) is None and _scratch_left(guest) == []
+        await killed.__aexit__(None, None, None)  # (its relays: gone with a killed process)
+    finally:
+        await provider.close()
+        shutil.rmtree(provider.workdir, ignore_errors=True)
