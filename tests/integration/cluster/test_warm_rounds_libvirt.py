@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -97,16 +96,6 @@ def _bytes(cluster: Cluster, state: VolumeState) -> bytes:
     return Path(pv["spec"]["hostPath"]["path"]).read_bytes()[:SIZE]
 
 
-def _source_sha(path: Path) -> str:
-    raw = path.with_suffix(".raw")
-    subprocess.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(path), str(raw)],
-                   check=True, capture_output=True)  # fmt: skip
-    try:
-        return hashlib.sha256(raw.read_bytes()).hexdigest()
-    finally:
-        raw.unlink()
-
-
 def _posted(cluster: Cluster, plural: str) -> list[dict[str, object]]:
     return [r.body for r in cluster.api.requests
             if r.method == "POST" and r.path.endswith(f"/{plural}")
@@ -140,7 +129,9 @@ async def test_rounds_read_the_hosts_job_over_tls_from_the_pods_and_the_claim_ma
     assert all(key_line not in str(p) for p in _posted(cluster, "pods"))
     # and the claim holds the source's bytes, the last round having compared both whole
     claim = await _claim(platform, source, guest.name)
-    assert hashlib.sha256(_bytes(cluster, claim)).hexdigest() == _source_sha(guest.disks["vda"])
+    assert hashlib.sha256(_bytes(cluster, claim)).hexdigest() == libvirtd.qcow2_sha256(
+        guest.disks["vda"]
+    )
     [final] = last.copies
     assert final.source == final.target and final.source.algorithm != "unverified"
     # and nothing is left: no pod or Secret of a round, no job, the domain off
@@ -195,7 +186,9 @@ async def test_a_populator_pod_reads_a_running_domains_disk_over_tls(
     assert copy.source.digest == copy.target.digest and copy.source.algorithm != "unverified"
     state = await platform.get_volume(NS, claim.name)
     assert state is not None
-    assert hashlib.sha256(_bytes(cluster, state)).hexdigest() == _source_sha(guest.disks["vda"])
+    assert hashlib.sha256(_bytes(cluster, state)).hexdigest() == libvirtd.qcow2_sha256(
+        guest.disks["vda"]
+    )
 
 
 def _posted_all(cluster: Cluster, plural: str) -> list[dict[str, Any]]:

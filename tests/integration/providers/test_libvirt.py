@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -71,20 +70,6 @@ class _Spec:
         self.settings = settings
 
 
-def _raw_sha(path: Path) -> str:
-    """The guest bytes of a qcow2 image, read by qemu-img (shared with the running QEMU)."""
-    raw = path.with_suffix(".raw")
-    subprocess.run(
-        ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(path), str(raw)],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        return hashlib.sha256(raw.read_bytes()).hexdigest()
-    finally:
-        raw.unlink()
-
-
 async def _read_all(view: ChangedDisks, disk: str) -> bytes:
     return await view.read(disk, 0, view.size(disk))
 
@@ -137,7 +122,7 @@ async def test_full_read_of_a_running_domain_equals_its_disk(
         data = await disk.read(0, disk.size)
         uri = await disk.nbd_uri()
     # Then the bytes are the disk's and the extents name only the written ranges
-    assert hashlib.sha256(data).hexdigest() == _raw_sha(guest.disks["vda"])
+    assert hashlib.sha256(data).hexdigest() == libvirtd.qcow2_sha256(guest.disks["vda"])
     assert extents == [Extent(0, MiB), Extent(8 * MiB, 2 * MiB)]
     assert "socket=" in uri
     # And the backup job is gone when the reader closes
@@ -236,7 +221,7 @@ async def test_cold_read_of_a_shut_off_domain_reads_its_file(
         assert disk.qemu_source().format == "qcow2"
         assert await disk.extents() == [Extent(0, MiB), Extent(8 * MiB, 2 * MiB)]
         data = await disk.read(0, disk.size)
-    assert hashlib.sha256(data).hexdigest() == _raw_sha(guest.disks["vda"])
+    assert hashlib.sha256(data).hexdigest() == libvirtd.qcow2_sha256(guest.disks["vda"])
 
 
 async def test_v2v_input_keeps_the_password_out_of_argv(

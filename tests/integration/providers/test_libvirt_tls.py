@@ -10,12 +10,12 @@ a local ``qemu-nbd`` relay per disk. Skipped without libvirt, failed in CI.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import socket
-import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,12 @@ def _free_ports(count: int) -> int:
     return int(backup_tls.free_ports(count).split("-")[0])
 
 
-def _provider(secret: dict[str, str], first: int, count: int = 4) -> LibvirtProvider:
+@contextlib.asynccontextmanager
+async def _provider(
+    secret: dict[str, str], first: int, count: int = 4
+) -> AsyncIterator[LibvirtProvider]:
+    """A provider reading this machine's jobs over TLS on ports ``first``…; closed and its
+    work directory removed after."""
     work = libvirtd.scratch_dir("ferry-work-")
     settings = {
         **backup_tls.provider_settings(work),
@@ -68,17 +73,11 @@ def _provider(secret: dict[str, str], first: int, count: int = 4) -> LibvirtProv
     }
     made = factory.create(_Spec(settings), secret)
     assert isinstance(made, LibvirtProvider)
-    return made
-
-
-def _raw_sha(path: Path) -> str:
-    raw = path.with_suffix(".raw")
-    subprocess.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(path), str(raw)],
-                   check=True, capture_output=True)  # fmt: skip
     try:
-        return hashlib.sha256(raw.read_bytes()).hexdigest()
+        yield made
     finally:
-        raw.unlink()
+        await made.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _job(guest: libvirtd.Guest) -> Any:
@@ -95,9 +94,8 @@ def _scratch_left(guest: libvirtd.Guest) -> list[str]:
 async def test_full_then_incremental_over_tls_through_local_relays(
     pems: backup_tls.ClientPems, guest: libvirtd.Guest
 ) -> None:
-    provider = _provider(pems.secret(), _free_ports(4))
-    work = provider.workdir
-    try:
+    async with _provider(pems.secret(), _free_ports(4)) as provider:
+        work = provider.workdir
         vm = await provider.vm(guest.name)
         # Given a running domain whose jobs serve over TCP with TLS
         async with provider.changes(vm, None) as full:
@@ -115,7 +113,7 @@ async def test_full_then_incremental_over_tls_through_local_relays(
             first = full.checkpoint
         # Then it lists the written ranges and reads the disk's bytes
         assert extents == [Extent(0, MiB), Extent(8 * MiB, 2 * MiB)]
-        assert hashlib.sha256(data).hexdigest() == _raw_sha(guest.disks["vda"])
+        assert hashlib.sha256(data).hexdigest() == libvirtd.qcow2_sha256(guest.disks["vda"])
         assert len(scratch_during) == 1  # next to the disk on the host, while the job ran
         # When the guest writes and the next round asks what changed since
         guest.write("vda", 4 * MiB, BLOCK, 0xAB)
@@ -133,11 +131,9 @@ async def test_full_then_incremental_over_tls_through_local_relays(
         assert _scratch_left(guest) == []
         assert not Path(relay).exists()
         assert [p for p in os.listdir(work) if not p.startswith("ferry-tls-")] == []
-    finally:
+        # and the credentials folder goes with the provider
         await provider.close()
-    # and the credentials folder goes with the provider
-    assert os.listdir(work) == []
-    shutil.rmtree(work, ignore_errors=True)
+        assert os.listdir(work) == []
 
 
 async def test_a_port_another_program_holds_is_skipped(
@@ -146,8 +142,7 @@ async def test_a_port_another_program_holds_is_skipped(
     first = _free_ports(2)
     # (the ports in order, so the held one is tried first)
     monkeypatch.setattr(backup.random, "sample", lambda ports, k: list(ports)[:k])
-    provider = _provider(pems.secret(), first, count=2)
-    try:
+    async with _provider(pems.secret(), first, count=2) as provider:
         vm = await provider.vm(guest.name)
         with socket.socket() as squatter:
             squatter.bind(("127.0.0.1", first))
@@ -158,9 +153,6 @@ async def test_a_port_another_program_holds_is_skipped(
                 assert await view.read("vda", 0, 4) == b"\x11" * 4
         # Then it served on the other one
         assert f"port='{first + 1}'" in job
-    finally:
-        await provider.close()
-        shutil.rmtree(provider.workdir, ignore_errors=True)
 
 
 async def test_a_host_that_does_not_trust_ferrys_certificate_refuses_and_nothing_is_left(
@@ -173,8 +165,7 @@ async def test_a_host_that_does_not_trust_ferrys_certificate_refuses_and_nothing
         "backupClientCert": foreign.cert,
         "backupClientKey": foreign.key,
     }
-    provider = _provider(secret, _free_ports(4))
-    try:
+    async with _provider(secret, _free_ports(4)) as provider:
         vm = await provider.vm(guest.name)
         # When a disk is read
         with pytest.raises(ProviderError, match="could not be read over TLS") as caught:
@@ -186,16 +177,12 @@ async def test_a_host_that_does_not_trust_ferrys_certificate_refuses_and_nothing
         # and the job it began is ended, its scratch file gone
         assert _job(guest) is None
         assert _scratch_left(guest) == []
-    finally:
-        await provider.close()
-        shutil.rmtree(provider.workdir, ignore_errors=True)
 
 
 async def test_without_the_pems_preflight_says_which_and_no_job_begins(
     pems: backup_tls.ClientPems, guest: libvirtd.Guest
 ) -> None:
-    provider = _provider({"backupCACert": pems.ca}, _free_ports(4))
-    try:
+    async with _provider({"backupCACert": pems.ca}, _free_ports(4)) as provider:
         vm = await provider.vm(guest.name)
         reasons = await provider.preflight(vm, warm=True)
         [reason] = [r for r in reasons if "TLS" in r]
@@ -204,16 +191,12 @@ async def test_without_the_pems_preflight_says_which_and_no_job_begins(
             async with provider.changes(vm, None):
                 pass
         assert _job(guest) is None
-    finally:
-        await provider.close()
-        shutil.rmtree(provider.workdir, ignore_errors=True)
 
 
 async def test_a_shut_off_domain_is_read_started_paused_and_left_off(
     pems: backup_tls.ClientPems, guest: libvirtd.Guest
 ) -> None:
-    provider = _provider(pems.secret(), _free_ports(4))
-    try:
+    async with _provider(pems.secret(), _free_ports(4)) as provider:
         # Given a tracked domain that wrote, then was powered off (the cutover)
         vm = await provider.vm(guest.name)
         async with provider.changes(vm, None) as full:
@@ -242,16 +225,12 @@ async def test_a_shut_off_domain_is_read_started_paused_and_left_off(
         assert offline.bitmaps(str(guest.disks["vda"])) == []
         assert not guest.dom.isActive()
         assert _job(guest) is None and _scratch_left(guest) == []
-    finally:
-        await provider.close()
-        shutil.rmtree(provider.workdir, ignore_errors=True)
 
 
 async def test_a_paused_start_a_killed_service_left_is_ended_and_no_one_elses(
     pems: backup_tls.ClientPems, guest: libvirtd.Guest
 ) -> None:
-    provider = _provider(pems.secret(), _free_ports(4))
-    try:
+    async with _provider(pems.secret(), _free_ports(4)) as provider:
         vm = await provider.vm(guest.name)
         await provider.shutdown(vm, timeout=0.5)
         dom = guest.dom
@@ -270,16 +249,12 @@ async def test_a_paused_start_a_killed_service_left_is_ended_and_no_one_elses(
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
         assert not await provider.release_leftovers(vm)
         assert dom.isActive()
-    finally:
-        await provider.close()
-        shutil.rmtree(provider.workdir, ignore_errors=True)
 
 
 async def test_a_round_run_again_takes_over_the_job_its_killed_attempt_left_on_tcp(
     pems: backup_tls.ClientPems, guest: libvirtd.Guest
 ) -> None:
-    provider = _provider(pems.secret(), _free_ports(4))
-    try:
+    async with _provider(pems.secret(), _free_ports(4)) as provider:
         vm = await provider.vm(guest.name)
         async with provider.changes(vm, None) as full:
             first = full.checkpoint
@@ -300,6 +275,3 @@ async def test_a_round_run_again_takes_over_the_job_its_killed_attempt_left_on_t
         # and the job is ended with the round
         assert _job(guest) is None and _scratch_left(guest) == []
         await killed.__aexit__(None, None, None)  # (its relays: gone with a killed process)
-    finally:
-        await provider.close()
-        shutil.rmtree(provider.workdir, ignore_errors=True)

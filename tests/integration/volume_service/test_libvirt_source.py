@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -112,17 +111,6 @@ def _copied(delivered: object) -> volume.DisksCopied:
     return found[-1]
 
 
-def _sha_qcow2(path: Path) -> str:
-    raw = path.with_suffix(".raw")
-    subprocess.run(
-        ["qemu-img", "convert", "-U", "-O", "raw", "-f", "qcow2", str(path), str(raw)], check=True
-    )
-    try:
-        return hashlib.sha256(raw.read_bytes()).hexdigest()
-    finally:
-        raw.unlink()
-
-
 async def test_warm_rounds_copy_only_changed_blocks_and_leave_nothing_at_the_source(
     broker: InMemoryBroker,
     provider: LibvirtProvider,
@@ -157,7 +145,7 @@ async def test_warm_rounds_copy_only_changed_blocks_and_leave_nothing_at_the_sou
     # the target holds exactly the source's bytes, and no checkpoint is left at the source
     [claim] = [v for v in await platform.list_volumes("ns", {}) if not v.temporary]
     target = hashlib.sha256(Path(claim.path).read_bytes()[:SIZE]).hexdigest()
-    assert target == _sha_qcow2(guest.disks["vda"])
+    assert target == libvirtd.qcow2_sha256(guest.disks["vda"])
     assert last.checkpoint == "" and await provider.checkpoints(vm) == []
 
 
@@ -240,7 +228,7 @@ async def test_cold_flow_two_populates_from_a_shut_off_domain(
     claims = await platform.list_volumes("ns", {})
     assert [c.temporary for c in claims] == [False]
     target = hashlib.sha256(Path(claims[0].path).read_bytes()[:SIZE]).hexdigest()
-    assert target == _sha_qcow2(guest.disks["vda"])
+    assert target == libvirtd.qcow2_sha256(guest.disks["vda"])
     # And nothing of Ferry's is left at the source: no checkpoint, no export (the TLS
     # credentials' folder is the provider's, until it closes), the domain off as it was
     assert await provider.checkpoints(vm) == [] and not guest.dom.isActive()
@@ -282,7 +270,7 @@ async def test_a_first_round_killed_mid_copy_resumes_and_loses_no_write(
     assert again.changed >= BLOCK
     [claim] = [v for v in await slow.list_volumes("ns", {}) if not v.temporary]
     target = hashlib.sha256(Path(claim.path).read_bytes()[:SIZE]).hexdigest()
-    assert target == _sha_qcow2(guest.disks["vda"])
+    assert target == libvirtd.qcow2_sha256(guest.disks["vda"])
 
 
 def _progress(broker: InMemoryBroker) -> int:
@@ -338,7 +326,7 @@ async def test_a_precopy_whose_service_died_mid_round_resumes_inside_the_round(
     # And the target equals the source, and no job is left running
     [claim] = [v for v in await fast.list_volumes("ns", {}) if not v.temporary]
     target = hashlib.sha256(Path(claim.path).read_bytes()[:SIZE]).hexdigest()
-    assert target == _sha_qcow2(guest.disks["vda"])
+    assert target == libvirtd.qcow2_sha256(guest.disks["vda"])
     assert not _job_running(guest)
 
 

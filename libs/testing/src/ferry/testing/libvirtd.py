@@ -16,6 +16,7 @@ wants them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -110,6 +111,18 @@ class Guest:
                 dom.destroy()
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def qcow2_sha256(path: Path) -> str:
+    """SHA-256 of a qcow2 image's guest bytes, read by qemu-img (``-U``: shared with the
+    running QEMU)."""
+    raw = path.with_suffix(".raw")
+    args = ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(path), str(raw)]
+    subprocess.run(args, check=True, capture_output=True)
+    try:
+        return hashlib.sha256(raw.read_bytes()).hexdigest()
+    finally:
+        raw.unlink()
 
 
 def scratch_dir(prefix: str = PREFIX) -> Path:
