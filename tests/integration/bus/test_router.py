@@ -365,3 +365,31 @@ async def test_the_queue_depth_waiting_behind_busy_handlers_is_reported(bus: Bus
         assert {consumer for consumer, _ in observer.depths} == {"volume-workers"}
         # And when the worker is let go, the queue drains to zero
         await eventually(lambda: observer.depths[-1][1] == 0, what="queue drained")
+
+
+async def test_a_free_slot_beside_long_handlers_is_filled_at_once(bus: Bus) -> None:
+    # Given a replica of four slots, three held by handlers that wait for the test
+    # (a busy replica gathers free slots before it fetches, but only briefly)
+    router = Router(Service.VOLUME)
+    release = asyncio.Event()
+    started: dict[str, float] = {}
+
+    @router.handler(volume.AllocateDisks)
+    async def handle(cmd: volume.AllocateDisks, ctx: Context) -> None:
+        started[cmd.vm] = time.monotonic()
+        if cmd.vm.startswith("long"):
+            await release.wait()
+
+    async with Running(router, bus, concurrency=4):
+        await bus.publish_many(allocate(f"long{i}") for i in range(3))
+        await eventually(lambda: len(started) == 3, within=30)
+
+        # When one more command arrives
+        sent = time.monotonic()
+        await bus.publish(allocate("quick"))
+        await eventually(lambda: "quick" in started, within=30)
+        release.set()
+        await eventually(lambda: _queue_empty(bus), within=30)
+
+    # Then it ran in its free slot at once, not after the long ones
+    assert started["quick"] - sent < 2.0

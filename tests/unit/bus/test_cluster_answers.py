@@ -68,7 +68,7 @@ async def test_a_stream_that_never_settles_times_out_saying_what_it_saw() -> Non
 
 
 def _bus(publish_timeout: float) -> Bus:
-    nc = SimpleNamespace(jetstream=lambda timeout: SimpleNamespace())
+    nc = SimpleNamespace(jetstream=lambda **options: SimpleNamespace())
     return Bus(nc, name="t", settings=TopologySettings(), publish_timeout=publish_timeout)  # type: ignore[arg-type]
 
 

@@ -149,3 +149,29 @@ def test_headers_written_before_the_binding_was_followed_read_raw() -> None:
     env = Envelope.from_headers(old)
     assert env.subject == "p/m/Win Server 100%20ok.ova"
     assert env.datacontenttype == "application/json"
+
+
+def test_the_fast_paths_answer_as_the_binding_says() -> None:
+    # Given every character of the first planes, alone and between safe ones
+    # (encode_value skips quoting for values with nothing to escape; from_headers
+    # skips lower-casing names when Ferry's own are all there)
+    from urllib.parse import quote
+
+    for code in range(0x3000):
+        char = chr(code)
+        if 0xD800 <= code <= 0xDFFF:
+            continue  # lone surrogates are no text
+        for value in (char, f"a{char}b"):
+            # Then the value is written exactly as quoting it would, and read back
+            expected = quote(value, safe=envelope._SAFE, encoding="utf-8", errors="strict")
+            assert envelope.encode_value(value) == expected, hex(code)
+            assert envelope.decode_value(expected) == value
+
+    # And headers named as Ferry writes them read as the same names in other cases
+    env, _ = envelope.wrap(_progress(), "ferry/ä b%")
+    written = env.headers()
+    assert Envelope.from_headers(written) == env
+    assert Envelope.from_headers({k.title(): v for k, v in written.items()}) == env
+    mixed = dict(written)
+    mixed["CE-SUBJECT"] = mixed.pop("ce-subject")
+    assert Envelope.from_headers(mixed) == env

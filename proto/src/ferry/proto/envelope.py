@@ -59,15 +59,24 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     datacontenttype: str = CONTENT_TYPE
 
     def headers(self) -> dict[str, str]:
-        attributes = msgspec.structs.asdict(self)
-        headers = {CE_PREFIX + name: encode_value(value) for name, value in attributes.items()}
-        headers[MSG_ID_HEADER] = self.id
-        return headers
+        return {
+            "ce-id": encode_value(self.id),
+            "ce-source": encode_value(self.source),
+            "ce-type": encode_value(self.type),
+            "ce-subject": encode_value(self.subject),
+            "ce-time": encode_value(self.time),
+            "ce-specversion": encode_value(self.specversion),
+            "ce-datacontenttype": encode_value(self.datacontenttype),
+            MSG_ID_HEADER: self.id,
+        }
 
     @classmethod
     def from_headers(cls, headers: dict[str, str] | None) -> Envelope:
         # Header names are case-insensitive in NATS as in HTTP.
-        h = {name.lower(): value for name, value in (headers or {}).items()}
+        h = headers or {}
+        if h.keys() >= _CE_NAMES:
+            return cls._from_lowercase(h)  # every attribute named as Ferry writes it: fast
+        h = {name.lower(): value for name, value in h.items()}
         legacy = CE_PREFIX + "datacontenttype" not in h and _LEGACY_TYPE in h
         if legacy:
             h[CE_PREFIX + "datacontenttype"] = h[_LEGACY_TYPE]
@@ -88,9 +97,34 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
             datacontenttype=attribute("datacontenttype", CONTENT_TYPE),
         )
 
+    @classmethod
+    def _from_lowercase(cls, h: dict[str, str]) -> Envelope:
+        """``from_headers`` when every attribute is there under its lower-case name."""
+        return cls(
+            id=decode_value(h["ce-id"]),
+            source=decode_value(h["ce-source"]),
+            type=decode_value(h["ce-type"]),
+            subject=decode_value(h["ce-subject"]),
+            time=decode_value(h["ce-time"]),
+            specversion=decode_value(h["ce-specversion"]),
+            datacontenttype=decode_value(h["ce-datacontenttype"]),
+        )
+
+
+# Every attribute's header, as ``Envelope.headers`` names them.
+_CE_NAMES = frozenset(CE_PREFIX + name for name in Envelope.__struct_fields__)
+
 
 def encode_value(value: str) -> str:
     """A header value as the NATS binding writes it (section 3.1.3.2): UTF-8, upper-case hex."""
+    if (
+        value.isascii()
+        and value.isprintable()  # in ASCII: 0x20 to 0x7E
+        and " " not in value
+        and '"' not in value
+        and "%" not in value
+    ):
+        return value  # the common case (ids, types, times): nothing to escape
     return quote(value, safe=_SAFE, encoding="utf-8", errors="strict")
 
 
@@ -100,6 +134,8 @@ def decode_value(value: str) -> str:
     ``urllib.parse.unquote`` would silently replace."""
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = _unquote_quoted_string(value[1:-1])
+    if "%" not in value:
+        return value  # nothing escaped: decoding would give the same text back
     try:
         return unquote_to_bytes(value).decode("utf-8")
     except UnicodeDecodeError as error:

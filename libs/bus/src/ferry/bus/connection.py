@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Pipelined publishes a connection keeps unacknowledged before ``publish_many`` waits.
+PUBLISH_ASYNC_MAX_PENDING = 4000
+# How long ``publish_many`` waits for room among them before giving up on a message.
+PUBLISH_STALL_SECONDS = 5.0
+
 _RETRYABLE = (
     NatsTimeoutError,
     asyncio.TimeoutError,
@@ -121,7 +126,9 @@ class Bus:
         publish_timeout: float,
     ) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream(timeout=5.0)
+        self.js: JetStreamContext = nc.jetstream(
+            timeout=5.0, publish_async_max_pending=PUBLISH_ASYNC_MAX_PENDING
+        )
         self.name = name
         self.source = f"ferry/{name}"
         self.settings = settings
@@ -278,7 +285,9 @@ class Bus:
             wrapped.append((subject, env, data))
             try:
                 futures.append(
-                    await self.js.publish_async(subject, data, headers=env.headers(), wait_stall=5)
+                    await self.js.publish_async(
+                        subject, data, headers=env.headers(), wait_stall=self._stall()
+                    )
                 )
             except Exception:
                 futures.append(None)
@@ -297,6 +306,20 @@ class Bus:
             for message, (_, env, _), published in zip(sent, wrapped, results, strict=True):
                 self.ledger.record(env.type, message, published.id, published.duplicate)
         return results
+
+    def _stall(self) -> float | None:
+        """The wait for room among pending publishes: none needed while there is room.
+
+        nats-py waits for its semaphore through ``asyncio.wait_for``, which with a
+        timeout runs the wait as a task of its own: one more turn of the event loop
+        per message, and with it one socket write per message instead of one per
+        batch (about a third of ``publish_many``'s cost). While fewer than the limit
+        are pending the semaphore cannot block, and nothing yields between this
+        check and its acquire, so the timeout is only passed when it can matter.
+        """
+        if self.js.publish_async_pending() < PUBLISH_ASYNC_MAX_PENDING:
+            return None
+        return PUBLISH_STALL_SECONDS
 
     async def publish_raw(self, subject: str, data: bytes, headers: dict[str, str]) -> Published:
         """Publish prepared bytes and headers (the router's dead-letter copies use this).

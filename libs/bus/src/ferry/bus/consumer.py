@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("ferry.bus.router")
 
 
+# The longest a busy replica waits for more of its handlers to end before it fetches.
+GATHER_SECONDS = 0.005
+
+
 def events_consumer_name(service: Service) -> str:
     return f"{service.value}-events"
 
@@ -183,6 +187,10 @@ class Consumer:
                 dispatcher.slot_freed.clear()
                 await _wait_any(self.halt, dispatcher.slot_freed)
                 continue
+            if free < self._batch() and dispatcher.held:
+                free = await self._gather_room(dispatcher)
+                if free <= 0 or self.halt.is_set():
+                    continue
             self.reserved += free
             try:
                 msgs = await self._fetch(src, free)
@@ -193,6 +201,29 @@ class Consumer:
                     await quietly(msg.nak())
                 elif not await self._redelivered_here(dispatcher, src, msg):
                     dispatcher.accept(_job(src, msg))
+
+    def _batch(self) -> int:
+        """Free slots worth a fetch of their own while handlers still run: half of them."""
+        return max(1, self.concurrency // 2)
+
+    async def _gather_room(self, dispatcher: Dispatcher) -> int:
+        """Let a few more handlers end before fetching, for at most ``GATHER_SECONDS``.
+
+        Every fetch is a round trip to the server. A busy replica that fetched as
+        soon as one slot was free would fetch one message per finished handler; so
+        while others still run, it waits briefly for half its slots (an idle
+        replica, or one whose handlers are long, fetches at once or after the wait).
+        """
+        deadline = asyncio.get_running_loop().time() + GATHER_SECONDS
+        while not self.halt.is_set():
+            free = self._free(dispatcher)
+            left = deadline - asyncio.get_running_loop().time()
+            if free >= self._batch() or not dispatcher.held or left <= 0:
+                return free
+            dispatcher.slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(dispatcher.slot_freed.wait(), left)
+        return 0
 
     async def _redelivered_here(self, dispatcher: Dispatcher, src: Source, msg: Msg) -> bool:
         """A second delivery of a message this replica holds or already settled: don't run it.

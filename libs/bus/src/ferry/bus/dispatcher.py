@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ferry.bus.context import Context
 from ferry.bus.errors import Canceled
 from ferry.bus.job import Identity, Job, Route, quietly
+from ferry.bus.middleware.base import Middleware
 from ferry.bus.outcome import Ack, Attempt, GiveUp, Retry, Verdict, as_messages, backoff, scrub
 from ferry.proto import envelope, registry
 from ferry.proto.base import FailureOutcome, Message
@@ -36,7 +37,7 @@ from ferry.proto.subjects import Service
 
 if TYPE_CHECKING:
     from ferry.bus.connection import Bus
-    from ferry.bus.middleware.base import Call, Middleware
+    from ferry.bus.middleware.base import Call
     from ferry.bus.router import Router
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,13 @@ class Dispatcher:
         self.service: Service = router.service
         self.publisher = publisher
         self.middleware = list(middleware)
+        # Per hook, only the middleware that implement it (most hooks are no-ops in
+        # most middleware, and these run for every message).
+        self._in_flight_hooks = _implementing(self.middleware, "in_flight")
+        self._before_hooks = _implementing(self.middleware, "before")
+        self._wrap_hooks = _implementing(self.middleware, "wrap")[::-1]
+        self._judge_hooks = _implementing(self.middleware, "judge")
+        self._after_hooks = _implementing(self.middleware, "after")
         self.bus = bus
         self.ack_wait = ack_wait  # the shortest of the sources': what keep-alive must beat
         self.failed_type = registry.FAILED[router.service]
@@ -146,7 +154,7 @@ class Dispatcher:
             self.slot_freed.set()
 
     def _in_flight(self) -> None:
-        for mw in self.middleware:
+        for mw in self._in_flight_hooks:
             mw.in_flight(len(self.held))
 
     # -- one message -------------------------------------------------------------
@@ -173,7 +181,7 @@ class Dispatcher:
         if job.route is None:
             reason = f"the {self.service.value} service has no handler for {job.type_name}"
             return GiveUp(FailureOutcome.PERMANENT, reason, label="invalid")
-        for mw in self.middleware:
+        for mw in self._before_hooks:
             verdict = await mw.before(job)
             if verdict is not None:
                 return verdict
@@ -188,7 +196,7 @@ class Dispatcher:
             return await route.fn(message, ctx)
 
         call: Call = handle
-        for mw in reversed(self.middleware):
+        for mw in self._wrap_hooks:
             call = mw.wrap(job, call)
         started = time.monotonic()
         # The handler runs inside this lane's task (no task per message); to
@@ -222,7 +230,7 @@ class Dispatcher:
         failed = attempt.interrupted or attempt.error is not None
         if shutdown and failed and not isinstance(attempt.error, Canceled):
             return Retry(0.0)
-        for mw in self.middleware:
+        for mw in self._judge_hooks:
             verdict = mw.judge(job, attempt)
             if verdict is not None:
                 return verdict
@@ -239,7 +247,7 @@ class Dispatcher:
             verdict = await self._give_up(job, verdict)
         else:
             await self.nak(job, verdict.delay)
-        for mw in self.middleware:
+        for mw in self._after_hooks:
             mw.after(job, verdict)
 
     async def _succeed(self, job: Job, verdict: Ack) -> Verdict:
@@ -319,3 +327,9 @@ class Dispatcher:
         message = job.message
         migration, vm = (message.migration, message.vm) if message is not None else ("", "")
         return {"migration": migration, "vm": vm, "type": job.type_name}
+
+
+def _implementing(middleware: Sequence[Middleware], hook: str) -> list[Middleware]:
+    """The middleware, in order, whose ``hook`` is their own (not the base's no-op)."""
+    default = getattr(Middleware, hook)
+    return [mw for mw in middleware if getattr(type(mw), hook, default) is not default]
