@@ -128,13 +128,21 @@ class Vcsim:
     """One simulator process with its own datastore folders, removed on close."""
 
     def __init__(
-        self, username: str = "ferry@vsphere.local", password: str = "", idle_timeout: float = 0
+        self,
+        username: str = "ferry@vsphere.local",
+        password: str = "",
+        idle_timeout: float = 0,
+        nfc_lease_timeout: int = 300,
     ) -> None:
         """``idle_timeout`` (seconds, 0 for never) ends a session that made no API call
         for that long, as vCenter's idle timeout does; it ends one to two timeouts after
-        its last call (the simulator checks once per timeout)."""
+        its last call (the simulator checks once per timeout). ``nfc_lease_timeout``
+        (whole seconds): how long an ExportVm lease lives without a progress call."""
         if idle_timeout < 0:
             raise ValueError("idle_timeout must not be negative")
+        if nfc_lease_timeout < 1:
+            raise ValueError("nfc_lease_timeout must be at least one second")
+        self.nfc_lease_timeout = nfc_lease_timeout
         self.username = username
         self.password = password or hashlib.sha256(os.urandom(16)).hexdigest()[:20]
         self.idle_timeout = idle_timeout
@@ -145,7 +153,13 @@ class Vcsim:
         exe = binary()
         env = {**os.environ, "VCSIM_USERNAME": self.username, "VCSIM_PASSWORD": self.password}
         self._proc = subprocess.Popen(
-            [str(exe), "-l", "127.0.0.1:0", f"-idle-timeout={self.idle_timeout:g}s"],
+            [
+                str(exe),
+                "-l",
+                "127.0.0.1:0",
+                f"-idle-timeout={self.idle_timeout:g}s",
+                f"-nfc-lease-timeout={self.nfc_lease_timeout}s",
+            ],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -12,6 +12,9 @@
 // SDK URL, the certificate's SHA-1 thumbprint and a PEM file of it); the process
 // then runs until SIGTERM or SIGINT and removes the datastore folders it made.
 //
+// -nfc-lease-timeout is how long an ExportVm lease lives without a progress call
+// (300 s, vSphere's default).
+//
 // -idle-timeout ends a session that made no API call for that long, as vCenter's
 // idle timeout does (30 min by default there); 0, the default, keeps sessions until
 // logout. govmomi checks every timeout's length, so an idle session ends between one
@@ -87,7 +90,13 @@ func selfSigned() tls.Certificate {
 func main() {
 	listen := flag.String("l", "127.0.0.1:0", "address to listen on")
 	idle := flag.Duration("idle-timeout", 0, "end a session idle this long (0: never)")
+	leaseTimeout := flag.Duration("nfc-lease-timeout", simulator.NfcLeaseTimeout,
+		"expire an export lease after this long without a progress call")
 	flag.Parse()
+	if *leaseTimeout < time.Second {
+		log.Fatal("-nfc-lease-timeout must be at least 1s")
+	}
+	simulator.NfcLeaseTimeout = *leaseTimeout
 	if *idle < 0 {
 		log.Fatal("-idle-timeout must not be negative")
 	}
@@ -121,6 +130,8 @@ func main() {
 	// /folder only with a live session's cookie (simulator/folder_sessions.go); set
 	// before the ready line, so before any client can send a request.
 	server.Config.Handler = simulator.FolderSessions(server.Config.Handler)
+	// GETs of ExportVm's NFC leases (simulator/export_vm.go).
+	server.Config.Handler = simulator.NfcExports(server.Config.Handler)
 
 	certFile, err := server.CertificateFile()
 	if err != nil {
