@@ -6,7 +6,9 @@
   captive ``nbdkit curl`` over the datastore HTTP path, and writes the converted
   disks into the volumes; the VirtualMachine boots the test guest;
 - flow 1 without precopies (``coldTransfer: importer``): the importer copies the flat
-  extent over the same path, then virt-v2v-in-place converts; it boots too.
+  extent over the same path, then virt-v2v-in-place converts; it boots too;
+- a raw copy through an NFC export lease (``diskTransfer: nfc``) of a VM whose
+  datastore path serves no flat extent, as on vSAN.
 
 The test guest's disk is placed in the simulator's datastore as the VM's flat extent,
 so virt-v2v converts a real guest read through the simulator's ``/folder`` path.
@@ -14,16 +16,20 @@ so virt-v2v converts a real guest read through the simulator's ``/folder`` path.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 from pyVmomi import vim
 
+from ferry.platform.copy import engine
+from ferry.platform.copy.source import open_source
+from ferry.platform.images import ImageRef
 from ferry.testing.migration import FLOW3, finished, guest_ova, of_type
 from ferry.testing.stack import LocalStack
 from ferry.testing.vcsim import arrange
-from ferry.testing.vcsim.server import Endpoint
+from ferry.testing.vcsim.server import Endpoint, Vcsim
 from ferry.testing.vcsim.stack import prepare, step_times, vsphere_objects
 
 pytestmark = [pytest.mark.e2e]
@@ -105,3 +111,62 @@ def test_a_cold_vmware_vm_is_converted_and_boots(
         f"\ncold vSphere e2e ({transfer}): {ended - began:.0f} s in all; "
         f"conversion {converted.get('seconds')} s; steps {step_times(events, vm)}"
     )
+
+
+def test_a_vsan_like_vm_is_copied_through_an_export_lease(tmp_path: Path) -> None:
+    """``diskTransfer: nfc`` through the four services, on a datastore whose path has no
+    flat extent to read (vSAN): only the export lease can read the disk. A raw copy
+    with the target left off keeps it short: the copy is the point."""
+    data = bytes(2 << 20) + os.urandom(4 << 20) + bytes(2 << 20)  # 8 MiB, data in the middle
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(data)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch), "FERRY_CONTROLLER__RAW_COPY_INSPECTION": "off"}
+    with Vcsim(no_flat_reads=True) as sim:
+        assert sim.endpoint is not None
+        vcsim = sim.endpoint
+        stack = LocalStack(tmp_path / "stack", env=env).start()
+        try:
+            # Given a running VM whose disk is on such a datastore, and a cold plan of
+            # it from a Provider that reads disks through export leases
+            with arrange.admin(vcsim) as si:
+                arrange.place_disk(si, "DC0_H0_VM0", raw)
+                vm = arrange.find_vm(si, "DC0_H0_VM0")._moId
+            text = vsphere_objects(
+                vcsim,
+                ["DC0_H0_VM0"],
+                plan="nfc",
+                warm=False,
+                cold_transfer="importer",
+                disk_transfer="nfc",
+                raw_copy=True,
+            )
+            prepare(stack, vcsim, text)
+            recorder = stack.record_events()
+            time.sleep(2)
+
+            # When the migration runs
+            assert stack.ferry("migrate", "nfc", "--name", "m1").returncode == 0
+            done = stack.wait_for("the end", lambda ev: finished(ev, "m1"), recorder, timeout=600)
+            time.sleep(1)
+            events = recorder.events()
+        finally:
+            stack.close()
+
+    # Then it succeeded, the copy's digests both the disk's, computed here on its own
+    failures = [(d["step"], d.get("reason")) for d in of_type(events, "migration.step_failed")]
+    assert (done["succeeded"], done["failed"]) == (1, 0), failures
+    (copied,) = of_type(events, "volume.disks_copied", vm)
+    (disk,) = copied["disks"]
+    assert disk["source"]["digest"] == disk["target"]["digest"] == _digest(raw)
+    # And no download was left behind
+    assert list(scratch.glob("ferry-nfc-*")) == []
+
+
+def _digest(raw: Path) -> str:
+    src = open_source(ImageRef(path=str(raw)))
+    try:
+        return engine.digest(src).digest
+    finally:
+        src.close()

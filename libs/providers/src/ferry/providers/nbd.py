@@ -279,10 +279,12 @@ class NbdServer:
         await self._wait_ready()
 
     async def _wait_ready(self) -> None:
+        """Until the socket accepts a connection: qemu-nbd binds it (the file appears)
+        a moment before it listens, and a client in between is refused."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         assert self._process is not None
-        while not self.socket.exists():
+        while not (self.socket.exists() and _accepts(self.socket)):
             if self._process.returncode is not None or loop.time() > deadline:
                 err = b""
                 if self._process.stderr is not None and self._process.returncode is not None:
@@ -312,6 +314,18 @@ class NbdServer:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _accepts(socket_path: Path) -> bool:
+    """Whether something listens on the Unix socket (a connection opened and closed)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(socket_path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def _first_bytes(socket_path: Path) -> None:

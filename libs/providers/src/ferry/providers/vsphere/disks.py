@@ -198,13 +198,7 @@ class DatastoreDiskReader:
             self._http = None
 
     def _aiohttp_ssl(self) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
-        trust = self.session.trust
-        if trust.insecure:
-            return False
-        if trust.thumbprint:
-            # The certificate was checked against the pin at login; pin its SHA-256 here.
-            return aiohttp.Fingerprint(hashlib.sha256(self.session.certificate).digest())
-        return trust.context()
+        return aiohttp_ssl(self.session)
 
     def _check(self, status: int, offset: int) -> None:
         if status == 404:
@@ -310,6 +304,17 @@ class DatastoreDiskReader:
     def _curl_trust(self) -> list[str]:
         assert self._dir is not None
         return curl_trust(self.session, self._dir)
+
+
+def aiohttp_ssl(session: Session) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+    """The provider's trust as aiohttp takes it."""
+    trust = session.trust
+    if trust.insecure:
+        return False
+    if trust.thumbprint:
+        # The certificate was checked against the pin at login; pin its SHA-256 here.
+        return aiohttp.Fingerprint(hashlib.sha256(session.certificate).digest())
+    return trust.context()
 
 
 def curl_trust(session: Session, folder: Path) -> list[str]:

@@ -2,7 +2,8 @@
 
 Forklift's file set: ``client`` (trust, login, properties, tasks), ``inventory``,
 ``validator`` (preflight concerns), ``power``, ``snapshots``, ``disks`` (reads over
-the datastore HTTP path), ``warm`` (snapshots as checkpoints, CBT change ids as
+the datastore HTTP path), ``nfc`` and ``nfcreader`` (reads through an export lease,
+``diskTransfer: nfc``), ``warm`` (snapshots as checkpoints, CBT change ids as
 deltas) and ``v2v`` (virt-v2v input). This module only wires them
 to the :class:`ferry.providers.base.Provider` seam.
 
@@ -26,12 +27,14 @@ from ferry.providers.vsphere import (
     client,
     inventory,
     keepalive,
+    nfc,
     power,
     snapshots,
     v2v,
     warm,
 )
 from ferry.providers.vsphere.disks import DatastoreDiskReader, DatastoreFile
+from ferry.providers.vsphere.nfcreader import NfcDiskReader
 
 COLD_TRANSFERS = ("virt-v2v", "importer")
 
@@ -52,9 +55,17 @@ def cold_transfer(settings: Mapping[str, str]) -> bool:
 class VsphereProvider:
     """A :class:`ferry.providers.base.Provider` over one vCenter or ESXi."""
 
-    def __init__(self, session: client.Session, *, importer_copy: bool = False) -> None:
+    def __init__(
+        self,
+        session: client.Session,
+        *,
+        importer_copy: bool = False,
+        disk_transfer: str = "datastore",
+    ) -> None:
         self.session = session
         self.importer_copy = importer_copy
+        self.disk_transfer = disk_transfer
+        self.leases = nfc.Leases(session)
 
     @classmethod
     def create(
@@ -63,7 +74,11 @@ class VsphereProvider:
         credentials = client.Credentials.from_secret(secret)
         trust = client.Trust.from_provider(settings, secret)
         session = client.Session(url, credentials, trust, keepalive.seconds_of(settings))
-        return cls(session, importer_copy=cold_transfer(settings))
+        return cls(
+            session,
+            importer_copy=cold_transfer(settings),
+            disk_transfer=nfc.disk_transfer(settings),
+        )
 
     async def close(self) -> None:
         await self.session.close()
@@ -154,12 +169,16 @@ class VsphereProvider:
 
     # -- disks and conversion -----------------------------------------------------
 
-    def open_disk(self, vm: Vm, disk_id: str) -> DatastoreDiskReader:
+    def open_disk(self, vm: Vm, disk_id: str) -> DatastoreDiskReader | NfcDiskReader:
         disk = next((d for d in vm.disks if d.id == disk_id), None)
         if disk is None:
             raise DiskNotFound(vm.id, disk_id)
         if disk.rdm:
             raise ProviderError(f"disk {disk.name!r} of {vm.id} is a raw device mapping")
+        if self.disk_transfer == "nfc":
+            return NfcDiskReader(
+                self.session, self.leases, vm, disk, lambda si: self._ref(si, vm.id)
+            )
         file = DatastoreFile.of_backing(vm.datacenter, disk.backing)
         allocation = None
         if vm.change_tracking:
@@ -175,4 +194,8 @@ class VsphereProvider:
         )
 
     async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+        if self.disk_transfer == "nfc":
+            return await v2v.nfc_input(
+                self.session, self.leases, vm, workdir, lambda si: self._ref(si, vm.id)
+            )
         return await v2v.v2v_input(self.session, vm, workdir)

@@ -36,16 +36,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ferry.proto.inventory import Vm
 from ferry.providers import libvirtxml
 from ferry.providers.base import ProviderError, V2vInput
+from ferry.providers.vsphere import nfc
 from ferry.providers.vsphere.client import Session
 from ferry.providers.vsphere.disks import (
     DatastoreDiskReader,
     DatastoreFile,
+    aiohttp_ssl,
     curl_trust,
     write_secret,
 )
@@ -122,3 +127,39 @@ async def v2v_input(session: Session, vm: Vm, workdir: Path) -> V2vInput:
         captive=captive,
         hold=session.keepalive.hold(cookie_text, f"the conversion of VM {vm.id}"),
     )
+
+
+async def nfc_input(
+    session: Session, leases: nfc.Leases, vm: Vm, workdir: Path, ref_of: Callable[[Any], Any]
+) -> V2vInput:
+    """``diskTransfer: nfc``: every disk downloaded through the VM's export lease into
+    ``workdir`` (checked, see :mod:`~ferry.providers.vsphere.nfc`) before virt-v2v
+    starts, and the domain names each as a local streamOptimized VMDK. No helper runs
+    beside virt-v2v and no session is held while it runs; the downloads live and go
+    with the conversion's work directory (they must be on the host virt-v2v runs on).
+    """
+    if not vm.disks:
+        raise ProviderError(f"VM {vm.name!r} has no disk to convert")
+    folder = workdir / "nfc"
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier attempt's, in a reused workdir
+    folder.mkdir(mode=0o700)
+    cookie = await asyncio.to_thread(session.cookie)
+    hold = session.keepalive.hold(cookie, f"the export of VM {vm.id}")
+    hold.start()
+    try:
+        ssl = aiohttp_ssl(session)
+        async with leases.of(vm, ref_of) as lease:
+            paths = [
+                await nfc.download(lease, d.id, folder, ssl, cookie, f"{vm.id}:{d.id}")
+                for d in vm.disks
+            ]
+    finally:
+        hold.stop()
+    names = []
+    for disk, path in zip(vm.disks, paths, strict=True):
+        await nfc.check_stream(path, disk.capacity, f"{vm.id}:{disk.id}")
+        options = {"driver": "vmdk", "file": {"driver": "file", "filename": str(path)}}
+        names.append("json:" + json.dumps(options, separators=(",", ":"), sort_keys=True))
+    document = workdir / "vsphere-domain.xml"
+    document.write_bytes(libvirtxml.source_domain(vm, names))
+    return V2vInput(argv=["-i", "libvirtxml", str(document)], files=[str(document)])

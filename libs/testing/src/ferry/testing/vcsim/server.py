@@ -133,16 +133,19 @@ class Vcsim:
         password: str = "",
         idle_timeout: float = 0,
         nfc_lease_timeout: int = 300,
+        no_flat_reads: bool = False,
     ) -> None:
         """``idle_timeout`` (seconds, 0 for never) ends a session that made no API call
         for that long, as vCenter's idle timeout does; it ends one to two timeouts after
         its last call (the simulator checks once per timeout). ``nfc_lease_timeout``
-        (whole seconds): how long an ExportVm lease lives without a progress call."""
+        (whole seconds): how long an ExportVm lease lives without a progress call.
+        ``no_flat_reads``: the datastore path refuses flat extents (404), as vSAN does."""
         if idle_timeout < 0:
             raise ValueError("idle_timeout must not be negative")
         if nfc_lease_timeout < 1:
             raise ValueError("nfc_lease_timeout must be at least one second")
         self.nfc_lease_timeout = nfc_lease_timeout
+        self.no_flat_reads = no_flat_reads
         self.username = username
         self.password = password or hashlib.sha256(os.urandom(16)).hexdigest()[:20]
         self.idle_timeout = idle_timeout
@@ -159,6 +162,7 @@ class Vcsim:
                 "127.0.0.1:0",
                 f"-idle-timeout={self.idle_timeout:g}s",
                 f"-nfc-lease-timeout={self.nfc_lease_timeout}s",
+                *(["-no-flat-reads"] if self.no_flat_reads else []),
             ],
             env=env,
             stdin=subprocess.DEVNULL,

@@ -27,9 +27,12 @@ def vsphere_objects(
     power: str = "off",
     per_host: int = 10,
     cold_transfer: str = "",
+    disk_transfer: str = "",
+    raw_copy: bool = False,
 ) -> str:
     """Provider (pinned thumbprint, credentials in a Secret), maps and a Plan, as YAML."""
     transfer = f", coldTransfer: {cold_transfer}" if cold_transfer else ""
+    transfer += f", diskTransfer: {disk_transfer}" if disk_transfer else ""
     names = "\n".join(
         f"    - name: {vm}\n      targetName: {vm.lower().replace('_', '-')}" for vm in vms
     )
@@ -56,6 +59,7 @@ spec:
   warm: {str(warm).lower()}
   precopyIntervalSeconds: {interval}
   maxInFlightPerHost: {per_host}
+  skipGuestConversion: {str(raw_copy).lower()}
   vms:
 {names}
 """

@@ -12,6 +12,9 @@
 // SDK URL, the certificate's SHA-1 thumbprint and a PEM file of it); the process
 // then runs until SIGTERM or SIGINT and removes the datastore folders it made.
 //
+// -no-flat-reads answers 404 for /folder reads of -flat.vmdk files, as a vSAN or
+// vVols datastore does (disks are objects there, not files).
+//
 // -nfc-lease-timeout is how long an ExportVm lease lives without a progress call
 // (300 s, vSphere's default).
 //
@@ -92,7 +95,10 @@ func main() {
 	idle := flag.Duration("idle-timeout", 0, "end a session idle this long (0: never)")
 	leaseTimeout := flag.Duration("nfc-lease-timeout", simulator.NfcLeaseTimeout,
 		"expire an export lease after this long without a progress call")
+	noFlat := flag.Bool("no-flat-reads", false,
+		"answer 404 for /folder reads of -flat.vmdk files, as vSAN and vVols do")
 	flag.Parse()
+	simulator.NoFlatReads = *noFlat
 	if *leaseTimeout < time.Second {
 		log.Fatal("-nfc-lease-timeout must be at least 1s")
 	}

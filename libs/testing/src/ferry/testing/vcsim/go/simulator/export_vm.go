@@ -5,9 +5,10 @@ package simulator
 // Ferry's overlay: NFC export leases (VirtualMachine.ExportVm), as vCenter hands them out.
 //
 // ExportVm of a powered-off VM returns an HttpNfcLease in state "ready" whose info
-// lists one device URL per disk, https://*/nfc/<lease>/disk-<n>.vmdk ("*" standing
-// for the host, as vCenter writes it), with the disk's size in fileSize and the
-// lease's timeout in leaseTimeout. A GET of such a URL streams the disk as a
+// lists one device URL per disk in the VM's device order, keyed /<vm>/VirtualDisk:<n>
+// as the stock ImportVApp keys its devices, https://*/nfc/<lease>/disk-<n>.vmdk ("*"
+// standing for the host, as vCenter writes it), with the disk's size in fileSize and
+// the lease's timeout in leaseTimeout. A GET of such a URL streams the disk as a
 // streamOptimized VMDK, the format an ESXi NFC export serves, made by qemu-img from
 // the disk's flat extent when the lease is created (Content-Length set; Range not
 // honoured). A VM that is not powered off is refused with InvalidPowerState, a disk
@@ -103,18 +104,17 @@ func (vm *VirtualMachine) ExportVm(ctx *Context, req *types.ExportVm) soap.HasFa
 		}
 		name := fmt.Sprintf("disk-%d.vmdk", n)
 		stream := filepath.Join(dir, name)
-		out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "vmdk",
-			"-o", "subformat=streamOptimized", flat, stream).CombinedOutput()
+		size := diskSize(disk)
+		out, err := streamOf(flat, filepath.Join(dir, name+".raw"), stream, size)
 		if err != nil {
 			_ = os.RemoveAll(dir)
 			body.Fault_ = Fault(fmt.Sprintf("%v: %s", err, out), &types.FileFault{File: backing.FileName})
 			return body
 		}
 		lease.files[name] = stream
-		size := diskSize(disk)
 		total += size
 		info.DeviceUrl = append(info.DeviceUrl, types.HttpNfcLeaseDeviceUrl{
-			Key:       fmt.Sprintf("/%s/%d", vm.Self.Value, disk.Key),
+			Key:       fmt.Sprintf("/%s/VirtualDisk:%d", vm.Self.Value, n),
 			ImportKey: fmt.Sprintf("/%s/VirtualDisk:%d", vm.Name, n),
 			Url:       "", // set below, once the lease has its reference
 			Disk:      types.NewBool(true),
@@ -139,6 +139,21 @@ func (vm *VirtualMachine) ExportVm(ctx *Context, req *types.ExportVm) soap.HasFa
 	go lease.expire(ctx.Session, ref)
 	body.Res = &types.ExportVmResponse{Returnval: ref}
 	return body
+}
+
+// streamOf writes the disk as a streamOptimized VMDK of exactly size bytes: the flat
+// extent copied sparsely and cut or extended to the disk's size (the model's flat
+// files start empty), then converted by qemu-img.
+func streamOf(flat, raw, stream string, size int64) ([]byte, error) {
+	if out, err := exec.Command("cp", "--sparse=always", flat, raw).CombinedOutput(); err != nil {
+		return out, err
+	}
+	defer os.Remove(raw)
+	if err := os.Truncate(raw, size); err != nil {
+		return nil, err
+	}
+	return exec.Command("qemu-img", "convert", "-f", "raw", "-O", "vmdk",
+		"-o", "subformat=streamOptimized", raw, stream).CombinedOutput()
 }
 
 // expire turns the lease to "error" once no progress came for the timeout.

@@ -24,9 +24,19 @@ import (
 	"github.com/vmware/govmomi/vim25/soap"
 )
 
+// NoFlatReads makes /folder answer 404 for every -flat.vmdk, as a vSAN or vVols
+// datastore does: there a disk is an object, with no flat extent to read by path
+// (its descriptor stays readable). Set by the launcher's -no-flat-reads.
+var NoFlatReads bool
+
 // FolderSessions returns next with the session check on /folder requests.
 func FolderSessions(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if NoFlatReads && strings.HasPrefix(r.URL.Path, folderPrefix) &&
+			strings.HasSuffix(r.URL.Path, "-flat.vmdk") {
+			http.NotFound(w, r)
+			return
+		}
 		if strings.HasPrefix(r.URL.Path, folderPrefix) {
 			cookie, err := r.Cookie(soap.SessionCookieName)
 			if err != nil {
