@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
+from ferry.providers.vsphere import nfc
 from ferry.testing.vcsim.arrange import admin, find_vm, place_disk, run
 from ferry.testing.vcsim.server import Endpoint, Vcsim
 
@@ -80,6 +81,9 @@ def test_an_export_lease_serves_each_disk_as_a_stream_optimized_vmdk(
         assert (
             device.disk and device.fileSize == 4 * MIB and device.url.startswith("https://*/nfc/")
         )
+        # keyed by the disk's controller and unit, as the provider reads them from the VM
+        [(_, place)] = nfc.device_paths(vm).items()
+        assert device.key == f"/{vm._moId}/{place}" and place.endswith("0:0"), device.key
         lease.HttpNfcLeaseProgress(50)
         stream = tmp_path / "exported.vmdk"
         stream.write_bytes(_get(sim, device.url))

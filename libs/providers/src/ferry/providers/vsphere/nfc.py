@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from pyVmomi import vim, vmodl
@@ -79,17 +79,14 @@ class ExportLease:
         self.failed = False
         self.done: dict[str, tuple[int, int]] = {}  # disk id → (bytes read, expected)
         self._keeper: asyncio.Task[None] | None = None
-        self.urls: list[tuple[str, int]] = []  # (device URL, fileSize) of each disk, in order
+        self.urls: dict[str, tuple[str, int]] = {}  # disk id → (device URL, fileSize)
 
     def url_of(self, disk_id: str) -> tuple[str, int]:
-        """The device URL of ``disk_id`` (the n-th disk: a lease lists them in device order)."""
-        index = next((i for i, d in enumerate(self.vm.disks) if d.id == disk_id), None)
-        if index is None or len(self.urls) != len(self.vm.disks):
-            raise ProviderError(
-                f"VM {self.vm.id}: the export lease lists {len(self.urls)} disks, "
-                f"the VM has {len(self.vm.disks)}"
-            )
-        url, size = self.urls[index]
+        """The device URL of ``disk_id`` (see :func:`match_disks`), with the host filled in."""
+        found = self.urls.get(disk_id)
+        if found is None:
+            raise ProviderError(f"VM {self.vm.id}: the export lease lists no disk {disk_id}")
+        url, size = found
         return url.replace("*", self.session.netloc, 1), size
 
     def start(self) -> None:
@@ -104,8 +101,12 @@ class ExportLease:
             except Exception as exc:  # the download will see the lease gone
                 log.warning("VM %s: export lease progress not taken: %s", self.vm.id, exc)
 
-    def _progress(self, _si: Any) -> None:
-        self.lease.HttpNfcLeaseProgress(self.percent())
+    def bound(self, si: Any) -> Any:
+        """The lease on ``si``'s connection (the session may have logged in again since)."""
+        return vim.HttpNfcLease(self.lease._moId, stub=si._stub)
+
+    def _progress(self, si: Any) -> None:
+        self.bound(si).HttpNfcLeaseProgress(self.percent())
 
     def percent(self) -> int:
         done = sum(d for d, _ in self.done.values())
@@ -120,7 +121,7 @@ class ExportLease:
             # of nothing (which some servers answer badly).
             collector = vmodl.query.PropertyCollector
             spec = collector.FilterSpec(
-                objectSet=[collector.ObjectSpec(obj=self.lease)],
+                objectSet=[collector.ObjectSpec(obj=self.bound(si))],
                 propSet=[collector.PropertySpec(type=vim.HttpNfcLease, pathSet=["state", "error"])],
             )
             found: dict[str, Any] = {}
@@ -139,7 +140,7 @@ class ExportLease:
                 await self._keeper
         verb = "HttpNfcLeaseAbort" if self.failed else "HttpNfcLeaseComplete"
         try:
-            await self.session.call(lambda _si: getattr(self.lease, verb)())
+            await self.session.call(lambda si: getattr(self.bound(si), verb)())
         except Exception as exc:  # an expired lease refuses both: it is over anyway
             log.info("VM %s: export lease not %s: %s", self.vm.id, verb[12:].lower(), exc)
 
@@ -211,14 +212,82 @@ class Leases:
                 raise ProviderError(f"VM {vm.id}: the export lease did not become ready: {why}")
             await asyncio.sleep(0.2)
 
-        def info(_si: Any) -> tuple[float, list[tuple[str, int]]]:
-            found = lease.info
-            urls = [(str(d.url), int(d.fileSize or 0)) for d in found.deviceUrl if d.disk]
-            return float(found.leaseTimeout or 300), urls
+        def info(si: Any) -> tuple[float, list[Device], dict[str, str]]:
+            found = shared.bound(si).info
+            devices = [
+                Device(str(d.key), str(d.url), int(d.fileSize or 0))
+                for d in found.deviceUrl
+                if d.disk
+            ]
+            return float(found.leaseTimeout or 300), devices, device_paths(ref_of(si))
 
-        shared.timeout, shared.urls = await self.session.call(info)
+        try:
+            shared.timeout, devices, paths = await self.session.call(info)
+            shared.urls = match_disks(vm, devices, paths)
+        except BaseException:
+            shared.failed = True
+            await shared.end()
+            raise
         shared.start()
         return shared
+
+
+class Device(NamedTuple):
+    """One disk's entry in a lease: its key, its URL, its size if the server says it."""
+
+    key: str
+    url: str
+    size: int
+
+
+def device_paths(vm_ref: Any) -> dict[str, str]:
+    """Disk key → where it sits, as leases name devices: ``VirtualLsiLogicController0:0``."""
+    devices = list(vm_ref.config.hardware.device)
+    controllers = {d.key: d for d in devices if isinstance(d, vim.vm.device.VirtualController)}
+    paths: dict[str, str] = {}
+    for disk in devices:
+        if not isinstance(disk, vim.vm.device.VirtualDisk):
+            continue
+        controller = controllers.get(disk.controllerKey or 0)
+        if controller is None:
+            continue
+        kind = type(controller).__name__.rsplit(".", 1)[-1]
+        paths[str(disk.key)] = f"{kind}{controller.busNumber}:{disk.unitNumber}"
+    return paths
+
+
+def match_disks(vm: Vm, devices: list[Device], paths: dict[str, str]) -> dict[str, tuple[str, int]]:
+    """Each of the VM's disks with its device in the lease: never one disk's bytes for another.
+
+    By key, where the lease's keys end in the disk's controller and unit (as vSphere
+    names them, ``/vm-42/VirtualLsiLogicController0:0``); otherwise, when every key is
+    of another form, by position (a lease lists disks in the VM's device order), each
+    checked against the disk's size where the lease states it. Anything else — a count
+    that differs, a key that matches no disk or two — is refused.
+    """
+    where = f"VM {vm.id}: the export lease"
+    if len(devices) != len(vm.disks):
+        raise ProviderError(f"{where} lists {len(devices)} disks, the VM has {len(vm.disks)}")
+    by_tail: dict[str, list[Device]] = {}
+    for device in devices:
+        by_tail.setdefault(device.key.rsplit("/", 1)[-1], []).append(device)
+    keyed = [paths.get(d.id) for d in vm.disks]
+    matched: list[Device] = []
+    if all(path is not None and len(by_tail.get(path, [])) == 1 for path in keyed):
+        matched = [by_tail[str(path)][0] for path in keyed]
+    elif any(path is not None and path in by_tail for path in keyed):
+        raise ProviderError(f"{where} names its disks so that they cannot all be told apart")
+    else:
+        matched = list(devices)
+    result: dict[str, tuple[str, int]] = {}
+    for disk, device in zip(vm.disks, matched, strict=True):
+        if device.size and device.size != disk.capacity:
+            raise ProviderError(
+                f"{where} offers {device.size} bytes as disk {disk.id} ({device.key}), "
+                f"the disk is {disk.capacity}"
+            )
+        result[disk.id] = (device.url, device.size)
+    return result
 
 
 async def download(

@@ -5,10 +5,10 @@ package simulator
 // Ferry's overlay: NFC export leases (VirtualMachine.ExportVm), as vCenter hands them out.
 //
 // ExportVm of a powered-off VM returns an HttpNfcLease in state "ready" whose info
-// lists one device URL per disk in the VM's device order, keyed /<vm>/VirtualDisk:<n>
-// as the stock ImportVApp keys its devices, https://*/nfc/<lease>/disk-<n>.vmdk ("*"
-// standing for the host, as vCenter writes it), with the disk's size in fileSize and
-// the lease's timeout in leaseTimeout. A GET of such a URL streams the disk as a
+// lists one device URL per disk in the VM's device order, keyed by the disk's
+// controller and unit (/<vm>/VirtualLsiLogicController0:0), https://*/nfc/<lease>/
+// disk-<n>.vmdk ("*" standing for the host, as vCenter writes it), with the disk's
+// size in fileSize and the lease's timeout in leaseTimeout. A GET of such a URL streams the disk as a
 // streamOptimized VMDK, the format an ESXi NFC export serves, made by qemu-img from
 // the disk's flat extent when the lease is created (Content-Length set; Range not
 // honoured). A VM that is not powered off is refused with InvalidPowerState, a disk
@@ -32,10 +32,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
@@ -114,7 +116,7 @@ func (vm *VirtualMachine) ExportVm(ctx *Context, req *types.ExportVm) soap.HasFa
 		lease.files[name] = stream
 		total += size
 		info.DeviceUrl = append(info.DeviceUrl, types.HttpNfcLeaseDeviceUrl{
-			Key:       fmt.Sprintf("/%s/VirtualDisk:%d", vm.Self.Value, n),
+			Key:       deviceKey(vm, disk),
 			ImportKey: fmt.Sprintf("/%s/VirtualDisk:%d", vm.Name, n),
 			Url:       "", // set below, once the lease has its reference
 			Disk:      types.NewBool(true),
@@ -139,6 +141,22 @@ func (vm *VirtualMachine) ExportVm(ctx *Context, req *types.ExportVm) soap.HasFa
 	go lease.expire(ctx.Session, ref)
 	body.Res = &types.ExportVmResponse{Returnval: ref}
 	return body
+}
+
+// deviceKey names a disk as vSphere's export leases do: the VM, then the disk's
+// controller (its type and bus number) and unit, /vm-42/VirtualLsiLogicController0:0.
+func deviceKey(vm *VirtualMachine, disk *types.VirtualDisk) string {
+	unit := int32(0)
+	if disk.UnitNumber != nil {
+		unit = *disk.UnitNumber
+	}
+	controller := object.VirtualDeviceList(vm.Config.Hardware.Device).FindByKey(disk.ControllerKey)
+	kind, bus := "VirtualController", int32(0)
+	if c, ok := controller.(types.BaseVirtualController); ok {
+		kind = reflect.TypeOf(controller).Elem().Name()
+		bus = c.GetVirtualController().BusNumber
+	}
+	return fmt.Sprintf("/%s/%s%d:%d", vm.Self.Value, kind, bus, unit)
 }
 
 // streamOf writes the disk as a streamOptimized VMDK of exactly size bytes: the flat
