@@ -169,6 +169,10 @@ async def _convert_slowly(provider: VsphereProvider, vm: Vm, workdir: Path) -> i
     assert given.hold is not None
     # (the input's repr, as a log line or traceback would show it, holds no cookie)
     assert "vmware_soap_session" not in repr(given)
+    # (each disk is served on a Unix socket in the private work directory, no TCP port)
+    for helper in given.captive:
+        assert any(arg.startswith(f"--unix={workdir}/") for arg in helper), helper
+        assert not any(arg.startswith(("--port", "--ipaddr")) for arg in helper), helper
     argv = run_captive([str(_slow_reader(workdir)), *given.argv], given.captive)
     async with given.hold:
         process = await asyncio.create_subprocess_exec(

@@ -52,3 +52,32 @@ def test_helpers_wrap_virt_v2v_first_outermost_and_read_the_secret_copies(
 
 def test_no_helper_leaves_the_command_as_it_is() -> None:
     assert v2v.run_captive(["virt-v2v", "-i", "disk", "x"], []) == ["virt-v2v", "-i", "disk", "x"]
+
+
+def test_sockets_in_the_work_directory_are_where_the_workload_sees_it(tmp_path: Path) -> None:
+    # Given a helper serving on a Unix socket in the work directory, and a domain
+    # document naming that socket (a vSphere disk's captive nbdkit)
+    work = tmp_path / "work"
+    work.mkdir()
+    sock = work / "nbd-0.sock"
+    domain = work / "vsphere-domain.xml"
+    domain.write_text(f'<domain><source file=\'json:{{"path":"{sock}"}}\'/></domain>')
+    given = V2vInput(
+        argv=["-i", "libvirtxml", str(domain)],
+        files=[str(domain)],
+        captive=[["nbdkit", f"--unix={sock}", "curl", "url=https://a/1"]],
+    )
+
+    # When the workload sees the work directory elsewhere (a pod's)
+    argv, files, captive = v2v.provider_files(given, work, "/pod/work/input", "/pod/work")
+
+    # Then the helper makes, and the document names, the socket there
+    assert captive == [["nbdkit", "--unix=/pod/work/nbd-0.sock", "curl", "url=https://a/1"]]
+    assert b'"path":"/pod/work/nbd-0.sock"' in files["vsphere-domain.xml"]
+    assert str(work).encode() not in files["vsphere-domain.xml"]
+    assert argv == ["-i", "libvirtxml", "/pod/work/input/vsphere-domain.xml"]
+
+    # And where it sees it here, nothing changes
+    argv, files, captive = v2v.provider_files(given, work, f"{work}/input", str(work))
+    assert captive == [["nbdkit", f"--unix={sock}", "curl", "url=https://a/1"]]
+    assert str(sock).encode() in files["vsphere-domain.xml"]

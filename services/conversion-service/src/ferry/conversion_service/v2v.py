@@ -194,13 +194,15 @@ def check_outputs(outdir: Path, links: Mapping[str, str]) -> None:
 
 
 def provider_files(
-    given: V2vInput, workdir: Path, secret_dir: str
+    given: V2vInput, workdir: Path, secret_dir: str, workload_dir: str = ""
 ) -> tuple[list[str], dict[str, bytes], list[list[str]]]:
     """The provider's files as secret files of the workload, and its argv (and its captive
     helpers' argvs) pointed at them.
 
     A workload may run elsewhere (a pod): what the provider wrote in this host's work
-    directory reaches it only as files mounted at ``secret_dir``.
+    directory reaches it only as files mounted at ``secret_dir``, and any other path in
+    the work directory the provider names (a socket its helper makes there) is where the
+    workload sees the work directory, ``seen``, in the argvs and in the files alike.
     """
     files: dict[str, bytes] = {}
     argv = list(given.argv)
@@ -223,6 +225,12 @@ def provider_files(
 
         argv = point(argv)
         captive = [point(helper) for helper in captive]
+    here = f"{workdir}/"
+    if workload_dir and workload_dir.rstrip("/") != str(workdir):
+        there = f"{workload_dir.rstrip('/')}/"
+        argv = [arg.replace(here, there) for arg in argv]
+        captive = [[arg.replace(here, there) for arg in helper] for helper in captive]
+        files = {key: data.replace(here.encode(), there.encode()) for key, data in files.items()}
     return argv, files, captive
 
 
@@ -380,7 +388,7 @@ class Converter:
             except ProviderError as error:
                 raise ConversionError(f"the provider cannot open the VM: {error}") from None
             _secure(given.files, workdir)
-            given_argv, files, captive = provider_files(given, workdir, secret_dir)
+            given_argv, files, captive = provider_files(given, workdir, secret_dir, run.seen)
             links = output_links(job.volumes, run.placed)
             argv = [
                 self.settings.virt_v2v,

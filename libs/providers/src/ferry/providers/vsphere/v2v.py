@@ -16,9 +16,13 @@ what a cold migration needs.
 Each nbdkit runs *captive* around virt-v2v (``nbdkit --run``, one per disk, nested):
 it lives exactly as long as the conversion, in the conversion's workload (a child
 process here, the conversion pod in a cluster), and dies with it on cancel. It
-serves read-only on a loopback TCP port (virt-v2v's ``-i libvirtxml`` opens
-network disks over TCP only); the domain names each disk as a qemu description of
-that export, so virt-v2v's qemu-nbd never probes a format.
+serves read-only on a Unix socket in the conversion's private work directory, so no
+other user of the host can read the disk meanwhile (a loopback TCP port would let
+any); the domain names each disk as a qemu description of that export (a ``file``
+disk whose name is a ``json:`` description: virt-v2v's qemu-nbd opens it, so the
+socket needs no network disk type, and never probes a format). Where the workload
+sees the work directory elsewhere (a pod), the conversion-service points the socket
+paths there.
 
 The session cookie is a credential: it goes into a 0600 file that nbdkit reads
 (``cookie=+FILE``), listed in :attr:`V2vInput.files` so the workload gets it as a
@@ -37,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,33 +58,22 @@ from ferry.providers.vsphere.disks import (
     write_secret,
 )
 
-LOOPBACK = "127.0.0.1"
 
-
-def free_port() -> int:
-    """A loopback port nothing listens on now (nbdkit binds it when the workload starts)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def nbd_filename(port: int) -> str:
-    """The qemu description of a raw NBD export on the loopback port."""
+def nbd_filename(socket_path: Path) -> str:
+    """The qemu description of a raw NBD export on the Unix socket."""
     options = {
         "driver": "raw",
-        "file": {"driver": "nbd", "server": {"type": "inet", "host": LOOPBACK, "port": str(port)}},
+        "file": {"driver": "nbd", "server": {"type": "unix", "path": str(socket_path)}},
     }
     return "json:" + json.dumps(options, separators=(",", ":"), sort_keys=True)
 
 
-def nbdkit_argv(url: str, port: int, cookie: Path, trust: list[str]) -> list[str]:
-    """One disk's server, read-only on ``port``; the service adds ``--run``."""
+def nbdkit_argv(url: str, socket_path: Path, cookie: Path, trust: list[str]) -> list[str]:
+    """One disk's server, read-only on ``socket_path``; the service adds ``--run``."""
     return [
         "nbdkit",
         "--readonly",
-        f"--ipaddr={LOOPBACK}",
-        f"--port={port}",
+        f"--unix={socket_path}",
         "curl",
         f"url={url}",
         f"cookie=+{cookie}",
@@ -111,13 +103,13 @@ async def v2v_input(session: Session, vm: Vm, workdir: Path) -> V2vInput:
     cookie_text = await asyncio.to_thread(session.cookie)
     cookie = write_secret(workdir / "vsphere-cookie", cookie_text)
     trust = curl_trust(session, workdir)
-    ports = [free_port() for _ in vm.disks]
+    sockets = [workdir / f"nbd-{index}.sock" for index in range(len(vm.disks))]
     captive = [
-        nbdkit_argv(file.url(session.netloc), port, cookie, trust)
-        for file, port in zip(files, ports, strict=True)
+        nbdkit_argv(file.url(session.netloc), path, cookie, trust)
+        for file, path in zip(files, sockets, strict=True)
     ]
     document = workdir / "vsphere-domain.xml"
-    document.write_bytes(libvirtxml.source_domain(vm, [nbd_filename(p) for p in ports]))
+    document.write_bytes(libvirtxml.source_domain(vm, [nbd_filename(p) for p in sockets]))
     written = [str(cookie), str(document)]
     written += [arg.split("=", 1)[1] for arg in trust if arg.startswith("cainfo=")]
     written = [path for path in written if path.startswith(str(workdir))]
