@@ -5,7 +5,13 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import pytest
+
 from ferry.conversion_service import v2v
+from ferry.conversion_service.settings import ConversionSettings
+from ferry.platform.local.processes import LocalWorkloads
+from ferry.proto.conversion import ConversionMode
+from ferry.proto.inventory import Disk, ProviderType, Vm, Volume
 from ferry.providers.base import V2vInput
 
 
@@ -81,3 +87,46 @@ def test_sockets_in_the_work_directory_are_where_the_workload_sees_it(tmp_path: 
     argv, files, captive = v2v.provider_files(given, work, f"{work}/input", str(work))
     assert captive == [["nbdkit", f"--unix={sock}", "curl", "url=https://a/1"]]
     assert str(sock).encode() in files["vsphere-domain.xml"]
+
+
+class _Downloaded:
+    """A provider whose input is a disk it downloaded onto this host (vSphere over NFC)."""
+
+    def __init__(self, disk: Path) -> None:
+        self.disk = disk
+
+    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+        domain = workdir / "domain.xml"
+        domain.write_text(f"<domain><source file='{self.disk}'/></domain>")
+        return V2vInput(
+            argv=["-i", "libvirtxml", str(domain)], files=[str(domain)], host_files=[str(self.disk)]
+        )
+
+
+class _Elsewhere(LocalWorkloads):
+    workloads_run_here = False  # as a cluster's conversion pods
+
+
+async def test_an_input_of_host_files_is_refused_where_workloads_run_elsewhere(
+    tmp_path: Path,
+) -> None:
+    # Given a full conversion whose provider downloaded the disk onto this host, and
+    # workloads that run elsewhere (pods)
+    disk = tmp_path / "2000.vmdk"
+    disk.write_bytes(b"x")
+    vm = Vm(id="vm-1", name="db", provider_type=ProviderType.VSPHERE,
+            disks=[Disk(id="2000", name="a", capacity=1 << 20)])  # fmt: skip
+    target = tmp_path / "target.raw"
+    target.write_bytes(b"")
+    volume = Volume(disk_id="2000", name="v", size=1 << 20, capacity=1 << 20, path=str(target))
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = ConversionSettings(work_dir=work, large_tmp_dir=tmp_path / "large", accel="tcg")
+    converter = v2v.Converter(settings, tmp_path / "data", _Elsewhere())
+    job = v2v.Job(migration="m", vm_key="vm", mode=ConversionMode.FULL, inventory=vm,
+                  volumes=[volume], timeout_seconds=60, source=_Downloaded(disk))  # fmt: skip
+
+    # When it runs, it is refused with the reason and the way out, before any workload
+    with pytest.raises(v2v.ConversionError, match="conversion pod cannot read") as refused:
+        await converter.convert(job)
+    assert "2000.vmdk" in refused.value.reason and "diskTransfer: datastore" in refused.value.reason

@@ -169,6 +169,9 @@ class V2vInput(msgspec.Struct, frozen=True, kw_only=True):
     captive: list[list[str]] = msgspec.field(default_factory=list)
     # Held around the run by the one who runs virt-v2v; None when nothing needs it.
     hold: InputHold | None = None
+    # Files of this host the input reads in place, too large to hand a workload as
+    # secret files (disks a provider downloaded): a workload elsewhere cannot run it.
+    host_files: list[str] = msgspec.field(default_factory=list)
 
 
 def read_span(offset: int, length: int, size: int) -> int:

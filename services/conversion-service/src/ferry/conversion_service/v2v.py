@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from ferry.conversion_service import accel, appliance, domain, inspection, reasons, rundirs
+from ferry.conversion_service.inputs import InputError, provider_files, run_captive, secure
 from ferry.conversion_service.progress import Decisions, OutputReader, Progress
 from ferry.conversion_service.settings import ConversionSettings
 from ferry.platform.volumes import labels_for
@@ -160,13 +161,10 @@ def check_volumes(vm: Vm, volumes: Sequence[Volume]) -> None:
 
 
 def _secure(files: Sequence[str], workdir: Path) -> None:
-    """The provider's files: inside the run directory and readable by us only."""
-    for name in files:
-        path = Path(name)
-        if not path.resolve().is_relative_to(workdir.resolve()):
-            raise ConversionError(f"provider wrote {path} outside the run's work directory")
-        if path.exists():
-            path.chmod(0o600)
+    try:
+        secure(files, workdir)
+    except InputError as error:
+        raise ConversionError(str(error)) from None
 
 
 def output_links(volumes: Sequence[Volume], placed: Mapping[str, Placed]) -> dict[str, str]:
@@ -191,58 +189,6 @@ def check_outputs(outdir: Path, links: Mapping[str, str]) -> None:
     )
     if extra:
         raise ConversionError(f"virt-v2v wrote disks that have no volume: {', '.join(extra)}")
-
-
-def provider_files(
-    given: V2vInput, workdir: Path, secret_dir: str, workload_dir: str = ""
-) -> tuple[list[str], dict[str, bytes], list[list[str]]]:
-    """The provider's files as secret files of the workload, and its argv (and its captive
-    helpers' argvs) pointed at them.
-
-    A workload may run elsewhere (a pod): what the provider wrote in this host's work
-    directory reaches it only as files mounted at ``secret_dir``, and any other path in
-    the work directory the provider names (a socket its helper makes there) is where the
-    workload sees the work directory, ``seen``, in the argvs and in the files alike.
-    """
-    files: dict[str, bytes] = {}
-    argv = list(given.argv)
-    captive = [list(helper) for helper in given.captive]
-    for name in given.files:
-        path = Path(name)
-        if not path.is_file():
-            continue
-        key = path.resolve().relative_to(workdir.resolve()).as_posix().replace("/", "_")
-        files[key] = path.read_bytes()
-        seen = f"{secret_dir}/{key}"
-
-        def point(args: list[str], path: Path = path, seen: str = seen) -> list[str]:
-            return [
-                seen
-                if arg == str(path)
-                else arg.replace(f"={path}", f"={seen}").replace(f"=+{path}", f"=+{seen}")
-                for arg in args
-            ]
-
-        argv = point(argv)
-        captive = [point(helper) for helper in captive]
-    here = f"{workdir}/"
-    if workload_dir and workload_dir.rstrip("/") != str(workdir):
-        there = f"{workload_dir.rstrip('/')}/"
-        argv = [arg.replace(here, there) for arg in argv]
-        captive = [[arg.replace(here, there) for arg in helper] for helper in captive]
-        files = {key: data.replace(here.encode(), there.encode()) for key, data in files.items()}
-    return argv, files, captive
-
-
-def run_captive(argv: list[str], captive: Sequence[Sequence[str]]) -> list[str]:
-    """``argv`` run inside its captive helpers (``nbdkit --run``), the first outermost.
-
-    Each helper serves while the command runs and exits with the command's status; a
-    cancel that ends the workload's process group ends them together.
-    """
-    for helper in reversed(captive):
-        argv = [helper[0], "--run", shlex.join(argv), *helper[1:]]
-    return argv
 
 
 def restore_sizes(volumes: Sequence[Volume]) -> None:
@@ -387,6 +333,13 @@ class Converter:
                 given = await job.source.v2v_input(job.inventory, workdir)
             except ProviderError as error:
                 raise ConversionError(f"the provider cannot open the VM: {error}") from None
+            if given.host_files and not self.workloads.workloads_run_here:
+                raise ConversionError(
+                    "the provider's input is files of the conversion-service's host "
+                    f"({', '.join(Path(f).name for f in given.host_files)}), which a "
+                    "conversion pod cannot read: on this platform read the source another "
+                    "way (for vSphere: diskTransfer: datastore)"
+                )
             _secure(given.files, workdir)
             given_argv, files, captive = provider_files(given, workdir, secret_dir, run.seen)
             links = output_links(job.volumes, run.placed)

@@ -154,4 +154,8 @@ async def nfc_input(
         names.append("json:" + json.dumps(options, separators=(",", ":"), sort_keys=True))
     document = workdir / "vsphere-domain.xml"
     document.write_bytes(libvirtxml.source_domain(vm, names))
-    return V2vInput(argv=["-i", "libvirtxml", str(document)], files=[str(document)])
+    return V2vInput(
+        argv=["-i", "libvirtxml", str(document)],
+        files=[str(document)],
+        host_files=[str(path) for path in paths],
+    )

@@ -1,0 +1,81 @@
+"""The provider's side of a full conversion's command: its files and captive helpers.
+
+A provider's :class:`~ferry.providers.base.V2vInput` names files it wrote into the
+run's work directory (a cookie, a CA, the domain document) and helpers that must run
+around virt-v2v (an ``nbdkit`` per disk). The workload may run elsewhere (a pod), so
+the files reach it as secret files and every path is pointed at where it sees them.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from ferry.providers.base import V2vInput
+
+
+class InputError(Exception):
+    """The provider's input cannot be used as it is (a file outside the work directory)."""
+
+
+def secure(files: Sequence[str], workdir: Path) -> None:
+    """The provider's files: inside the run directory and readable by us only."""
+    for name in files:
+        path = Path(name)
+        if not path.resolve().is_relative_to(workdir.resolve()):
+            raise InputError(f"provider wrote {path} outside the run's work directory")
+        if path.exists():
+            path.chmod(0o600)
+
+
+def provider_files(
+    given: V2vInput, workdir: Path, secret_dir: str, workload_dir: str = ""
+) -> tuple[list[str], dict[str, bytes], list[list[str]]]:
+    """The provider's files as secret files of the workload, and its argv (and its captive
+    helpers' argvs) pointed at them.
+
+    A workload may run elsewhere (a pod): what the provider wrote in this host's work
+    directory reaches it only as files mounted at ``secret_dir``, and any other path in
+    the work directory the provider names (a socket its helper makes there) is where the
+    workload sees the work directory, ``seen``, in the argvs and in the files alike.
+    """
+    files: dict[str, bytes] = {}
+    argv = list(given.argv)
+    captive = [list(helper) for helper in given.captive]
+    for name in given.files:
+        path = Path(name)
+        if not path.is_file():
+            continue
+        key = path.resolve().relative_to(workdir.resolve()).as_posix().replace("/", "_")
+        files[key] = path.read_bytes()
+        seen = f"{secret_dir}/{key}"
+
+        def point(args: list[str], path: Path = path, seen: str = seen) -> list[str]:
+            return [
+                seen
+                if arg == str(path)
+                else arg.replace(f"={path}", f"={seen}").replace(f"=+{path}", f"=+{seen}")
+                for arg in args
+            ]
+
+        argv = point(argv)
+        captive = [point(helper) for helper in captive]
+    here = f"{workdir}/"
+    if workload_dir and workload_dir.rstrip("/") != str(workdir):
+        there = f"{workload_dir.rstrip('/')}/"
+        argv = [arg.replace(here, there) for arg in argv]
+        captive = [[arg.replace(here, there) for arg in helper] for helper in captive]
+        files = {key: data.replace(here.encode(), there.encode()) for key, data in files.items()}
+    return argv, files, captive
+
+
+def run_captive(argv: list[str], captive: Sequence[Sequence[str]]) -> list[str]:
+    """``argv`` run inside its captive helpers (``nbdkit --run``), the first outermost.
+
+    Each helper serves while the command runs and exits with the command's status; a
+    cancel that ends the workload's process group ends them together.
+    """
+    for helper in reversed(captive):
+        argv = [helper[0], "--run", shlex.join(argv), *helper[1:]]
+    return argv
