@@ -21,6 +21,7 @@ from ferry.providers.vsphere.disks import DatastoreFileMissing
 from ferry.providers.vsphere.provider import VsphereProvider
 from ferry.testing.vcsim.arrange import admin as admin_of
 from ferry.testing.vcsim.server import Endpoint, Vcsim
+from ferry.volume_service.handlers import paced
 from ferry.volume_service.images import image_ref
 
 MIB = 1024 * 1024
@@ -261,3 +262,32 @@ async def test_a_read_that_fails_aborts_the_lease_it_shared(
 
     # Then the lease was ended as failed (aborted), not completed nor left open
     assert ended == [True]
+
+
+async def test_the_download_is_what_a_bandwidth_budget_paces(
+    nfc_provider: VsphereProvider, sim: Endpoint
+) -> None:
+    # Given a powered-off VM, and the volume-service's copy under a budget
+    vm = await _off_with(nfc_provider, sim, _guest_bytes())
+    asked: list[int] = []
+
+    async def budget(nbytes: int) -> None:
+        asked.append(nbytes)
+
+    reader = nfc_provider.open_disk(vm, vm.disks[0].id)
+
+    # When the copy's pacing is placed (as the volume-service does) and the disk read
+    rate = paced(reader, budget)
+    async with reader:
+        downloaded = Path(reader.qemu_source().options["file"]["filename"]).stat().st_size
+
+    # Then the download asked the budget for every byte it moved from the source, and the
+    # copy of the local file is left unpaced (it moves none of the source's bytes)
+    assert rate is None
+    assert sum(asked) == downloaded > 0
+    # And a reader that moves nothing itself leaves the pacing to the copy
+    plain = make_provider(sim, caBundle=sim.cert_file)
+    try:
+        assert paced(plain.open_disk(vm, vm.disks[0].id), budget) is budget
+    finally:
+        await plain.close()

@@ -18,6 +18,7 @@ incremental backups), so the precopy loop above it is written once.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -220,6 +221,20 @@ class DiskReader(Protocol):
     async def nbd_uri(self) -> str:
         """An NBD URI serving guest bytes (raw), valid until the reader is closed."""
         ...
+
+
+# Waits until this many more bytes may move under a copy's bandwidth budgets.
+Pace = Callable[[int], Awaitable[None]]
+
+
+@runtime_checkable
+class PacedReader(Protocol):
+    """A reader that moves the source's bytes itself before the copy reads them (a disk
+    downloaded whole when the reader is entered): set ``pace`` before entering it, and
+    the copy's bandwidth budgets pace that move, where the source's bytes cross; the
+    copy of what it holds then moves none of the source's."""
+
+    pace: Pace | None
 
 
 class Provider(Protocol):

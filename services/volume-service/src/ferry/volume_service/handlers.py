@@ -41,7 +41,7 @@ from ferry.platform.volumes import (
 from ferry.proto import volume
 from ferry.proto.inventory import Disk, DiskCopy, VolumeMode, VolumeTarget
 from ferry.proto.volume import SourceRef, VolumeSource
-from ferry.providers.base import Provider
+from ferry.providers.base import PacedReader, Provider
 from ferry.runtime.progress import Throttle
 from ferry.runtime.providers import OpenProvider
 from ferry.volume_service import warm
@@ -313,7 +313,9 @@ class VolumeHandlers:
         assert provider is not None
         rate = self._pace(cmd)
         with outcome(f"disk {disk.id} ({disk.name})"):
-            async with provider.open_disk(cmd.inventory, disk.id) as reader:
+            opened = provider.open_disk(cmd.inventory, disk.id)
+            rate = paced(opened, rate)
+            async with opened as reader:
                 source = image_ref(reader.qemu_source())
                 if claim.source == VolumeSource.POPULATOR:
                     return await self.platform.populate(claim, source, progress, rate=rate)
@@ -352,6 +354,16 @@ class VolumeHandlers:
                 )
         ctx.log.info("removed %d %svolumes", len(removed), "" if cmd.all_volumes else "temporary ")
         return volume.VolumesCleaned(**cmd.reply(), removed=removed)
+
+
+def paced(reader: object, rate: Rate | None) -> Rate | None:
+    """Where a copy's bandwidth budgets apply: the reader's own move of the source's bytes
+    when it makes one (a download, :class:`PacedReader`), else the copy; what the copy
+    itself is paced by."""
+    if rate is not None and isinstance(reader, PacedReader):
+        reader.pace = rate
+        return None
+    return rate
 
 
 def _copy_of(claim: VolumeState) -> DiskCopy | None:

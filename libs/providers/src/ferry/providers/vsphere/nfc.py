@@ -41,7 +41,7 @@ import aiohttp
 from pyVmomi import vim, vmodl
 
 from ferry.proto.inventory import Vm
-from ferry.providers.base import ProviderError, SourceInterrupted
+from ferry.providers.base import Pace, ProviderError, SourceInterrupted
 from ferry.providers.vsphere.client import Session, fault_text
 
 log = logging.getLogger(__name__)
@@ -291,9 +291,19 @@ def match_disks(vm: Vm, devices: list[Device], paths: dict[str, str]) -> dict[st
 
 
 async def download(
-    lease: ExportLease, disk_id: str, folder: Path, ssl: Any, cookie: str, name: str
+    lease: ExportLease,
+    disk_id: str,
+    folder: Path,
+    ssl: Any,
+    cookie: str,
+    name: str,
+    pace: Pace | None = None,
 ) -> Path:
-    """Read ``disk_id``'s stream into ``folder``; the file, flushed to disk."""
+    """Read ``disk_id``'s stream into ``folder``; the file, flushed to disk.
+
+    ``pace``: the copy's bandwidth budgets, asked for each chunk as it arrives; the next
+    is not read until they grant it, so the server is held back by the connection's
+    own flow control."""
     url, expected = lease.url_of(disk_id)
     target = folder / f"{disk_id}.vmdk"
     lease.done[disk_id] = (0, expected)
@@ -312,6 +322,8 @@ async def download(
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 async for chunk in response.content.iter_chunked(CHUNK):
+                    if pace is not None:
+                        await pace(len(chunk))
                     await asyncio.to_thread(_write_all, fd, chunk)
                     got += len(chunk)
                     lease.done[disk_id] = (got, max(expected, length, got))

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ferry.proto.inventory import Disk, Extent, Vm
-from ferry.providers.base import FilePin, ProviderError, QemuSource, read_span
+from ferry.providers.base import FilePin, Pace, ProviderError, QemuSource, read_span
 from ferry.providers.nbd import AsyncNbdClient, NbdServer
 from ferry.providers.vsphere import nfc
 from ferry.providers.vsphere.client import Session
@@ -50,6 +50,9 @@ class NfcDiskReader:
         self._server: NbdServer | None = None
         self._client: AsyncNbdClient | None = None
         self._lock = asyncio.Lock()
+        # The copy's bandwidth budgets, set before entering: the download moves the
+        # source's bytes (ferry.providers.base.PacedReader).
+        self.pace: Pace | None = None
 
     @property
     def size(self) -> int:
@@ -63,7 +66,9 @@ class NfcDiskReader:
             self._folder = nfc.private_folder()
             ssl = aiohttp_ssl(self.session)
             async with self.leases.of(self.vm, self._ref_of) as lease:
-                path = await nfc.download(lease, self.disk.id, self._folder, ssl, cookie, self.name)
+                path = await nfc.download(
+                    lease, self.disk.id, self._folder, ssl, cookie, self.name, self.pace
+                )
             await nfc.check_stream(path, self.disk.capacity, self.name)
             seen = os.stat(path, follow_symlinks=False)
             self._path = path
