@@ -62,16 +62,21 @@ def test_no_helper_leaves_the_command_as_it_is() -> None:
 
 def test_sockets_in_the_work_directory_are_where_the_workload_sees_it(tmp_path: Path) -> None:
     # Given a helper serving on a Unix socket in the work directory, and a domain
-    # document naming that socket (a vSphere disk's captive nbdkit)
+    # document naming that socket (a vSphere disk's captive nbdkit) and a disk staged in
+    # the work directory (which a pod reaches at the same path, through a share)
     work = tmp_path / "work"
     work.mkdir()
     sock = work / "nbd-0.sock"
+    staged = work / "disks" / "a.vmdk"
     domain = work / "vsphere-domain.xml"
-    domain.write_text(f'<domain><source file=\'json:{{"path":"{sock}"}}\'/></domain>')
+    domain.write_text(
+        f"<domain><source file='json:{{\"path\":\"{sock}\"}}'/><source file='{staged}'/></domain>"
+    )
     given = V2vInput(
         argv=["-i", "libvirtxml", str(domain)],
         files=[str(domain)],
         captive=[["nbdkit", f"--unix={sock}", "curl", "url=https://a/1"]],
+        workload_paths=[str(sock)],
     )
 
     # When the workload sees the work directory elsewhere (a pod's)
@@ -80,10 +85,12 @@ def test_sockets_in_the_work_directory_are_where_the_workload_sees_it(tmp_path: 
     # Then the helper makes, and the document names, the socket there
     assert captive == [["nbdkit", "--unix=/pod/work/nbd-0.sock", "curl", "url=https://a/1"]]
     assert b'"path":"/pod/work/nbd-0.sock"' in files["vsphere-domain.xml"]
-    assert str(work).encode() not in files["vsphere-domain.xml"]
+    assert str(sock).encode() not in files["vsphere-domain.xml"]
     assert argv == ["-i", "libvirtxml", "/pod/work/input/vsphere-domain.xml"]
+    # And the staged disk keeps its path (the share's)
+    assert f"file='{staged}'".encode() in files["vsphere-domain.xml"]
 
-    # And where it sees it here, nothing changes
+    # And where it sees the work directory here, nothing changes
     argv, files, captive = v2v.provider_files(given, work, f"{work}/input", str(work))
     assert captive == [["nbdkit", f"--unix={sock}", "curl", "url=https://a/1"]]
     assert str(sock).encode() in files["vsphere-domain.xml"]

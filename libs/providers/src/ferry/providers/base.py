@@ -173,6 +173,10 @@ class V2vInput(msgspec.Struct, frozen=True, kw_only=True):
     # Files of this host the input reads in place, too large to hand a workload as
     # secret files (disks a provider downloaded): a workload elsewhere cannot run it.
     host_files: list[str] = msgspec.field(default_factory=list)
+    # Paths in the work directory that the workload makes itself (a helper's Unix
+    # socket): where the workload sees its work directory elsewhere (a pod), they are
+    # pointed there, in the argvs and the files. Other paths are left as they are.
+    workload_paths: list[str] = msgspec.field(default_factory=list)
 
 
 def read_span(offset: int, length: int, size: int) -> int:

@@ -36,9 +36,10 @@ def provider_files(
     helpers' argvs) pointed at them.
 
     A workload may run elsewhere (a pod): what the provider wrote in this host's work
-    directory reaches it only as files mounted at ``secret_dir``, and any other path in
-    the work directory the provider names (a socket its helper makes there) is where the
-    workload sees the work directory, ``seen``, in the argvs and in the files alike.
+    directory reaches it only as files mounted at ``secret_dir``, and the paths the
+    workload makes itself (``V2vInput.workload_paths``: a helper's socket) are where it
+    sees the work directory, ``workload_dir``, in the argvs and the files; every other
+    path stays as it is (an OVA's staged disks reach a pod at the same path, by a share).
     """
     files: dict[str, bytes] = {}
     argv = list(given.argv)
@@ -61,12 +62,15 @@ def provider_files(
 
         argv = point(argv)
         captive = [point(helper) for helper in captive]
-    here = f"{workdir}/"
     if workload_dir and workload_dir.rstrip("/") != str(workdir):
-        there = f"{workload_dir.rstrip('/')}/"
-        argv = [arg.replace(here, there) for arg in argv]
-        captive = [[arg.replace(here, there) for arg in helper] for helper in captive]
-        files = {key: data.replace(here.encode(), there.encode()) for key, data in files.items()}
+        # Only the paths the workload makes itself: the rest of the work directory (an
+        # OVA's staged disks) reaches a pod at the same path, through a share.
+        for made in given.workload_paths:
+            inside = Path(made).resolve().relative_to(workdir.resolve()).as_posix()
+            there = f"{workload_dir.rstrip('/')}/{inside}"
+            argv = [arg.replace(made, there) for arg in argv]
+            captive = [[arg.replace(made, there) for arg in helper] for helper in captive]
+            files = {k: data.replace(made.encode(), there.encode()) for k, data in files.items()}
     return argv, files, captive
 
 

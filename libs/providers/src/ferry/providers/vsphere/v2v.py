@@ -118,6 +118,7 @@ async def v2v_input(session: Session, vm: Vm, workdir: Path) -> V2vInput:
         files=written,
         captive=captive,
         hold=session.keepalive.hold(cookie_text, f"the conversion of VM {vm.id}"),
+        workload_paths=[str(path) for path in sockets],
     )
 
 
