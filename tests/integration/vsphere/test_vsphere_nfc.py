@@ -291,3 +291,17 @@ async def test_the_download_is_what_a_bandwidth_budget_paces(
         assert paced(plain.open_disk(vm, vm.disks[0].id), budget) is budget
     finally:
         await plain.close()
+
+
+async def test_a_stream_longer_than_the_disk_can_be_is_stopped(
+    nfc_provider: VsphereProvider, sim: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a powered-off VM, and an export stream bounded as if the disk were tiny
+    # (a server that would send more than any VMDK of the disk could hold)
+    vm = await _off_with(nfc_provider, sim, _guest_bytes())
+    monkeypatch.setattr(nfc, "stream_bound", lambda capacity: 4096)
+
+    # When the disk is read, the download stops with the reason, and nothing is left
+    with pytest.raises(ProviderError, match="runs past 4096 bytes"):
+        async with nfc_provider.open_disk(vm, vm.disks[0].id):
+            pass

@@ -305,6 +305,7 @@ async def download(
     is not read until they grant it, so the server is held back by the connection's
     own flow control."""
     url, expected = lease.url_of(disk_id)
+    bound = stream_bound(next(d.capacity for d in lease.vm.disks if d.id == disk_id))
     target = folder / f"{disk_id}.vmdk"
     lease.done[disk_id] = (0, expected)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
@@ -322,6 +323,11 @@ async def download(
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 async for chunk in response.content.iter_chunked(CHUNK):
+                    if got + len(chunk) > bound:
+                        raise ProviderError(
+                            f"disk {name}: the export stream runs past {bound} bytes, more "
+                            "than a streamOptimized VMDK of the disk can hold; stopped"
+                        )
                     if pace is not None:
                         await pace(len(chunk))
                     await asyncio.to_thread(_write_all, fd, chunk)
@@ -335,6 +341,12 @@ async def download(
     if 0 <= length != got:
         raise await _refused(lease, name, f"{got} of {length} bytes")
     return target
+
+
+def stream_bound(capacity: int) -> int:
+    """The most a streamOptimized VMDK of a disk of ``capacity`` bytes can take: every
+    grain stored as it is with its marker and padding, the tables, the footer."""
+    return capacity + capacity // 32 + (16 << 20)
 
 
 async def _refused(lease: ExportLease, name: str, what: str) -> Exception:
