@@ -371,24 +371,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 async def check_stream(path: Path, capacity: int, name: str) -> None:
     """The download must be a plain streamOptimized VMDK of the disk's size."""
-    process = await asyncio.create_subprocess_exec(
-        "qemu-img",
-        "info",
-        "--output=json",
-        "-f",
-        "vmdk",
-        str(path),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    out = await qemu_img_json(
+        ["info", "--output=json", "-f", "vmdk", str(path)],
+        f"disk {name}: the exported stream is no VMDK qemu can read: ",
     )
-    out, err = await process.communicate()
-    if process.returncode != 0:
-        raise ProviderError(
-            f"disk {name}: the exported stream is no VMDK qemu can read: "
-            f"{err.decode(errors='replace').strip()[-300:]}"
-        )
-    info = json.loads(out)
+    info = out
     data = (info.get("format-specific") or {}).get("data") or {}
     kind = data.get("create-type")
     extents = data.get("extents") or []
@@ -403,6 +390,21 @@ async def check_stream(path: Path, capacity: int, name: str) -> None:
             f"disk {name}: the exported stream holds {info.get('virtual-size')} bytes, "
             f"the disk is {capacity}"
         )
+
+
+async def qemu_img_json(args: list[str], failed: str) -> Any:
+    """``qemu-img <args>``'s JSON answer; a failure is ``failed`` and qemu's own words."""
+    process = await asyncio.create_subprocess_exec(
+        "qemu-img",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise ProviderError(failed + err.decode(errors="replace").strip()[-300:])
+    return json.loads(out)
 
 
 def private_folder() -> Path:

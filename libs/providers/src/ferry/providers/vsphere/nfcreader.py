@@ -10,7 +10,6 @@ the format named. Leaving the reader removes the download.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -135,22 +134,12 @@ class NfcDiskReader:
 
     async def extents(self) -> list[Extent]:
         source = self._source(pinned=False)
-        process = await asyncio.create_subprocess_exec(
-            "qemu-img",
-            "map",
-            "--output=json",
-            *source.qemu_img_args(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        rows = await nfc.qemu_img_json(
+            ["map", "--output=json", *source.qemu_img_args()],
+            f"disk {self.name}: qemu-img map failed: ",
         )
-        out, err = await process.communicate()
-        if process.returncode != 0:
-            raise ProviderError(
-                f"disk {self.name}: qemu-img map failed: {err.decode(errors='replace')[-300:]}"
-            )
         found: list[Extent] = []
-        for row in json.loads(out):
+        for row in rows:
             if not row.get("data"):
                 continue
             start, length = int(row["start"]), int(row["length"])
