@@ -14,7 +14,7 @@ import msgspec
 
 from ferry.platform import errors
 from ferry.proto.inventory import DiskFormat, Extent
-from ferry.providers.base import FilePin, NbdTls, repr_hiding
+from ferry.providers.base import FilePin, HttpRange, NbdTls, repr_hiding
 
 
 class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,9 +23,10 @@ class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
     Three shapes: an image file (``path`` + ``format``; a raw disk may sit at
     ``offset`` inside a bigger file, such as an OVA archive); a qemu block-layer
     option tree (``qemu_options``, what a provider's ``qemu_source()`` gives,
-    with ``format`` still named); or an NBD export served by someone else. A
-    fourth, ``url`` (an ovirt-imageio transfer over HTTPS), rides along with the
-    option tree for a workload off this host (:meth:`for_remote_workload`).
+    with ``format`` still named); or an NBD export served by someone else. The
+    shapes a workload off this host can reach ride along with the option tree
+    (:meth:`for_remote_workload`): ``url`` (an ovirt-imageio transfer over HTTPS),
+    ``nbd_tls`` (an NBD export over TLS), ``http_range`` (ranged GETs over HTTPS).
     """
 
     path: str = ""  # the file (for a qemu option tree: the file it reads, for identity)
@@ -53,23 +54,28 @@ class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
     # job) with the client's credentials: for a workload off this host, like ``url``;
     # read (through a local qemu-nbd) only when no socket is given. A secret too.
     nbd_tls: NbdTls | None = None
+    # The same raw disk read with ranged GETs over HTTPS with a session's cookie (a
+    # vSphere flat extent): for a workload off this host, like ``url``; its allocation is
+    # ``extents`` (the whole disk when unknown). A secret too.
+    http_range: HttpRange | None = None
 
     def __repr__(self) -> str:
-        return repr_hiding(self, "url", "nbd_tls")
+        return repr_hiding(self, "url", "nbd_tls", "http_range")
 
     def for_remote_workload(self) -> ImageRef:
-        """What a workload off this host reads: the HTTPS or the TLS shape, if any."""
+        """What a workload off this host reads: the HTTPS, TLS or ranged-HTTPS shape, if any."""
         if self.url:
             return ImageRef(
                 path=self.path, format=self.format, size=self.size, url=self.url, ca=self.ca
             )
-        if self.nbd_tls is not None:
+        if self.nbd_tls is not None or self.http_range is not None:
             return ImageRef(
                 path=self.path,
                 size=self.size,
                 extents=self.extents,
                 snapshot=self.snapshot,
                 nbd_tls=self.nbd_tls,
+                http_range=None if self.nbd_tls is not None else self.http_range,
             )
         return self
 
@@ -93,6 +99,7 @@ def from_qemu_source(qemu: Any, path: str = "") -> ImageRef:
         url=str(getattr(qemu, "url", "")),
         ca=str(getattr(qemu, "ca", "")),
         nbd_tls=getattr(qemu, "nbd_tls", None),
+        http_range=getattr(qemu, "http_range", None),
     )
 
 

@@ -100,6 +100,24 @@ class NbdTls(msgspec.Struct, frozen=True, kw_only=True):
         return repr_hiding(self, "cert", "key")
 
 
+class HttpRange(msgspec.Struct, frozen=True, kw_only=True):
+    """A raw disk read with ranged GETs over HTTPS (a vSphere flat extent on the datastore
+    path), with what the request carries and how the server is trusted. ``cookie`` is a
+    credential: the struct travels in a job file or Secret only, and its repr hides it.
+    ``ca`` is the PEM the server's certificate must chain to (a pinned server's own
+    certificate, then the only one trusted); ``insecure`` skips the check (the Provider
+    said so); neither: the system's CAs."""
+
+    url: str
+    size: int  # the disk's bytes (the file may hold more)
+    cookie: str = ""
+    ca: str = ""
+    insecure: bool = False
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, "cookie")
+
+
 class QemuSource(msgspec.Struct, frozen=True, kw_only=True):
     """How a qemu tool opens a disk, with the format always named.
 
@@ -120,9 +138,12 @@ class QemuSource(msgspec.Struct, frozen=True, kw_only=True):
     # The same disk as an NBD export over TCP with TLS (a remote libvirt host's backup
     # job) with the client's credentials, for a copy off this host; None when none.
     nbd_tls: NbdTls | None = None
+    # The same disk read with ranged GETs over HTTPS with a session's cookie (a vSphere
+    # flat extent), for a copy off this host; None when none.
+    http_range: HttpRange | None = None
 
     def __repr__(self) -> str:
-        return repr_hiding(self, "url", "nbd_tls")
+        return repr_hiding(self, "url", "nbd_tls", "http_range")
 
     def filename(self) -> str:
         """The ``json:`` pseudo-filename that qemu-img and qemu-nbd accept."""
@@ -377,6 +398,18 @@ class TlsNbdExport(Protocol):
     def tls_export(self, disk_id: str) -> NbdTls | None:
         """The disk's export on the host with the client's credentials; None when the
         view serves only here. Valid until the view is closed."""
+        ...
+
+
+@runtime_checkable
+class RangeExport(Protocol):
+    """A :class:`ChangedDisks` whose disks can be read with ranged GETs over HTTPS (a
+    vSphere snapshot's base extents on the datastore path), so a data mover off the
+    volume-service's host (a pod) can read the same picture."""
+
+    def range_export(self, disk_id: str) -> HttpRange | None:
+        """The disk over HTTPS with the session's cookie (a secret: job file or Secret
+        only); None when it cannot be read so. Valid until the view is closed."""
         ...
 
 

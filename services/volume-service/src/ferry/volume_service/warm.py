@@ -35,7 +35,14 @@ from ferry.platform.images import ImageRef
 from ferry.platform.volumes import Phase, ProgressCallback, Rate, VolumePlatform, VolumeState
 from ferry.proto import volume
 from ferry.proto.inventory import DiskCopy, Extent
-from ferry.providers.base import ChangedDisks, HttpsExport, Provider, TlsNbdExport, WarmSource
+from ferry.providers.base import (
+    ChangedDisks,
+    HttpsExport,
+    Provider,
+    RangeExport,
+    TlsNbdExport,
+    WarmSource,
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ async def _one(
     # the same picture over HTTPS or TLS, where the source serves it, for a transfer pod
     url, ca = view.https_export(disk_id) if isinstance(view, HttpsExport) else ("", "")
     tls = view.tls_export(disk_id) if isinstance(view, TlsNbdExport) else None
+    ranged = view.range_export(disk_id) if isinstance(view, RangeExport) else None
     ref = ImageRef(
         path=f"{cmd.inventory.name}/{disk_id}",
         nbd_socket=socket,
@@ -130,6 +138,7 @@ async def _one(
         url=url,
         ca=ca,
         nbd_tls=tls,
+        http_range=ranged,
     )
     if view.since is None:
         return await platform.import_disk(claim, ref, progress, rate=rate)

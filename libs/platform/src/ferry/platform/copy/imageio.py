@@ -11,71 +11,30 @@ names it, and the resume identity is a digest of it.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
-import ssl
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 from ferry.platform import errors
+from ferry.platform.copy import https
 from ferry.platform.copy.source import RangeReader, coalesce
 from ferry.platform.images import ImageRef
 from ferry.proto.inventory import DiskFormat, Extent
 
+SERVER = https.Server("imageio", "the engine's CA", frozenset({403, 404, 410}))
 
-class _Connection:
-    def __init__(self, ref: ImageRef) -> None:
-        parts = urllib.parse.urlsplit(ref.url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise errors.InvalidSourceError("an imageio source must be an https URL")
-        self.host, self.port, self.path = parts.hostname, parts.port or 443, parts.path
-        context = ssl.create_default_context(cadata=ref.ca or None)
-        self._con = http.client.HTTPSConnection(self.host, self.port, context=context, timeout=60)
 
-    def get(self, path: str, headers: dict[str, str] | None = None) -> bytes:
-        for attempt in range(2):
-            try:
-                self._con.request("GET", path, headers=headers or {})
-                res = self._con.getresponse()
-                body = res.read()
-            except ssl.SSLCertVerificationError as exc:
-                self._con.close()
-                raise errors.InvalidSourceError(
-                    f"the imageio daemon at {self.host}:{self.port} presented a certificate "
-                    f"the engine's CA does not verify ({exc.verify_message})"
-                ) from None
-            except (http.client.HTTPException, OSError) as exc:
-                self._con.close()  # reconnects on the next request
-                if attempt:  # worth another attempt of the copy, which resumes
-                    where = f"{self.host}:{self.port}"
-                    why = f"imageio at {where}: {type(exc).__name__}"
-                    raise errors.SourceIOError(why) from None
-                continue
-            if res.status not in (200, 206):
-                # not the body: imageio's messages name the ticket
-                gone = res.status in (403, 404, 410)  # the ticket ended or expired
-                kind = errors.SourceGoneError if gone else errors.SourceIOError
-                raise kind(f"imageio answered {res.status} {res.reason}")
-            return body
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        self._con.close()
+def _connection(ref: ImageRef) -> https.Connection:
+    """Over HTTPS, checked against the CA the engine gave (403, 404, 410: the ticket ended)."""
+    return https.Connection(ref.url, https.context(ref.ca), SERVER)
 
 
 class _Reader:
     def __init__(self, ref: ImageRef) -> None:
-        self._con = _Connection(ref)
+        self._con = _connection(ref)
 
     def readinto(self, offset: int, view: memoryview) -> None:
-        end = offset + len(view) - 1
-        data = self._con.get(self._con.path, {"Range": f"bytes={offset}-{end}"})
-        if len(data) != len(view):
-            raise errors.SourceGoneError(
-                f"imageio gave {len(data)} bytes at {offset}, {len(view)} were asked for"
-            )
-        view[:] = data
+        self._con.ranged(offset, view)
 
     def close(self) -> None:
         self._con.close()
@@ -88,7 +47,7 @@ class ImageioSource:
         if DiskFormat(ref.format) != DiskFormat.RAW:
             raise errors.InvalidSourceError("an imageio transfer is read as raw only")
         self._ref = ref
-        probe = _Connection(ref)
+        probe = _connection(ref)
         try:
             raw: list[dict[str, Any]] = json.loads(probe.get(probe.path + "/extents?context=zero"))
         finally:

@@ -405,6 +405,10 @@ def open_source(ref: ImageRef) -> DiskSource:
         from ferry.platform.copy.imageio import ImageioSource
 
         return ImageioSource(ref)
+    if ref.http_range is not None and ref.qemu_options is None:
+        from ferry.platform.copy.httprange import HttpRangeSource
+
+        return HttpRangeSource(ref)
     if ref.qemu_options is not None or (ref.pins and DiskFormat(ref.format) != DiskFormat.RAW):
         if ref.offset:
             raise errors.InvalidSourceError("only a raw disk can be read at an offset")

@@ -81,12 +81,13 @@ def pod_name(claim: dict[str, Any]) -> str:
 def round_source(source: ImageRef) -> ImageRef:
     """What the pod reads; only a disk served over the network reaches a pod."""
     remote = fillpod.pod_source(source)
-    if not remote.url and remote.nbd_tls is None:
+    if not remote.url and remote.nbd_tls is None and remote.http_range is None:
         where = remote.path or "a source of the volume-service's host"
         raise VolumeError(
             f"a transfer pod cannot read {where}: on Kubernetes a copy round reads only a "
             "disk served over the network (an oVirt image transfer, a remote libvirt "
-            "host's backup job over TLS), not a file or socket of the volume-service's host"
+            "host's backup job over TLS, a vSphere datastore's HTTPS path), not a file or "
+            "socket of the volume-service's host"
         )
     return remote
 

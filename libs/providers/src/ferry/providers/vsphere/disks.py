@@ -41,7 +41,13 @@ import aiohttp
 
 from ferry.proto.inventory import Extent
 from ferry.providers import children, lifetime
-from ferry.providers.base import ProviderError, QemuSource, SourceInterrupted, read_span
+from ferry.providers.base import (
+    HttpRange,
+    ProviderError,
+    QemuSource,
+    SourceInterrupted,
+    read_span,
+)
 from ferry.providers.nbd import NbdError
 from ferry.providers.vsphere.client import Session
 from ferry.providers.vsphere.keepalive import Hold
@@ -257,6 +263,17 @@ class DatastoreDiskReader:
                 "driver": "raw",
                 "file": {"driver": "nbd", "server": {"type": "unix", "path": self._socket()}},
             },
+            http_range=self.http_range(),
+        )
+
+    def http_range(self) -> HttpRange:
+        """The same file for a copy off this host (a pod): ranged GETs with this reader's
+        cookie (the held session), trusted as nbdkit trusts it."""
+        if self._hold is None:
+            raise ProviderError(f"disk {self.name} is not open (use 'async with')")
+        ca, insecure = pem_trust(self.session)
+        return HttpRange(
+            url=self.url, size=self._size, cookie=self._hold.cookie, ca=ca, insecure=insecure
         )
 
     async def nbd_uri(self) -> str:
@@ -315,6 +332,19 @@ def aiohttp_ssl(session: Session) -> ssl.SSLContext | aiohttp.Fingerprint | bool
         # The certificate was checked against the pin at login; pin its SHA-256 here.
         return aiohttp.Fingerprint(hashlib.sha256(session.certificate).digest())
     return trust.context()
+
+
+def pem_trust(session: Session) -> tuple[str, bool]:
+    """(PEM to trust, insecure): the Provider's trust as text a pod can carry; a pinned
+    server's own certificate (checked against the thumbprint at login) is the only CA."""
+    trust = session.trust
+    if trust.insecure:
+        return "", True
+    if trust.thumbprint:
+        return ssl.DER_cert_to_PEM_cert(session.certificate), False
+    if trust.ca_pem:
+        return trust.ca_pem, False
+    return (Path(trust.ca_file).read_text() if trust.ca_file else ""), False
 
 
 def curl_trust(session: Session, folder: Path) -> list[str]:

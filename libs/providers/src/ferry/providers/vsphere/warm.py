@@ -19,7 +19,8 @@ does it:
   the areas changed between the ``since`` snapshot's change id and the new snapshot;
 - the bytes are read over the datastore HTTP path, as the cold copy reads them
   (:class:`~ferry.providers.vsphere.disks.DatastoreDiskReader`, served to the data
-  mover through ``nbdkit curl``);
+  mover through ``nbdkit curl``; a transfer pod, which cannot reach that socket, is
+  given the same file over HTTPS with the session's cookie: :meth:`SnapshotView.range_export`);
 - removing a checkpoint removes its snapshot (consolidating the disks); every Ferry
   snapshot on the VM is a checkpoint to find and remove after a crash, since the
   snapshot tree is the record.
@@ -46,7 +47,7 @@ from typing import Any, Self
 from pyVmomi import vim
 
 from ferry.proto.inventory import Extent, PowerState, Vm
-from ferry.providers.base import CheckpointGone, DiskNotFound, ProviderError
+from ferry.providers.base import CheckpointGone, DiskNotFound, HttpRange, ProviderError
 from ferry.providers.vsphere import changes, client, power, snapshots
 from ferry.providers.vsphere.client import Session
 from ferry.providers.vsphere.disks import DatastoreDiskReader, DatastoreFile, SessionExpired
@@ -235,3 +236,7 @@ class SnapshotView:
     def nbd_export(self, disk_id: str) -> tuple[str, str]:
         source = self._reader(disk_id).qemu_source()
         return str(source.options["file"]["server"]["path"]), ""
+
+    def range_export(self, disk_id: str) -> HttpRange:
+        """The base extent over HTTPS for a pod (the snapshot froze it, as for nbdkit)."""
+        return self._reader(disk_id).http_range()
