@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from ferry.platform import errors
 
+LIMIT = 64 << 20  # the most a GET that is not a range may answer (imageio's extents)
+
 
 @dataclass(frozen=True)
 class Server:
@@ -56,12 +58,19 @@ class Connection:
         self._headers = dict(headers or {})
         self._con = http.client.HTTPSConnection(self.host, self.port, context=made, timeout=60)
 
-    def get(self, path: str, headers: dict[str, str] | None = None) -> bytes:
+    def get(self, path: str, headers: dict[str, str] | None = None, limit: int = LIMIT) -> bytes:
+        """The body of a GET; more than ``limit`` bytes is the server's error (a server that
+        ignored the range would otherwise be read whole into memory)."""
         for attempt in range(2):
             try:
                 self._con.request("GET", path, headers={**self._headers, **(headers or {})})
                 res = self._con.getresponse()
-                body = res.read()
+                body = res.read(limit + 1)
+                if len(body) > limit:
+                    self._con.close()  # the rest is unread: this connection is done
+                    raise errors.SourceIOError(
+                        f"{self.server.who} answered more than the {limit} bytes asked for"
+                    )
             except ssl.SSLCertVerificationError as exc:
                 self._con.close()
                 raise errors.InvalidSourceError(
@@ -85,7 +94,7 @@ class Connection:
     def ranged(self, offset: int, view: memoryview) -> None:
         """``len(view)`` bytes at ``offset`` of the URL's resource, into ``view``."""
         end = offset + len(view) - 1
-        data = self.get(self.path, {"Range": f"bytes={offset}-{end}"})
+        data = self.get(self.path, {"Range": f"bytes={offset}-{end}"}, limit=len(view))
         if len(data) != len(view):
             raise errors.SourceGoneError(
                 f"{self.server.who} gave {len(data)} bytes at {offset}, {len(view)} were asked for"
