@@ -13,7 +13,7 @@ from ferry.bus import (
     cancellation,
     topology,
 )
-from ferry.bus.connection import redact
+from ferry.bus.dial import redact
 from ferry.bus.router import Intake, Router, backoff, scrub
 from ferry.proto import conversion, volume
 from ferry.proto.subjects import Bucket, Service

@@ -7,7 +7,8 @@ client library's.
 
 from ferry.bus import cancellation, topology
 from ferry.bus.cancellation import Cancellation
-from ferry.bus.connection import Bus, Credentials, Published
+from ferry.bus.connection import Bus, Published
+from ferry.bus.dial import Credentials
 from ferry.bus.errors import (
     BusError,
     Canceled,

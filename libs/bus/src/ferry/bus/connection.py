@@ -8,7 +8,7 @@ after a timeout or a crash: the stream's duplicate window drops the second copy.
 
 Connection retries belong to nats-py: its reconnect loop (unlimited attempts)
 covers both the first connection and every reconnect, and buffers publishes
-while it reconnects. This module only bounds how long a caller waits.
+while it reconnects (:mod:`ferry.bus.dial` bounds the first connection's wait).
 Credentials may be part of the URL; they are stripped before anything is logged.
 A process with its own identity passes :class:`Credentials` (read by the caller from a
 file): its replies then come on ``_INBOX_<user>``, the only inbox its permissions
@@ -18,26 +18,24 @@ let it subscribe to.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-import nats
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
-from ferry.bus import audit
-from ferry.bus.errors import NotConnected, PublishFailed, Unavailable
+from ferry.bus import audit, dial
+from ferry.bus.dial import Credentials
+from ferry.bus.errors import PublishFailed, Unavailable
 from ferry.bus.kv import KeyValue
 from ferry.bus.ledger import Ledger
 from ferry.bus.topology import TopologySettings
@@ -83,33 +81,6 @@ class Published:
     duplicate: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """A NATS user and password; ``repr`` never shows the password."""
-
-    user: str
-    password: str
-
-    @property
-    def inbox_prefix(self) -> str:
-        """Replies to this user's requests: the server lets it subscribe here only."""
-        return f"_INBOX_{self.user}"
-
-    def __repr__(self) -> str:
-        return f"Credentials(user={self.user!r}, password=<hidden>)"
-
-
-def redact(url: str) -> str:
-    """A server URL without user, password or token, for logs (each of a
-    comma-separated list of a cluster's servers)."""
-    if "," in url:
-        return ",".join(redact(one.strip()) for one in url.split(","))
-    parts = urlsplit(url if "://" in url else f"nats://{url}")
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}"
-
-
 class Bus:
     """A connected process: publish, key-value state, the audit stream.
 
@@ -134,7 +105,7 @@ class Bus:
         self.settings = settings
         self.publish_timeout = publish_timeout
         self._kvs: dict[tuple[str, type[Any]], KeyValue[Any]] = {}
-        self._log = _ConnectionLog("")
+        self._log = dial.ConnectionLog("")
         self.ledger: Ledger | None = None  # every acknowledged publish, when set (ledger.py)
 
     @classmethod
@@ -158,69 +129,15 @@ class Bus:
         ``tls`` (a context that trusts the server's CA) makes the connection TLS; a
         server whose certificate it does not verify is refused the same way.
         """
-        # A cluster's servers as one setting: "nats://a:4222,nats://b:4222".
-        servers = [s.strip() for s in url.split(",")] if isinstance(url, str) else list(url)
-        events = _ConnectionLog(", ".join(redact(s) for s in servers))
-        shown = events.shown
-        nc = Client()
-        identity: dict[str, Any] = {}
-        if credentials is not None:
-            identity = {
-                "user": credentials.user,
-                "password": credentials.password,
-                "inbox_prefix": credentials.inbox_prefix,
-            }
-        if tls is not None:
-            identity["tls"] = tls
-
-        try:
-            await _until_refused(
-                events,
-                nc.connect(
-                    servers,
-                    name=name,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=reconnect_wait,  # type: ignore[arg-type]
-                    connect_timeout=2,
-                    ping_interval=20,
-                    max_outstanding_pings=3,
-                    error_cb=events.error,
-                    disconnected_cb=events.disconnected,
-                    reconnected_cb=events.reconnected,
-                    **identity,
-                ),
-                connect_timeout,
-            )
-        except nats.errors.Error as err:
-            await _close_quietly(nc)
-            if _refused(err, events):
-                raise NotConnected(
-                    f"NATS at {shown} refused the connection: authorization violation "
-                    f"(as {credentials.user if credentials else 'anonymous'})"
-                ) from None
-            raise NotConnected(
-                f"no NATS server reachable at {shown} within {connect_timeout:.0f}s "
-                f"({type(err).__name__})"
-            ) from None
-        except ssl.SSLError as err:
-            await _close_quietly(nc)
-            raise NotConnected(
-                f"NATS at {shown} refused: TLS failed ({err.reason or err}); give the CA that "
-                "signed the server's certificate (FERRY_NATS__TLS_CA_FILE)"
-            ) from None
-        except (TimeoutError, OSError) as err:
-            await _close_quietly(nc)
-            if events.refused:
-                raise NotConnected(
-                    f"NATS at {shown} refused the connection: authorization violation "
-                    f"(as {credentials.user if credentials else 'anonymous'})"
-                ) from None
-            raise NotConnected(
-                f"no NATS server reachable at {shown} within {connect_timeout:.0f}s "
-                f"({type(err).__name__})"
-            ) from None
-        log.info("connected to NATS (%s) as %s", shown, name)
+        nc, events = await dial.dial(
+            url,
+            name=name,
+            connect_timeout=connect_timeout,
+            reconnect_wait=reconnect_wait,
+            credentials=credentials,
+            tls=tls,
+        )
+        log.info("connected to NATS (%s) as %s", events.shown, name)
         bus = cls(
             nc, name=name, settings=settings or TopologySettings(), publish_timeout=publish_timeout
         )
@@ -241,7 +158,7 @@ class Bus:
         try:
             await self.nc.drain()
         except (TimeoutError, ConnectionClosedError, NatsTimeoutError):
-            await _close_quietly(self.nc)
+            await dial.close_quietly(self.nc)
 
     async def __aenter__(self) -> Bus:
         return self
@@ -435,31 +352,6 @@ class Bus:
         return audit.records(self, subject or subjects.all_events(), since, follow)
 
 
-class _ConnectionLog:
-    """nats-py's connection callbacks, logging without credentials or noise."""
-
-    def __init__(self, shown: str) -> None:
-        self.shown = shown
-        self.closing = False
-        self.refused = False
-        self.untrusted: ssl.SSLError | None = None
-
-    async def error(self, err: Exception) -> None:
-        if _is_refusal(err):
-            self.refused = True
-        if isinstance(err, ssl.SSLError):
-            self.untrusted = err
-        if not self.closing:
-            log.warning("nats: %s: %s (%s)", type(err).__name__, err, self.shown)
-
-    async def disconnected(self) -> None:
-        if not self.closing:
-            log.warning("disconnected from NATS (%s)", self.shown)
-
-    async def reconnected(self) -> None:
-        log.info("reconnected to NATS (%s)", self.shown)
-
-
 def _result(future: asyncio.Future[api.PubAck] | None) -> api.PubAck | None:
     if future is None:
         return None
@@ -473,44 +365,3 @@ def _result(future: asyncio.Future[api.PubAck] | None) -> api.PubAck | None:
 
 def _published(msg_id: str, ack: api.PubAck) -> Published:
     return Published(id=msg_id, stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
-
-
-async def _until_refused(
-    events: _ConnectionLog, connecting: Coroutine[Any, Any, None], within: float
-) -> None:
-    """Await ``connecting`` for up to ``within`` seconds, but give up as soon as the server
-    refuses our identity or its TLS certificate is not trusted: nats-py would otherwise
-    retry either until the timeout."""
-    task = asyncio.ensure_future(connecting)
-    deadline = time.monotonic() + within
-    try:
-        while not task.done():
-            if events.refused:
-                raise nats.errors.AuthorizationError
-            if events.untrusted is not None:
-                raise events.untrusted
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            await asyncio.wait({task}, timeout=min(left, 0.1))
-        task.result()
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-
-
-def _is_refusal(err: BaseException) -> bool:
-    return isinstance(err, nats.errors.AuthorizationError) or (
-        "authorization violation" in str(err).lower()
-    )
-
-
-def _refused(err: BaseException, events: _ConnectionLog) -> bool:
-    return events.refused or _is_refusal(err)
-
-
-async def _close_quietly(nc: Client) -> None:
-    with contextlib.suppress(Exception):  # closing may fail; it does not matter
-        await nc.close()

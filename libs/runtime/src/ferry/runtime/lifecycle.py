@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from ferry.bus import Bus, Observer, topology
-from ferry.bus.connection import redact
+from ferry.bus.dial import redact
 from ferry.bus.ledger import Ledger
 from ferry.proto.subjects import Service
 from ferry.runtime import logs

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from ferry.bus import Bus
-from ferry.bus.connection import redact
+from ferry.bus.dial import redact
 from ferry.console import access, actions, gauges, probes, stream, views
 from ferry.console.settings import Settings
 from ferry.runtime import logs
