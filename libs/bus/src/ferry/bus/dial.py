@@ -101,15 +101,8 @@ async def dial(
         )
     except nats.errors.Error as err:
         await close_quietly(nc)
-        if refused(err, events):
-            raise NotConnected(
-                f"NATS at {shown} refused the connection: authorization violation "
-                f"(as {credentials.user if credentials else 'anonymous'})"
-            ) from None
-        raise NotConnected(
-            f"no NATS server reachable at {shown} within {connect_timeout:.0f}s "
-            f"({type(err).__name__})"
-        ) from None
+        refusal = refused(err, events)
+        raise _not_connected(err, refusal, shown, credentials, connect_timeout) from None
     except ssl.SSLError as err:
         await close_quietly(nc)
         raise NotConnected(
@@ -118,16 +111,20 @@ async def dial(
         ) from None
     except (TimeoutError, OSError) as err:
         await close_quietly(nc)
-        if events.refused:
-            raise NotConnected(
-                f"NATS at {shown} refused the connection: authorization violation "
-                f"(as {credentials.user if credentials else 'anonymous'})"
-            ) from None
-        raise NotConnected(
-            f"no NATS server reachable at {shown} within {connect_timeout:.0f}s "
-            f"({type(err).__name__})"
-        ) from None
+        raise _not_connected(err, events.refused, shown, credentials, connect_timeout) from None
     return nc, events
+
+
+def _not_connected(
+    err: BaseException, refusal: bool, shown: str, credentials: Credentials | None, within: float
+) -> NotConnected:
+    """Why the first connection failed: the server refused who we are, or none answered."""
+    if refusal:
+        who = credentials.user if credentials else "anonymous"
+        said = f"NATS at {shown} refused the connection: authorization violation (as {who})"
+    else:
+        said = f"no NATS server reachable at {shown} within {within:.0f}s ({type(err).__name__})"
+    return NotConnected(said)
 
 
 class ConnectionLog:
