@@ -22,7 +22,7 @@ LIMIT = 64 << 20  # the most a GET that is not a range may answer (imageio's ext
 
 @dataclass(frozen=True)
 class Server:
-    """Who answers, for messages: ``who`` ("the imageio daemon") and what vouches for
+    """Who answers, for messages: ``who`` ("imageio", "vSphere") and what vouches for
     its certificate (``trust``: "the engine's CA"); ``gone``: the statuses that mean the
     disk or its ticket is gone for good (not worth another attempt)."""
 
@@ -52,8 +52,8 @@ class Connection:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise errors.InvalidSourceError(f"{server.who}: the source must be an https URL")
-        self.host, self.port = parts.hostname, parts.port or 443
-        self.path = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.host, self.port, self.path = parts.hostname, parts.port or 443, parts.path
+        self.resource = parts.path + (f"?{parts.query}" if parts.query else "")  # what ranges read
         self.server = server
         self._headers = dict(headers or {})
         self._con = http.client.HTTPSConnection(self.host, self.port, context=made, timeout=60)
@@ -94,7 +94,7 @@ class Connection:
     def ranged(self, offset: int, view: memoryview) -> None:
         """``len(view)`` bytes at ``offset`` of the URL's resource, into ``view``."""
         end = offset + len(view) - 1
-        data = self.get(self.path, {"Range": f"bytes={offset}-{end}"}, limit=len(view))
+        data = self.get(self.resource, {"Range": f"bytes={offset}-{end}"}, limit=len(view))
         if len(data) != len(view):
             raise errors.SourceGoneError(
                 f"{self.server.who} gave {len(data)} bytes at {offset}, {len(view)} were asked for"
