@@ -356,15 +356,14 @@ def curl_trust(session: Session, folder: Path) -> list[str]:
     trust = session.trust
     if trust.insecure:
         return ["sslverify=false"]
-    if trust.thumbprint:
-        pinned = folder / "vsphere-pinned.pem"
-        pinned.write_text(ssl.DER_cert_to_PEM_cert(session.certificate))
-        return [f"cainfo={pinned}"]
-    if trust.ca_pem:
-        bundle = folder / "vsphere-ca.pem"
-        bundle.write_text(trust.ca_pem)
-        return [f"cainfo={bundle}"]
-    return [f"cainfo={trust.ca_file}"] if trust.ca_file else []
+    if trust.ca_file and not (trust.thumbprint or trust.ca_pem):
+        return [f"cainfo={trust.ca_file}"]
+    pem, _ = pem_trust(session)
+    if not pem:
+        return []
+    bundle = folder / ("vsphere-pinned.pem" if trust.thumbprint else "vsphere-ca.pem")
+    bundle.write_text(pem)
+    return [f"cainfo={bundle}"]
 
 
 def write_secret(path: Path, text: str) -> Path:
