@@ -139,3 +139,32 @@ def _self_signed(tmp_path: Path) -> str:
     text = cert.read_text()
     ssl.PEM_cert_to_DER_cert(text)  # a certificate indeed
     return text
+
+
+async def test_a_pinned_server_is_trusted_by_its_own_certificate_in_the_pod(
+    vcsim: Endpoint, admin: Any
+) -> None:
+    # Given a Provider that pins the server's thumbprint (no CA bundle at all)
+    provider = make_provider(vcsim, thumbprint=vcsim.thumbprint)
+    try:
+        vm = await provider.vm("DC0_H0_VM0")
+        await provider.shutdown(vm, timeout=5)
+        content = _place(admin, "DC0_H0_VM0")
+        async with provider.open_disk(vm, vm.disks[0].id) as reader:
+            given = from_qemu_source(reader.qemu_source()).for_remote_workload()
+            assert given.http_range is not None and given.http_range.ca
+            buffer = bytearray(4096)
+
+            def read() -> None:
+                source = open_source(given)
+                try:
+                    source.reader().readinto(MIB - 4096, memoryview(buffer))
+                finally:
+                    source.close()
+
+            # When a pod's copy reads it, trusting only the pinned certificate
+            await asyncio.to_thread(read)
+        # Then it reads the disk's bytes
+        assert bytes(buffer) == content[-4096:]
+    finally:
+        await provider.close()
