@@ -25,10 +25,10 @@ from ferry.proto.subjects import Bucket
 from ferry.proto.volume import Bandwidth, VolumeSource
 from ferry.testing.bus import Running
 from ferry.volume_service import app
-from ferry.volume_service.bandwidth import Rates
+from ferry.runtime.bandwidth import Rates
 
 BUDGET = 2 * MiB  # bytes per second, for both plans together: 16 MiB take ≥ 6 s
-PERIOD = 1.0  # the shared rate's window (ferry.volume_service.bandwidth.Rates' default)
+PERIOD = 1.0  # the shared rate's window (ferry.runtime.bandwidth.Rates' default)
 # The largest slice a copy asks for at once: one 4 MiB chunk of a half-full disk (data
 # in every other MiB); a window's grants may run one slice ahead of the clock.
 SLICE = 2 * MiB

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,3 +139,74 @@ async def test_an_input_of_host_files_is_refused_where_workloads_run_elsewhere(
     with pytest.raises(v2v.ConversionError, match="conversion pod cannot read") as refused:
         await converter.convert(job)
     assert "2000.vmdk" in refused.value.reason and "diskTransfer: datastore" in refused.value.reason
+
+
+class _Captured(LocalWorkloads):
+    """Workloads that record what they were asked to run (and what the rate file held
+    meanwhile), then fail it."""
+
+    def __init__(self, elsewhere: bool = False) -> None:
+        super().__init__()
+        self.workloads_run_here = not elsewhere
+        self.argv: list[str] = []
+        self.rate_file: str = ""
+
+    async def run_workload(self, workload: Any, log: Any, on_line: Any = None) -> int:
+        self.argv = list(workload.argv)
+        found = [a.split("=", 1)[1] for a in self.argv if a.startswith("rate-file=")]
+        if found:
+            await asyncio.sleep(0.05)  # the grants' task has begun
+            self.rate_file = Path(found[0]).read_text()
+        return 1
+
+
+class _Served:
+    """A provider whose input is one captive nbdkit (vSphere's datastore path)."""
+
+    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+        domain = workdir / "domain.xml"
+        domain.write_text("<domain/>")
+        sock = workdir / "nbd-0.sock"
+        return V2vInput(
+            argv=["-i", "libvirtxml", str(domain)],
+            files=[str(domain)],
+            captive=[["nbdkit", "--readonly", f"--unix={sock}", "curl", "url=https://h/f"]],
+            workload_paths=[str(sock)],
+        )
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["here", "pods"])
+async def test_a_budgeted_conversion_reads_through_the_rate_filter_where_it_runs_here(
+    tmp_path: Path, elsewhere: bool
+) -> None:
+    # Given a full conversion under a bandwidth budget, its source served by a helper
+    vm = Vm(id="vm-1", name="db", provider_type=ProviderType.VSPHERE,
+            disks=[Disk(id="2000", name="a", capacity=1 << 20)])  # fmt: skip
+    target = tmp_path / "target.raw"
+    target.write_bytes(b"")
+    volume = Volume(disk_id="2000", name="v", size=1 << 20, capacity=1 << 20, path=str(target))
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = ConversionSettings(work_dir=work, large_tmp_dir=tmp_path / "large", accel="tcg")
+    workloads = _Captured(elsewhere)
+    converter = v2v.Converter(settings, tmp_path / "data", workloads)
+    granted: list[int] = []
+
+    async def rate(nbytes: int) -> None:
+        granted.append(nbytes)
+        await asyncio.sleep(1)
+
+    job = v2v.Job(migration="m", vm_key="vm", mode=ConversionMode.FULL, inventory=vm,
+                  volumes=[volume], timeout_seconds=60, source=_Served(), rate=rate)  # fmt: skip
+
+    # When it runs (the workload fails at once: only its command matters here)
+    with pytest.raises(v2v.ConversionError):
+        await converter.convert(job)
+
+    # Then here, the helper reads through nbdkit's rate filter whose file the grants feed
+    # (1 MiB/s until the first period ends); in pods the file could not be fed: unpaced
+    if elsewhere:
+        assert "--filter=rate" not in " ".join(workloads.argv) and not granted
+    else:
+        assert workloads.argv[:2] == ["nbdkit", "--run"] and workloads.argv[3] == "--filter=rate"
+        assert workloads.rate_file.strip() == str(8 << 20) and granted

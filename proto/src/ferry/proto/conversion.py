@@ -8,7 +8,7 @@ import msgspec
 
 from ferry.proto.base import Command, Failed, StepEvent
 from ferry.proto.inventory import Inspection, Vm, Volume
-from ferry.proto.volume import SourceRef
+from ferry.proto.volume import Bandwidth, SourceRef
 
 
 class ConversionMode(StrEnum):
@@ -23,6 +23,9 @@ class ConvertGuest(Command, frozen=True, kw_only=True, tag="conversion.convert_g
     inventory: Vm
     volumes: list[Volume]  # bound target volumes, one per source disk, in disk order
     timeout_seconds: int = 3600
+    # Every Budget with a bandwidth the VM touches: a full conversion's reads of the
+    # source wait for all of them where the conversion-service serves the disks itself.
+    bandwidth: list[Bandwidth] = msgspec.field(default_factory=list)
 
 
 class ConversionProgress(StepEvent, frozen=True, kw_only=True, tag="conversion.progress.v1"):

@@ -18,6 +18,7 @@ from ferry.conversion_service.settings import Settings
 from ferry.conversion_service.volumes import VolumeRecords
 from ferry.platform import factory
 from ferry.proto.subjects import Service
+from ferry.runtime.bandwidth import Rates
 from ferry.runtime.providers import Providers
 
 __all__ = ["Settings", "build_router", "make_converter"]
@@ -49,5 +50,7 @@ def build_router(
     if providers is None:
         providers = Providers.mounted(bus, settings.providers, settings.data_dir)
     router = Router(Service.CONVERSION)
-    ConversionHandlers(settings.conversion, converter, providers, records).register(router)
+    rates = Rates(bus)  # the bandwidth budgets, shared with the volume-service's copies
+    router.collectors.append(rates.moved)
+    ConversionHandlers(settings.conversion, converter, providers, records, rates).register(router)
     return router

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ferry.bus import BusError, Context, PermanentError, Router, TemporaryError
 from ferry.conversion_service import lease as leases
-from ferry.conversion_service import reasons, v2v
+from ferry.conversion_service import pacing, reasons, v2v
 from ferry.conversion_service import volumes as owned
 from ferry.conversion_service.progress import Progress
 from ferry.conversion_service.settings import ConversionSettings
@@ -34,6 +34,7 @@ from ferry.proto.conversion import ConversionMode, ConversionProgress, ConvertGu
 from ferry.proto.inventory import Volume
 from ferry.proto.volume import SourceRef
 from ferry.providers.base import ProviderError, ProviderNotSupported
+from ferry.runtime.bandwidth import Rates
 from ferry.runtime.progress import Throttle
 
 ProviderLookup = Callable[[SourceRef], Awaitable[v2v.V2vSource]]
@@ -42,9 +43,15 @@ ProviderLookup = Callable[[SourceRef], Awaitable[v2v.V2vSource]]
 
 
 def job_of(
-    cmd: ConvertGuest, source: v2v.V2vSource | None, volumes: list[Volume] | None = None
+    cmd: ConvertGuest,
+    source: v2v.V2vSource | None,
+    volumes: list[Volume] | None = None,
+    rates: Rates | None = None,
 ) -> v2v.Job:
-    """The job of ``cmd``; ``volumes`` are the platform's records of the ones it names."""
+    """The job of ``cmd``; ``volumes`` are the platform's records of the ones it names;
+    ``rates`` the budgets' shared rates its reads are paced by (None: unpaced)."""
+    rate = rates.pace(cmd.bandwidth) if rates is not None else None
+    slowest = min((bw.bytes_per_second for bw in cmd.bandwidth), default=0.0)
     return v2v.Job(
         migration=cmd.migration,
         vm_key=cmd.vm,
@@ -54,6 +61,9 @@ def job_of(
         timeout_seconds=cmd.timeout_seconds,
         source=source,
         namespace=cmd.namespace,
+        rate=rate,
+        # at most about 8 grants a second, at least the importer's chunk
+        rate_step=max(4 * pacing.STEP, int(slowest / 8)),
     )
 
 
@@ -68,11 +78,13 @@ class ConversionHandlers:
         converter: v2v.Converter,
         providers: ProviderLookup,
         records: owned.VolumeRecords,
+        rates: Rates | None = None,
     ) -> None:
         self.settings = settings
         self.converter = converter
         self.providers = providers
         self.records = records
+        self.rates = rates  # the bandwidth budgets' shared rates (None in tests: unpaced)
 
     def register(self, router: Router) -> None:
         """One handler per command on ``router``."""
@@ -100,7 +112,7 @@ class ConversionHandlers:
                 volumes = await owned.resolve(self.records, cmd)
                 ctx.log.info("converting %s (%s)", cmd.inventory.name, cmd.mode.value)
                 result = await self.converter.convert(
-                    job_of(cmd, source, volumes), reporter.progress
+                    job_of(cmd, source, volumes, self.rates), reporter.progress
                 )
                 event = GuestConverted(
                     **cmd.reply(),

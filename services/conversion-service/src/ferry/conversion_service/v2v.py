@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from ferry.conversion_service import accel, appliance, domain, inspection, reasons, rundirs
+from ferry.conversion_service import accel, appliance, domain, inspection, pacing, reasons, rundirs
 from ferry.conversion_service.inputs import InputError, provider_files, run_captive, secure
 from ferry.conversion_service.progress import Decisions, OutputReader, Progress
 from ferry.conversion_service.settings import ConversionSettings
@@ -132,6 +132,10 @@ class Job:
     timeout_seconds: float
     source: V2vSource | None = None  # full mode only
     namespace: str = ""  # where the VM's claims are (a conversion pod runs there)
+    # The bandwidth budgets' grants the source's reads wait for, and the bytes asked at
+    # once (:mod:`~ferry.conversion_service.pacing`); None: unpaced.
+    rate: pacing.Rate | None = None
+    rate_step: int = pacing.STEP
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,7 @@ class Converter:
         verbose = ["-v", "-x"] if self.settings.verbose else []
         links: dict[str, str] = {}
         hold: InputHold | None = None  # what the provider keeps while virt-v2v reads
+        paced: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
         secret_dir = f"{run.seen}/{_INPUT}"
         if job.mode is ConversionMode.FULL:
             if job.source is None:
@@ -342,6 +347,10 @@ class Converter:
                 )
             _secure(given.files, workdir)
             given_argv, files, captive = provider_files(given, workdir, secret_dir, run.seen)
+            if job.rate is not None and captive and self.workloads.workloads_run_here:
+                rate_file = workdir / "rate"
+                captive = [pacing.rate_filter(helper, rate_file) for helper in captive]
+                paced = pacing.paced(job.rate, rate_file, step=job.rate_step)
             links = output_links(job.volumes, run.placed)
             argv = [
                 self.settings.virt_v2v,
@@ -392,7 +401,7 @@ class Converter:
             **run.owner(),
         )
         try:
-            async with hold or contextlib.nullcontext():  # what the input reads through
+            async with hold or contextlib.nullcontext(), paced:  # the input, its grants
                 await self._workload(workload, log_file, reader, on_line)
         except ProviderError as error:  # it ended anyway: the provider's reason, retried
             raise ConversionError(str(error), reader.tail(), transient=True) from None

@@ -222,6 +222,7 @@ def convert_guest(mode: conversion.ConversionMode) -> StepFn:
             provider=s.provider,
             inventory=s.inventory,
             volumes=s.volumes,
+            bandwidth=ctx.bandwidth,
         )
         return Dispatch(cmd)
 

@@ -15,8 +15,8 @@ from ferry.bus import Bus, Router
 from ferry.platform import base, factory
 from ferry.platform.volumes import VolumePlatform
 from ferry.proto.subjects import Service
+from ferry.runtime.bandwidth import Rates
 from ferry.runtime.providers import OpenProvider, Providers
-from ferry.volume_service.bandwidth import Rates
 from ferry.volume_service.handlers import VolumeHandlers
 from ferry.volume_service.settings import Settings, VolumeSettings
 

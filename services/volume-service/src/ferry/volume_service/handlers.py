@@ -42,10 +42,10 @@ from ferry.proto import volume
 from ferry.proto.inventory import Disk, DiskCopy, VolumeMode, VolumeTarget
 from ferry.proto.volume import SourceRef, VolumeSource
 from ferry.providers.base import PacedReader, Provider
+from ferry.runtime.bandwidth import Rates
 from ferry.runtime.progress import Throttle
 from ferry.runtime.providers import OpenProvider
 from ferry.volume_service import warm
-from ferry.volume_service.bandwidth import Rates
 from ferry.volume_service.failures import classify
 from ferry.volume_service.images import image_ref
 from ferry.volume_service.progress import ProgressRelay

@@ -1,10 +1,10 @@
 """Bandwidth budgets where the bytes move: one shared token bucket per budget account.
 
-A CopyDisks names the bandwidth budgets its VM touches (the controller's
-scheduler knows them). Every chunk a workload copies waits for each of them
-(:class:`ferry.bus.rate.SharedRate` over the locks bucket), so the importers and
-populators of every replica together keep to a budget's MiB/s, whichever plans
-their VMs belong to.
+A CopyDisks or a ConvertGuest names the bandwidth budgets its VM touches (the
+controller's scheduler knows them). Every chunk a workload copies waits for each of
+them (:class:`ferry.bus.rate.SharedRate` over the locks bucket), so the importers,
+populators and conversions of every replica together keep to a budget's MiB/s,
+whichever plans their VMs belong to.
 
 A Budget changed while copies run applies to them: its rate is re-read from the
 objects bucket at most every ``REFRESH`` seconds while a copy moves under it (a

@@ -1,0 +1,83 @@
+"""A full conversion's reads under the bandwidth budgets: nbdkit's rate filter, fed grants.
+
+virt-v2v reads a source the provider serves through captive ``nbdkit`` helpers (a
+vSphere disk over the datastore path) as fast as it can; a Budget's MiB/s must hold
+for those reads as it holds for the importer's. Each helper gets nbdkit's ``rate``
+filter with a ``rate-file``; while the conversion runs, :func:`paced` takes grants
+from the budgets' shared rates (the same :class:`~ferry.runtime.bandwidth.Rates` the
+volume-service's copies take them from, so conversions and copies share one budget
+fairly) and writes what it was granted over the last period into that file, which
+nbdkit re-reads as it goes.
+
+The grants are a reservation: the conversion holds its share of each budget while it
+runs, whether virt-v2v reads at that moment or not (nbdkit says nothing of what it
+served), so a budget is never exceeded but may be under-used during the conversion's
+own guest work. virt-v2v copies one disk at a time, so each helper may read at the
+whole reservation. Only helpers the service starts itself are paced: an OVA read by
+virt-v2v directly is not, nor a conversion pod's helpers, whose files this host
+cannot update (both said in the docs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+Rate = Callable[[int], Awaitable[None]]
+
+STEP = 1 << 20  # bytes asked per grant
+PERIOD = 1.0  # seconds between updates of the rate file
+START_BITS = 8 * STEP  # the helpers' rate before the first period (1 MiB/s)
+BURST_SECONDS = 1.0
+
+
+def rate_filter(helper: list[str], rate_file: Path) -> list[str]:
+    """An ``nbdkit`` helper's argv with the rate filter reading ``rate_file``."""
+    if not helper or Path(helper[0]).name != "nbdkit":
+        return helper
+    return [
+        helper[0],
+        "--filter=rate",
+        *helper[1:],
+        f"rate={START_BITS}",
+        f"rate-file={rate_file}",
+        # a bucket of one second (nbdkit's default is two): the file moves every second,
+        # and a reader must not run ahead of the grants by more than one
+        f"burstiness={BURST_SECONDS}",
+    ]
+
+
+def write_rate(path: Path, bits_per_second: int) -> None:
+    """Atomically, as nbdkit asks: a new file renamed over the old one."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(f"{max(1, bits_per_second)}\n")
+    os.replace(fresh, path)
+
+
+@contextlib.asynccontextmanager
+async def paced(
+    rate: Rate, path: Path, *, step: int = STEP, period: float = PERIOD
+) -> AsyncIterator[None]:
+    """While the block runs, grants are taken and their rate written to ``path``."""
+    write_rate(path, START_BITS)
+
+    async def feed() -> None:
+        while True:
+            started = time.monotonic()
+            granted = 0
+            while time.monotonic() - started < period:
+                await rate(step)
+                granted += step
+            write_rate(path, int(granted * 8 / (time.monotonic() - started)))
+
+    task = asyncio.create_task(feed())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
