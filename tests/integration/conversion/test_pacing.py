@@ -107,3 +107,22 @@ def test_the_filter_goes_before_the_plugin_and_its_parameters_after() -> None:
     assert "rate-file=/w/rate" in argv and argv.index("rate-file=/w/rate") > argv.index("curl")
     # a helper that is not nbdkit is left as it is
     assert pacing.rate_filter(["qemu-nbd", "x"], Path("/w/rate")) == ["qemu-nbd", "x"]
+
+
+async def test_grants_out_of_reach_keep_the_last_rate_and_fail_nothing(tmp_path: Path) -> None:
+    # Given grants that fail (the bus away) after the first period
+    calls = 0
+
+    async def flaky(nbytes: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 2:
+            raise ConnectionError("no NATS server reachable")
+        await asyncio.sleep(0.05)
+
+    rate_file = tmp_path / "rate"
+    # When a conversion runs under them for a while, then ends
+    async with pacing.paced(flaky, rate_file, step=MiB, period=0.1):
+        await asyncio.sleep(0.5)
+    # Then it ended without their error, nbdkit kept a rate, and they were asked again
+    assert int(rate_file.read_text()) > 0 and calls > 3

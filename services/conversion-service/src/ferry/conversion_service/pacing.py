@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 Rate = Callable[[int], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 STEP = 1 << 20  # bytes asked per grant
 PERIOD = 1.0  # seconds between updates of the rate file
@@ -70,7 +72,12 @@ async def paced(
             started = time.monotonic()
             granted = 0
             while time.monotonic() - started < period:
-                await rate(step)
+                try:
+                    await rate(step)
+                except Exception as exc:  # the shared rates out of reach: ask again
+                    log.warning("bandwidth grants: %s; asking again", exc)
+                    await asyncio.sleep(period)  # (nbdkit keeps the last rate written)
+                    continue
                 granted += step
             write_rate(path, int(granted * 8 / (time.monotonic() - started)))
 
