@@ -140,7 +140,10 @@ class ApiServer:
     async def start(self) -> str:
         app = web.Application(client_max_size=REQUEST_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        # At stop, watches still open (a service process that died without closing its
+        # stream leaves its handler waiting for the next event) are cut after a second,
+        # as an API server going away cuts them; aiohttp's default waits a minute.
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
