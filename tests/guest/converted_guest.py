@@ -1,28 +1,29 @@
 """The test guest after a real virt-v2v-in-place conversion, converted once and cached.
 
 Why
-    Booting a converted guest is one test (the platform's), converting it is
-    another (tests/integration/conversion). Under TCG the conversion costs about
-    five minutes, so the boot test takes its disk from here: converted by the
-    conversion-service's own ``Converter`` exactly as the test used to do it
-    (in place, default settings, the test guest's raw disk copied into a volume),
-    then kept until something that could change the result changes.
+    Under TCG an in-place conversion of the test guest costs about five minutes, and
+    three tests need one: the in-place conversion test (tests/integration/conversion,
+    which asserts on it), the converted guest's boot (the platform's) and the libvirt
+    e2e's warm guest. It is done here once, by the conversion-service's own
+    ``Converter`` (in place, default settings, the test guest's raw disk copied into a
+    volume), and kept until something that could change the result changes.
 
 Key
     sha256 over: the test guest's key (``recipe_hash``, so a new guest means a
     new conversion), ``virt-v2v-in-place --version``, the mode and converter
     settings that reach its command line or its inspection, the libvirt XML
     virt-v2v-in-place reads (with the volume's path replaced, since that varies),
-    the syntax trees of the converter modules that build virt-v2v's command line
-    and report its inspection (``v2v``, ``domain``, ``inspection``,
-    ``progress``), and the syntax tree of this file. Any change rebuilds; reformatting or a comment does not.
+    the syntax trees of every module of the conversion-service and of the local
+    platform's workload runner, and the syntax tree of this file. Any change
+    rebuilds; reformatting or a comment does not. (The in-place conversion test
+    asserts on the entry, so it must stand for the code as it is.)
 
 Cache
     ``$FERRY_CACHE_DIR/converted-guest`` or ``~/.cache/ferry/converted-guest``,
     next to ``test-guest``, one entry per key (the newest two kept). An entry
     holds ``disk.raw`` (the converted disk, mode 0444), ``converted.json`` (the
-    key's inputs, the inspection, the conversion time, the disk's size and
-    mtime) and ``conversion.log``. Conversions run in ``.tmp-*`` under ``.lock``
+    key's inputs, the inspection, the progress stages, the conversion time, the
+    disk's size and mtime) and ``conversion.log``. Conversions run in ``.tmp-*`` under ``.lock``
     (flock) and are renamed into place when they succeed, so an interrupted or
     failed one never leaves an entry and two callers never convert twice. An
     entry whose disk changed (size or mtime) counts as missing and is rebuilt.
@@ -56,6 +57,7 @@ import msgspec
 
 from ferry.conversion_service import domain, v2v
 from ferry.conversion_service.settings import ConversionSettings
+from ferry.platform import workloads
 from ferry.platform.local.processes import LocalWorkloads
 from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import Inspection, Vm, Volume
@@ -69,9 +71,12 @@ MODE = ConversionMode.IN_PLACE
 VOLUME_NAME = "ferry-test-guest-disk-0"
 PATH_PLACEHOLDER = "/converted-guest/" + DISK_NAME
 TIMEOUT_SECONDS = 2400
-# Modules whose code decides virt-v2v's command line, the domain XML or the
-# inspection stored with the disk.
-CONVERTER_MODULES = ("v2v", "domain", "inspection", "progress")
+# Code whose change could change the conversion: every module of the conversion-service
+# (command lines, domain XML, inspection, progress, pacing...) and the local platform's
+# way of running a workload. The in-place conversion test asserts on this cache's entry,
+# so an entry must stand for the code as it is.
+CONVERTER_PACKAGE_GLOB = "*.py"
+PLATFORM_MODULES = ("workloads.py", "local/processes.py")
 # The settings that reach virt-v2v's command line or decide where the inspection
 # comes from (the rest, time limits and paths, do not change the result).
 KEYED_SETTINGS = ("virt_v2v_in_place", "virt_inspector", "verbose", "verify_with_inspector")
@@ -83,6 +88,7 @@ class ConvertedGuest:
     disk: Path  # the converted raw disk: shared, read-only; boot an overlay of it
     inspection: Inspection  # what the Converter reported for it
     seconds: float  # how long the conversion took when the entry was built
+    stages: list[str]  # the progress stages the Converter reported, in order
     key: str
     directory: Path
     built_now: bool  # converted by this call (False: taken from the cache)
@@ -138,6 +144,9 @@ def conversion_volume(source: Vm, path: str) -> Volume:
 def key_inputs(guest: Any, source: Vm, settings: ConversionSettings) -> dict[str, Any]:
     """Everything the converted disk and its inspection depend on."""
     package = Path(v2v.__file__).parent
+    platform = Path(workloads.__file__).parent
+    code = {p.name: _tree_hash(p) for p in sorted(package.glob(CONVERTER_PACKAGE_GLOB))}
+    code.update({f"platform/{m}": _tree_hash(platform / m) for m in PLATFORM_MODULES})
     xml = domain.domain_xml(source, [conversion_volume(source, PATH_PLACEHOLDER)])
     return {
         "recipe": _tree_hash(Path(__file__).resolve()),
@@ -146,7 +155,7 @@ def key_inputs(guest: Any, source: Vm, settings: ConversionSettings) -> dict[str
         "mode": MODE.value,
         "settings": settings.model_dump(mode="json", include=set(KEYED_SETTINGS)),
         "domain_xml": xml.decode(),
-        "converter": {m: _tree_hash(package / f"{m}.py") for m in CONVERTER_MODULES},
+        "converter": code,
     }
 
 
@@ -221,7 +230,12 @@ async def _convert(
         volumes=[conversion_volume(source, str(disk))],
         timeout_seconds=TIMEOUT_SECONDS,
     )
-    result = await converter.convert(job)
+    stages: list[str] = []
+
+    async def progress(update: Any) -> None:
+        stages.append(update.stage)
+
+    result = await converter.convert(job, progress)
     os.replace(result.log, work / LOG_NAME)
     shutil.rmtree(work / "data")
     disk.chmod(0o444)
@@ -231,6 +245,7 @@ async def _convert(
         "inputs": inputs,
         "inspection": msgspec.to_builtins(result.inspection),
         "seconds": result.seconds,
+        "stages": list(dict.fromkeys(stages)),  # virt-v2v's progress, as the service saw it
         "disk_size": done.st_size,
         "disk_mtime_ns": done.st_mtime_ns,
         "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -253,12 +268,14 @@ def _load(entry: Path, key: str, *, built_now: bool) -> ConvertedGuest | None:
             return None
         inspection = msgspec.convert(meta["inspection"], Inspection)
         seconds = float(meta["seconds"])
+        stages = [str(stage) for stage in meta["stages"]]
     except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError):
         return None
     return ConvertedGuest(
         disk=entry / DISK_NAME,
         inspection=inspection,
         seconds=seconds,
+        stages=stages,
         key=key,
         directory=entry,
         built_now=built_now,

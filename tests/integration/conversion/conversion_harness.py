@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import psutil
 
@@ -68,15 +71,6 @@ async def platform_volumes(
     return [v.to_proto() for v in sorted(bound, key=lambda v: order[v.disk_id])]
 
 
-def copied_volumes(folder: Path, vm: Vm, raw: Path) -> list[Volume]:
-    """The guest's disk as an importer would have copied it into a volume."""
-    (volume,) = blank_volumes(folder, vm)
-    subprocess.run(
-        ["cp", "--sparse=always", str(raw), volume.path], check=True, capture_output=True
-    )
-    return [volume]
-
-
 def initramfs_modules(disk: str, env: dict[str, str], pattern: str = "virtio") -> list[str]:
     """Kernel modules matching ``pattern`` inside the guest's initramfs (read-only).
 
@@ -123,3 +117,18 @@ def sha256(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def load_converted_guest() -> ModuleType:
+    """tests/guest/converted_guest.py (tests/ is not a package), under the name the other
+    tests that use it load it by, so that one module object serves them all."""
+    name = "ferry_converted_guest"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parents[2] / "guest" / "converted_guest.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, f"cannot load {path}"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,9 @@
 """Real virt-v2v runs on the test guest: in-place, failures, time limit, cancel.
 
-Each conversion takes minutes under TCG; they are marked slow. The full mode,
-through the bus, is in test_handler.py.
+Each conversion takes minutes under TCG; they are marked slow. The in-place one is the
+converted-guest cache's (tests/guest/converted_guest.py), which other tests boot: it
+runs again whenever anything it depends on changed. The full mode, through the bus, is
+in test_handler.py.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import Any
 import pytest
 from conversion_harness import (
     blank_volumes,
-    copied_volumes,
     helpers_running,
     initramfs_modules,
+    load_converted_guest,
     sha256,
 )
 
@@ -29,6 +31,7 @@ from ferry.proto.inventory import Vm, Volume
 from ferry.providers.ova.provider import OvaProvider
 
 pytestmark = [pytest.mark.slow]
+CONVERTED = load_converted_guest()
 
 
 def job(vm: Vm, volumes: list[Volume], mode: ConversionMode, **kwargs: Any) -> v2v.Job:
@@ -44,39 +47,34 @@ def job(vm: Vm, volumes: list[Volume], mode: ConversionMode, **kwargs: Any) -> v
 
 
 @pytest.mark.timeout(1800)
-async def test_in_place_conversion_of_copied_disk(
-    tmp_path: Path, guest: Any, source_vm: Vm, settings: ConversionSettings
-) -> None:
-    # Given the guest's disk copied into a volume by an importer (no virtio in its initramfs)
-    volumes = copied_volumes(tmp_path / "volumes", source_vm, Path(guest.raw))
-    converter = v2v.Converter(settings, tmp_path / "data", LocalWorkloads())
-    env = await converter.environment()
-    assert initramfs_modules(volumes[0].path, env) == []
-    stages: list[str] = []
+async def test_in_place_conversion_of_copied_disk(guest: Any, source_vm: Vm) -> None:
+    # Given the guest's disk as an importer copies it (no virtio in its initramfs)
+    env = await v2v.Converter(ConversionSettings(), Path("."), LocalWorkloads()).environment()
+    assert initramfs_modules(str(guest.raw), env) == []
 
-    async def progress(update: Progress) -> None:
-        stages.append(update.stage)
-
-    # When virt-v2v-in-place converts it
-    result = await converter.convert(job(source_vm, volumes, ConversionMode.IN_PLACE), progress)
+    # When virt-v2v-in-place converts it through the Converter: the conversion the
+    # converted-guest cache keeps, made again whenever the conversion-service's code, the
+    # local workload runner, virt-v2v or the guest changed (its key), else taken from there
+    done = await CONVERTED.ensure_converted(guest, source_vm)
 
     # Then virt-inspector finds the OS, virt-v2v installed virtio drivers
-    inspection = result.inspection
+    inspection = done.inspection
     assert (inspection.os_type, inspection.os_distro) == ("linux", "debian")
     assert inspection.os_version.startswith("12.")
     assert inspection.virtio_drivers is True
     assert (inspection.disk_bus, inspection.nic_model) == ("virtio", "virtio")
     assert inspection.firmware is not None and inspection.firmware.value == "bios"
     # And the converted initramfs now carries the virtio block driver
-    modules = initramfs_modules(volumes[0].path, env)
+    modules = initramfs_modules(str(done.disk), env)
     assert "virtio_blk.ko" in modules, modules
-    # And progress named virt-v2v's stages; the full log is kept
-    assert "Inspecting the source" in stages
-    assert any(stage.startswith("Converting") for stage in stages)
-    assert result.log == tmp_path / "data" / "logs" / "conversion" / "mig-1" / "vm-1.log"
-    assert b"This guest has virtio drivers installed" in result.log.read_bytes()
+    # And progress named virt-v2v's stages; the full log was kept
+    assert "Inspecting the source" in done.stages
+    assert any(stage.startswith("Converting") for stage in done.stages)
+    log = (done.directory / CONVERTED.LOG_NAME).read_bytes()
+    assert b"This guest has virtio drivers installed" in log
     assert not helpers_running()
-    print(f"in-place conversion took {result.seconds:.1f}s")
+    built = "converted now" if done.built_now else "from the cache"
+    print(f"in-place conversion took {done.seconds:.1f}s ({built})")
 
 
 @pytest.mark.timeout(900)
