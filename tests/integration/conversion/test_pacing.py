@@ -22,8 +22,8 @@ from ferry.conversion_service import pacing
 from ferry.providers.nbd import AsyncNbdClient
 
 MiB = 1 << 20
-RATE = 6 * MiB  # the budget, bytes per second
-SIZE = 24 * MiB
+RATE = 8 * MiB  # the budget, bytes per second
+SIZE = 16 * MiB
 
 
 def budget(rate: float) -> pacing.Rate:
