@@ -38,6 +38,7 @@ import msgspec
 import pytest
 
 from ferry.proto.estimate import PlanEstimate
+from ferry.testing.digests import file_sha256
 from ferry.testing.migration import (
     FLOW3,
     apply_yaml,
@@ -192,7 +193,19 @@ def test_two_vms_one_at_a_time_first_canceled_in_conversion_second_boots(
     # Flow 3, in order, for b
     assert steps_started(events, vm_b) == FLOW3
     assert [d["step"] for d in of_type(events, "migration.step_completed", vm_b)] == FLOW3
-    assert of_type(events, "conversion.guest_converted", vm_b)[0]["mode"] == "full"
+    [converted] = of_type(events, "conversion.guest_converted", vm_b)
+    assert converted["mode"] == "full"
+    assert converted["inspection"]["virtio_drivers"] is True
+    # virt-v2v wrote into b's bound volumes themselves, which keep their sizes, and its
+    # progress went through the disk copy to the end; b's OVA was only read
+    [allocated] = of_type(events, "volume.disks_allocated", vm_b)
+    assert [v["path"] for v in converted["volumes"]] == [v["path"] for v in allocated["volumes"]]
+    assert [Path(v["path"]).stat().st_size for v in allocated["volumes"]] == [
+        v["capacity"] for v in allocated["volumes"]
+    ]
+    copying = [d for d in of_type(events, "conversion.progress", vm_b) if d.get("disk") == 1]
+    assert copying and copying[-1]["disks"] == 1 and copying[-1]["percent"] == 100.0
+    assert file_sha256(ova_dir / "guest-b.ova") == file_sha256(Path(guest["ova"]))
     running = of_type(events, "vm.vm_running", vm_b)
     assert len(running) == 1
     console = Path(running[0]["console"]).read_text(errors="replace")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import subprocess
 import sys
@@ -109,14 +108,6 @@ def helpers_running() -> list[str]:
         if any(helper in name for helper in HELPERS):
             found.append(f"{child.pid} {name}")
     return found
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_converted_guest() -> ModuleType:

@@ -19,7 +19,6 @@ from conversion_harness import (
     helpers_running,
     initramfs_modules,
     load_converted_guest,
-    sha256,
 )
 
 from ferry.conversion_service import v2v
@@ -29,6 +28,7 @@ from ferry.platform.local.processes import LocalWorkloads
 from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import Vm, Volume
 from ferry.providers.ova.provider import OvaProvider
+from ferry.testing.digests import file_sha256 as sha256
 
 pytestmark = [pytest.mark.slow]
 CONVERTED = load_converted_guest()

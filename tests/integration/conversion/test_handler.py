@@ -1,22 +1,20 @@
-"""ConvertGuest over a real nats-server, with the real virt-v2v, in full mode.
+"""ConvertGuest over a real nats-server: the handler's failures, leases and heartbeats.
 
-The command names bound, pre-allocated volumes; virt-v2v reads the OVA and
-writes the converted disk straight into them. The events stream shows the
-progress and the result; the volumes hold a guest that now has virtio drivers.
+A full conversion over the bus with the real virt-v2v, writing the bound volumes, is
+the e2e's (``tests/e2e/test_migration.py``: VM b's volumes, progress to 100 %, the OVA
+only read, the guest booted), which runs the four services as processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
-from conversion_harness import initramfs_modules, platform_volumes, sha256
+from conversion_harness import platform_volumes
 
 from ferry.bus import Bus, Router, TopologySettings, declare
 from ferry.conversion_service import app, lease, v2v
@@ -66,68 +64,6 @@ def command(vm: Vm, volumes: list[Volume], ova_dir: Path, **kwargs: Any) -> Conv
 
 async def events(bus: Bus) -> list[object]:
     return [message async for _, message in bus.events(follow=False)]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-async def test_full_conversion_over_the_bus_writes_the_bound_volumes(
-    nats_url: str, tmp_path: Path, guest: Any, ova_dir: Path, provider: OvaProvider, source_vm: Vm
-) -> None:
-    # Given a conversion-service router and pre-allocated volumes bound for the guest
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        conversion=ConversionSettings(progress_interval_seconds=1.0),
-    )
-    volumes = await platform_volumes(settings.data_dir, source_vm)
-    inodes = [os.stat(v.path).st_ino for v in volumes]
-    source_digest = sha256(Path(guest.ova))
-
-    async def lookup(ref: SourceRef) -> OvaProvider:
-        assert ref.url == str(ova_dir)
-        return provider
-
-    async with await Bus.connect(nats_url, name="conversion-test", settings=TOPOLOGY) as bus:
-        await declare(bus, TOPOLOGY, list(Service))
-        converter = app.make_converter(settings)
-        router = app.build_router(bus, settings, providers=lookup, converter=converter)
-
-        # When ConvertGuest arrives
-        await bus.publish(command(source_vm, volumes, ova_dir, timeout_seconds=1500))
-        async with Running(router, bus, concurrency=1):
-
-            async def finished() -> bool:
-                found = await events(bus)
-                return any(isinstance(m, GuestConverted | ConversionFailed) for m in found)
-
-            await eventually(finished, within=1500, what="GuestConverted")
-        published = await events(bus)
-        claim = await bus.kv(subjects.Bucket.LOCKS, lease.Claim).get(lease.key("mig-1", "vm-1"))
-
-    # Then it succeeded once, with the inspection of the converted guest
-    failures = [m for m in published if isinstance(m, ConversionFailed)]
-    assert not failures, failures
-    (done,) = [m for m in published if isinstance(m, GuestConverted)]
-    assert done.step == "convert" and done.mode is ConversionMode.FULL
-    assert (done.inspection.os_type, done.inspection.os_distro) == ("linux", "debian")
-    assert done.inspection.virtio_drivers is True
-    assert done.inspection.disk_bus == "virtio"
-    assert done.volumes == volumes
-    assert Path(done.log).is_file()
-    # And progress went through virt-v2v's stages to a complete disk copy
-    progress = [m for m in published if isinstance(m, ConversionProgress)]
-    stages = [p.stage for p in progress]
-    assert "Inspecting the source" in stages
-    copies = [p for p in progress if p.disk == 1]
-    assert copies and copies[-1].disks == 1 and copies[-1].percent == 100.0
-    # And the data went into the bound volumes themselves (same files, sizes kept)
-    assert [os.stat(v.path).st_ino for v in volumes] == inodes
-    assert [os.stat(v.path).st_size for v in volumes] == [v.capacity for v in volumes]
-    modules = initramfs_modules(volumes[0].path, await converter.environment())
-    assert "virtio_blk.ko" in modules, modules
-    # And the source OVA is untouched, and the lease records the result for redeliveries
-    assert sha256(Path(guest.ova)) == source_digest
-    assert claim is not None and claim.value.state == "done" and claim.value.result == done
-    print(f"full conversion took {done.seconds:.1f}s")
 
 
 async def test_unconvertible_command_fails_with_reason_and_log(

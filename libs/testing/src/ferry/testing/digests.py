@@ -1,8 +1,10 @@
-"""Ferry's tree digest of a guest's disk, computed from its qcow2 file independently of
-any copy: the checksum a copy reports for its target, to compare with."""
+"""Digests for tests: Ferry's tree digest of a guest's disk, computed from its qcow2 file
+independently of any copy (the checksum a copy reports for its target, to compare with),
+and a plain file's SHA-256 (a source that must only have been read)."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -27,3 +29,11 @@ def guest_digest(qcow2: Path) -> str:
             src.close()
     finally:
         flat.unlink()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
