@@ -23,9 +23,9 @@ from ferry.proto import subjects, volume
 from ferry.proto.objects import API_VERSION
 from ferry.proto.subjects import Bucket
 from ferry.proto.volume import Bandwidth, VolumeSource
+from ferry.runtime.bandwidth import Rates
 from ferry.testing.bus import Running
 from ferry.volume_service import app
-from ferry.runtime.bandwidth import Rates
 
 BUDGET = 2 * MiB  # bytes per second, for both plans together: 16 MiB take ≥ 6 s
 PERIOD = 1.0  # the shared rate's window (ferry.runtime.bandwidth.Rates' default)
