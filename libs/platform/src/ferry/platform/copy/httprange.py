@@ -34,17 +34,6 @@ def _connection(ref: ImageRef) -> https.Connection:
     return https.Connection(ranged.url, made, SERVER, headers)
 
 
-class _Reader:
-    def __init__(self, ref: ImageRef) -> None:
-        self._con = _connection(ref)
-
-    def readinto(self, offset: int, view: memoryview) -> None:
-        self._con.ranged(offset, view)
-
-    def close(self) -> None:
-        self._con.close()
-
-
 class HttpRangeSource:
     """``ImageRef.http_range`` (its ``size`` unless ``ImageRef.size`` says); ``extents``
     what holds data, else the whole disk."""
@@ -77,7 +66,7 @@ class HttpRangeSource:
         return coalesce(iter(sorted(self._data, key=lambda e: e.offset)))
 
     def reader(self) -> RangeReader:
-        return _Reader(self._ref)
+        return https.Reader(_connection(self._ref))
 
     def identity(self) -> str:
         assert self._ref.http_range is not None

@@ -103,3 +103,17 @@ class Connection:
 
     def close(self) -> None:
         self._con.close()
+
+
+class Reader:
+    """A copy worker's reader of one source over its own connection (the engine's
+    ``RangeReader``): each ``readinto`` one ranged GET."""
+
+    def __init__(self, con: Connection) -> None:
+        self._con = con
+
+    def readinto(self, offset: int, view: memoryview) -> None:
+        self._con.ranged(offset, view)
+
+    def close(self) -> None:
+        self._con.close()

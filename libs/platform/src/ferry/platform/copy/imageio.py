@@ -29,17 +29,6 @@ def _connection(ref: ImageRef) -> https.Connection:
     return https.Connection(ref.url, https.context(ref.ca), SERVER)
 
 
-class _Reader:
-    def __init__(self, ref: ImageRef) -> None:
-        self._con = _connection(ref)
-
-    def readinto(self, offset: int, view: memoryview) -> None:
-        self._con.ranged(offset, view)
-
-    def close(self) -> None:
-        self._con.close()
-
-
 class ImageioSource:
     """A raw disk behind an imageio transfer URL (``ImageRef.url``, ``ImageRef.ca``)."""
 
@@ -64,7 +53,7 @@ class ImageioSource:
         return coalesce(iter(self._data))
 
     def reader(self) -> RangeReader:
-        return _Reader(self._ref)
+        return https.Reader(_connection(self._ref))
 
     def identity(self) -> str:
         ticket = hashlib.sha256(self._ref.url.encode()).hexdigest()[:16]
