@@ -1,4 +1,6 @@
-"""The images the cluster stand-in's kubelet runs, for the fixtures and the tests.
+"""The images the cluster stand-in's kubelet runs, for the fixtures and the tests, and
+what the four-service e2e tests share: their cluster, the services' settings, the
+objects the services posted.
 
 A module of its own, not the ``conftest``: another test directory's ``conftest`` may
 be the one imported under that name when both are collected.
@@ -6,9 +8,15 @@ be the one imported under that name when both are collected.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+from ferry.platform.kubernetes import objects
+from ferry.testing.cluster.cluster import Cluster
 
 TOOLS_IMAGE = "ferry/tools:test"  # pvcinit and shell tools: the host's /usr/bin
 # Ferry's own image (the populator pod): this checkout's interpreter and packages.
@@ -23,3 +31,37 @@ def ferry_image_env() -> dict[str, str]:
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return env
+
+
+@contextlib.asynccontextmanager
+async def e2e_cluster(root: Path) -> AsyncIterator[Cluster]:
+    """A stand-in with one WaitForFirstConsumer class, ``standard`` (the StorageMaps'),
+    both images, and Ferry's populator CRD."""
+    images = {TOOLS_IMAGE: {"PATH": "/usr/bin:/bin"}, FERRY_IMAGE: ferry_image_env()}
+    async with Cluster(root, {"standard": "WaitForFirstConsumer"}, images) as made:
+        made.install_crd(objects.POPULATOR_CRD)
+        yield made
+
+
+def services_env(cluster: Cluster, **settings: str) -> dict[str, str]:
+    """The four services on the kubernetes platform, pointed at ``cluster``; ``settings``
+    adds ``FERRY_…`` settings."""
+    return {
+        "FERRY_PLATFORM__KIND": "kubernetes",
+        "FERRY_PLATFORM__KUBERNETES__HOST": cluster.url,
+        "FERRY_PLATFORM__KUBERNETES__PVCINIT_IMAGE": TOOLS_IMAGE,
+        "FERRY_PLATFORM__KUBERNETES__POPULATOR_IMAGE": FERRY_IMAGE,
+        "FERRY_PLATFORM__KUBERNETES__CONVERSION_IMAGE": TOOLS_IMAGE,
+        "FERRY_PLATFORM__KUBERNETES__POLL_SECONDS": "0.2",
+        **settings,
+    }
+
+
+def posted(cluster: Cluster, plural: str, prefix: str = "") -> list[dict[str, Any]]:
+    """The bodies of the objects of ``plural`` created through the API, by name prefix."""
+    return [
+        r.body
+        for r in cluster.api.requests
+        if r.method == "POST" and r.path.split("/")[-1] == plural
+        if r.body["metadata"]["name"].startswith(prefix)
+    ]

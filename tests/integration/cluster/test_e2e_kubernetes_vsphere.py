@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -36,10 +35,12 @@ from ferry.testing.vcsim import arrange
 from ferry.testing.vcsim.server import Vcsim
 from ferry.testing.vcsim.stack import prepare, rounds, vsphere_objects
 
+sys.path.insert(0, str(Path(__file__).parent))
+import standin_images
+from standin_images import posted
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(600)]
 
-TOOLS_IMAGE = "ferry/tools:test"
-FERRY_IMAGE = "ferry/ferry:test"  # the transfer pods: this checkout's interpreter and sources
 NS = "e2e"
 NAME = "DC0_H0_VM0"
 MiB = 1 << 20
@@ -49,21 +50,8 @@ WRITE = (20 * MiB, 0x5C)
 
 @pytest.fixture
 async def e2e_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    ferry = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
-    if os.environ.get("PYTHONPATH"):
-        ferry["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    images = {TOOLS_IMAGE: {"PATH": "/usr/bin:/bin"}, FERRY_IMAGE: ferry}
-    async with Cluster(tmp_path / "cluster", {"standard": "WaitForFirstConsumer"}, images) as made:
+    async with standin_images.e2e_cluster(tmp_path / "cluster") as made:
         yield made
-
-
-def _posted(cluster: Cluster, plural: str, prefix: str) -> list[dict[str, Any]]:
-    return [
-        r.body
-        for r in cluster.api.requests
-        if r.method == "POST" and r.path.split("/")[-1] == plural
-        if r.body["metadata"]["name"].startswith(prefix)
-    ]
 
 
 def _arrange(si: Any) -> tuple[str, Path]:
@@ -108,15 +96,7 @@ async def test_warm_vsphere_vm_through_flow_one_with_transfer_pods_reading_the_d
     e2e_cluster: Cluster, tmp_path: Path
 ) -> None:
     cluster = e2e_cluster
-    env = {
-        "FERRY_PLATFORM__KIND": "kubernetes",
-        "FERRY_PLATFORM__KUBERNETES__HOST": cluster.url,
-        "FERRY_PLATFORM__KUBERNETES__PVCINIT_IMAGE": TOOLS_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__POPULATOR_IMAGE": FERRY_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__CONVERSION_IMAGE": TOOLS_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__POLL_SECONDS": "0.2",
-        "FERRY_CONTROLLER__RAW_COPY_INSPECTION": "off",
-    }
+    env = standin_images.services_env(cluster, FERRY_CONTROLLER__RAW_COPY_INSPECTION="off")
     with Vcsim() as sim:
         assert sim.endpoint is not None
         endpoint = sim.endpoint
@@ -147,12 +127,12 @@ async def test_warm_vsphere_vm_through_flow_one_with_transfer_pods_reading_the_d
     assert copied[-1]["checkpoint"] == ""  # the last round: nothing left at the source
     # and each round was a transfer pod on the one plain claim, reading the datastore
     # over HTTPS: a full job, then delta jobs of CBT's areas; the cookie in Secrets only
-    [claim] = _posted(cluster, "persistentvolumeclaims", "")
-    assert _posted(cluster, "datavolumes", "") == []
-    pods = _posted(cluster, "pods", "transfer-")
+    [claim] = posted(cluster, "persistentvolumeclaims", "")
+    assert posted(cluster, "datavolumes", "") == []
+    pods = posted(cluster, "pods", "transfer-")
     jobs = [
         msgspec.json.decode(base64.b64decode(s["data"]["job.json"]), type=fill.Job)
-        for s in _posted(cluster, "secrets", "transfer-")
+        for s in posted(cluster, "secrets", "transfer-")
     ]
     assert len(pods) == len(jobs) == len(copied)
     assert not jobs[0].delta and all(j.delta for j in jobs[1:]) and jobs[-1].last

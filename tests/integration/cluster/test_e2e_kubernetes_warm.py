@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,31 +35,20 @@ from ferry.testing.ovirt import scenario
 from ferry.testing.ovirt.engine import Engine, VmRecord
 from ferry.testing.stack import LocalStack
 
+sys.path.insert(0, str(Path(__file__).parent))
+import standin_images
+from standin_images import posted
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(600)]
 
-TOOLS_IMAGE = "ferry/tools:test"
-FERRY_IMAGE = "ferry/ferry:test"  # the transfer pods: this checkout's interpreter and sources
 NS = scenario.NAMESPACE
 MiB = 1 << 20
 
 
 @pytest.fixture
 async def e2e_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    ferry = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
-    if os.environ.get("PYTHONPATH"):
-        ferry["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    images = {TOOLS_IMAGE: {"PATH": "/usr/bin:/bin"}, FERRY_IMAGE: ferry}
-    async with Cluster(tmp_path / "cluster", {"standard": "WaitForFirstConsumer"}, images) as made:
+    async with standin_images.e2e_cluster(tmp_path / "cluster") as made:
         yield made
-
-
-def _posted(cluster: Cluster, plural: str, prefix: str) -> list[dict[str, Any]]:
-    return [
-        r.body
-        for r in cluster.api.requests
-        if r.method == "POST" and r.path.split("/")[-1] == plural
-        if r.body["metadata"]["name"].startswith(prefix)
-    ]
 
 
 def _migrate(
@@ -86,16 +74,11 @@ async def test_warm_ovirt_vm_through_flow_one_with_a_transfer_pod_per_round(
     cluster = e2e_cluster
     conn = libvirt.open(libvirtd.uri_or_skip())
     guest = libvirtd.define_guest(conn, [64 * MiB], fill=[(0, 4 * MiB, 0x11)])
-    env = {
-        "FERRY_PLATFORM__KIND": "kubernetes",
-        "FERRY_PLATFORM__KUBERNETES__HOST": cluster.url,
-        "FERRY_PLATFORM__KUBERNETES__PVCINIT_IMAGE": TOOLS_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__POPULATOR_IMAGE": FERRY_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__CONVERSION_IMAGE": TOOLS_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__POLL_SECONDS": "0.2",
-        "FERRY_CONTROLLER__SHUTDOWN_TIMEOUT_SECONDS": "3",  # no OS: the button is ignored
-        "FERRY_CONTROLLER__RAW_COPY_INSPECTION": "off",
-    }
+    env = standin_images.services_env(
+        cluster,
+        FERRY_CONTROLLER__SHUTDOWN_TIMEOUT_SECONDS="3",  # no OS: the button is ignored
+        FERRY_CONTROLLER__RAW_COPY_INSPECTION="off",
+    )
     try:
         with scenario.domain_vm(tmp_path, guest, 64 * MiB) as (eng, vm):
             stack = LocalStack(tmp_path / "stack", env=env)
@@ -115,16 +98,16 @@ async def test_warm_ovirt_vm_through_flow_one_with_a_transfer_pod_per_round(
             assert sum(changed) == 2 * MiB and set(changed) <= {0, MiB}
             assert [a for _n, a in eng.actions] == ["shutdown", "stop"]
             # and the volume was one plain claim, never a DataVolume
-            [claim] = _posted(cluster, "persistentvolumeclaims", "")
+            [claim] = posted(cluster, "persistentvolumeclaims", "")
             assert "dataSourceRef" not in claim["spec"]
-            assert _posted(cluster, "datavolumes", "") == []
+            assert posted(cluster, "datavolumes", "") == []
             name = claim["metadata"]["name"]
             # and each round was a transfer pod on it: a full job, then delta jobs of the
             # changed extents, the URL and its ticket in the Secret only
-            pods = _posted(cluster, "pods", "transfer-")
+            pods = posted(cluster, "pods", "transfer-")
             jobs = [
                 msgspec.json.decode(base64.b64decode(s["data"]["job.json"]), type=fill.Job)
-                for s in _posted(cluster, "secrets", "transfer-")
+                for s in posted(cluster, "secrets", "transfer-")
             ]
             assert len(pods) == len(jobs) == len(rounds)
             assert not jobs[0].delta and all(j.delta for j in jobs[1:])
