@@ -98,6 +98,24 @@ def test_sockets_in_the_work_directory_are_where_the_workload_sees_it(tmp_path: 
     assert str(sock).encode() in files["vsphere-domain.xml"]
 
 
+def _full(
+    tmp_path: Path, workloads: LocalWorkloads, source: Any, **job: Any
+) -> tuple[v2v.Converter, v2v.Job]:
+    """A full conversion of a one-disk vSphere VM from ``source`` into a volume here."""
+    vm = Vm(id="vm-1", name="db", provider_type=ProviderType.VSPHERE,
+            disks=[Disk(id="2000", name="a", capacity=1 << 20)])  # fmt: skip
+    target = tmp_path / "target.raw"
+    target.write_bytes(b"")
+    volume = Volume(disk_id="2000", name="v", size=1 << 20, capacity=1 << 20, path=str(target))
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = ConversionSettings(work_dir=work, large_tmp_dir=tmp_path / "large", accel="tcg")
+    converter = v2v.Converter(settings, tmp_path / "data", workloads)
+    made = v2v.Job(migration="m", vm_key="vm", mode=ConversionMode.FULL, inventory=vm,
+                   volumes=[volume], timeout_seconds=60, source=source, **job)  # fmt: skip
+    return converter, made
+
+
 class _Downloaded:
     """A provider whose input is a disk it downloaded onto this host (vSphere over NFC)."""
 
@@ -123,17 +141,7 @@ async def test_an_input_of_host_files_is_refused_where_workloads_run_elsewhere(
     # workloads that run elsewhere (pods)
     disk = tmp_path / "2000.vmdk"
     disk.write_bytes(b"x")
-    vm = Vm(id="vm-1", name="db", provider_type=ProviderType.VSPHERE,
-            disks=[Disk(id="2000", name="a", capacity=1 << 20)])  # fmt: skip
-    target = tmp_path / "target.raw"
-    target.write_bytes(b"")
-    volume = Volume(disk_id="2000", name="v", size=1 << 20, capacity=1 << 20, path=str(target))
-    work = tmp_path / "work"
-    work.mkdir()
-    settings = ConversionSettings(work_dir=work, large_tmp_dir=tmp_path / "large", accel="tcg")
-    converter = v2v.Converter(settings, tmp_path / "data", _Elsewhere())
-    job = v2v.Job(migration="m", vm_key="vm", mode=ConversionMode.FULL, inventory=vm,
-                  volumes=[volume], timeout_seconds=60, source=_Downloaded(disk))  # fmt: skip
+    converter, job = _full(tmp_path, _Elsewhere(), _Downloaded(disk))
 
     # When it runs, it is refused with the reason and the way out, before any workload
     with pytest.raises(v2v.ConversionError, match="conversion pod cannot read") as refused:
@@ -180,24 +188,14 @@ async def test_a_budgeted_conversion_reads_through_the_rate_filter_where_it_runs
     tmp_path: Path, elsewhere: bool
 ) -> None:
     # Given a full conversion under a bandwidth budget, its source served by a helper
-    vm = Vm(id="vm-1", name="db", provider_type=ProviderType.VSPHERE,
-            disks=[Disk(id="2000", name="a", capacity=1 << 20)])  # fmt: skip
-    target = tmp_path / "target.raw"
-    target.write_bytes(b"")
-    volume = Volume(disk_id="2000", name="v", size=1 << 20, capacity=1 << 20, path=str(target))
-    work = tmp_path / "work"
-    work.mkdir()
-    settings = ConversionSettings(work_dir=work, large_tmp_dir=tmp_path / "large", accel="tcg")
-    workloads = _Captured(elsewhere)
-    converter = v2v.Converter(settings, tmp_path / "data", workloads)
     granted: list[int] = []
 
     async def rate(nbytes: int) -> None:
         granted.append(nbytes)
         await asyncio.sleep(1)
 
-    job = v2v.Job(migration="m", vm_key="vm", mode=ConversionMode.FULL, inventory=vm,
-                  volumes=[volume], timeout_seconds=60, source=_Served(), rate=rate)  # fmt: skip
+    workloads = _Captured(elsewhere)
+    converter, job = _full(tmp_path, workloads, _Served(), rate=rate)
 
     # When it runs (the workload fails at once: only its command matters here)
     with pytest.raises(v2v.ConversionError):
