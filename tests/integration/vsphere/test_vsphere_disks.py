@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 from pyVmomi import vim
-from vcsimkit import datastore_dir, find_vm, run
+from vcsimkit import copy_to_raw, datastore_dir, find_vm, run
 
-from ferry.platform.copy import engine, sink, source
 from ferry.providers.nbd import AsyncNbdClient
 from ferry.providers.vsphere.disks import DatastoreFileMissing
 from ferry.providers.vsphere.provider import VsphereProvider
@@ -130,15 +129,7 @@ async def test_cold_copy_through_the_platform_copy_engine(
     async with provider.open_disk(vm, vm.disks[0].id) as reader:
         ref = image_ref(reader.qemu_source())
 
-        def run_copy() -> engine.Result:
-            src = source.open_source(ref)
-            try:
-                target = sink.open_sink(str(tmp_path / "disk.raw"), "raw", src.size)
-                return engine.copy(src, target, tmp_path / "state")
-            finally:
-                src.close()
-
-        result = await asyncio.to_thread(run_copy)
+        result = await copy_to_raw(ref, tmp_path)
 
     # Then the target holds the guest's bytes, verified by the engine's checksums
     assert (tmp_path / "disk.raw").read_bytes() == content

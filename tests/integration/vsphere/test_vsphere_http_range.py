@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vcsimkit import datastore_dir, make_provider
+from vcsimkit import copy_to_raw, datastore_dir, make_provider
 
 from ferry.platform import errors
-from ferry.platform.copy import engine, sink
 from ferry.platform.copy.source import open_source
 from ferry.platform.images import ImageRef, from_qemu_source
 from ferry.proto.inventory import Extent
@@ -49,15 +48,7 @@ async def test_a_pods_copy_reads_the_flat_extent_over_https_with_the_readers_coo
         assert ref.qemu_options is None and not ref.nbd_socket and ref.size is None
         ref = ImageRef(path=ref.path, size=MIB, http_range=ref.http_range)
 
-        def run_copy() -> engine.Result:
-            src = open_source(ref)
-            try:
-                target = sink.open_sink(str(tmp_path / "disk.raw"), "raw", src.size)
-                return engine.copy(src, target, tmp_path / "state")
-            finally:
-                src.close()
-
-        result = await asyncio.to_thread(run_copy)
+        result = await copy_to_raw(ref, tmp_path)
 
     # Then the target holds the guest's bytes, verified by the engine's checksums
     assert (tmp_path / "disk.raw").read_bytes() == content

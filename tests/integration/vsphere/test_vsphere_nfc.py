@@ -12,9 +12,8 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
-from vcsimkit import datastore_dir, make_provider
+from vcsimkit import copy_to_raw, datastore_dir, make_provider
 
-from ferry.platform.copy import engine, sink, source
 from ferry.providers.base import ProviderError, SourceInterrupted
 from ferry.providers.vsphere import nfc
 from ferry.providers.vsphere.disks import DatastoreFileMissing
@@ -77,15 +76,7 @@ async def test_a_disk_read_through_an_export_lease_is_copied_verified(
         extents = await reader.extents()
         ref = image_ref(qemu)
 
-        def run_copy() -> engine.Result:
-            src = source.open_source(ref)
-            try:
-                target = sink.open_sink(str(tmp_path / "disk.raw"), "raw", src.size)
-                return engine.copy(src, target, tmp_path / "state")
-            finally:
-                src.close()
-
-        result = await asyncio.to_thread(run_copy)
+        result = await copy_to_raw(ref, tmp_path)
 
     # Then the target holds the guest's bytes, verified by the engine's checksums
     assert (tmp_path / "disk.raw").read_bytes() == content
