@@ -36,6 +36,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -289,33 +290,66 @@ def run_qemu_verified(work: Path, case: Case, _run: int) -> Sample:
     return Sample(QEMU_VERIFIED, case.name, total, total, peak, case.allocated, convert.cpu + cpu)
 
 
-def device_ceiling(work: Path, nbytes: int) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Ceiling:
+    """What the device and the process start alone cost, to judge the copies against."""
+
+    write: float  # dd writes the 50 % image's data, O_DIRECT, then syncs
+    read: float  # dd reads it back, O_DIRECT
+    at_once: float  # dd writes as much to a new file while another dd reads the first
+    start: float  # a fresh Python with the importer's modules, nothing copied
+
+    @property
+    def write_then_read(self) -> float:
+        return self.write + self.read
+
+
+def _dd_write(path: Path, count: int) -> list[str]:
+    return ["dd", "if=/dev/zero", f"of={path}", "bs=4M", f"count={count}", "oflag=direct"]
+
+
+def device_ceiling(work: Path, nbytes: int) -> Ceiling:
     """Seconds for ``dd`` to write ``nbytes`` with O_DIRECT (and sync), then read them back.
 
     What the device alone needs for the traffic of a verified copy of that much
     data: every byte written once and read back once. No copy can beat the sum
-    unless it overlaps the two (Ferry does, over its worker threads).
+    unless the device serves reads and writes at once faster than one after the
+    other: ``at_once`` measures that (a write of as many bytes beside the read).
     """
-    path = work / "ceiling.raw"
+    path, other = work / "ceiling.raw", work / "ceiling-2.raw"
     count = max(1, nbytes // (4 * MiB))
     settle()
     started = time.perf_counter()
-    dd_write = ["dd", "if=/dev/zero", f"of={path}", "bs=4M", f"count={count}"]
-    subprocess.run(
-        [*dd_write, "oflag=direct", "conv=fsync"],
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run([*_dd_write(path, count), "conv=fsync"], check=True, capture_output=True)
     write = time.perf_counter() - started
+    read_args = ["dd", f"if={path}", "of=/dev/null", "bs=4M", "iflag=direct"]
     started = time.perf_counter()
-    subprocess.run(
-        ["dd", f"if={path}", "of=/dev/null", "bs=4M", "iflag=direct"],
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run(read_args, check=True, capture_output=True)
     read = time.perf_counter() - started
+    settle()
+    started = time.perf_counter()
+    quiet = subprocess.DEVNULL
+    writer = subprocess.Popen([*_dd_write(other, count), "conv=fsync"], stderr=quiet)
+    subprocess.run(read_args, check=True, capture_output=True)
+    if writer.wait() != 0:
+        raise RuntimeError("dd could not write the second file")
+    at_once = time.perf_counter() - started
     path.unlink()
-    return write, read
+    other.unlink()
+    return Ceiling(write, read, at_once, process_start())
+
+
+def process_start() -> float:
+    """The best of five starts of a Python importing what the importer workload imports."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", "import ferry.platform.local.transfer"],
+            check=True,
+        )
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def run_cp(work: Path, case: Case, _run: int) -> Sample:
@@ -409,9 +443,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def report(
-    results: list[Sample], size: int, ceiling: tuple[float, float], ceiling_bytes: int
-) -> None:
+def report(results: list[Sample], size: int, ceiling: Ceiling, ceiling_bytes: int) -> None:
     print()
     header: tuple[str, ...] = ("case", "tool", "time s", "+fsync s", "median s", "CPU s")
     header = (*header, "data MiB/s")
@@ -444,15 +476,40 @@ def report(
             f"{half.seconds:.2f} s: time ratio {tenth.seconds / half.seconds:.2f}, data ratio "
             f"{tenth.allocated / half.allocated:.2f}, same virtual size {size / GiB:.1f} GiB"
         )
-    write, read = ceiling
+    c = ceiling
     print(
         f"device alone (dd, 4 MiB, O_DIRECT) for the 50% image's {ceiling_bytes / MiB:.0f} MiB: "
-        f"write+sync {write:.2f} s, read {read:.2f} s, one after the other {write + read:.2f} s"
+        f"write+sync {c.write:.2f} s, read {c.read:.2f} s, one after the other "
+        f"{c.write_then_read:.2f} s, both at once {c.at_once:.2f} s"
     )
+    overlap = c.write_then_read / c.at_once
+    print(
+        f"  at once / one after the other: {overlap:.2f}x "
+        + (
+            "(the device overlaps reads with writes: a verified copy may beat write-then-read)"
+            if overlap > 1.15
+            else "(the device does not overlap them: a copy that reads back every byte from "
+            "the device needs at least write + read, so it cannot match a copy that only writes)"
+        )
+    )
+    print(f"fixed start: a Python importing the importer's modules, {c.start:.2f} s")
     if half:
         print(
             f"  ferry importer (verified) on that data: {half.seconds:.2f} s, "
-            f"{(write + read) / half.seconds:.2f}x the device's write-then-read time"
+            f"{half.seconds / c.write_then_read:.2f}x the device's write-then-read time, "
+            f"{half.seconds / (c.write_then_read + c.start):.2f}x of it plus the fixed start"
+        )
+    for tools in by_case.values():
+        ferry, qemu = tools.get(FERRY), tools.get(QEMU)
+        if ferry is None or qemu is None or not ferry.case.endswith("raw->raw"):
+            continue
+        floor = c.start + ferry.allocated / ceiling_bytes * min(c.write_then_read, c.at_once)
+        print(
+            f"  {ferry.case}: the verified copy's floor on this device (start + write and "
+            f"read back {ferry.allocated / MiB:.0f} MiB) {floor:.2f} s, ferry "
+            f"{ferry.seconds:.2f} s ({ferry.seconds / floor:.2f}x the floor); qemu-img+fsync "
+            f"{qemu.seconds_synced:.2f} s, so at best {qemu.seconds_synced / floor:.2f}x of "
+            "qemu-img with a device read-back"
         )
     print(
         "Table: best of the rounds; 'median s' is the median round. vs qemu-img = qemu-img "
