@@ -3,25 +3,23 @@
 The stand-in's kubelet really runs each pod (the host's virt-v2v is the conversion
 image here). The fast tests hold the pod's side of the seam (links made inside the
 pod, an output file read back from the log, a share mounted read-only); the slow
-ones run the real virt-v2v in pods: a full conversion of a vSphere VM (the API
-simulator serving the test guest's disk) read by captive nbdkits inside the pod, an
-in-place run that fails and keeps its pod and log, an eviction. A full conversion of an
-OVA on an NFS share in a pod is in the four-service e2e (``test_e2e_kubernetes.py``).
+ones run the real virt-v2v in pods: an in-place run that fails and keeps its pod and
+log, an eviction. Full conversions in pods are in the four-service e2e tests: an OVA on
+an NFS share (``test_e2e_kubernetes.py``) and a vSphere VM read by captive nbdkits
+inside the pod, with virt-inspector in a pod of its own
+(``test_e2e_kubernetes_vsphere_flow3.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ferry.conversion_service import v2v
-from ferry.conversion_service.progress import Progress
 from ferry.conversion_service.settings import ConversionSettings
 from ferry.platform.kubernetes.platform import KubernetesPlatform
 from ferry.platform.volumes import VolumeRequest, VolumeState
@@ -30,16 +28,11 @@ from ferry.proto import label
 from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import Disk, ProviderType, Vm, Volume, VolumeMode, VolumeTarget
 from ferry.proto.volume import VolumeSource
-from ferry.providers.vsphere.provider import VsphereProvider
 from ferry.testing.cluster import resources
 from ferry.testing.cluster.cluster import Cluster
-from ferry.testing.migration import guest_ova
-from ferry.testing.vcsim import arrange
-from ferry.testing.vcsim.server import Vcsim
 
 NS = "migrated"
 MiB = 1 << 20
-REPO = Path(__file__).resolve().parents[3]
 OWNER = {label.MIGRATION: "mig-1", label.VM: "vm-1"}
 SHARE = "nfs://nfs.example/exports/ova"
 
@@ -202,74 +195,6 @@ async def test_an_nfs_share_is_mounted_read_only_where_the_workload_reads_it(
 
 
 # -- real virt-v2v in conversion pods (slow) ---------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-async def test_a_conversion_pod_converts_a_vsphere_vm_read_by_nbdkit_inside_the_pod(
-    platform: KubernetesPlatform, cluster: Cluster, tmp_path: Path
-) -> None:
-    # Given a vSphere VM (the API simulator) whose disk is the test guest's flat extent
-    guest = guest_ova(REPO)
-    with Vcsim() as sim:
-        assert sim.endpoint is not None
-        endpoint = sim.endpoint
-        with arrange.admin(endpoint) as si:
-            arrange.place_disk(si, "DC0_H0_VM0", Path(guest["raw"]))
-            moid = arrange.find_vm(si, "DC0_H0_VM0")._moId
-        secret = {"user": endpoint.username, "password": endpoint.password}
-        provider = VsphereProvider.create(endpoint.url, {"caBundle": endpoint.cert_file}, secret)
-        try:
-            [vm] = [vm for vm in await provider.inventory() if vm.id == moid]
-            # And blank Block claims for its disks, bound by pvcinit (flow 3)
-            claims = await bound(platform, [disk.capacity for disk in vm.disks])
-            volumes = [claim.to_proto() for claim in claims]
-            settings = ConversionSettings(work_dir=tmp_path / "work", kill_grace_seconds=3.0)
-            (tmp_path / "work").mkdir()
-            converter = v2v.Converter(settings, tmp_path / "data", platform)
-            stages: list[str] = []
-
-            async def progress(update: Progress) -> None:
-                stages.append(update.stage)
-
-            # When the converter runs the full conversion (and virt-inspector) as pods
-            result = await converter.convert(
-                job(vm, volumes, ConversionMode.FULL, source=provider), progress
-            )
-        finally:
-            await provider.close()
-
-    # Then virt-inspector (in its own pod) found the converted Debian with virtio drivers
-    inspection = result.inspection
-    assert (inspection.os_type, inspection.os_distro) == ("linux", "debian")
-    assert inspection.virtio_drivers is True
-    # And the converted disk is in the claim (a boot sector where the blank one had zeros)
-    with backing(cluster, claims[0].name).open("rb") as disk:
-        assert disk.read(512)[510:] == b"\x55\xaa"
-    assert "Inspecting the source" in stages
-    # And the disk was read by an nbdkit the pod ran around virt-v2v, on a socket in the
-    # pod's own work directory, with the session cookie only in the pod's Secret
-    [pod] = created_pods(cluster, "full-conversion")
-    container = pod["spec"]["containers"][0]
-    command = [*container.get("command", []), *container.get("args", [])]
-    program = command[command.index("ferry-workload") + 1 :]  # after the pod's wrapper
-    [serve] = [arg for arg in program if arg.startswith("--unix=")]
-    assert program[0] == "nbdkit" and "--run" in program, program
-    workdir = container["workingDir"]
-    assert serve == f"--unix={workdir}/nbd-0.sock" and workdir != str(tmp_path / "work")
-    assert container["volumeDevices"] == [{"name": "disk-0", "devicePath": "/dev/block0"}]
-    assert "vmware_soap_session" not in json.dumps(pod)
-    secrets = [r.body for r in cluster.api.requests if r.path.endswith("/secrets")]
-    assert any(
-        b"vmware_soap_session" in base64.b64decode(value)
-        for made in secrets
-        for value in (made.get("data") or {}).values()
-    )
-    assert b"vmware_soap_session" not in result.log.read_bytes()
-    # And every pod and Secret is gone
-    assert cluster.store.list(resources.POD, NS) == []
-    assert cluster.store.list(resources.SECRET, NS) == []
-    print(f"full conversion of a vSphere VM in pods took {result.seconds:.1f}s")
 
 
 @pytest.mark.slow
