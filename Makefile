@@ -95,7 +95,7 @@ test-heavy: setup ## The integration modules with heavy real components (stand-i
 	$(BIN)/pytest tests/integration -m "heavy and not slow" -q -n $(JOBS)
 
 .PHONY: test-cluster
-test-cluster: setup ## The kubernetes platform, conversion pods and the 4-service e2e of flows 3 (OVA) and 2 (oVirt) against the cluster stand-in (root)
+test-cluster: setup ## The kubernetes platform, conversion pods and the 4-service e2e of flows 3 (OVA, vSphere), 2 (oVirt) and 1 (oVirt, vSphere) against the cluster stand-in (root)
 	$(BIN)/pytest tests/integration/cluster -q -n 2
 
 .PHONY: test-vsphere

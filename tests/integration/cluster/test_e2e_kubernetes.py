@@ -18,11 +18,9 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ferry.platform.kubernetes import objects
 from ferry.proto import label
 from ferry.testing.cluster import resources
 from ferry.testing.cluster.cluster import Cluster
@@ -38,30 +36,20 @@ from ferry.testing.migration import (
 )
 from ferry.testing.stack import LocalStack
 
+sys.path.insert(0, str(Path(__file__).parent))
+import standin_images
+from standin_images import posted
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[3]
-TOOLS_IMAGE = "ferry/tools:test"  # pvcinit, and the conversion image: the host's virt-v2v
-FERRY_IMAGE = "ferry/ferry:test"
 SHARE = "nfs://nfs.example/exports/ova"
 
 
 @pytest.fixture
 async def e2e_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    images = {
-        TOOLS_IMAGE: {"PATH": "/usr/bin:/bin"},
-        FERRY_IMAGE: {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
-    }
-    classes = {"standard": "WaitForFirstConsumer"}
-    async with Cluster(tmp_path / "cluster", classes, images) as made:
-        made.install_crd(objects.POPULATOR_CRD)
+    async with standin_images.e2e_cluster(tmp_path / "cluster") as made:
         yield made
-
-
-def _posted(cluster: Cluster, kind: str) -> list[dict[str, Any]]:
-    return [
-        r.body for r in cluster.api.requests if r.method == "POST" and r.body.get("kind") == kind
-    ]
 
 
 async def test_flow3_from_an_ova_on_a_share_through_four_services_on_kubernetes(
@@ -75,17 +63,9 @@ async def test_flow3_from_an_ova_on_a_share_through_four_services_on_kubernetes(
     shutil.copyfile(guest["ova"], share / "vm-a.ova")
     cluster.kubelet.exports["nfs.example:/exports/ova"] = share
     # And the four services on the kubernetes platform, pointed at the stand-in
-    env = {
-        "FERRY_PLATFORM__KIND": "kubernetes",
-        "FERRY_PLATFORM__KUBERNETES__HOST": cluster.url,
-        "FERRY_PLATFORM__KUBERNETES__PVCINIT_IMAGE": TOOLS_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__POPULATOR_IMAGE": FERRY_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__CONVERSION_IMAGE": TOOLS_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__POLL_SECONDS": "0.2",
-        # virt-inspector in a pod is shown by test_conversion_pods; here virt-v2v's own
-        # inspection is reported (a minute less under TCG)
-        "FERRY_CONVERSION__VERIFY_WITH_INSPECTOR": "false",
-    }
+    # virt-inspector in a pod is shown by the vSphere flow 3 e2e; here virt-v2v's own
+    # inspection is reported (a minute less under TCG)
+    env = standin_images.services_env(cluster, FERRY_CONVERSION__VERIFY_WITH_INSPECTOR="false")
     stack = LocalStack(tmp_path / "stack", env=env)
     await asyncio.to_thread(stack.start)
     try:
@@ -110,11 +90,10 @@ async def test_flow3_from_an_ova_on_a_share_through_four_services_on_kubernetes(
     assert [s for s in FLOW3 if s in steps] == [s for s in steps if s in FLOW3]
     # And it went through the cluster: blank DataVolumes, pvcinit, a conversion pod with
     # the share read-only and the claims at its own paths, a VirtualMachine running
-    [dv] = _posted(cluster, "DataVolume")
+    [dv] = posted(cluster, "datavolumes")
     assert "blank" in dv["spec"]["source"]
-    pods = {p["metadata"]["name"].split("-")[0]: p for p in _posted(cluster, "Pod")}
-    assert "pvcinit" in pods
-    conversion = next(p for p in _posted(cluster, "Pod") if "conversion" in p["metadata"]["name"])
+    assert posted(cluster, "pods", "pvcinit")
+    [conversion] = posted(cluster, "pods", "full-conversion")
     volumes = conversion["spec"]["volumes"]
     assert any(v.get("nfs", {}).get("readOnly") for v in volumes)
     assert conversion["metadata"]["labels"][label.MIGRATION] == "m1"

@@ -39,22 +39,18 @@ from ferry.testing.ovirt import scenario
 from ferry.testing.ovirt.engine import Engine, VmRecord
 from ferry.testing.stack import LocalStack
 
+sys.path.insert(0, str(Path(__file__).parent))
+import standin_images
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[3]
-TOOLS_IMAGE = "ferry/tools:test"  # pvcinit: the host's shell tools
-FERRY_IMAGE = "ferry/ferry:test"  # the populator pod: this checkout's interpreter and packages
 NS = scenario.NAMESPACE
 
 
 @pytest.fixture
 async def e2e_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    images = {
-        TOOLS_IMAGE: {"PATH": "/usr/bin:/bin"},
-        FERRY_IMAGE: {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
-    }
-    async with Cluster(tmp_path / "cluster", {"standard": "WaitForFirstConsumer"}, images) as made:
-        made.install_crd(objects.POPULATOR_CRD)
+    async with standin_images.e2e_cluster(tmp_path / "cluster") as made:
         yield made
 
 
@@ -99,14 +95,7 @@ async def test_flow2_from_ovirt_through_a_populator_on_waitforfirstconsumer_stor
     cluster = e2e_cluster
     eng, vm = ovirt
     # Given the four services on the kubernetes platform, pointed at the stand-in
-    env = {
-        "FERRY_PLATFORM__KIND": "kubernetes",
-        "FERRY_PLATFORM__KUBERNETES__HOST": cluster.url,
-        "FERRY_PLATFORM__KUBERNETES__PVCINIT_IMAGE": TOOLS_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__POPULATOR_IMAGE": FERRY_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__CONVERSION_IMAGE": TOOLS_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__POLL_SECONDS": "0.2",
-    }
+    env = standin_images.services_env(cluster)
     stack = LocalStack(tmp_path / "stack", env=env)
     await asyncio.to_thread(stack.start)
     try:
