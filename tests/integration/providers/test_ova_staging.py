@@ -156,3 +156,79 @@ async def test_a_canceled_conversion_input_stops_copying(tmp_path: Path) -> None
     stopped_at = copy.stat().st_size
     await asyncio.sleep(0.3)
     assert copy.stat().st_size == stopped_at < size
+
+
+def _data_package(root: Path, name: str, size: int) -> None:
+    """A folder package whose raw disk is ``size`` bytes of data (nothing to skip)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    block = os.urandom(ovfkit.MiB)
+    with (folder / f"{name}.raw").open("wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+    capacity = size // ovfkit.MiB
+    disks = [{"href": f"{name}.raw", "size": size, "format": RAW_URI, "capacity": capacity}]
+    (folder / f"{name}.ovf").write_text(ovfkit.vmware_ovf(disks, name=name))
+
+
+async def test_the_staged_copy_reads_no_byte_of_the_package_before_its_grant(
+    tmp_path: Path,
+) -> None:
+    # Given a package with a 16 MiB disk of data, and a budget that grants the first
+    # chunk and then holds
+    size = 16 * ovfkit.MiB
+    _data_package(tmp_path / "import", "paced", size)
+    provider = OvaProvider(tmp_path / "import")
+    [vm] = await provider.inventory()
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    asked: list[int] = []
+    release = asyncio.Event()
+
+    async def pace(nbytes: int) -> None:
+        asked.append(nbytes)
+        if len(asked) > 1:
+            await release.wait()
+
+    # When the conversion input is made under that budget
+    task = asyncio.create_task(provider.v2v_input(vm, work, pace=pace))
+    copy = work / "disks" / "paced.raw"
+    async with asyncio.timeout(10):
+        while len(asked) < 2 and not task.done():
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+
+    # Then the copy holds only what was granted while the budget holds the rest
+    held = copy.stat().st_size
+    assert held == asked[0] < size
+    # And once the budget grants again it completes, every byte asked for first
+    release.set()
+    given = await task
+    assert sum(asked) == size and copy.stat().st_size == size
+    assert given.argv[:2] == ["-i", "libvirtxml"]
+
+
+async def test_a_conversion_canceled_while_its_copy_waits_for_bandwidth_stops(
+    tmp_path: Path,
+) -> None:
+    # Given a package staged under a budget that never grants
+    _data_package(tmp_path / "import", "held", 8 * ovfkit.MiB)
+    provider = OvaProvider(tmp_path / "import")
+    [vm] = await provider.inventory()
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    asked = asyncio.Event()
+
+    async def pace(nbytes: int) -> None:
+        asked.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(provider.v2v_input(vm, work, pace=pace))
+    await asyncio.wait_for(asked.wait(), 10)
+
+    # When the conversion is canceled / Then it ends, nothing of the disk read
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    copy = work / "disks" / "held.raw"
+    assert not copy.exists() or copy.stat().st_size == 0

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from ferry.conversion_service import v2v
@@ -14,7 +15,7 @@ from ferry.conversion_service.settings import ConversionSettings
 from ferry.platform.local.processes import LocalWorkloads
 from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import Disk, ProviderType, Vm, Volume
-from ferry.providers.base import V2vInput
+from ferry.providers.base import Pace, V2vInput
 
 
 def test_helpers_wrap_virt_v2v_first_outermost_and_read_the_secret_copies(
@@ -122,7 +123,7 @@ class _Downloaded:
     def __init__(self, disk: Path) -> None:
         self.disk = disk
 
-    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+    async def v2v_input(self, vm: Vm, workdir: Path, *, pace: Pace | None = None) -> V2vInput:
         domain = workdir / "domain.xml"
         domain.write_text(f"<domain><source file='{self.disk}'/></domain>")
         return V2vInput(
@@ -171,7 +172,7 @@ class _Captured(LocalWorkloads):
 class _Served:
     """A provider whose input is one captive nbdkit (vSphere's datastore path)."""
 
-    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+    async def v2v_input(self, vm: Vm, workdir: Path, *, pace: Pace | None = None) -> V2vInput:
         domain = workdir / "domain.xml"
         domain.write_text("<domain/>")
         sock = workdir / "nbd-0.sock"
@@ -208,3 +209,31 @@ async def test_a_budgeted_conversion_reads_through_the_rate_filter_where_it_runs
     else:
         assert workloads.argv[:2] == ["nbdkit", "--run"] and workloads.argv[3] == "--filter=rate"
         assert workloads.rate_file.strip() == str(8 << 20) and granted
+
+
+class _Staged(_Downloaded):
+    """A provider that moves the source's bytes itself while it makes the input (an OVA's
+    staged copies): it records the pace it was given."""
+
+    def __init__(self, disk: Path) -> None:
+        super().__init__(disk)
+        self.pace: Pace | None = None
+
+    async def v2v_input(self, vm: Vm, workdir: Path, *, pace: Pace | None = None) -> V2vInput:
+        self.pace = pace
+        given = await super().v2v_input(vm, workdir)
+        return msgspec.structs.replace(given, host_files=[])
+
+
+async def test_a_budgeted_conversion_paces_what_the_provider_moves_itself(tmp_path: Path) -> None:
+    # Given a full conversion under a bandwidth budget whose provider stages the disks
+    async def rate(nbytes: int) -> None:
+        await asyncio.sleep(0)
+
+    source = _Staged(tmp_path / "disk.raw")
+    converter, job = _full(tmp_path, _Captured(), source, rate=rate)
+
+    # When it runs / Then the provider made its input under the job's budgets
+    with pytest.raises(v2v.ConversionError):
+        await converter.convert(job)
+    assert source.pace is rate

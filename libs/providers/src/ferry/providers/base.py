@@ -289,8 +289,11 @@ class Provider(Protocol):
         """An unopened reader; enter it with ``async with``."""
         ...
 
-    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
-        """virt-v2v ``-i …`` arguments for this VM, files written into ``workdir``."""
+    async def v2v_input(self, vm: Vm, workdir: Path, *, pace: Pace | None = None) -> V2vInput:
+        """virt-v2v ``-i …`` arguments for this VM, files written into ``workdir``.
+
+        ``pace``: the conversion's bandwidth budgets, for the source's bytes the provider
+        moves itself before virt-v2v starts (an OVA's staged copies, an NFC download)."""
         ...
 
 

@@ -13,9 +13,10 @@ The grants are a reservation: the conversion holds its share of each budget whil
 runs, whether virt-v2v reads at that moment or not (nbdkit says nothing of what it
 served), so a budget is never exceeded but may be under-used during the conversion's
 own guest work. virt-v2v copies one disk at a time, so each helper may read at the
-whole reservation. Only helpers the service starts itself are paced: an OVA read by
-virt-v2v directly is not, nor a conversion pod's helpers, whose files this host
-cannot update (both said in the docs).
+whole reservation. Only helpers the service starts itself are paced this way, not a
+conversion pod's helpers, whose files this host cannot update (said in the docs). What
+a provider moves itself before virt-v2v starts (an OVA's staged copies, an NFC
+download) asks the same grants chunk by chunk (``v2v_input(pace=…)``).
 """
 
 from __future__ import annotations

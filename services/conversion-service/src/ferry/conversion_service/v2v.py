@@ -74,7 +74,7 @@ from ferry.platform.workloads import (
 from ferry.proto import subjects
 from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import Inspection, Vm, Volume
-from ferry.providers.base import InputHold, ProviderError, V2vInput
+from ferry.providers.base import InputHold, Pace, ProviderError, V2vInput
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ ProgressCallback = Callable[[Progress], Awaitable[None]]
 class V2vSource(Protocol):
     """The part of a provider a full conversion needs."""
 
-    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput: ...
+    async def v2v_input(self, vm: Vm, workdir: Path, *, pace: Pace | None = None) -> V2vInput: ...
 
 
 class ConversionError(Exception):
@@ -335,7 +335,9 @@ class Converter:
             if job.source is None:
                 raise ConversionError("full conversion needs a provider to read the source")
             try:
-                given = await job.source.v2v_input(job.inventory, workdir)
+                # what the provider moves itself before virt-v2v starts is paced per
+                # chunk; the captive helpers' reads while it runs, below
+                given = await job.source.v2v_input(job.inventory, workdir, pace=job.rate)
             except ProviderError as error:
                 raise ConversionError(f"the provider cannot open the VM: {error}") from None
             if given.host_files and not self.workloads.workloads_run_here:

@@ -33,6 +33,7 @@ from ferry.proto.inventory import Extent, PowerState, Vm
 from ferry.providers.base import (
     ChangedDisks,
     NbdTls,
+    Pace,
     ProviderError,
     TlsNbdExport,
     V2vInput,
@@ -200,7 +201,8 @@ class LibvirtProvider:
 
         return file_disk
 
-    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+    async def v2v_input(self, vm: Vm, workdir: Path, *, pace: Pace | None = None) -> V2vInput:
+        # virt-v2v reads the disks itself over libvirt: nothing of Ferry's moves them
         return v2v.input_args(self.client.uri, vm.name, workdir, self._username, self._password)
 
     # -- preflight --------------------------------------------------------------------

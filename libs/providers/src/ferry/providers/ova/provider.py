@@ -36,7 +36,7 @@ from urllib.parse import quote
 import msgspec
 
 from ferry.proto.inventory import Disk, DiskFormat, Package, PowerState, ProviderType, Status, Vm
-from ferry.providers.base import DiskNotFound, ProviderError, V2vInput, VmNotFound
+from ferry.providers.base import DiskNotFound, Pace, ProviderError, V2vInput, VmNotFound
 from ferry.providers.ova import descriptor, domainxml, errors, guests, image, manifest, staging
 from ferry.providers.ova.disks import DiskRef
 from ferry.providers.ova.limits import DEFAULT, Limits
@@ -227,17 +227,20 @@ class OvaProvider:
             verify = _Verify(loaded, name)
         return checked, verify
 
-    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+    async def v2v_input(self, vm: Vm, workdir: Path, *, pace: Pace | None = None) -> V2vInput:
         """``-i libvirtxml`` over private, digest-checked copies of the disks.
 
         Each file is copied into ``workdir`` and its manifest digest checked on the
         bytes copied (:mod:`staging`), always, whatever ``verify_digests`` says:
         virt-v2v reads exactly what was checked. The copies are checked again as
         images (:func:`image.inspect`), and the document (:mod:`domainxml`) names them.
+        The copies are the conversion's reads of the package: ``pace`` paces them.
         """
         loaded = await self._loaded_for(vm.id, vm.configuration)
         listed = _usable(loaded, next(v for v in loaded.vms if v.id == vm.id))
         staged = staging.Staged(loaded.package, workdir / "disks", loaded.entries)
+        if pace is not None:
+            staged.throttle = staging.blocking(pace, asyncio.get_running_loop(), staged.stopped)
         sources = []
         for disk in vm.disks:
             checked, ref = loaded.images.get((vm.id, disk.id)), loaded.refs.get((vm.id, disk.id))

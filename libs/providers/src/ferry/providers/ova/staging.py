@@ -13,27 +13,65 @@ checked are the bytes read.
 Runs of zeros are skipped, not written, so a sparse raw disk stays sparse. The
 copy costs the disk's size in the work directory for the length of the run
 (``FERRY_CONVERSION__WORK_DIR``).
+
+The copy is where a conversion reads the OVA's bytes from where they are kept (a
+share), so it is what the VM's bandwidth budgets pace: given a ``pace``, every chunk
+waits for its grant before it is read (:func:`blocking`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+from ferry.providers.base import Pace, ProviderError
 from ferry.providers.ova import errors
 from ferry.providers.ova.manifest import CHUNK, Entry
 from ferry.providers.ova.package import Location, Package, open_checked, safe_name
 
 BLOCK = 64 * 1024  # zeros this long (aligned) become a hole in the copy
 _ZEROS = bytes(BLOCK)
+Throttle = Callable[[int], None]  # blocks until this many more bytes may be read
+WAKE_SECONDS = 0.5  # how often a copy waiting for its grant looks whether it was stopped
+
+
+def blocking(pace: Pace, loop: asyncio.AbstractEventLoop, stopped: threading.Event) -> Throttle:
+    """``pace`` (a coroutine on ``loop``) for the copy's thread: it waits for each grant,
+    and gives up with an error once ``stopped`` is set (the conversion was canceled)."""
+
+    async def ask(nbytes: int) -> None:
+        await pace(nbytes)
+
+    def throttle(nbytes: int) -> None:
+        granted = asyncio.run_coroutine_threadsafe(ask(nbytes), loop)
+        while True:
+            try:
+                granted.result(timeout=WAKE_SECONDS)
+                return
+            except concurrent.futures.TimeoutError:
+                if stopped.is_set():
+                    granted.cancel()
+                    stop = "the copy was stopped while it waited for bandwidth"
+                    raise ProviderError(stop) from None
+
+    return throttle
 
 
 class Staged(Package):
     """``package`` whose files are private copies under ``directory``, made on demand."""
 
-    def __init__(self, package: Package, directory: Path, entries: dict[str, Entry]) -> None:
+    def __init__(
+        self,
+        package: Package,
+        directory: Path,
+        entries: dict[str, Entry],
+        throttle: Throttle | None = None,
+    ) -> None:
         self.origin = package
         self.source = package.source
         self.descriptor = package.descriptor
@@ -42,6 +80,7 @@ class Staged(Package):
         self.entries = entries
         self._copies: dict[str, Location] = {}
         self.stopped = threading.Event()  # set on cancel: a copy in a thread stops
+        self.throttle = throttle
         directory.mkdir(mode=0o700, exist_ok=True)
 
     def names(self) -> list[str]:
@@ -56,7 +95,8 @@ class Staged(Package):
         target = self.directory / clean
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         entry = self.entries.get(clean)
-        digest = copy(original, target, entry.algorithm if entry else "sha256", self.stopped)
+        algorithm = entry.algorithm if entry else "sha256"
+        digest = copy(original, target, algorithm, self.stopped, self.throttle)
         if entry is not None and digest != entry.digest:
             target.unlink()
             raise errors.ManifestMismatchError(
@@ -70,11 +110,16 @@ class Staged(Package):
 
 
 def copy(
-    location: Location, target: Path, algorithm: str, stopped: threading.Event | None = None
+    location: Location,
+    target: Path,
+    algorithm: str,
+    stopped: threading.Event | None = None,
+    throttle: Throttle | None = None,
 ) -> str:
     """Copy ``location``'s bytes to a new file ``target``; the digest of what was written.
 
-    ``stopped``, once set, ends the copy at the next chunk with an error.
+    ``stopped``, once set, ends the copy at the next chunk with an error; ``throttle``
+    is asked for each chunk's bytes before the chunk is read.
     """
     hasher = hashlib.new(algorithm)
     source = open_checked(location)
@@ -86,7 +131,10 @@ def copy(
             while done < location.size:
                 if stopped is not None and stopped.is_set():
                     raise errors.OvaError(location.path, f"copy of {location.name} was stopped")
-                chunk = os.pread(source, min(CHUNK, location.size - done), location.offset + done)
+                want = min(CHUNK, location.size - done)
+                if throttle is not None:
+                    throttle(want)
+                chunk = os.pread(source, want, location.offset + done)
                 if not chunk:
                     raise errors.TruncatedArchiveError(
                         location.path, f"{location.name} is cut short at byte {done}"

@@ -21,7 +21,7 @@ import ovirtsdk4 as sdk
 from ovirtsdk4 import types
 
 from ferry.proto.inventory import Disk, DiskFormat, Firmware, Nic, PowerState, ProviderType, Vm
-from ferry.providers.base import ChangedDisks, ProviderError, V2vInput, VmNotFound
+from ferry.providers.base import ChangedDisks, Pace, ProviderError, V2vInput, VmNotFound
 from ferry.providers.ovirt import backups, transfers
 from ferry.providers.ovirt.client import Client
 from ferry.providers.ovirt.reader import OvirtDiskReader
@@ -175,7 +175,7 @@ class OvirtProvider:
     def open_disk(self, vm: Vm, disk_id: str) -> OvirtDiskReader:
         return OvirtDiskReader(self.client, vm, disk_id)
 
-    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+    async def v2v_input(self, vm: Vm, workdir: Path, *, pace: Pace | None = None) -> V2vInput:
         raise ProviderError(
             f"oVirt VM {vm.name}: disks are copied by the populator (flow 2); "
             "virt-v2v's oVirt input is not used"

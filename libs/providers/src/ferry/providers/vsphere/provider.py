@@ -21,7 +21,7 @@ import msgspec
 from pyVmomi import vim, vmodl
 
 from ferry.proto.inventory import Extent, PowerState, Vm
-from ferry.providers.base import DiskNotFound, ProviderError, V2vInput, VmNotFound
+from ferry.providers.base import DiskNotFound, Pace, ProviderError, V2vInput, VmNotFound
 from ferry.providers.vsphere import (
     changes,
     client,
@@ -193,9 +193,10 @@ class VsphereProvider:
             self.session, file, disk.capacity, f"{vm.id}:{disk_id}", allocation
         )
 
-    async def v2v_input(self, vm: Vm, workdir: Path) -> V2vInput:
+    async def v2v_input(self, vm: Vm, workdir: Path, *, pace: Pace | None = None) -> V2vInput:
         if self.disk_transfer == "nfc":
             return await v2v.nfc_input(
-                self.session, self.leases, vm, workdir, lambda si: self._ref(si, vm.id)
+                self.session, self.leases, vm, workdir, lambda si: self._ref(si, vm.id), pace
             )
+        # the datastore path: the captive nbdkits' reads are paced by the conversion
         return await v2v.v2v_input(self.session, vm, workdir)

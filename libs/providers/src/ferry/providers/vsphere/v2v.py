@@ -47,7 +47,7 @@ from typing import Any
 
 from ferry.proto.inventory import Vm
 from ferry.providers import libvirtxml
-from ferry.providers.base import ProviderError, V2vInput
+from ferry.providers.base import Pace, ProviderError, V2vInput
 from ferry.providers.vsphere import nfc
 from ferry.providers.vsphere.client import Session
 from ferry.providers.vsphere.disks import (
@@ -123,7 +123,12 @@ async def v2v_input(session: Session, vm: Vm, workdir: Path) -> V2vInput:
 
 
 async def nfc_input(
-    session: Session, leases: nfc.Leases, vm: Vm, workdir: Path, ref_of: Callable[[Any], Any]
+    session: Session,
+    leases: nfc.Leases,
+    vm: Vm,
+    workdir: Path,
+    ref_of: Callable[[Any], Any],
+    pace: Pace | None = None,
 ) -> V2vInput:
     """``diskTransfer: nfc``: every disk downloaded through the VM's export lease into
     ``workdir`` (checked, see :mod:`~ferry.providers.vsphere.nfc`) before virt-v2v
@@ -143,7 +148,7 @@ async def nfc_input(
         ssl = aiohttp_ssl(session)
         async with leases.of(vm, ref_of) as lease:
             paths = [
-                await nfc.download(lease, d.id, folder, ssl, cookie, f"{vm.id}:{d.id}")
+                await nfc.download(lease, d.id, folder, ssl, cookie, f"{vm.id}:{d.id}", pace)
                 for d in vm.disks
             ]
     finally:
