@@ -22,11 +22,11 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
+import msgspec
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -51,6 +51,8 @@ T = TypeVar("T")
 PUBLISH_ASYNC_MAX_PENDING = 4000
 # How long ``publish_many`` waits for room among them before giving up on a message.
 PUBLISH_STALL_SECONDS = 5.0
+# Subjects a connection remembers (by message type, migration and VM) before it starts over.
+SUBJECTS_REMEMBERED = 4096
 
 _RETRYABLE = (
     NatsTimeoutError,
@@ -71,9 +73,12 @@ _UNDELIVERED = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
-    """A stream's acknowledgement: where the message is stored."""
+class Published(msgspec.Struct, frozen=True):
+    """A stream's acknowledgement: where the message is stored.
+
+    (A struct, not a frozen dataclass: one is made per published message, and a frozen
+    dataclass's ``__init__`` costs several times as much.)
+    """
 
     id: str
     stream: str
@@ -107,6 +112,7 @@ class Bus:
         self._kvs: dict[tuple[str, type[Any]], KeyValue[Any]] = {}
         self._log = dial.ConnectionLog("")
         self.ledger: Ledger | None = None  # every acknowledged publish, when set (ledger.py)
+        self._subjects: dict[tuple[type[Message], str, str], str] = {}
 
     @classmethod
     async def connect(
@@ -179,7 +185,7 @@ class Bus:
         ``cause``: the id of the message this one answers (see ``envelope.wrap``).
         """
         env, data = envelope.wrap(message, self.source, cause)
-        published = await self.publish_raw(message.subject(), data, env.headers())
+        published = await self.publish_raw(self._subject(message), data, env.headers())
         if self.ledger is not None:
             self.ledger.record(env.type, message, published.id, published.duplicate)
         return published
@@ -194,15 +200,16 @@ class Bus:
         publish between two of them, and the stream must then still hold this
         process's events in the order of their times.
         """
+        sent = list(messages)
         wrapped: list[tuple[str, envelope.Envelope, bytes]] = []
         futures: list[asyncio.Future[api.PubAck] | None] = []
-        sent = list(messages)
+        publish_async, source = self.js.publish_async, self.source
         for message in sent:
-            subject, (env, data) = message.subject(), envelope.wrap(message, self.source, cause)
+            subject, (env, data) = self._subject(message), envelope.wrap(message, source, cause)
             wrapped.append((subject, env, data))
             try:
                 futures.append(
-                    await self.js.publish_async(
+                    await publish_async(
                         subject, data, headers=env.headers(), wait_stall=self._stall()
                     )
                 )
@@ -218,11 +225,28 @@ class Bus:
                 # Not acknowledged in time: retry alone, same id, so never stored twice.
                 results.append(await self.publish_raw(subject, data, env.headers()))
             else:
-                results.append(_published(env.id, ack))
+                results.append(Published(env.id, ack.stream, ack.seq, bool(ack.duplicate)))
         if self.ledger is not None:
             for message, (_, env, _), published in zip(sent, wrapped, results, strict=True):
                 self.ledger.record(env.type, message, published.id, published.duplicate)
         return results
+
+    def _subject(self, message: Message) -> str:
+        """``message.subject()``, remembered by type, migration and VM.
+
+        A service publishes for the same VMs over and over, and making their names
+        into subject tokens is most of what a subject costs. Only the base class's
+        ``subject`` (a function of exactly these three) is remembered.
+        """
+        key = (type(message), message.migration, message.vm)
+        subject = self._subjects.get(key)
+        if subject is None:
+            subject = message.subject()
+            if type(message).subject is Message.subject:
+                if len(self._subjects) >= SUBJECTS_REMEMBERED:
+                    self._subjects.clear()
+                self._subjects[key] = subject
+        return subject
 
     def _stall(self) -> float | None:
         """The wait for room among pending publishes: none needed while there is room.
@@ -364,4 +388,4 @@ def _result(future: asyncio.Future[api.PubAck] | None) -> api.PubAck | None:
 
 
 def _published(msg_id: str, ack: api.PubAck) -> Published:
-    return Published(id=msg_id, stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
+    return Published(msg_id, ack.stream, ack.seq, bool(ack.duplicate))

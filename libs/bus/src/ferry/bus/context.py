@@ -30,17 +30,43 @@ _EMIT_KEEPALIVE_SECONDS = 1.0
 class Context:
     """What a handler may know and do besides computing its result."""
 
-    def __init__(self, dispatcher: Dispatcher, job: Job, env: Envelope, message: Message) -> None:
+    __slots__ = (
+        "_dispatcher",
+        "_job",
+        "_last_keepalive",
+        "_log",
+        "envelope",
+        "message",
+        "service",
+        "subject",
+    )
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        job: Job,
+        env: Envelope,
+        message: Message,
+        now: float | None = None,
+    ) -> None:
         self._dispatcher = dispatcher
         self._job = job
-        self._last_keepalive = time.monotonic()
+        self._last_keepalive = time.monotonic() if now is None else now
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
         self.envelope = env
         self.message = message
         self.service = dispatcher.service
         self.subject = job.msg.subject
-        self.log = logging.LoggerAdapter(
-            log, {"migration": message.migration, "vm": message.vm, "type": env.type}
-        )
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The router's logger, each record tagged with the message's migration, VM and type."""
+        if self._log is None:
+            message = self.message
+            self._log = logging.LoggerAdapter(
+                log, {"migration": message.migration, "vm": message.vm, "type": self.envelope.type}
+            )
+        return self._log
 
     @property
     def bus(self) -> Bus:

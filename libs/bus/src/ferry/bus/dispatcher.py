@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ferry.bus.context import Context
 from ferry.bus.errors import Canceled
-from ferry.bus.job import Identity, Job, Route, quietly
+from ferry.bus.job import Identity, Job, Route, not_sent, quietly
+from ferry.bus.lanes import Lanes
 from ferry.bus.middleware.base import Middleware
 from ferry.bus.outcome import Ack, Attempt, GiveUp, Retry, Verdict, as_messages, backoff, scrub
 from ferry.proto import envelope, registry
@@ -79,14 +80,14 @@ class Dispatcher:
         self.bus = bus
         self.ack_wait = ack_wait  # the shortest of the sources': what keep-alive must beat
         self.failed_type = registry.FAILED[router.service]
+        self._events_intake = router.intake.kind == "events"
         self.held: set[Job] = set()
         # A job held here whose ack_wait ran out anyway (this process was starved of CPU
         # longer than the keep-alive period) is redelivered, possibly to this very
         # replica: by stream sequence, such a copy is recognised and never run twice.
         self.by_sequence: dict[tuple[str, int], Job] = {}
         self.settled: OrderedDict[tuple[str, int], str] = OrderedDict()
-        self.lanes: dict[str, deque[Job]] = {}
-        self.lane_tasks: set[asyncio.Task[None]] = set()
+        self._lanes: Lanes[Job] = Lanes(self._step, name=f"ferry-lanes-{self.service.value}")
         self.stopping = False
         self.slot_freed = asyncio.Event()
 
@@ -110,39 +111,58 @@ class Dispatcher:
             return False, None
         return sequence in self.by_sequence, self.settled.get(sequence)
 
-    def accept(self, job: Job) -> None:
-        """Hold ``job`` and queue it on its lane, starting the lane if idle."""
+    def accept(self, job: Job, *, report: bool = True) -> None:
+        """Hold ``job`` and queue it on its lane, which a worker runs if it was idle.
+
+        ``report=False`` leaves telling the ``in_flight`` hooks to the caller, who
+        accepts a fetch's worth and then calls :meth:`report_in_flight` once.
+        """
         self.held.add(job)
         if job.sequence is not None:
             self.by_sequence[job.sequence] = job
+        self._lanes.put(job.lane, job)
+        if report:
+            self._in_flight()
+
+    def report_in_flight(self) -> None:
+        """Tell the ``in_flight`` hooks how many jobs are held now."""
         self._in_flight()
-        queue = self.lanes.get(job.lane)
-        if queue is None:
-            queue = self.lanes[job.lane] = deque()
-            task = asyncio.create_task(self._lane(job.lane, queue), name=f"ferry-lane-{job.lane}")
-            self.lane_tasks.add(task)
-            task.add_done_callback(self.lane_tasks.discard)
-        queue.append(job)
+
+    @property
+    def lanes(self) -> dict[str, deque[Job]]:
+        """The lanes holding jobs, by lane key; each one's head is queued or running."""
+        return self._lanes.queues
+
+    @property
+    def lane_tasks(self) -> set[asyncio.Task[None]]:
+        """The worker tasks that run the lanes (idle ones included)."""
+        return self._lanes.workers
+
+    async def drained(self) -> None:
+        """Return once every lane has ended (no job queued or running)."""
+        await self._lanes.drained()
+
+    async def close(self) -> None:
+        """After the last job: end the idle lane workers (busy ones end with their lane)."""
+        await self._lanes.close()
 
     def route_of(self, job: Job) -> Route | None:
         return job.route or self.router.route(job.type_name)
 
-    async def _lane(self, lane: str, queue: deque[Job]) -> None:
+    async def _step(self, job: Job) -> None:
+        """One job of a lane, in the lane's worker task, released whatever happens."""
         try:
-            while queue:
-                job = queue[0]
-                try:
-                    if job.state == "queued":
-                        await self._process(job)
-                except Exception:
-                    log.exception("router failed to settle a message on %s", job.msg.subject)
-                    await self.nak(job, backoff(job.deliveries))
-                finally:
-                    queue.popleft()
-                    self._release(job)
+            if job.state != "queued":
+                pass  # nak'ed while it waited (shutdown)
+            elif self.stopping:
+                await self.nak(job, 0.0)
+            else:
+                await self.settle(job, await self._verdict(job))
+        except Exception:
+            log.exception("router failed to settle a message on %s", job.msg.subject)
+            await self.nak(job, backoff(job.deliveries))
         finally:
-            if self.lanes.get(lane) is queue:
-                del self.lanes[lane]
+            self._release(job)
 
     def _release(self, job: Job) -> None:
         job.state = "done"
@@ -159,23 +179,18 @@ class Dispatcher:
 
     # -- one message -------------------------------------------------------------
 
-    async def _process(self, job: Job) -> None:
-        if self.stopping:
-            await self.nak(job, 0.0)
-            return
-        await self.settle(job, await self._verdict(job))
-
     async def _verdict(self, job: Job) -> Verdict:
-        events_intake = self.router.intake.kind == "events"
+        events_intake = self._events_intake
         try:
-            job.envelope, job.message = envelope.unwrap(job.msg.headers, job.msg.data)
+            env, job.message = envelope.unwrap(job.msg.headers, job.msg.data)
         except envelope.UnknownMessageType as err:
             if events_intake and job.type_name != "unknown":
                 return Ack(label="ignored")  # a newer producer's event: open world
             return GiveUp(FailureOutcome.PERMANENT, f"undecodable message: {err}", label="invalid")
         except ValueError as err:
             return GiveUp(FailureOutcome.PERMANENT, f"undecodable message: {err}", label="invalid")
-        job.route = self.router.route(job.type_name)
+        job.envelope = env
+        job.route = self.router.route(env.type)
         if job.route is None and events_intake:
             return Ack(label="ignored")
         if job.route is None:
@@ -189,24 +204,26 @@ class Dispatcher:
 
     async def _run_handler(self, job: Job, route: Route) -> Attempt:
         assert job.envelope is not None and job.message is not None
-        ctx = Context(self, job, job.envelope, job.message)
-        message = job.message
-
-        async def handle() -> Any:
-            return await route.fn(message, ctx)
-
-        call: Call = handle
-        for mw in self._wrap_hooks:
-            call = mw.wrap(job, call)
         started = time.monotonic()
-        # The handler runs inside this lane's task (no task per message); to
-        # interrupt it, middleware or shutdown cancel the lane task while ``job.task``
+        ctx = Context(self, job, job.envelope, job.message, started)
+        message = job.message
+        call: Call | None = None
+        if self._wrap_hooks:
+
+            async def handle() -> Any:
+                return await route.fn(message, ctx)
+
+            call = handle
+            for mw in self._wrap_hooks:
+                call = mw.wrap(job, call)
+        # The handler runs inside its lane's worker task (no task per message); to
+        # interrupt it, middleware or shutdown cancel that task while ``job.task``
         # is set and mark why in ``job.cancel_reason``.
         lane_task = asyncio.current_task()
         job.state = "running"
         job.task = lane_task
         try:
-            result = await call()
+            result = await (route.fn(message, ctx) if call is None else call())
         except asyncio.CancelledError:
             if job.cancel_reason is None:
                 raise  # the lane itself is being torn down
@@ -252,13 +269,14 @@ class Dispatcher:
 
     async def _succeed(self, job: Job, verdict: Ack) -> Verdict:
         outputs = as_messages(verdict.result)
-        try:
-            await self.publish(outputs, cause=job.cause)
-        except Exception as err:
-            log.warning("could not publish results: %s", err, extra=self._extra(job))
-            retry = Retry(backoff(job.deliveries), "error")
-            await self.nak(job, retry.delay)
-            return retry
+        if outputs:
+            try:
+                await self.publish(outputs, cause=job.cause)
+            except Exception as err:
+                log.warning("could not publish results: %s", err, extra=self._extra(job))
+                retry = Retry(backoff(job.deliveries), "error")
+                await self.nak(job, retry.delay)
+                return retry
         await self.ack(job)
         return verdict
 
@@ -303,7 +321,10 @@ class Dispatcher:
         return verdict
 
     async def ack(self, job: Job) -> None:
-        await quietly(job.msg.ack())
+        try:
+            await job.msg.ack()
+        except Exception as err:  # (``quietly``, without a coroutine of its own)
+            not_sent(err)
         self._remember(job, "ack")
 
     async def nak(self, job: Job, delay: float) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
@@ -83,7 +83,7 @@ class Identity(msgspec.Struct, kw_only=True):
             return cls()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     """One delivered message this replica is responsible for until it acks/naks/terms."""
 
@@ -96,9 +96,9 @@ class Job:
     sequence: tuple[str, int] | None = None  # (consumer, stream sequence): what a redelivery shares
     origin: str = ""  # "<stream>:<sequence>", names a dead letter that has no message id
     state: str = "queued"  # queued | running | done
-    task: asyncio.Task[Any] | None = None  # the lane task while the handler runs
+    task: asyncio.Task[Any] | None = None  # its lane's worker task while the handler runs
     cancel_reason: str | None = None  # "canceled" | "shutdown": why the router interrupted it
-    canceled: asyncio.Event = field(default_factory=asyncio.Event)
+    _canceled: asyncio.Event | None = None  # made when first asked for: most never are
     route: Route | None = None  # known once decoded
     envelope: Envelope | None = None
     message: Message | None = None
@@ -126,6 +126,13 @@ class Job:
             sequence=sequence,
             origin=origin,
         )
+
+    @property
+    def canceled(self) -> asyncio.Event:
+        """Set when the (migration, vm) is canceled while this job is held."""
+        if self._canceled is None:
+            self._canceled = asyncio.Event()
+        return self._canceled
 
     @property
     def type_name(self) -> str:
@@ -160,4 +167,9 @@ async def quietly(op: Awaitable[Any]) -> None:
     try:
         await op
     except Exception as err:
-        log.warning("ack-type reply not sent (the message will be redelivered): %s", err)
+        not_sent(err)
+
+
+def not_sent(err: Exception) -> None:
+    """Log an ack-type reply that failed (see :func:`quietly`)."""
+    log.warning("ack-type reply not sent (the message will be redelivered): %s", err)

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+
+import msgspec
 
 from ferry.proto.base import FailureOutcome, Message
 
 Result = Message | Sequence[Message] | None
 
+# The verdicts and attempts are immutable structs (not frozen dataclasses): the
+# dispatcher makes two for every message, and a frozen dataclass costs ~0.9 µs to make,
+# a struct ~0.1 µs.
+
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(msgspec.Struct, frozen=True):
     """How one run of a handler ended."""
 
     result: Result = None
@@ -31,8 +35,7 @@ class Attempt:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
+class Ack(msgspec.Struct, frozen=True):
     """Publish ``result`` (if any), then ack. ``label`` set: acked without handling."""
 
     result: Result = None
@@ -40,21 +43,19 @@ class Ack:
     label: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
+class Retry(msgspec.Struct, frozen=True):
     """Nak for redelivery after ``delay`` seconds; ``label`` is the metrics reason, if any."""
 
     delay: float
     label: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class GiveUp:
+class GiveUp(msgspec.Struct, frozen=True):
     """Terminate: publish the service's ``Failed`` with ``outcome``, then term."""
 
     outcome: FailureOutcome
     reason: str
-    detail: list[str] = field(default_factory=list)
+    detail: list[str] = msgspec.field(default_factory=list)
     label: str = "permanent"  # the metrics reason: permanent, exhausted, invalid, canceled
 
 
