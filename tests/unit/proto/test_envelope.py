@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import msgspec
 import pytest
 
@@ -175,3 +177,24 @@ def test_the_fast_paths_answer_as_the_binding_says() -> None:
     mixed = dict(written)
     mixed["CE-SUBJECT"] = mixed.pop("ce-subject")
     assert Envelope.from_headers(mixed) == env
+
+
+def test_the_time_attribute_is_rfc3339_utc_to_the_microsecond_and_moves_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given clock readings inside one second and across the next (the date part is
+    # formatted once a second)
+    second = 1_796_675_000
+    nanos = [999_999_999, 1_000, 1_000_000_000]  # .999999, .000001, the next second
+    readings = iter(second * 1_000_000_000 + n for n in nanos)
+    monkeypatch.setattr(envelope.time, "time_ns", lambda: next(readings))
+    # Then each stamp is the reading's own time, as datetime's isoformat writes it
+    stamps = [envelope.now() for _ in nanos]
+    expected = [
+        datetime.fromtimestamp(second + n // 1_000_000_000, UTC)
+        .replace(microsecond=n % 1_000_000_000 // 1000)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+        for n in nanos
+    ]
+    assert stamps == expected

@@ -19,6 +19,7 @@ happens to produce an identical result still gets a new id and is stored.
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote_to_bytes
 
@@ -65,8 +66,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
             "ce-type": encode_value(self.type),
             "ce-subject": encode_value(self.subject),
             "ce-time": encode_value(self.time),
-            "ce-specversion": encode_value(self.specversion),
-            "ce-datacontenttype": encode_value(self.datacontenttype),
+            "ce-specversion": _constant(self.specversion, SPECVERSION),
+            "ce-datacontenttype": _constant(self.datacontenttype, CONTENT_TYPE),
             MSG_ID_HEADER: self.id,
         }
 
@@ -113,6 +114,11 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
 
 # Every attribute's header, as ``Envelope.headers`` names them.
 _CE_NAMES = frozenset(CE_PREFIX + name for name in Envelope.__struct_fields__)
+
+
+def _constant(value: str, usual: str) -> str:
+    """``encode_value`` of an attribute that nearly always has its ``usual`` value."""
+    return value if value is usual or value == usual else encode_value(value)
 
 
 def encode_value(value: str) -> str:
@@ -171,8 +177,20 @@ def ce_subject(message: Message) -> str:
     return f"{message.plan}/{message.migration}/{message.vm}"
 
 
+_stamped: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """The time, UTC, to the microsecond, as RFC 3339 (``2026-12-07T20:21:43.123456Z``).
+
+    Every published message is stamped: the date and time of day are formatted once a
+    second, the microseconds each time (a full ``isoformat`` cost more than the rest
+    of the envelope together)."""
+    global _stamped
+    second, nanos = divmod(time.time_ns(), 1_000_000_000)
+    if _stamped[0] != second:
+        _stamped = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_stamped[1]}.{nanos // 1000:06d}Z"
 
 
 def wrap(message: Message, source: str, cause: str = "") -> tuple[Envelope, bytes]:
