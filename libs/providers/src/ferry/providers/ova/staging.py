@@ -65,13 +65,7 @@ def blocking(pace: Pace, loop: asyncio.AbstractEventLoop, stopped: threading.Eve
 class Staged(Package):
     """``package`` whose files are private copies under ``directory``, made on demand."""
 
-    def __init__(
-        self,
-        package: Package,
-        directory: Path,
-        entries: dict[str, Entry],
-        throttle: Throttle | None = None,
-    ) -> None:
+    def __init__(self, package: Package, directory: Path, entries: dict[str, Entry]) -> None:
         self.origin = package
         self.source = package.source
         self.descriptor = package.descriptor
@@ -80,7 +74,7 @@ class Staged(Package):
         self.entries = entries
         self._copies: dict[str, Location] = {}
         self.stopped = threading.Event()  # set on cancel: a copy in a thread stops
-        self.throttle = throttle
+        self.throttle: Throttle | None = None  # the copies' grants (:func:`blocking`)
         directory.mkdir(mode=0o700, exist_ok=True)
 
     def names(self) -> list[str]:
