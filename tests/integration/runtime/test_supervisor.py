@@ -48,7 +48,11 @@ def made(tmp_path: Path) -> Iterator[Callable[[str], tuple[Stack, Supervisor]]]:
         children = {}
         procs = []
         for program in programs:
-            proc, popen = processes.spawn(program.name, program.argv(), program.log, {}, 0)
+            try:
+                proc, popen = processes.spawn(program.name, program.argv(), program.log, {}, 0)
+            except processes.ExitedAtOnce as ended:  # a failing program on a loaded machine
+                popen = ended.popen
+                proc = processes.Process(program.name, popen.pid, -1, str(program.log), 0)
             children[proc.pid] = popen
             procs.append(proc)
         stack = Stack(str(tmp_path), "", "", nats=procs[1], services=[procs[0]], policy=FAST)
@@ -157,3 +161,27 @@ def test_a_new_supervisor_adopts_without_starting_duplicates(
     assert recorded.supervision["svc"].last_exit is not None
     assert recorded.supervision["svc"].last_exit.startswith("gone")
     assert recorded.supervision["svc"].restarts == 1
+
+
+def test_a_restart_that_ends_before_it_is_seen_running_keeps_its_exit_status(
+    tmp_path: Path,
+    made: Callable[[str], tuple[Stack, Supervisor]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a crash-looping program whose restarts end before the supervisor can read
+    # their start (as on a loaded machine: each is a zombie by then)
+    stack, supervisor = made(FAILING)
+    known = {p.pid for p in stack.processes()} | {os.getpid()}
+    seen_running = processes.start_time
+    monkeypatch.setattr(
+        processes, "start_time", lambda pid: seen_running(pid) if pid in known else None
+    )
+
+    # When the supervisor has watched it until it gives up
+    _until("giving up", supervisor, lambda: stack.seen("svc").health is Health.GAVE_UP, 15)
+
+    # Then every run's exit status is its own, not an unknown one
+    seen = stack.supervision["svc"]
+    assert seen.last_exit == "exit 3"
+    assert "exit 3, exit 3, exit 3, exit 3, exit 3" in seen.reason, seen.reason
+    assert (tmp_path / "logs" / "svc.log").read_text().count("boom") == 5

@@ -69,6 +69,14 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 """What this process started and has not reaped yet (no zombies while it supervises)."""
 
 
+class ExitedAtOnce(StackError):
+    """The program ended before it could be seen running; ``popen`` holds its exit status."""
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path) -> None:
+        super().__init__(f"{name} exited at once:\n{tail(log)}")
+        self.popen = popen
+
+
 def spawn(
     name: str, argv: list[str], log: Path, env: Mapping[str, str], port: int
 ) -> tuple[Process, subprocess.Popen[bytes]]:
@@ -88,7 +96,7 @@ def spawn(
     started = start_time(popen.pid)
     if started is None:
         popen.wait()
-        raise StackError(f"{name} exited at once:\n{tail(log)}")
+        raise ExitedAtOnce(name, popen, log)
     return Process(name=name, pid=popen.pid, started=started, log=str(log), port=port), popen
 
 

@@ -179,7 +179,8 @@ class Supervisor:
                 name, program.argv(), program.log, program.env, program.port
             )
         except (StackError, OSError) as error:
-            slot.popen = None
+            # one that ended at once is seen exited on the next pass, with its status
+            slot.popen = error.popen if isinstance(error, processes.ExitedAtOnce) else None
             seen.health = Health.RUNNING  # counted as a fast exit on the next pass
             old.started = -1  # never alive: the next pass sees it gone
             self.note("start failed", process=name, error=str(error).splitlines()[0])
