@@ -22,6 +22,7 @@ from ferry.testing.cluster.cluster import Cluster
 from ferry.testing.ovirt.imageio import Imageio
 
 sys.path.insert(0, str(Path(__file__).parent))
+import standin_images
 from standin_images import CLASSES, FERRY_IMAGE, TOOLS_IMAGE, ferry_image_env
 
 
@@ -33,6 +34,13 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     }
     async with Cluster(tmp_path / "cluster", CLASSES, images) as made:
         made.install_crd(objects.POPULATOR_CRD)
+        yield made
+
+
+@pytest.fixture
+async def e2e_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """The four-service e2e tests' stand-in (:func:`standin_images.e2e_cluster`)."""
+    async with standin_images.e2e_cluster(tmp_path / "cluster") as made:
         yield made
 
 

@@ -16,7 +16,6 @@ import asyncio
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -44,12 +43,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[3]
 SHARE = "nfs://nfs.example/exports/ova"
-
-
-@pytest.fixture
-async def e2e_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with standin_images.e2e_cluster(tmp_path / "cluster") as made:
-        yield made
 
 
 async def test_flow3_from_an_ova_on_a_share_through_four_services_on_kubernetes(

@@ -21,7 +21,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[3]
 NS = scenario.NAMESPACE
-
-
-@pytest.fixture
-async def e2e_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with standin_images.e2e_cluster(tmp_path / "cluster") as made:
-        yield made
 
 
 @pytest.fixture

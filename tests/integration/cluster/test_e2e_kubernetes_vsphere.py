@@ -18,7 +18,6 @@ import base64
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,6 @@ NAME = "DC0_H0_VM0"
 MiB = 1 << 20
 SIZE = 64 * MiB
 WRITE = (20 * MiB, 0x5C)
-
-
-@pytest.fixture
-async def e2e_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with standin_images.e2e_cluster(tmp_path / "cluster") as made:
-        yield made
 
 
 def _arrange(si: Any) -> tuple[str, Path]:

@@ -18,7 +18,6 @@ import base64
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +43,6 @@ REPO = Path(__file__).resolve().parents[3]
 NS = "e2e"
 NAME = "DC0_H0_VM0"
 COOKIE = "vmware_soap_session"
-
-
-@pytest.fixture
-async def e2e_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with standin_images.e2e_cluster(tmp_path / "cluster") as made:
-        yield made
 
 
 def _migrate(stack: LocalStack) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +42,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(600)]
 
 NS = scenario.NAMESPACE
 MiB = 1 << 20
-
-
-@pytest.fixture
-async def e2e_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with standin_images.e2e_cluster(tmp_path / "cluster") as made:
-        yield made
 
 
 def _migrate(
