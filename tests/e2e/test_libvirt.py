@@ -20,9 +20,7 @@ conversion costs minutes:
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +31,7 @@ import pytest
 import yaml
 
 from ferry.providers.ova.provider import OvaProvider
-from ferry.testing import libvirtd
+from ferry.testing import guestfiles, libvirtd
 from ferry.testing.digests import guest_digest
 from ferry.testing.libvirt_guest import OsGuest, define_os_guest
 from ferry.testing.migration import apply_yaml, finished, guest_ova, of_type, source_objects
@@ -66,27 +64,15 @@ def conn() -> Iterator[libvirt.virConnect]:
     made.close()
 
 
-def load(name: str, path: Path) -> Any:
-    """A file of tests/guest, loaded by path (tests/ is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def converted_disk(tmp_path: Path) -> Path:
     """The test guest after virt-v2v-in-place (converted once, cached, shared with
     tests/integration/platform/test_qemu_converted.py): a guest with virtio drivers."""
-    guest = load("ferry_test_guest", GUEST_DIR / "build_guest.py").ensure_guest()
+    guest = guestfiles.load("ferry_test_guest", GUEST_DIR / "build_guest.py").ensure_guest()
     ova_dir = tmp_path / "ova"
     ova_dir.mkdir()
     shutil.copyfile(guest.ova, ova_dir / Path(guest.ova).name)
     (source,) = asyncio.run(OvaProvider(ova_dir).inventory())
-    converted = load("ferry_converted_guest", GUEST_DIR / "converted_guest.py")
+    converted = guestfiles.load("ferry_converted_guest", GUEST_DIR / "converted_guest.py")
     done = asyncio.run(converted.ensure_converted(guest, source))
     assert done.inspection.virtio_drivers is True
     disk: Path = done.directory / "disk.raw"

@@ -7,7 +7,6 @@ It is built once and cached; the first run may take a few minutes.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -20,20 +19,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ferry.conversion_service.settings import ConversionSettings
 from ferry.proto.inventory import Vm
 from ferry.providers.ova.provider import OvaProvider
+from ferry.testing import guestfiles
 
 BUILD_GUEST = Path(__file__).resolve().parents[2] / "guest" / "build_guest.py"
 
 
 def _builder() -> ModuleType:
-    name = "ferry_test_guest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BUILD_GUEST)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return guestfiles.load("ferry_test_guest", BUILD_GUEST)
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +13,7 @@ from ferry.platform.settings import PlatformSettings
 from ferry.platform.volumes import VolumeRequest
 from ferry.proto.inventory import Vm, Volume, VolumeTarget
 from ferry.proto.volume import VolumeSource
+from ferry.testing import guestfiles
 
 OVERHEAD = 64 << 20  # what a platform adds to a volume for filesystem overhead
 HELPERS = ("virt-v2v", "virt-v2v-in-place", "nbdkit", "qemu-nbd", "qemu-system", "nbdcopy")
@@ -113,13 +112,5 @@ def helpers_running() -> list[str]:
 def load_converted_guest() -> ModuleType:
     """tests/guest/converted_guest.py (tests/ is not a package), under the name the other
     tests that use it load it by, so that one module object serves them all."""
-    name = "ferry_converted_guest"
-    if name in sys.modules:
-        return sys.modules[name]
     path = Path(__file__).resolve().parents[2] / "guest" / "converted_guest.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return guestfiles.load("ferry_converted_guest", path)

@@ -8,10 +8,8 @@ data, so this test also proves that the fallback bus boots.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,6 +22,7 @@ from ferry.platform.local import qemu
 from ferry.platform.local.vms import LocalVms
 from ferry.platform.vms import VmPhase
 from ferry.proto.inventory import Disk, NetworkTarget, Nic, ProviderType, Vm, Volume
+from ferry.testing import guestfiles
 
 GUEST_BUILDER = Path(__file__).resolve().parents[2] / "guest" / "build_guest.py"
 BOOT_LIMIT_SECONDS = 600
@@ -31,12 +30,7 @@ BOOT_LIMIT_SECONDS = 600
 
 def guest_builder() -> ModuleType:
     """Load tests/guest/build_guest.py by path (tests/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("ferry_test_guest", GUEST_BUILDER)
-    assert spec is not None and spec.loader is not None, f"cannot load {GUEST_BUILDER}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return guestfiles.load("ferry_test_guest", GUEST_BUILDER)
 
 
 @pytest.mark.slow

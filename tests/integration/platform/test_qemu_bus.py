@@ -8,9 +8,7 @@ boot time, or failed with the console tail.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from ferry.proto import subjects, vm
 from ferry.proto.base import Message
 from ferry.proto.inventory import Disk, NetworkTarget, Nic, ProviderType, Vm, Volume
 from ferry.proto.subjects import Service
+from ferry.testing import guestfiles
 from ferry.vm_service import handlers
 
 MiB = 1 << 20
@@ -182,12 +181,7 @@ async def test_bad_create_command_fails_permanently_with_the_reason(
 
 
 def guest_builder() -> Any:
-    spec = importlib.util.spec_from_file_location("ferry_test_guest", GUEST_BUILDER)
-    assert spec is not None and spec.loader is not None, f"cannot load {GUEST_BUILDER}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return guestfiles.load("ferry_test_guest", GUEST_BUILDER)
 
 
 @pytest.mark.slow

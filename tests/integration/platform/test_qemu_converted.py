@@ -14,11 +14,8 @@ is shared, so the VM boots a qcow2 overlay of it.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -29,27 +26,16 @@ from ferry.platform.local.vms import LocalVms
 from ferry.platform.vms import VmPhase
 from ferry.proto.inventory import NetworkTarget, Volume
 from ferry.providers.ova.provider import OvaProvider
+from ferry.testing import guestfiles
 
 GUEST_DIR = Path(__file__).resolve().parents[2] / "guest"
-
-
-def load(name: str, path: Path) -> Any:
-    """Load a file of tests/guest by path (tests/ is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # first run: guest build and virt-v2v; then the boot, all under TCG
 async def test_converted_guest_boots_on_virtio_to_its_login_prompt(tmp_path: Path) -> None:
     # Given the test guest's OVA and its inventory
-    guest = load("ferry_test_guest", GUEST_DIR / "build_guest.py").ensure_guest()
+    guest = guestfiles.load("ferry_test_guest", GUEST_DIR / "build_guest.py").ensure_guest()
     ova_dir = tmp_path / "ova"
     ova_dir.mkdir()
     # A copy: the provider refuses hard links, whose bytes may belong to a file elsewhere.
@@ -57,7 +43,7 @@ async def test_converted_guest_boots_on_virtio_to_its_login_prompt(tmp_path: Pat
     (source,) = await OvaProvider(ova_dir).inventory()
     (disk,) = source.disks
     # And its disk converted in place by virt-v2v (cached), behind an overlay of our own
-    converted = await load(
+    converted = await guestfiles.load(
         "ferry_converted_guest", GUEST_DIR / "converted_guest.py"
     ).ensure_converted(guest, source)
     assert converted.inspection.virtio_drivers is True

@@ -6,9 +6,7 @@ only uses a cached build and skips otherwise, so it never triggers a build.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -16,17 +14,13 @@ import pytest
 
 from ferry.proto.inventory import DiskFormat, Firmware
 from ferry.providers.ova.provider import OvaProvider
+from ferry.testing import guestfiles
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "guest" / "build_guest.py"
 
 
 def _guest_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ferry_test_guest", BUILD_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return guestfiles.load("ferry_test_guest", BUILD_SCRIPT)
 
 
 @pytest.fixture
