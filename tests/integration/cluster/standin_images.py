@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from ferry.platform.kubernetes import objects
+from ferry.platform.kubernetes import fill, objects
+from ferry.testing.cluster import resources
 from ferry.testing.cluster.cluster import Cluster
 
 TOOLS_IMAGE = "ferry/tools:test"  # pvcinit and shell tools: the host's /usr/bin
@@ -65,3 +66,19 @@ def posted(cluster: Cluster, plural: str, prefix: str = "") -> list[dict[str, An
         if r.method == "POST" and r.path.split("/")[-1] == plural
         if r.body["metadata"]["name"].startswith(prefix)
     ]
+
+
+def volume_image(pv: dict[str, Any]) -> Path:
+    """The file holding a PersistentVolume's bytes: its host path (Block) or the disk
+    image in that directory (Filesystem)."""
+    backing = Path(pv["spec"]["hostPath"]["path"])
+    return backing / fill.FILESYSTEM_IMAGE if backing.is_dir() else backing
+
+
+def claim_image(cluster: Cluster, namespace: str, claim: str) -> Path:
+    """The file holding the bytes of the volume ``claim`` is bound to."""
+    bound = cluster.get(resources.PVC, namespace, claim)
+    assert bound is not None, f"claim {namespace}/{claim} is gone"
+    pv = cluster.get(resources.PV, "", bound["spec"]["volumeName"])
+    assert pv is not None, f"the volume of claim {namespace}/{claim} is gone"
+    return volume_image(pv)

@@ -170,8 +170,7 @@ async def test_flow2_from_ovirt_through_a_populator_on_waitforfirstconsumer_stor
 
     # And the claim holds the source disk's bytes
     source = vm.disks[0].image
-    backing = Path(pv["spec"]["hostPath"]["path"])
-    written = backing / fill.FILESYSTEM_IMAGE if backing.is_dir() else backing
+    written = standin_images.volume_image(pv)
     size = source.stat().st_size
     assert await asyncio.to_thread(_sha256, written, size) == await asyncio.to_thread(
         _sha256, source, size

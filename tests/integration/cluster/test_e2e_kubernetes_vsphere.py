@@ -138,13 +138,7 @@ async def test_warm_vsphere_vm_through_flow_one_with_transfer_pods_reading_the_d
     # and the claim holds the source's bytes: the last round compared both whole
     [final] = copied[-1]["disks"]
     assert final["source"] == final["target"] and final["source"]["algorithm"] != "unverified"
-    bound = cluster.get(resources.PVC, NS, claim["metadata"]["name"])
-    assert bound is not None
-    pv = cluster.get(resources.PV, "", bound["spec"]["volumeName"])
-    assert pv is not None
-    backing = Path(pv["spec"]["hostPath"]["path"])
-    written = backing / fill.FILESYSTEM_IMAGE if backing.is_dir() else backing
-    with written.open("rb") as target:
+    with standin_images.claim_image(cluster, NS, claim["metadata"]["name"]).open("rb") as target:
         assert target.read(SIZE) == source
     # and nothing is left: no pod or Secret of a round, no snapshot on the VM
     assert cluster.store.list(resources.POD, NS) == []

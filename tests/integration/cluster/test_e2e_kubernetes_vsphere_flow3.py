@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
-from ferry.platform.kubernetes import fill
 from ferry.testing.cluster import resources
 from ferry.testing.cluster.cluster import Cluster
 from ferry.testing.migration import FLOW3, finished, guest_ova, of_type
@@ -127,7 +126,7 @@ async def test_a_vsphere_vm_is_converted_in_a_pod_through_four_services_on_kuber
         if "persistentVolumeClaim" in v
     ]
     assert claims == [dv["metadata"]["name"]]
-    with _backing(cluster, claims[0]).open("rb") as disk:
+    with standin_images.claim_image(cluster, NS, claims[0]).open("rb") as disk:
         assert disk.read(512)[510:] == b"\x55\xaa"  # a boot sector where zeros were
     [vmi] = cluster.store.list(resources.VMI, NS)
     assert vmi["status"]["phase"] == "Running"
@@ -138,12 +137,3 @@ async def test_a_vsphere_vm_is_converted_in_a_pod_through_four_services_on_kuber
         f"\nvSphere flow 3 on kubernetes (stand-in): {seconds:.0f} s; conversion "
         f"{converted.get('seconds')} s; steps {step_times(events, vm)}"
     )
-
-
-def _backing(cluster: Cluster, claim: str) -> Path:
-    pvc = cluster.get(resources.PVC, NS, claim)
-    assert pvc is not None
-    pv = cluster.get(resources.PV, "", pvc["spec"]["volumeName"])
-    assert pv is not None
-    backing = Path(pv["spec"]["hostPath"]["path"])
-    return backing / fill.FILESYSTEM_IMAGE if backing.is_dir() else backing

@@ -115,13 +115,7 @@ async def test_warm_ovirt_vm_through_flow_one_with_a_transfer_pod_per_round(
             [final] = rounds[-1]["disks"]
             assert final["source"] == final["target"]
             assert final["source"]["algorithm"] != "unverified"
-            bound = cluster.get(resources.PVC, NS, name)
-            assert bound is not None
-            pv = cluster.get(resources.PV, "", bound["spec"]["volumeName"])
-            assert pv is not None
-            backing = Path(pv["spec"]["hostPath"]["path"])
-            written = backing / fill.FILESYSTEM_IMAGE if backing.is_dir() else backing
-            with written.open("rb") as target:
+            with standin_images.claim_image(cluster, NS, name).open("rb") as target:
                 for offset, pattern in [(0, 0x11), *WRITES]:
                     target.seek(offset)
                     assert target.read(MiB) == bytes([pattern]) * MiB
