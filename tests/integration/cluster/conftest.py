@@ -23,7 +23,7 @@ from ferry.testing.ovirt.imageio import Imageio
 
 sys.path.insert(0, str(Path(__file__).parent))
 import standin_images
-from standin_images import CLASSES, FERRY_IMAGE, TOOLS_IMAGE, ferry_image_env
+from standin_images import CLASSES, CONVERSION_IMAGE, FERRY_IMAGE, TOOLS_IMAGE, ferry_image_env
 
 
 @pytest.fixture
@@ -31,6 +31,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     images = {
         TOOLS_IMAGE: {"PATH": "/usr/bin:/bin"},
         FERRY_IMAGE: ferry_image_env(),
+        CONVERSION_IMAGE: ferry_image_env(),
     }
     async with Cluster(tmp_path / "cluster", CLASSES, images) as made:
         made.install_crd(objects.POPULATOR_CRD)
@@ -59,7 +60,7 @@ async def platform(cluster: Cluster) -> AsyncIterator[KubernetesPlatform]:
         host=cluster.url,
         pvcinit_image=TOOLS_IMAGE,
         populator_image=FERRY_IMAGE,
-        conversion_image=TOOLS_IMAGE,
+        conversion_image=CONVERSION_IMAGE,
         poll_seconds=0.05,
         bind_timeout=5,
         transfer_timeout=60,  # three populator attempts on a loaded machine

@@ -22,6 +22,9 @@ from ferry.testing.cluster.cluster import Cluster
 TOOLS_IMAGE = "ferry/tools:test"  # pvcinit and shell tools: the host's /usr/bin
 # Ferry's own image (the populator pod): this checkout's interpreter and packages.
 FERRY_IMAGE = "ferry/ferry:test"
+# The conversion image (Dockerfile.conversion): the virt tools (the host's /usr/bin) and
+# Ferry's packages, which a conversion pod under a budget runs its pacer from.
+CONVERSION_IMAGE = "ferry/conversion:test"
 CLASSES = {"wffc": "WaitForFirstConsumer", "immediate": "Immediate"}
 
 
@@ -38,7 +41,11 @@ def ferry_image_env() -> dict[str, str]:
 async def e2e_cluster(root: Path) -> AsyncIterator[Cluster]:
     """A stand-in with one WaitForFirstConsumer class, ``standard`` (the StorageMaps'),
     both images, and Ferry's populator CRD."""
-    images = {TOOLS_IMAGE: {"PATH": "/usr/bin:/bin"}, FERRY_IMAGE: ferry_image_env()}
+    images = {
+        TOOLS_IMAGE: {"PATH": "/usr/bin:/bin"},
+        FERRY_IMAGE: ferry_image_env(),
+        CONVERSION_IMAGE: ferry_image_env(),
+    }
     async with Cluster(root, {"standard": "WaitForFirstConsumer"}, images) as made:
         made.install_crd(objects.POPULATOR_CRD)
         yield made
@@ -52,7 +59,7 @@ def services_env(cluster: Cluster, **settings: str) -> dict[str, str]:
         "FERRY_PLATFORM__KUBERNETES__HOST": cluster.url,
         "FERRY_PLATFORM__KUBERNETES__PVCINIT_IMAGE": TOOLS_IMAGE,
         "FERRY_PLATFORM__KUBERNETES__POPULATOR_IMAGE": FERRY_IMAGE,
-        "FERRY_PLATFORM__KUBERNETES__CONVERSION_IMAGE": TOOLS_IMAGE,
+        "FERRY_PLATFORM__KUBERNETES__CONVERSION_IMAGE": CONVERSION_IMAGE,
         "FERRY_PLATFORM__KUBERNETES__POLL_SECONDS": "0.2",
         **settings,
     }

@@ -12,6 +12,7 @@ import pytest
 
 from ferry.conversion_service import v2v
 from ferry.conversion_service.settings import ConversionSettings
+from ferry.platform.kubernetes.pacing import Broker
 from ferry.platform.local.processes import LocalWorkloads
 from ferry.proto.conversion import ConversionMode
 from ferry.proto.inventory import Disk, ProviderType, Vm, Volume
@@ -158,15 +159,31 @@ class _Captured(LocalWorkloads):
         super().__init__()
         self.workloads_run_here = not elsewhere
         self.argv: list[str] = []
+        self.env: dict[str, str] = {}
+        self.secret_files: dict[str, bytes] = {}
         self.rate_file: str = ""
+        self.broker = Broker()
+        self.tickets_open = 0  # the broker's open tickets while the workload ran
 
     async def run_workload(self, workload: Any, log: Any, on_line: Any = None) -> int:
-        self.argv = list(workload.argv)
+        self.argv, self.env = list(workload.argv), dict(workload.env)
+        self.secret_files = dict(workload.secret_files)
+        self.tickets_open = self.broker.open
         found = [a.split("=", 1)[1] for a in self.argv if a.startswith("rate-file=")]
-        if found:
+        if found and self.workloads_run_here:
             await asyncio.sleep(0.05)  # the grants' task has begun
             self.rate_file = Path(found[0]).read_text()
         return 1
+
+
+class _Pods(_Captured):
+    """As a cluster's conversion pods: they take their grants themselves."""
+
+    def __init__(self) -> None:
+        super().__init__(elsewhere=True)
+
+    def remote_pace(self, rate: Any) -> Any:
+        return self.broker.remote(rate, "http://10.0.0.7:8080")
 
 
 class _Served:
@@ -184,31 +201,72 @@ class _Served:
         )
 
 
-@pytest.mark.parametrize("elsewhere", [False, True], ids=["here", "pods"])
-async def test_a_budgeted_conversion_reads_through_the_rate_filter_where_it_runs_here(
-    tmp_path: Path, elsewhere: bool
+async def test_a_budgeted_conversion_reads_through_the_rate_filter_it_feeds_here(
+    tmp_path: Path,
 ) -> None:
-    # Given a full conversion under a bandwidth budget, its source served by a helper
+    # Given a full conversion under a bandwidth budget, its source served by a helper,
+    # where workloads run on this host
     granted: list[int] = []
 
     async def rate(nbytes: int) -> None:
         granted.append(nbytes)
         await asyncio.sleep(1)
 
-    workloads = _Captured(elsewhere)
+    workloads = _Captured()
     converter, job = _full(tmp_path, workloads, _Served(), rate=rate)
 
     # When it runs (the workload fails at once: only its command matters here)
     with pytest.raises(v2v.ConversionError):
         await converter.convert(job)
 
-    # Then here, the helper reads through nbdkit's rate filter whose file the grants feed
-    # (1 MiB/s until the first period ends); in pods the file could not be fed: unpaced
-    if elsewhere:
-        assert "--filter=rate" not in " ".join(workloads.argv) and not granted
-    else:
-        assert workloads.argv[:2] == ["nbdkit", "--run"] and workloads.argv[3] == "--filter=rate"
-        assert workloads.rate_file.strip() == str(8 << 20) and granted
+    # Then the helper reads through nbdkit's rate filter whose file the grants feed
+    # (1 MiB/s until the first period ends)
+    assert workloads.argv[:2] == ["nbdkit", "--run"] and workloads.argv[3] == "--filter=rate"
+    assert workloads.rate_file.strip() == str(8 << 20) and granted
+
+
+async def test_a_budgeted_conversion_pod_feeds_its_rate_file_with_a_ticket_from_its_secret(
+    tmp_path: Path,
+) -> None:
+    # Given a full conversion under a bandwidth budget, in a pod (workloads elsewhere)
+    async def rate(nbytes: int) -> None:
+        await asyncio.sleep(0)
+
+    workloads = _Pods()
+    converter, job = _full(tmp_path, workloads, _Served(), rate=rate, rate_step=3 << 20)
+
+    # When it runs
+    with pytest.raises(v2v.ConversionError):
+        await converter.convert(job)
+
+    # Then the pod runs its command under the pacer, which reads the ticket from the
+    # pod's secret files and feeds the rate file that the helper's filter re-reads
+    pacer, rest = workloads.argv[:7], workloads.argv[7:]
+    assert pacer[:3] == ["python3", "-m", "ferry.platform.kubernetes.podpace"]
+    ticket_file, rate_file, step, dashes = pacer[3:]
+    assert ticket_file.endswith("/input/pace-ticket.json") and step == str(3 << 20)
+    assert dashes == "--" and rest[:2] == ["nbdkit", "--run"] and rest[3] == "--filter=rate"
+    assert f"rate-file={rate_file}" in rest and rate_file.startswith("/var/tmp/ferry-v2v/")
+    # and the ticket (its token) is a secret file, never in the command or environment
+    token = msgspec.json.decode(workloads.secret_files["pace-ticket.json"])["token"]
+    assert len(token) >= 40
+    assert token not in " ".join(workloads.argv) + " ".join(workloads.env.values())
+    # and the broker knew the ticket while the pod ran, and no longer
+    assert workloads.tickets_open == 1 and workloads.broker.open == 0
+
+
+async def test_a_budget_where_workloads_cannot_take_grants_is_refused(tmp_path: Path) -> None:
+    # Given workloads that run elsewhere and have no way to ask for grants
+    async def rate(nbytes: int) -> None:
+        await asyncio.sleep(0)
+
+    workloads = _Captured(elsewhere=True)
+    converter, job = _full(tmp_path, workloads, _Served(), rate=rate)
+
+    # When a budgeted conversion runs / Then it is refused before any workload ran
+    with pytest.raises(v2v.ConversionError, match="cannot take grants"):
+        await converter.convert(job)
+    assert workloads.argv == []
 
 
 class _Staged(_Downloaded):

@@ -163,9 +163,10 @@ def test_deployments_probe_health_and_pass_settings_as_env() -> None:
         else:  # and the controller, on the kubernetes platform, in operator mode, in-cluster
             assert env["FERRY_CONTROLLER__OPERATOR__ENABLED"] == "true"
             assert env["FERRY_PLATFORM__KUBERNETES__IN_CLUSTER"] == "true"
-        # and the volume-service's pods ask this very replica for bandwidth grants (a
-        # copy's ticket lives in it): its pod IP, from the downward API, no secret
-        if deployment["metadata"]["name"] == "ferry-volume-service":
+        # and the pods of the volume-service and the conversion-service ask this very
+        # replica for bandwidth grants (a ticket lives in it): its pod IP, from the
+        # downward API, no secret
+        if deployment["metadata"]["name"] in ("ferry-volume-service", "ferry-conversion-service"):
             assert fields == {"POD_IP": {"fieldRef": {"fieldPath": "status.podIP"}}}
             pacing = env["FERRY_PLATFORM__KUBERNETES__PACING_URL"]
             assert pacing == f"http://$(POD_IP):{env['FERRY_HTTP__PORT']}"

@@ -162,10 +162,11 @@ class KubernetesSettings(_Group):
     pacing_url: str = Field(
         default="",
         pattern=r"^(https?://[^\s/]+(/\S*)?)?$",
-        description="How transfer and populator pods reach this volume-service replica's "
-        "HTTP port to ask for bandwidth grants (e.g. http://10.0.0.7:8080; the chart "
-        "uses the pod's own IP, since a copy's ticket lives in the replica that runs "
-        "it). Empty: a copy under a bandwidth budget is refused.",
+        description="How the pods this replica starts (transfer and populator pods of the "
+        "volume-service, conversion pods of the conversion-service) reach its HTTP port to "
+        "ask for bandwidth grants (e.g. http://10.0.0.7:8080; the chart uses the pod's own "
+        "IP, since a ticket lives in the replica that opened it). Empty: a copy or "
+        "conversion under a bandwidth budget is refused.",
     )
     poll_seconds: float = Field(default=2.0, gt=0, description="How often transfers are polled.")
     bind_timeout: float = Field(default=600.0, gt=0, description="pvcinit: seconds to Bound.")

@@ -19,10 +19,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import BinaryIO, Protocol
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import msgspec
 
+from ferry.platform.volumes import Rate
 from ferry.proto.inventory import Volume
 
 LineHandler = Callable[[str], Awaitable[None]]
@@ -139,3 +142,50 @@ class WorkloadPlatform(Protocol):
         time limit, cancellation), nothing of the workload is left running.
         """
         ...
+
+
+class RemotePace(Protocol):
+    """Bandwidth grants for a workload that runs elsewhere (a pod), open while its
+    ``async with`` block runs.
+
+    The workload reads :attr:`ticket` as one of its secret files and runs under
+    :meth:`command`: a program that asks this service for grants with that ticket and
+    writes the rate it was granted into ``rate_file`` (which the captive helpers' rate
+    filter re-reads), while it runs ``argv``.
+    """
+
+    ticket: bytes
+
+    def command(
+        self, argv: list[str], *, ticket_file: str, rate_file: str, step: int
+    ) -> list[str]: ...
+
+    async def __aenter__(self) -> None: ...
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class PacesRemotely(Protocol):
+    """A platform whose workloads can take grants themselves (the kubernetes platform)."""
+
+    def remote_pace(self, rate: Rate) -> RemotePace:
+        """Raises :class:`WorkloadError` when its workloads could not reach this service."""
+        ...
+
+
+def remote_pace(platform: object, rate: Rate) -> RemotePace | None:
+    """``platform``'s remote grants for ``rate``, or None if its workloads cannot take any."""
+    return platform.remote_pace(rate) if isinstance(platform, PacesRemotely) else None
+
+
+def write_rate(path: Path, bits_per_second: int) -> None:
+    """nbdkit's ``rate-file``, atomically as it asks: a new file renamed over the old one."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(f"{max(1, bits_per_second)}\n")
+    os.replace(fresh, path)

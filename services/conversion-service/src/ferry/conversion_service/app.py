@@ -3,8 +3,9 @@
 virt-v2v runs as a workload of the configured platform (a child process tree
 locally, a conversion pod in a cluster), from the one platform factory; the
 source of a full conversion is opened by :class:`ferry.runtime.providers.Providers`,
-with the Provider object's secret. Tests may hand in their own provider lookup
-or converter.
+with the Provider object's secret. The platform's own routes (the kubernetes
+platform's grant broker, which conversion pods under a budget ask) are served on the
+service's HTTP port. Tests may hand in their own provider lookup or converter.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ferry.conversion_service import v2v
 from ferry.conversion_service.handlers import ConversionHandlers, ProviderLookup
 from ferry.conversion_service.settings import Settings
 from ferry.conversion_service.volumes import VolumeRecords
-from ferry.platform import factory
+from ferry.platform import base, factory
 from ferry.proto.subjects import Service
 from ferry.runtime.bandwidth import Rates
 from ferry.runtime.providers import Providers
@@ -50,6 +51,7 @@ def build_router(
     if providers is None:
         providers = Providers.mounted(bus, settings.providers, settings.data_dir)
     router = Router(Service.CONVERSION)
+    router.http_routes.extend(base.http_routes(converter.workloads))
     rates = Rates(bus)  # the bandwidth budgets, shared with the volume-service's copies
     router.collectors.append(rates.moved)
     ConversionHandlers(settings.conversion, converter, providers, records, rates).register(router)

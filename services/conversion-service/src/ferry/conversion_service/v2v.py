@@ -349,10 +349,20 @@ class Converter:
                 )
             _secure(given.files, workdir)
             given_argv, files, captive = provider_files(given, workdir, secret_dir, run.seen)
-            if job.rate is not None and captive and self.workloads.workloads_run_here:
-                rate_file = workdir / "rate"
-                captive = [pacing.rate_filter(helper, rate_file) for helper in captive]
-                paced = pacing.paced(job.rate, rate_file, step=job.rate_step)
+            try:  # the helpers' reads under the budgets: fed here, or by the pod itself
+                pace = pacing.plan(
+                    self.workloads,
+                    job.rate,
+                    job.rate_step,
+                    captive,
+                    workdir=workdir,
+                    seen=run.seen,
+                    secret_dir=secret_dir,
+                )
+            except WorkloadError as error:
+                raise ConversionError(str(error)) from None
+            captive, paced, wrap = pace.captive, pace.grants, pace.wrap
+            files = {**files, **pace.files}
             links = output_links(job.volumes, run.placed)
             argv = [
                 self.settings.virt_v2v,
@@ -367,7 +377,7 @@ class Converter:
                 "-of",
                 job.volumes[0].format or "raw",
             ]
-            argv = run_captive(argv, captive)
+            argv = wrap(run_captive(argv, captive))
             shares, hold = dict(given.shares), given.hold
         else:
             files = {"domain.xml": domain.domain_xml(job.inventory, job.volumes, run.placed)}

@@ -1,4 +1,4 @@
-"""A transfer pod's side of bandwidth budgets: ask the volume-service before each chunk.
+"""A pod's side of bandwidth budgets: ask the service that started it before each chunk.
 
 A pod has no bus connection (and should not: it would need a NATS identity), so it
 cannot take from a budget's :class:`ferry.bus.rate.SharedRate` itself. The
@@ -38,6 +38,11 @@ ATTEMPTS = 5  # connections tried for one grant before the pod gives up (transie
 BACKOFF = 0.5  # seconds before the second attempt, doubled after each
 
 
+class Refused(OSError):
+    """The service refused the ticket (the copy or conversion that opened it has ended, or
+    its replica restarted): asking again changes nothing."""
+
+
 class Ticket(msgspec.Struct, frozen=True, kw_only=True):
     """Where a pod asks for grants and the bearer token of its copy (a secret)."""
 
@@ -62,6 +67,7 @@ class Throttle:
         attempts: int = ATTEMPTS,
         backoff: float = BACKOFF,
         opener: Open = urllib.request.urlopen,
+        service: str = "volume-service",
     ) -> None:
         if urllib.parse.urlsplit(ticket.url).scheme not in {"http", "https"}:
             raise ValueError(f"pace_url must be an http(s) URL, not {ticket.url!r}")
@@ -71,6 +77,7 @@ class Throttle:
         self._attempts = max(1, attempts)
         self._backoff = backoff
         self._open = opener
+        self._service = service  # who grants, for the messages
         self._lock = threading.Lock()  # one grant at a time, whichever thread asks
         self.granted = 0
 
@@ -95,9 +102,9 @@ class Throttle:
                 return
             except urllib.error.HTTPError as error:
                 if error.code < 500:  # refused, not unreachable: asking again changes nothing
-                    raise OSError(
-                        f"the volume-service refused a bandwidth grant at {self._url} "
-                        f"(HTTP {error.code}): the copy's ticket is closed or unknown"
+                    raise Refused(
+                        f"the {self._service} refused a bandwidth grant at {self._url} "
+                        f"(HTTP {error.code}): the ticket is closed or unknown"
                     ) from None
                 why = f"HTTP {error.code}"
             except (urllib.error.URLError, OSError) as error:
@@ -105,6 +112,6 @@ class Throttle:
             if attempt + 1 < self._attempts:
                 time.sleep(self._backoff * 2**attempt)
         raise OSError(
-            f"no bandwidth grant from the volume-service at {self._url} after "
+            f"no bandwidth grant from the {self._service} at {self._url} after "
             f"{self._attempts} attempts: {why}"
         )

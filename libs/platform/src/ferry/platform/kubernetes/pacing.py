@@ -18,6 +18,11 @@ granted. What it guarantees:
 A ticket lives in the memory of the replica whose copy opened it, so pods must reach
 *that* replica (the chart's ``pacing_url`` is the pod's own IP, not the Service,
 which would spread asks over replicas that do not know the ticket).
+
+The conversion-service serves the same route for its conversion pods: a full
+conversion under a budget opens a :class:`PodPace`, whose ticket the pod reads from
+its Secret and whose program (:mod:`ferry.platform.kubernetes.podpace`) runs the
+pod's command while it feeds the captive helpers' rate file with what it is granted.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ import hmac
 import json
 import secrets
 from collections.abc import Iterator
+from types import TracebackType
 
+import msgspec
 from aiohttp import web
 
+from ferry.platform.kubernetes import grants
 from ferry.platform.kubernetes.grants import MAX_BYTES, PATH
 from ferry.platform.volumes import Rate
 
@@ -49,12 +57,16 @@ class Broker:
     @contextlib.contextmanager
     def ticket(self, rate: Rate) -> Iterator[str]:
         """A new token bound to ``rate`` while the ``with`` block runs (the copy)."""
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         self._tickets[token] = rate
         try:
             yield token
         finally:
             del self._tickets[token]
+
+    def remote(self, rate: Rate, url: str) -> PodPace:
+        """A conversion pod's grants against ``rate``: open while its ``async with`` runs."""
+        return PodPace(self, rate, grants.Ticket(url=url, token=new_token()))
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(PATH, self.grant)]
@@ -94,3 +106,49 @@ def asked(body: bytes) -> int:
     if type(nbytes) is not int or not 0 < nbytes <= MAX_BYTES:
         raise ValueError(f"'bytes' must be an integer in 1..{MAX_BYTES}")
     return nbytes
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class PodPace:
+    """A conversion pod's grants (:class:`ferry.platform.workloads.RemotePace`).
+
+    The token is made with the object so the ticket can go into the pod's Secret before
+    the pod exists; the broker knows it only while the ``async with`` block runs (the
+    pod's run), so a pod of a conversion that ended is refused.
+    """
+
+    def __init__(self, broker: Broker, rate: Rate, ticket: grants.Ticket) -> None:
+        self._broker = broker
+        self._rate = rate
+        self._ticket = ticket
+        self.ticket = msgspec.json.encode(ticket)  # the pod's secret file
+
+    def command(self, argv: list[str], *, ticket_file: str, rate_file: str, step: int) -> list[str]:
+        """``argv`` run by the pod's pacer (the conversion image has Ferry's packages)."""
+        return [
+            "python3",
+            "-m",
+            "ferry.platform.kubernetes.podpace",
+            ticket_file,
+            rate_file,
+            str(step),
+            "--",
+            *argv,
+        ]
+
+    async def __aenter__(self) -> None:
+        self._broker._tickets[self._ticket.token] = self._rate
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._broker._tickets.pop(self._ticket.token, None)
+
+    def __repr__(self) -> str:
+        return f"PodPace(url={self._ticket.url!r})"  # never the token

@@ -2,7 +2,9 @@
 
 Workloads (the conversion pod) run as pods through :class:`KubeWorkloads`. The grant
 broker (:mod:`~ferry.platform.kubernetes.pacing`) is made with the platform, and its
-route is what :meth:`KubernetesPlatform.http_routes` offers the volume-service.
+route is what :meth:`KubernetesPlatform.http_routes` offers the service: the
+volume-service's transfer and populator pods ask it, and so do the conversion-service's
+conversion pods under a budget (:meth:`KubernetesPlatform.remote_pace`).
 
 The API client is made on first use, not in the constructor, because loading a
 kubeconfig is asynchronous and the factory is not; ``aclose()`` releases its
@@ -32,7 +34,13 @@ from ferry.platform.kubernetes.workloads import KubeWorkloads
 from ferry.platform.settings import KubernetesSettings
 from ferry.platform.vms import VmInfo
 from ferry.platform.volumes import ProgressCallback, Rate, VolumeRequest, VolumeState
-from ferry.platform.workloads import LineHandler, Placed, Workload, WorkloadError
+from ferry.platform.workloads import (
+    LineHandler,
+    Placed,
+    RemotePace,
+    Workload,
+    WorkloadError,
+)
 from ferry.proto.inventory import DiskCopy, Volume
 
 if TYPE_CHECKING:
@@ -85,8 +93,18 @@ class KubernetesPlatform:
         self.pacing = Broker()
 
     def http_routes(self) -> list[object]:
-        """The grant broker's route, for the volume-service's HTTP server (its pods ask it)."""
+        """The grant broker's route, for the service's HTTP server (its pods ask it)."""
         return list(self.pacing.routes())
+
+    def remote_pace(self, rate: Rate) -> RemotePace:
+        """A conversion pod's grants against ``rate`` (:class:`~.pacing.PodPace`)."""
+        if not self.settings.pacing_url:
+            raise WorkloadError(
+                "a bandwidth budget applies to this conversion, but its pod could not ask "
+                "for grants: set platform.kubernetes.pacing_url (FERRY_PLATFORM__KUBERNETES__"
+                "PACING_URL) to this conversion-service replica's HTTP address"
+            )
+        return self.pacing.remote(rate, self.settings.pacing_url)
 
     async def _ready(self) -> tuple[KubeVolumes, KubeVms]:
         async with self._lock:
