@@ -83,6 +83,13 @@ def test_the_virt_tools_are_in_the_conversion_image_only() -> None:
     # and both carry Ferry's packages from the same locked build
     for name in ("Dockerfile", "Dockerfile.conversion"):
         assert any(c.cmd == "COPY" and "--from=build" in c.flags for c in _parsed(name)), name
+    # and in the conversion image its venv comes first on PATH: a conversion pod under a
+    # budget runs `python3 -m ferry.platform.kubernetes.podpace` from it
+    final = _final_stage(_parsed("Dockerfile.conversion"))
+    pairs = [c.value for c in final if c.cmd == "ENV"]
+    env = {k: v for value in pairs for k, v in zip(value[::2], value[1::2], strict=True)}
+    assert env["PATH"].split(":")[0] == "/opt/ferry/bin"
+    assert any(c.cmd == "COPY" and c.value[:2] == ("/opt/ferry", "/opt/ferry") for c in final)
 
 
 def _platform_env(objects: list[dict[str, Any]], deployment: str) -> dict[str, str]:
