@@ -38,18 +38,25 @@ from ferry.migration_controller.settings import (
 from ferry.platform import crdgen, factory
 from ferry.platform.clusterobjects import ClusterObjects
 from ferry.platform.settings import KubernetesSettings, PlatformSettings
+from ferry.proto import subjects
 from ferry.proto.inventory import ProviderType
 from ferry.proto.subjects import Bucket, Service
 from ferry.testing.cluster.cluster import Cluster
 from ferry.testing.cluster.resources import Kind
 
 NS = "default"
+OTHER = "team-b"  # a second namespace, with objects of the same names as NS's
 __all__ = ["NS", "Operated", "Services", "documents", "eventually", "operated", "placed"]
 
 
 def placed(docs: list[dict[str, Any]], namespace: str = NS) -> list[dict[str, Any]]:
     """The harness's documents as cluster objects: each in ``namespace``."""
     return [{**d, "metadata": {**d["metadata"], "namespace": namespace}} for d in docs]
+
+
+def runs_as(name: str, namespace: str = NS) -> str:
+    """The migration id of the cluster's Migration ``namespace``/``name``."""
+    return f"{namespace}.{name}"
 
 
 class Operated:
@@ -60,8 +67,11 @@ class Operated:
     def kind(self, plural: str) -> Kind:
         return self.cluster.store.kind("ferry.dev", "v1alpha1", plural)
 
-    async def bucket(self, kind: str, name: str) -> dict[str, Any] | None:
-        entry = await self.bus.kv(Bucket.OBJECTS, dict).get(f"{kind.lower()}.{name}")
+    async def bucket(self, kind: str, name: str, namespace: str = NS) -> dict[str, Any] | None:
+        """The objects bucket's copy of the cluster object ``namespace``/``name``: under
+        the two joined (``<namespace>.<name>``), as the operator keeps it."""
+        key = subjects.object_key(kind, f"{namespace}.{name}")
+        entry = await self.bus.kv(Bucket.OBJECTS, dict).get(key)
         return None if entry is None else dict(entry.value)
 
     async def in_cluster(self, kind: str, name: str, namespace: str = NS) -> dict[str, Any]:
@@ -142,7 +152,8 @@ async def operated(
         controller = app.build_router(
             bus,
             controller_settings(nats_url, cluster.url),
-            providers=providers_for({"src": source.root}),
+            # the source Provider "src" of either namespace, as the operator names it
+            providers=providers_for({f"{ns}.src": source.root for ns in (NS, OTHER)}),
         )
         made.controller = controller
         stops.append(asyncio.Event())

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from operated import NS, Operated, documents, eventually, operated, placed
+from operated import NS, OTHER, Operated, documents, eventually, operated, placed, runs_as
 
 from ferry.bus import Bus
 from ferry.bus.tasks import cancel_and_wait
@@ -49,7 +49,7 @@ async def test_a_migration_created_in_the_cluster_runs_and_its_status_shows_the_
 
         # Then it reaches the objects bucket and the controller starts its VM
         async def started() -> bool:
-            return "migration.step_started.v1" in await op.events("m1")
+            return "migration.step_started.v1" in await op.events(runs_as("m1"))
 
         await eventually(started, timeout=20, what="the controller starts m1's first step")
         assert await op.bucket("Migration", "m1") is not None
@@ -69,7 +69,7 @@ async def test_a_migration_created_in_the_cluster_runs_and_its_status_shows_the_
 
         await eventually(ended, timeout=30, what="m1's status shows it succeeded")
         status = (await op.in_cluster("Migration", "m1"))["status"]
-        states = await objectbucket.vm_states(op.bus, "m1")
+        states = await objectbucket.vm_states(op.bus, runs_as("m1"))
         assert status["vms"] == [
             pipeline.summary(s).model_dump(mode="json", exclude_none=True) for s in states
         ]
@@ -95,6 +95,50 @@ async def test_a_migration_created_in_the_cluster_runs_and_its_status_shows_the_
         assert (await op.in_cluster("Migration", "m1"))["metadata"]["resourceVersion"] == version
 
 
+async def test_objects_of_one_name_in_two_namespaces_are_two_objects(
+    nats_url: str, cluster: Cluster, tmp_path: Path
+) -> None:
+    async with operated(nats_url, cluster, tmp_path) as op:
+        # Given the same Providers, maps and Plan (by name) in two namespaces, two teams'
+        for namespace in (NS, OTHER):
+            for doc in placed(documents("ova", ["id-a"]), namespace):
+                await op.api.create(doc)
+
+        async def succeeded(namespace: str) -> bool:
+            found = await op.api.get("Migration", namespace, "m1")
+            return ((found or {}).get("status") or {}).get("phase") == "Succeeded"
+
+        # When each team creates a Migration m1 of its Plan, one after the other
+        for namespace in (NS, OTHER):
+            await op.api.create(placed([migration("m1")], namespace)[0])
+            await eventually(
+                lambda ns=namespace: succeeded(ns), timeout=30, what=f"{namespace}/m1 succeeds"
+            )
+
+        # Then both were applied and ran, each as its own migration of its own Plan
+        for namespace in (NS, OTHER):
+            stored = await op.bucket("Migration", "m1", namespace)
+            assert stored is not None and stored["metadata"]["namespace"] == namespace
+            assert stored["spec"]["plan"]["name"] == f"{namespace}.plan1"
+            plan = await op.bucket("Plan", "plan1", namespace)
+            assert plan is not None
+            assert plan["spec"]["provider"]["source"]["name"] == f"{namespace}.src"
+            assert "migration.step_started.v1" in await op.events(runs_as("m1", namespace))
+            assert (await op.condition("Migration", "m1"))["status"] == "True"
+            [vm] = (await op.in_cluster("Migration", "m1", namespace))["status"]["vms"]
+            assert vm["status"] == "Succeeded"
+
+        # And deleting one team's Migration leaves the other's alone
+        await op.api.delete("Migration", OTHER, "m1")
+
+        async def gone() -> bool:
+            return await op.bucket("Migration", "m1", OTHER) is None
+
+        await eventually(gone, timeout=20, what=f"{OTHER}/m1 leaves the bucket")
+        assert await op.bucket("Migration", "m1", NS) is not None
+        assert await op.api.get("Migration", NS, "m1") is not None
+
+
 async def test_an_invalid_plan_gets_a_condition_naming_the_problem_and_is_applied_once_fixed(
     nats_url: str, cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -107,7 +151,7 @@ async def test_an_invalid_plan_gets_a_condition_naming_the_problem_and_is_applie
         # Then the Plan's status says which reference is missing, and it is not in the bucket
         ready = await op.condition("Plan", "plan1")
         assert ready["status"] == "False" and ready["reason"] == "ReferenceNotFound"
-        assert "spec.map.network: NetworkMap 'later' does not exist" in ready["message"]
+        assert "spec.map.network: NetworkMap 'default/later' does not exist" in ready["message"]
         assert await op.bucket("Plan", "plan1") is None
 
         # And a Plan whose target namespace is no DNS label (the CRD cannot say so) is refused
@@ -210,7 +254,7 @@ async def test_a_deleted_object_leaves_the_bucket_and_a_deleted_migration_is_can
 
         # Then the Migration is canceled, then leaves the bucket
         async def canceled() -> bool:
-            return "migration.vm_canceled.v1" in await op.events("m1")
+            return "migration.vm_canceled.v1" in await op.events(runs_as("m1"))
 
         await eventually(canceled, timeout=30, what="the deleted migration's VM is canceled")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from operated import NS, Operated, Services, documents, eventually, operated, placed
+from operated import NS, Operated, Services, documents, eventually, operated, placed, runs_as
 
 from ferry.migration_controller.operator.finalizers import FINALIZER
 from ferry.proto.phases import VmStatus
@@ -94,14 +94,14 @@ async def test_a_provider_deleted_while_a_migration_uses_it_stays_until_the_migr
         assert kept["metadata"]["deletionTimestamp"]
         deleting = await op.condition("Provider", "src", "Deleting")
         assert deleting["status"] == "True" and deleting["reason"] == "InUse"
-        assert deleting["message"].endswith(": m1"), deleting
+        assert deleting["message"].endswith(": default/m1"), deleting
         assert await op.bucket("Provider", "src") is not None
 
         # And the migration goes on to its end
         services.released.add(HELD)
 
         async def succeeded() -> bool:
-            states = await objectbucket.vm_states(op.bus, "m1")
+            states = await objectbucket.vm_states(op.bus, runs_as("m1"))
             return [s.status for s in states] == [VmStatus.SUCCEEDED]
 
         await eventually(succeeded, timeout=30, what="m1's VM succeeds")
@@ -151,12 +151,12 @@ async def test_a_migration_deleted_while_running_is_canceled_then_gone(
         async def gone() -> bool:
             if await op.api.get("Migration", NS, "m1") is not None:
                 return False
-            states = await objectbucket.vm_states(op.bus, "m1")
+            states = await objectbucket.vm_states(op.bus, runs_as("m1"))
             assert [s.status for s in states] == [VmStatus.CANCELED], "gone before canceled"
             return True
 
         await eventually(gone, timeout=30, what="the deleted Migration leaves the cluster")
-        assert "migration.vm_canceled.v1" in await op.events("m1")
+        assert "migration.vm_canceled.v1" in await op.events(runs_as("m1"))
 
         async def out_of_the_bucket() -> bool:
             return await op.bucket("Migration", "m1") is None
@@ -199,7 +199,7 @@ async def test_a_migration_of_a_plan_being_deleted_is_refused_and_stale_finalize
         assert ready["reason"] == "ReferenceBeingDeleted"
         assert "Plan 'plan1' is being deleted" in ready["message"]
         assert await op.bucket("Migration", "m2") is None
-        assert "migration.started.v1" not in await op.events("m2")
+        assert "migration.started.v1" not in await op.events(runs_as("m2"))
         assert await finalizers(op, "Migration", "m2") == []
         assert await finalizers(op, "Plan", "plan1") == ["example.com/keep"]
 

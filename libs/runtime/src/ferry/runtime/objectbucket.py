@@ -58,7 +58,8 @@ async def list_docs(bus: Bus, kind: str) -> list[Document]:
 
 
 def in_bucket(bus: Bus) -> Exists:
-    """References resolve against the bucket (names are unique there, across namespaces)."""
+    """References resolve against the bucket (names are unique there: the operator joins a
+    cluster object's namespace into its name)."""
 
     async def exists(_: objects.FerryObjectBase, kind: str, name: str) -> bool:
         return await get_doc(bus, kind, name) is not None
@@ -66,16 +67,17 @@ def in_bucket(bus: Bus) -> Exists:
     return exists
 
 
-async def check_refs(batch: Batch, exists: Exists) -> None:
+async def check_refs(batch: Batch, exists: Exists, shown: Callable[[str], str] = str) -> None:
     """Every reference of every object names one that exists or comes in ``batch``; the
-    first that does not raises :class:`~ferry.proto.objects.ObjectError` naming it."""
+    first that does not raises :class:`~ferry.proto.objects.ObjectError` naming it (each
+    name as ``shown`` gives it to people)."""
     coming = {(obj.KIND, obj.name) for _, _, obj in batch}
     for source, index, obj in batch:
         for path, kind, name in obj.refs():
             if (kind, name) in coming or await exists(obj, kind, name):
                 continue
-            where = f"document {index + 1} ({obj.KIND} {obj.name}): {path}"
-            raise objects.ObjectError(source, where, f"{kind} {name!r} does not exist")
+            where = f"document {index + 1} ({obj.KIND} {shown(obj.name)}): {path}"
+            raise objects.ObjectError(source, where, f"{kind} {shown(name)!r} does not exist")
 
 
 async def apply(bus: Bus, batch: Batch) -> list[str]:

@@ -21,6 +21,7 @@ import logging
 
 from ferry.bus import Bus
 from ferry.migration_controller import budgets
+from ferry.migration_controller.operator import naming
 from ferry.migration_controller.operator.intake import Document, Key, Known
 from ferry.platform.clusterobjects import ClusterObjects, ClusterObjectsError, Conflict
 from ferry.proto import objects, subjects
@@ -57,7 +58,7 @@ class Holds:
         meta = (stored or {}).get("metadata") or {}
         if not meta.get("uid"):
             return None
-        k = (kind, str(meta.get("namespace", "")), str(meta.get("name")))
+        k = (kind, str(meta.get("namespace", "")), naming.cluster_name(stored or {}))
         seen = self.known.docs.get(k)
         return k if seen is not None and seen["metadata"].get("uid") == meta["uid"] else None
 
@@ -109,7 +110,7 @@ class Holds:
             found.append((objects.Migration.KIND, stored))
             used += [k for kind, doc in found if (k := self._cluster_key(kind, doc)) is not None]
             for k in used:
-                held.setdefault(k, set()).add(name)
+                held.setdefault(k, set()).add(naming.shown(stored))
         return held
 
     # -- keeping the finalizers --------------------------------------------------------

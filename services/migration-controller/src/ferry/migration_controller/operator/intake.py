@@ -14,8 +14,9 @@ kept; a new Migration starts. An object that fails is not stored: its problem is
 (:mod:`.statuses`) and it is tried again whenever another object was applied (the
 map a Plan names may come later). Nothing an object holds stops the intake.
 
-Ferry keeps objects by kind and name across namespaces: an object whose name is
-taken by one from another namespace is refused, with that reason. A deleted
+A cluster object is kept under its namespace and name joined (:mod:`.naming`:
+``team-a.m1``), so objects of the same name in different namespaces are different
+objects, and a Migration runs as ``<namespace>.<name>``. A deleted
 object leaves the bucket; a deleted Migration still running is canceled first and
 leaves the bucket once it has ended (its VMs' clean-up writes to it until then). A
 Migration is "deleted" as soon as its ``deletionTimestamp`` is set (the finalizer
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ferry.bus import Bus
+from ferry.migration_controller.operator import naming
 from ferry.platform.clusterobjects import ClusterObjects, ClusterObjectsError, Expired
 from ferry.proto import migration, objects
 from ferry.proto.phases import MigrationPhase
@@ -132,7 +134,8 @@ class Intake:
             for doc in await objectbucket.list_docs(self.bus, kind):
                 meta = doc.get("metadata") or {}
                 mine = meta.get("uid") and (not namespace or meta.get("namespace") == namespace)
-                if mine and (kind, str(meta.get("namespace")), str(meta.get("name"))) not in here:
+                listed = (kind, str(meta.get("namespace")), naming.cluster_name(doc))
+                if mine and listed not in here:
                     await self._forget(kind, doc)
         await self.retry()
 
@@ -175,8 +178,12 @@ class Intake:
         k = key(doc)
         try:
             obj = objects.parse_object(objectbucket.from_cluster(doc), f"{k[0]} {k[1]}/{k[2]}")
+            obj = naming.qualified(obj, k[1])
         except objects.ObjectError as bad:
             self._refuse(k, "Invalid", str(bad))
+            return None
+        except naming.NameTooLong as bad:
+            self._refuse(k, "NameTooLong", str(bad))
             return None
         return obj
 
@@ -206,20 +213,10 @@ class Intake:
             await self.removed(doc, keep_known=True)  # canceled if it runs; never started
             return False
         old = await objectbucket.get_doc(self.bus, obj.KIND, obj.name)
-        taken = (old or {}).get("metadata", {})
-        if taken.get("uid") and taken.get("namespace") != obj.metadata.namespace:
-            where = taken.get("namespace", "")
-            self._refuse(
-                k,
-                "NameTaken",
-                f"{obj.KIND} {obj.name!r} exists already in namespace {where}: "
-                "Ferry keeps objects by name, across namespaces",
-            )
-            return False
-
         try:
             source = f"{k[0]} {k[1]}/{k[2]}"
-            await objectbucket.check_refs([(source, 0, obj)], objectbucket.in_bucket(self.bus))
+            exists = objectbucket.in_bucket(self.bus)
+            await objectbucket.check_refs([(source, 0, obj)], exists, naming.slashed)
         except objects.ObjectError as bad:
             self._refuse(k, "ReferenceNotFound", str(bad))
             return False
@@ -256,7 +253,10 @@ class Intake:
             self.known.docs.pop(k, None)
             self.known.problems.pop(k, None)
         uid = (doc.get("metadata") or {}).get("uid")
-        stored = await objectbucket.get_doc(self.bus, k[0], k[2])
+        try:
+            stored = await objectbucket.get_doc(self.bus, k[0], naming.joined(k[1], k[2]))
+        except naming.NameTooLong:
+            return  # never stored
         if stored is not None and (stored.get("metadata") or {}).get("uid") == uid:
             await self._forget(k[0], stored)
 

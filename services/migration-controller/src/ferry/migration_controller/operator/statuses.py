@@ -5,8 +5,8 @@ started, reasons, warnings, estimate) and ``vms``, the per-VM pipeline
 ``ferry describe migration`` shows (:func:`ferry.proto.pipeline.summary` of each
 VM's state); a Plan its stored status (what holds its waiting VMs). Every kind
 gets a ``Ready`` condition: True once it is in the bucket, False with the reason
-and the message that refused it (a missing reference, an invalid field, a name
-taken); an object deleted but kept gets a ``Deleting`` condition naming the running
+and the message that refused it (a missing reference, an invalid field, a name too
+long); an object deleted but kept gets a ``Deleting`` condition naming the running
 migrations that hold it (:mod:`.finalizers`), a running Migration deleted says it is
 being canceled first.
 
@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ferry.bus import Bus
+from ferry.migration_controller.operator import naming
 from ferry.migration_controller.operator.intake import Key, Known
 from ferry.platform.clusterobjects import ClusterObjects, ClusterObjectsError, Conflict
 from ferry.proto import objects, pipeline
@@ -129,10 +130,11 @@ class Statuses:
 
     async def desired(self, k: Key, doc: Document) -> Document | None:
         """The status ``doc`` should show, or None when there is nothing to say yet."""
-        kind, _, name = k
+        kind, namespace, name = k
         problem = self.known.problems.get(k)
         status: Document = {}
         if problem is None:
+            name = naming.joined(namespace, name)  # as the bucket keeps it (it was stored)
             stored = await objectbucket.get_doc(self.bus, kind, name)
             uid = (doc.get("metadata") or {}).get("uid")
             if stored is None or (stored.get("metadata") or {}).get("uid") != uid:
