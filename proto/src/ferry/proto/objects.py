@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ferry.proto import names
+from ferry.proto import names, yamlload
 from ferry.proto.inventory import ProviderType, VolumeMode
 from ferry.proto.phases import MigrationPhase
 from ferry.proto.pipeline import VmSummary
@@ -471,7 +471,7 @@ def parse_object(doc: Any, source: str = "<input>", index: int = 0) -> FerryObje
 def load_documents(text: str, source: str = "<input>") -> list[FerryObjectBase]:
     """Parse multi-document YAML into objects; the first problem raises :class:`ObjectError`."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yamlload.load_all(text) if d is not None]
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
