@@ -65,6 +65,12 @@ def services_env(cluster: Cluster, **settings: str) -> dict[str, str]:
     }
 
 
+def own_pacing_url(service: str, port: int) -> dict[str, str]:
+    """Each service process's pods ask that process's own HTTP port for bandwidth grants
+    (the chart's ``$(POD_IP):port``; a ticket lives in the replica that opened it)."""
+    return {"FERRY_PLATFORM__KUBERNETES__PACING_URL": f"http://127.0.0.1:{port}"}
+
+
 def posted(cluster: Cluster, plural: str, prefix: str = "") -> list[dict[str, Any]]:
     """The bodies of the objects of ``plural`` created through the API, by name prefix."""
     return [

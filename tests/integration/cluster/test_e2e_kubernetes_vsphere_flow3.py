@@ -6,9 +6,10 @@ disk the test guest's flat extent. The journey: the source powered off, blank
 DataVolumes, pvcinit binding them on WaitForFirstConsumer storage, a conversion pod
 running the real virt-v2v over captive ``nbdkit curl`` servers that the pod runs around
 it on sockets in its own work directory (the datastore URL and the session cookie in
-the pod's Secret, never in the pod or a log), virt-inspector in its own pod finding the
-converted Debian with virtio drivers, the VirtualMachine on the converted claim, its
-instance Running.
+the pod's Secret, never in the pod or a log), under a bandwidth budget whose grants
+the pod's pacer takes from the conversion-service, virt-inspector in its own pod
+finding the converted Debian with virtio drivers, the VirtualMachine on the converted
+claim, its instance Running.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import base64
 import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,29 @@ REPO = Path(__file__).resolve().parents[3]
 NS = "e2e"
 NAME = "DC0_H0_VM0"
 COOKIE = "vmware_soap_session"
+# Every VM's reads together under 256 MiB/s: more than this conversion reads at here,
+# so it costs no time, but its grants are taken all the same
+BUDGET = """\
+apiVersion: ferry.dev/v1alpha1
+kind: Budget
+metadata: {name: wan}
+spec: {scope: global, bandwidthMiBps: 256}
+---
+"""
+
+
+def _moved(metrics: str) -> float:
+    """What the conversion-service moved under the budget, from its /metrics."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("ferry_budget_bytes_moved_total{") and 'budget="wan"' in line
+    )
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # the loopback
+        return str(response.read().decode())
 
 
 def _migrate(stack: LocalStack) -> list[dict[str, Any]]:
@@ -71,17 +96,21 @@ async def test_a_vsphere_vm_is_converted_in_a_pod_through_four_services_on_kuber
             vm_ref = arrange.find_vm(si, NAME)
             arrange.run(vm_ref.ReconfigVM_Task(vim.vm.ConfigSpec(memoryMB=1024)))
             vm = str(vm_ref._moId)
-        stack = LocalStack(tmp_path / "stack", env=env)
+        stack = LocalStack(tmp_path / "stack", env=env, own_env=standin_images.own_pacing_url)
         await asyncio.to_thread(stack.start)
         try:
             # And a cold plan (virt-v2v, the default cold transfer) that runs the target
+            # under a bandwidth budget
             text = vsphere_objects(endpoint, [NAME], plan="cold", warm=False, power="on")
-            await asyncio.to_thread(prepare, stack, endpoint, text)
+            await asyncio.to_thread(prepare, stack, endpoint, BUDGET + text)
             started = time.monotonic()
             # When it is migrated
             events = await asyncio.to_thread(_migrate, stack)
             seconds = time.monotonic() - started
             logs = stack.log_text()
+            metrics = await asyncio.to_thread(
+                _get, stack.service("conversion-service").process.url + "/metrics"
+            )
         finally:
             await asyncio.to_thread(stack.close)
         with arrange.admin(endpoint) as si:
@@ -98,12 +127,20 @@ async def test_a_vsphere_vm_is_converted_in_a_pod_through_four_services_on_kuber
     assert posted(cluster, "pods", "pvcinit")
     [pod] = posted(cluster, "pods", "full-conversion")
     # whose program is nbdkit serving the disk on a socket in the pod's own work
-    # directory around virt-v2v
+    # directory around virt-v2v, through the rate filter, under the pod's pacer
     container = pod["spec"]["containers"][0]
     command = [*container.get("command", []), *container.get("args", [])]
     program = command[command.index("ferry-workload") + 1 :]
+    assert program[:3] == ["python3", "-m", "ferry.platform.kubernetes.podpace"], program
+    program = program[program.index("--") + 1 :]
     assert program[0] == "nbdkit" and "--run" in program, program
+    assert program[3] == "--filter=rate", program  # nbdkit --run CMD --filter=rate …
+    assert f"rate-file={container['workingDir']}/rate" in program
     assert f"--unix={container['workingDir']}/nbd-0.sock" in program
+    # whose pacer took grants from the budget through the conversion-service while it
+    # ran (a reservation: what the budget granted, read or not; none if the pod could
+    # not reach the broker)
+    assert _moved(metrics) >= 32 << 20, _moved(metrics)
     # and the session cookie only in a Secret: not in the pod, a log or an event
     assert COOKIE not in json.dumps(pod) and COOKIE not in logs
     assert COOKIE not in json.dumps(events)

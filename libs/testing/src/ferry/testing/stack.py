@@ -96,12 +96,15 @@ class LocalStack:
     """A private nats-server and N replicas of each service, as child processes.
 
     ``replicas`` maps a service name to how many replicas it runs (default 1);
-    ``env`` adds settings (``FERRY_…``) for every service.
+    ``env`` adds settings (``FERRY_…``) for every service; ``own_env``, given a
+    process's service name and HTTP port, adds settings of that process only (the
+    address its pods ask it at, say).
     """
 
     root: Path
     replicas: Mapping[str, int] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    own_env: Callable[[str, int], Mapping[str, str]] | None = None
     processes: list[ServiceProcess] = field(default_factory=list)
     recorders: list[EventRecorder] = field(default_factory=list)
 
@@ -125,7 +128,10 @@ class LocalStack:
     def _spawn(self, spec: services.ServiceSpec, index: int, generation: int = 1) -> ServiceProcess:
         port = ports.free_port()
         log = self.logs / f"{spec.name}-{index}.log"
-        env = services.environment(self.data_dir, self.nats.url, port, self.env)
+        settings = dict(self.env)
+        if self.own_env is not None:
+            settings.update(self.own_env(spec.name, port))
+        env = services.environment(self.data_dir, self.nats.url, port, settings)
         label = f"{spec.name}[{index}]"
         process, popen = processes.spawn(label, spec.argv(), log, env, port)
         return ServiceProcess(spec.name, index, process, popen, generation)
