@@ -4,8 +4,12 @@
 # virt-v2v and libguestfs (with a kernel for its appliance) stay out of this one.
 # Built from the lock file, like `make setup`.
 
+# The Python base of every stage: Debian bookworm with Python 3.11. `make images` builds
+# one from Debian's own packages (images/build.py) where the default cannot be pulled.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
 # -- build: the locked dependencies and Ferry's packages in a venv --------------------
-FROM python:3.11-slim-bookworm AS build
+FROM ${PYTHON_IMAGE} AS build
 # A compiler and headers for the locked packages that ship as sources only
 # (libvirt-python, ovirt-engine-sdk-python, pycurl); this stage is thrown away.
 RUN apt-get update \
@@ -26,7 +30,7 @@ RUN /opt/ferry/bin/pip install --no-cache-dir --no-deps \
 
 # -- services: the venv, what the copy engine runs (qemu-img, qemu-nbd, nbdkit and its
 # Python plugin for oVirt image transfers) and the compiled packages' shared libraries
-FROM python:3.11-slim-bookworm AS services
+FROM ${PYTHON_IMAGE} AS services
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       qemu-utils nbdkit nbdkit-plugin-python libnbd-bin ca-certificates \

@@ -135,6 +135,11 @@ down: setup ## Stop the local stack
 demo: system-deps setup ## The main job: migrate the test guest OVA through all four services, boot it
 	$(BIN)/python examples/demo.py --data-dir $(DEMO_DATA_DIR) $(if $(filter 1,$(DEMO_DOWN)),--down,)
 
+.PHONY: images
+images: setup ## Build both images (Dockerfile, Dockerfile.conversion) with buildah from Debian's packages and run their checks (root; not part of `make test`)
+	$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES="buildah crun debootstrap"
+	$(BIN)/python images/build.py $(IMAGES_ARGS)
+
 .PHONY: chaos
 chaos: system-deps setup ## 20 raw-copy migrations under `ferry up` with 100 kill -9s (bench/chaos), checked
 	$(BIN)/python bench/chaos/run.py $(CHAOS_ARGS)

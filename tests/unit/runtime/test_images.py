@@ -51,9 +51,15 @@ def test_each_dockerfile_parses_and_keeps_the_rules(name: str) -> None:
     assert {c.cmd for c in commands} <= KNOWN, {c.cmd for c in commands} - KNOWN
     # and each stage copied from is defined before
     stages: list[str] = []
+    # (a base may be a global ARG, declared before the first FROM, with its default)
+    args = dict(
+        c.value[0].split("=", 1) for c in commands if c.cmd == "ARG" and "=" in c.value[0]
+    )
     for command in commands:
         if command.cmd == "FROM":
             base = command.value[0]
+            if base.startswith("${") and base.endswith("}"):
+                base = args[base[2:-1]]
             assert ":" in base and not base.endswith(":latest"), f"unpinned base {base}"
             if len(command.value) == 3 and command.value[1].upper() == "AS":
                 stages.append(command.value[2])
