@@ -58,11 +58,17 @@ class Broker:
     def ticket(self, rate: Rate) -> Iterator[str]:
         """A new token bound to ``rate`` while the ``with`` block runs (the copy)."""
         token = new_token()
-        self._tickets[token] = rate
+        self.open_ticket(token, rate)
         try:
             yield token
         finally:
-            del self._tickets[token]
+            self.close_ticket(token)
+
+    def open_ticket(self, token: str, rate: Rate) -> None:
+        self._tickets[token] = rate
+
+    def close_ticket(self, token: str) -> None:
+        self._tickets.pop(token, None)
 
     def remote(self, rate: Rate, url: str) -> PodPace:
         """A conversion pod's grants against ``rate``: open while its ``async with`` runs."""
@@ -140,7 +146,7 @@ class PodPace:
         ]
 
     async def __aenter__(self) -> None:
-        self._broker._tickets[self._ticket.token] = self._rate
+        self._broker.open_ticket(self._ticket.token, self._rate)
 
     async def __aexit__(
         self,
@@ -148,7 +154,7 @@ class PodPace:
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._broker._tickets.pop(self._ticket.token, None)
+        self._broker.close_ticket(self._ticket.token)
 
     def __repr__(self) -> str:
         return f"PodPace(url={self._ticket.url!r})"  # never the token
