@@ -52,9 +52,7 @@ def test_each_dockerfile_parses_and_keeps_the_rules(name: str) -> None:
     # and each stage copied from is defined before
     stages: list[str] = []
     # (a base may be a global ARG, declared before the first FROM, with its default)
-    args = dict(
-        c.value[0].split("=", 1) for c in commands if c.cmd == "ARG" and "=" in c.value[0]
-    )
+    args = dict(c.value[0].split("=", 1) for c in commands if c.cmd == "ARG" and "=" in c.value[0])
     for command in commands:
         if command.cmd == "FROM":
             base = command.value[0]
