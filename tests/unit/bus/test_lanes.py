@@ -15,7 +15,7 @@ async def test_a_lane_runs_in_order_and_lanes_in_parallel() -> None:
     # Given lanes whose items wait on I/O (a sleep), two items on lane "a"
     log: list[str] = []
 
-    async def run(item: str) -> None:
+    async def run(item: str, worker: asyncio.Task[None]) -> None:
         log.append(f"start {item}")
         await asyncio.sleep(0.01)
         log.append(f"end {item}")
@@ -40,8 +40,9 @@ async def test_lanes_that_do_not_wait_run_in_one_worker_and_workers_are_reused()
     # Given items that never wait
     seen: list[tuple[int, asyncio.Task[None] | None]] = []
 
-    async def run(item: int) -> None:
+    async def run(item: int, worker: asyncio.Task[None]) -> None:
         seen.append((item, asyncio.current_task()))
+        assert worker is asyncio.current_task()  # the task to cancel to interrupt it
 
     lanes: Lanes[int] = Lanes(run)
     # When two batches of 100 lanes are queued, one after the other
@@ -61,7 +62,7 @@ async def test_a_worker_torn_down_mid_lane_leaves_the_others_working() -> None:
     gate = asyncio.Event()
     ran: list[str] = []
 
-    async def run(item: str) -> None:
+    async def run(item: str, worker: asyncio.Task[None]) -> None:
         if item == "stuck":
             await asyncio.sleep(3600)
         ran.append(item)

@@ -51,6 +51,9 @@ T = TypeVar("T")
 PUBLISH_ASYNC_MAX_PENDING = 4000
 # How long ``publish_many`` waits for room among them before giving up on a message.
 PUBLISH_STALL_SECONDS = 5.0
+# How long ``publish_many`` waits for a batch's acknowledgements before retrying the
+# unacknowledged ones alone.
+PUBLISH_ACK_SECONDS = 5.0
 # Subjects a connection remembers (by message type, migration and VM) before it starts over.
 SUBJECTS_REMEMBERED = 4096
 
@@ -184,8 +187,8 @@ class Bus:
 
         ``cause``: the id of the message this one answers (see ``envelope.wrap``).
         """
-        env, data = envelope.wrap(message, self.source, cause)
-        published = await self.publish_raw(self._subject(message), data, env.headers())
+        env, data, headers = envelope.wrap_with_headers(message, self.source, cause)
+        published = await self.publish_raw(self._subject(message), data, headers)
         if self.ledger is not None:
             self.ledger.record(env.type, message, published.id, published.duplicate)
         return published
@@ -201,25 +204,27 @@ class Bus:
         process's events in the order of their times.
         """
         sent = list(messages)
-        wrapped: list[tuple[str, envelope.Envelope, bytes]] = []
+        # Parallel lists rather than a tuple per message: fewer objects for the
+        # garbage collector to count and walk while a batch is in flight.
+        topics: list[str] = []
+        envs: list[Envelope] = []
+        datas: list[bytes] = []
         futures: list[asyncio.Future[api.PubAck] | None] = []
-        publish_async, source = self.js.publish_async, self.source
+        js, source, wrap = self.js, self.source, envelope.wrap_with_headers
         for message in sent:
-            subject, (env, data) = self._subject(message), envelope.wrap(message, source, cause)
-            wrapped.append((subject, env, data))
+            subject, (env, data, headers) = self._subject(message), wrap(message, source, cause)
+            topics.append(subject)
+            envs.append(env)
+            datas.append(data)
             try:
                 futures.append(
-                    await publish_async(
-                        subject, data, headers=env.headers(), wait_stall=self._stall()
-                    )
+                    await js.publish_async(subject, data, headers=headers, wait_stall=self._stall())
                 )
             except Exception:
                 futures.append(None)
-        pending = [f for f in futures if f is not None]
-        if pending:
-            await asyncio.wait(pending, timeout=5.0)
+        await _acknowledged([f for f in futures if f is not None], PUBLISH_ACK_SECONDS)
         results: list[Published] = []
-        for (subject, env, data), future in zip(wrapped, futures, strict=True):
+        for subject, env, data, future in zip(topics, envs, datas, futures, strict=True):
             ack = _result(future)
             if ack is None:
                 # Not acknowledged in time: retry alone, same id, so never stored twice.
@@ -227,7 +232,7 @@ class Bus:
             else:
                 results.append(Published(env.id, ack.stream, ack.seq, bool(ack.duplicate)))
         if self.ledger is not None:
-            for message, (_, env, _), published in zip(sent, wrapped, results, strict=True):
+            for message, env, published in zip(sent, envs, results, strict=True):
                 self.ledger.record(env.type, message, published.id, published.duplicate)
         return results
 
@@ -374,6 +379,23 @@ class Bus:
     ) -> AsyncIterator[audit.Record]:
         """As :meth:`events`, each with its stream sequence (to resume from ``sequence + 1``)."""
         return audit.records(self, subject or subjects.all_events(), since, follow)
+
+
+async def _acknowledged(futures: list[asyncio.Future[api.PubAck]], seconds: float) -> None:
+    """Wait up to ``seconds`` for every stream acknowledgement of a batch of publishes.
+
+    A stream answers one connection's publishes in order, so the last one is waited
+    for first, alone, and then whichever are still open (normally none): waiting for
+    all at once would put a callback on every future, each one a turn of the event
+    loop when its acknowledgement comes.
+    """
+    if not futures:
+        return
+    deadline = time.monotonic() + seconds
+    await asyncio.wait(futures[-1:], timeout=seconds)
+    open_ = [f for f in futures if not f.done()]
+    if open_:
+        await asyncio.wait(open_, timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _result(future: asyncio.Future[api.PubAck] | None) -> api.PubAck | None:

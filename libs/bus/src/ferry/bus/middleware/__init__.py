@@ -7,9 +7,12 @@ do-nothing default, so a middleware implements only what it is about:
     around a run (background work: the cancel watch, keep-alive);
 ``in_flight``
     whenever the number of held messages changes;
-``before``
+``check`` / ``before``
     after a message is decoded and routed, before its handler; a verdict
-    returned here settles the message without running the handler;
+    returned here settles the message without running the handler. ``check`` is
+    the synchronous form, for a middleware that decides without waiting (metrics,
+    cancellation): it runs for every message, and a coroutine each would cost more
+    than the decision; ``before`` may wait. Either way, in the chain's order;
 ``wrap``
     around the handler call itself (time limits, tracing spans);
 ``judge``

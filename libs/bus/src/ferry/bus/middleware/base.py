@@ -30,6 +30,10 @@ class Middleware(Protocol):
         """Messages on ``consumer`` not yet delivered to any replica (read periodically)."""
         return None
 
+    def check(self, job: Job) -> Verdict | None:
+        """``before`` for middleware that decides without waiting: no coroutine per message."""
+        return None
+
     async def before(self, job: Job) -> Verdict | None:
         return None
 

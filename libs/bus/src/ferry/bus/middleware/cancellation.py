@@ -48,7 +48,9 @@ class Cancellation(Middleware):
         if self._task is not None:
             await cancel_and_wait(self._task)
 
-    async def before(self, job: Job) -> Verdict | None:
+    def check(self, job: Job) -> Verdict | None:
+        if not self.keys:
+            return None  # nothing canceled (nearly always): no more to look at
         if job.route is not None and job.route.cancelable and self._is_canceled(job):
             return GiveUp(FailureOutcome.CANCELED, "canceled", [], "canceled")
         return None

@@ -61,7 +61,7 @@ class Metrics(Middleware):
     def waiting(self, consumer: str, n: int) -> None:
         self.observer.waiting(consumer, n)
 
-    async def before(self, job: Job) -> Verdict | None:
+    def check(self, job: Job) -> Verdict | None:
         if job.deliveries > 1:
             self.observer.redelivered(job.type_name)
         return None
