@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,28 +15,31 @@ MiB = 1 << 20
 
 
 def test_grants_out_of_reach_keep_the_last_rate_and_are_asked_again(tmp_path: Path) -> None:
-    # Given grants that are answered, then out of reach twice, then answered again
+    # Given grants that wait a while, then are out of reach twice, then answered again
     rate_file = tmp_path / "rate"
-    asks: list[int] = []
+    seen: list[str | None] = []  # the rate file as each ask found it
     said: list[str] = []
     done = threading.Event()
 
     def ask(nbytes: int) -> None:
-        asks.append(nbytes)
-        if len(asks) in (3, 4):
+        seen.append(rate_file.read_text() if rate_file.exists() else None)
+        if len(seen) in (6, 7):
             raise OSError("no bandwidth grant from the conversion-service: refused")
-        if len(asks) == 8:
+        time.sleep(0.03)
+        if len(seen) == 12:
             done.set()
 
     # When the pacer feeds the rate file with them
     reason = podpace.feed(ask, rate_file, MiB, done, period=0.05, say=said.append)
 
     # Then it never gave up, said once that the grants were away and once that they
-    # came back, and wrote a rate from what it was granted
-    assert reason == "" and len(asks) == 8
+    # came back, kept the rate it had written while they were away (nbdkit reads on at
+    # it), and wrote rates again after
+    assert reason == "" and len(seen) == 12
     assert [s.split(":")[0] for s in said] == ["ferry", "ferry"]
     assert "keeping the last rate" in said[0] and "answered again" in said[1]
-    assert int(rate_file.read_text()) > 0
+    assert seen[5] is not None and seen[5] == seen[6] == seen[7], seen
+    assert int(rate_file.read_text()) > 1 and rate_file.read_text() != seen[7]
 
 
 def test_a_refused_ticket_ends_the_feeding_with_its_reason(tmp_path: Path) -> None:

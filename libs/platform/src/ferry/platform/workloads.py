@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -182,10 +181,3 @@ class PacesRemotely(Protocol):
 def remote_pace(platform: object, rate: Rate) -> RemotePace | None:
     """``platform``'s remote grants for ``rate``, or None if its workloads cannot take any."""
     return platform.remote_pace(rate) if isinstance(platform, PacesRemotely) else None
-
-
-def write_rate(path: Path, bits_per_second: int) -> None:
-    """nbdkit's ``rate-file``, atomically as it asks: a new file renamed over the old one."""
-    fresh = path.with_name(path.name + ".new")
-    fresh.write_text(f"{max(1, bits_per_second)}\n")
-    os.replace(fresh, path)

@@ -7,7 +7,7 @@ filter with a ``rate-file``; while the conversion runs, :func:`paced` takes gran
 from the budgets' shared rates (the same :class:`~ferry.runtime.bandwidth.Rates` the
 volume-service's copies take them from, so conversions and copies share one budget
 fairly) and writes what it was granted over the last period into that file, which
-nbdkit re-reads as it goes.
+nbdkit re-reads as it goes (:mod:`ferry.platform.ratefile`).
 
 The grants are a reservation: the conversion holds its share of each budget while it
 runs, whether virt-v2v reads at that moment or not (nbdkit says nothing of what it
@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferry.platform import workloads
-from ferry.platform.workloads import WorkloadError, WorkloadPlatform, write_rate
+from ferry.platform.ratefile import Reservation, write_rate
+from ferry.platform.workloads import WorkloadError, WorkloadPlatform
 
 Rate = Callable[[int], Awaitable[None]]
 log = logging.getLogger(__name__)
 
-STEP = 1 << 20  # bytes asked per grant
+STEP = 1 << 20  # bytes asked per grant, at least (more while grants come at once)
 PERIOD = 1.0  # seconds between updates of the rate file
 START_BITS = 8 * STEP  # the helpers' rate before the first period (1 MiB/s)
 BURST_SECONDS = 1.0
@@ -67,18 +68,20 @@ async def paced(
     write_rate(path, START_BITS)
 
     async def feed() -> None:
+        pace = Reservation(step, period)
         while True:
-            started = time.monotonic()
-            granted = 0
-            while time.monotonic() - started < period:
-                try:
-                    await rate(step)
-                except Exception as exc:  # the shared rates out of reach: ask again
-                    log.warning("bandwidth grants: %s; asking again", exc)
-                    await asyncio.sleep(period)  # (nbdkit keeps the last rate written)
-                    continue
-                granted += step
-            write_rate(path, int(granted * 8 / (time.monotonic() - started)))
+            asked = time.monotonic()
+            nbytes = pace.step
+            try:
+                await rate(nbytes)
+            except Exception as exc:  # the shared rates out of reach: ask again
+                log.warning("bandwidth grants: %s; asking again", exc)
+                pace.unreachable()  # (nbdkit keeps the last rate written)
+                await asyncio.sleep(period)
+                continue
+            bits = pace.granted(nbytes, time.monotonic() - asked)
+            if bits is not None:
+                write_rate(path, bits)
 
     task = asyncio.create_task(feed())
     try:

@@ -10,7 +10,8 @@ program::
 
 It starts COMMAND as its child (same output, environment and directory; SIGTERM and
 SIGINT passed on, its exit status returned as the shell would) and, while it runs,
-asks the conversion-service for STEP bytes at a time with the ticket from the pod's
+asks the conversion-service for grants of at least STEP bytes (larger while they come
+at once: :class:`~ferry.platform.ratefile.Reservation`) with the ticket from the pod's
 Secret (:class:`~ferry.platform.kubernetes.grants.Throttle`), writing what it was
 granted over each period into RATE_FILE, as the service does locally: a reservation,
 so the budget is never exceeded. Until the first period ends the filter reads at its
@@ -38,7 +39,7 @@ from pathlib import Path
 import msgspec
 
 from ferry.platform.kubernetes import grants
-from ferry.platform.workloads import write_rate
+from ferry.platform.ratefile import Reservation, write_rate
 
 PERIOD = 1.0  # seconds between updates of the rate file (nbdkit re-reads it each second)
 REFUSED = 75  # the exit status of a pod whose ticket was refused (EX_TEMPFAIL)
@@ -57,29 +58,31 @@ def feed(
     period: float = PERIOD,
     say: Callable[[str], None] = print,
 ) -> str:
-    """Take grants of ``step`` bytes and write their rate until ``done``; the reason if
-    the ticket was refused (then it stops at once), else ``""``."""
+    """Take grants (``step`` bytes at least, more while they come at once) and write
+    their rate until ``done``; the reason if the ticket was refused (then it stops at
+    once), else ``""``."""
+    pace = Reservation(step, period)
     unreachable = False
     while not done.is_set():
-        started = time.monotonic()
-        granted = 0
-        while time.monotonic() - started < period and not done.is_set():
-            try:
-                ask(step)
-            except grants.Refused as refused:
-                return str(refused)
-            except OSError as error:  # out of reach: the last rate holds meanwhile
-                if not unreachable:
-                    say(f"ferry: {error}; keeping the last rate and asking again")
-                unreachable = True
-                done.wait(period)
-                continue
-            if unreachable:
-                say("ferry: bandwidth grants are answered again")
+        asked = time.monotonic()
+        nbytes = pace.step
+        try:
+            ask(nbytes)
+        except grants.Refused as refused:
+            return str(refused)
+        except OSError as error:  # out of reach: the last rate holds meanwhile
+            if not unreachable:
+                say(f"ferry: {error}; keeping the last rate and asking again")
+            unreachable = True
+            pace.unreachable()
+            done.wait(period)
+            continue
+        if unreachable:
+            say("ferry: bandwidth grants are answered again")
             unreachable = False
-            granted += step
-        if not done.is_set():
-            write_rate(rate_file, int(granted * 8 / (time.monotonic() - started)))
+        bits = pace.granted(nbytes, time.monotonic() - asked)
+        if bits is not None and not done.is_set():
+            write_rate(rate_file, bits)
     return ""
 
 
