@@ -121,7 +121,7 @@ test: system-deps setup lint ## Everything: lint, unit, integration, slow, fault
 	$(BIN)/python -m ferry.proto.docgen --check
 	$(BIN)/python -m ferry.platform.crdgen --check
 	$(BIN)/pytest tests -m "not slow" -q -n $(JOBS) --durations=25
-	$(BIN)/pytest tests -m "slow" -q -n $(SLOW_JOBS) --durations=30
+	$(BIN)/pytest tests -m "slow" -q -n $(SLOW_JOBS) --durations=50
 
 .PHONY: up
 up: setup ## Start the local stack in the background (ferry up --detach)
