@@ -9,7 +9,7 @@ from ferry.bus import Bus, Context, Intake, PermanentError, Router, TemporaryErr
 from ferry.bus.router import DELIVERIES_HEADER, REASON_HEADER
 from ferry.proto import migration, subjects, volume
 from ferry.proto.subjects import Service
-from ferry.testing.bus import Running, allocate, allocated, eventually, stream_count
+from ferry.testing.bus import Observed, Running, allocate, allocated, eventually, stream_count
 
 VOLUME_QUEUE = subjects.command_stream(Service.VOLUME)
 
@@ -22,34 +22,10 @@ async def _queue_empty(bus: Bus) -> bool:
     return await stream_count(bus, VOLUME_QUEUE) == 0
 
 
-class Recorder:
-    """Counts observer calls, as the runtime's metrics would."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.max_in_flight = 0
-        self.depths: list[tuple[str, int]] = []
-
-    def handled(self, type: str, seconds: float) -> None:
-        self.calls.append(("handled", type))
-
-    def failed(self, type: str, reason: str) -> None:
-        self.calls.append(("failed", reason))
-
-    def redelivered(self, type: str) -> None:
-        self.calls.append(("redelivered", type))
-
-    def in_flight(self, n: int) -> None:
-        self.max_in_flight = max(self.max_in_flight, n)
-
-    def waiting(self, consumer: str, n: int) -> None:
-        self.depths.append((consumer, n))
-
-
 async def test_result_is_published_then_command_acked(bus: Bus) -> None:
     # Given a handler that returns its result event
     router = Router(Service.VOLUME)
-    observer = Recorder()
+    observer = Observed()
 
     @router.handler(volume.AllocateDisks)
     async def handle(cmd: volume.AllocateDisks, ctx: Context) -> volume.DisksAllocated:
@@ -79,7 +55,7 @@ async def test_poison_message_is_dead_lettered_and_does_not_block_others(bus: Bu
     # When the poison command and ten healthy ones arrive
     await bus.publish(allocate("poison"))
     await bus.publish_many(allocate(f"ok{i}") for i in range(10))
-    observer = Recorder()
+    observer = Observed()
     async with Running(router, bus, concurrency=2, observer=observer):
         await eventually(lambda: _queue_empty(bus), within=60, what="queue drained")
 
@@ -353,7 +329,7 @@ async def test_the_queue_depth_waiting_behind_busy_handlers_is_reported(bus: Bus
         return allocated(cmd)
 
     await bus.publish_many(allocate(f"vm{i}") for i in range(5))
-    observer = Recorder()
+    observer = Observed()
     async with Running(router, bus, concurrency=1, observer=observer, depth_seconds=0.2):
         # When the depth is read while the worker is busy
         await eventually(lambda: observer.max_in_flight == 1, what="one in flight")

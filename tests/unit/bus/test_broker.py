@@ -18,36 +18,13 @@ from ferry.proto import volume
 from ferry.proto.base import FailureOutcome
 from ferry.proto.subjects import Service
 from ferry.testing.broker import InMemoryBroker
-from ferry.testing.bus import allocate, allocated
-
-
-class Recorder:
-    """Counts observer calls, as the runtime's metrics would."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.depths: list[tuple[str, int]] = []
-
-    def handled(self, type: str, seconds: float) -> None:
-        self.calls.append(("handled", type))
-
-    def failed(self, type: str, reason: str) -> None:
-        self.calls.append(("failed", reason))
-
-    def redelivered(self, type: str) -> None:
-        self.calls.append(("redelivered", type))
-
-    def in_flight(self, n: int) -> None:
-        pass
-
-    def waiting(self, consumer: str, n: int) -> None:
-        self.depths.append((consumer, n))
+from ferry.testing.bus import Observed, allocate, allocated
 
 
 async def test_a_returned_event_is_published_and_the_command_acked() -> None:
     # Given a handler that returns its result
     router = Router(Service.VOLUME)
-    observer = Recorder()
+    observer = Observed()
 
     @router.handler(volume.AllocateDisks)
     async def handle(cmd: volume.AllocateDisks, ctx: Context) -> volume.DisksAllocated:
@@ -91,7 +68,7 @@ async def test_a_permanent_error_gives_up_at_once_with_a_dead_letter() -> None:
 async def test_an_error_is_retried_with_backoff_until_it_gives_up() -> None:
     # Given a handler that always fails unexpectedly
     router = Router(Service.VOLUME)
-    observer = Recorder()
+    observer = Observed()
 
     @router.handler(volume.AllocateDisks)
     async def handle(cmd: volume.AllocateDisks, ctx: Context) -> None:

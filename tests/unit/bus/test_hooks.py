@@ -10,7 +10,7 @@ from ferry.bus.outcome import Retry, Verdict
 from ferry.proto import volume
 from ferry.proto.subjects import Service
 from ferry.testing.broker import InMemoryBroker
-from ferry.testing.bus import allocate
+from ferry.testing.bus import Observed, allocate
 
 
 class Checks(Middleware):
@@ -79,37 +79,17 @@ async def test_a_checks_verdict_settles_the_message_without_its_handler() -> Non
         assert log == ["check a"]
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, object]] = []
-
-    def handled(self, type: str, seconds: float) -> None:
-        self.calls.append(("handled", type))
-
-    def failed(self, type: str, reason: str) -> None:
-        self.calls.append(("failed", reason))
-
-    def redelivered(self, type: str) -> None:
-        self.calls.append(("redelivered", type))
-
-    def in_flight(self, n: int) -> None:
-        self.calls.append(("in_flight", n))
-
-    def waiting(self, consumer: str, n: int) -> None:
-        self.calls.append(("waiting", n))
-
-
 async def test_the_metrics_of_one_message_are_what_they_were() -> None:
     # Given a router reporting to an observer
     log: list[str] = []
-    observer = Recorder()
+    observer = Observed()
     async with InMemoryBroker(_router(log, []), observer=observer) as broker:
         # When a command is handled on its first delivery, then on its second
         await broker.deliver(allocate("vm1"))
         await broker.deliver(allocate("vm2"), deliveries=2)
     # Then the observer saw it held, handled, released; the redelivery counted as one
     allocate_disks = "volume.allocate_disks.v1"
-    assert observer.calls == [
+    assert observer.log == [
         ("in_flight", 1),
         ("handled", allocate_disks),
         ("in_flight", 0),

@@ -22,6 +22,39 @@ def allocated(cmd: volume.AllocateDisks) -> volume.DisksAllocated:
     return volume.DisksAllocated(**cmd.reply())
 
 
+class Observed:
+    """A router's observer that keeps what the runtime's metrics would count: every call
+    in order (``log``), the messages' outcomes alone (``calls``), the most messages in
+    flight at once and the queue depths reported (consumer, waiting)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, object]] = []
+        self.calls: list[tuple[str, str]] = []
+        self.max_in_flight = 0
+        self.depths: list[tuple[str, int]] = []
+
+    def _outcome(self, call: tuple[str, str]) -> None:
+        self.calls.append(call)
+        self.log.append(call)
+
+    def handled(self, type: str, seconds: float) -> None:
+        self._outcome(("handled", type))
+
+    def failed(self, type: str, reason: str) -> None:
+        self._outcome(("failed", reason))
+
+    def redelivered(self, type: str) -> None:
+        self._outcome(("redelivered", type))
+
+    def in_flight(self, n: int) -> None:
+        self.log.append(("in_flight", n))
+        self.max_in_flight = max(self.max_in_flight, n)
+
+    def waiting(self, consumer: str, n: int) -> None:
+        self.log.append(("waiting", n))
+        self.depths.append((consumer, n))
+
+
 class Running:
     """A router running in the background of a test, stopped on exit."""
 
