@@ -235,6 +235,13 @@ async def test_v2v_input_keeps_the_password_out_of_argv(
     [pw] = v2v.files
     assert Path(pw).read_text() == "s3cr3t!" and Path(pw).stat().st_mode & 0o777 == 0o600
 
+    # under a bandwidth budget it is refused: virt-v2v's own reads could not be paced
+    async def grant(nbytes: int) -> None:
+        raise AssertionError("never asked")
+
+    with pytest.raises(ProviderError, match="outside the bandwidth budgets"):
+        await secretive.v2v_input(vm, tmp_path, pace=grant)
+
 
 async def test_last_delta_after_power_off_reads_the_files_bitmaps_and_leaves_none(
     provider: LibvirtProvider, guest: libvirtd.Guest

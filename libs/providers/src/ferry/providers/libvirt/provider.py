@@ -202,7 +202,16 @@ class LibvirtProvider:
         return file_disk
 
     async def v2v_input(self, vm: Vm, workdir: Path, *, pace: Pace | None = None) -> V2vInput:
-        # virt-v2v reads the disks itself over libvirt: nothing of Ferry's moves them
+        # virt-v2v reads the disks itself over libvirt: nothing of Ferry's moves them, so
+        # nothing could hold them to a budget (its --bandwidth is ignored for -i libvirt).
+        # No migration comes here (libvirt is flow 2, or flow 1 when warm); were one to,
+        # it is refused rather than read past its budget.
+        if pace is not None:
+            raise ProviderError(
+                f"VM {vm.name!r}: virt-v2v would read its disks over libvirt itself, outside "
+                "the bandwidth budgets that apply to it; libvirt guests are copied by the "
+                "volume-service (flow 2) and converted in place"
+            )
         return v2v.input_args(self.client.uri, vm.name, workdir, self._username, self._password)
 
     # -- preflight --------------------------------------------------------------------
