@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ferry.platform.ratefile import ASKS, CEILING, Reservation, write_rate
+from ferry.platform.grantsteps import ASKS, CEILING
+from ferry.platform.ratefile import Reservation, write_rate
 
 MiB = 1 << 20
 

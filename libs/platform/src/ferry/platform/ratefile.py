@@ -9,8 +9,9 @@ over each period into the file: a *reservation*, never above the budget.
 
 Each grant costs a request and a compare-and-set of the budget's key
 (:class:`ferry.bus.rate.SharedRate`), so the size asked follows how long grants take
-(:class:`Reservation`): asked in fixed 1 MiB steps, a 256 MiB/s budget cost 256
-requests a second for the whole conversion, and its CPU was the conversion's own.
+(:class:`Reservation`, with :class:`~ferry.platform.grantsteps.Steps`): asked in fixed
+1 MiB steps, a 256 MiB/s budget cost 256 requests a second for the whole conversion,
+and its CPU was the conversion's own.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-MiB = 1 << 20
-CEILING = 256 * MiB  # the most asked at once
-ASKS = 8  # grants wanted per period, at least (at most twice as many)
+from ferry.platform.grantsteps import Steps
 
 
 def write_rate(path: Path, bits_per_second: int) -> None:
@@ -35,11 +34,10 @@ def write_rate(path: Path, bits_per_second: int) -> None:
 class Reservation:
     """What a reservation pacer asks for next, and the rate to write after each period.
 
-    The step doubles while a grant comes at once (in less than 1/(2·ASKS) of a period)
-    and halves while one waits longer than 1/ASKS of it, between ``floor`` and
-    :data:`CEILING`: so a budget with room is reserved in ASKS to 2·ASKS grants a
-    period whatever its rate, and a budget shared with other movers (whose grants keep
-    this one waiting) in smaller steps, which keeps the shares fine-grained.
+    The step follows how long grants take (:class:`~ferry.platform.grantsteps.Steps`):
+    a budget with room is reserved in a few grants a period whatever its rate, and a
+    budget shared with other movers (whose grants keep this one waiting) in smaller
+    steps, which keeps the shares fine-grained.
 
     A period in which a grant was out of reach writes nothing (:meth:`unreachable`):
     the helpers keep the last rate, and the next period starts when grants are
@@ -49,23 +47,22 @@ class Reservation:
     def __init__(
         self, floor: int, period: float, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        if floor <= 0 or period <= 0:
-            raise ValueError("a reservation needs a positive step and period")
-        self.floor = floor
-        self.step = floor
+        self._steps = Steps(floor, period)
         self.period = period
         self._clock = clock
         self._started = clock()
         self._granted = 0
 
+    @property
+    def step(self) -> int:
+        """The bytes to ask for next."""
+        return self._steps.step
+
     def granted(self, nbytes: int, waited: float) -> int | None:
         """Record a grant of ``nbytes`` that took ``waited`` seconds; the rate to write
         (bits per second) when a period has ended with it, else None."""
         self._granted += nbytes
-        if waited < self.period / (2 * ASKS):
-            self.step = min(CEILING, max(self.step, nbytes) * 2)
-        elif waited > self.period / ASKS:
-            self.step = max(self.floor, self.step // 2)
+        self._steps.took(nbytes, waited)
         elapsed = self._clock() - self._started
         if elapsed < self.period:
             return None

@@ -34,10 +34,11 @@ from pathlib import Path
 import msgspec
 
 from ferry.platform import errors
-from ferry.platform.copy import delta, engine
+from ferry.platform.copy import checksum, delta, engine
 from ferry.platform.copy.delta import State as Ledger
 from ferry.platform.copy.sink import open_sink
 from ferry.platform.copy.source import open_source
+from ferry.platform.grantsteps import Allowance
 from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes import grants
 from ferry.proto.inventory import Checksum, Extent
@@ -82,9 +83,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         if not (self.pace_url and self.pace_token):
             return engine.Options(workers=2, checkpoint_seconds=cadence)
         ticket = grants.Ticket(url=self.pace_url, token=self.pace_token)
-        return engine.Options(
-            workers=2, checkpoint_seconds=cadence, throttle=grants.Throttle(ticket)
-        )
+        # asked in steps, spent chunk by chunk: a few requests a second, not one a chunk
+        allowance = Allowance(grants.Throttle(ticket), checksum.CHUNK)
+        return engine.Options(workers=2, checkpoint_seconds=cadence, throttle=allowance)
 
 
 class Progress(msgspec.Struct, frozen=True, tag_field="event", tag="progress"):

@@ -3,10 +3,11 @@
 A pod has no bus connection (and should not: it would need a NATS identity), so it
 cannot take from a budget's :class:`ferry.bus.rate.SharedRate` itself. The
 volume-service replica that started it holds a *ticket* for the copy, bound to the
-copy's rate (:mod:`ferry.platform.kubernetes.pacing`); the pod's copy engine calls
-:class:`Throttle` with each chunk's bytes before it reads them, and the throttle
-POSTs ``{"bytes": n}`` with the ticket as a bearer token and returns once granted. So
-no byte moves ahead of its grant, as with the local importer's ``want`` lines.
+copy's rate (:mod:`ferry.platform.kubernetes.pacing`); the pod's copy engine asks
+:class:`Throttle` for bytes before it reads them (in steps, through a
+:class:`~ferry.platform.grantsteps.Allowance`), and the throttle POSTs
+``{"bytes": n}`` with the ticket as a bearer token and returns once granted. So no
+byte moves ahead of its grant, as with the local importer's ``want`` lines.
 
 Only the standard library here: the pod's program imports this, not aiohttp. A
 connection that fails is tried again a few times; then, or at once when the broker

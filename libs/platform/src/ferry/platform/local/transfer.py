@@ -6,10 +6,12 @@ it leaves behind is what the next attempt must cope with. It reads its job
 (one JSON line) on stdin, never on the command line, and reports on stdout one
 JSON object per line: ``stage``, ``progress``, then ``done`` or ``error``.
 
-A *paced* job (a copy under bandwidth budgets) asks before each chunk moves:
-``want`` with the chunk's bytes on stdout, then it waits for one line on stdin,
-the service's grant, taken from the budgets' rates shared by every replica
-(:mod:`ferry.bus.rate`). The workload needs no bus connection of its own.
+A *paced* job (a copy under bandwidth budgets) asks before a chunk moves:
+``want`` with some bytes on stdout, then it waits for one line on stdin, the
+service's grant, taken from the budgets' rates shared by every replica
+(:mod:`ferry.bus.rate`). It asks in steps that follow how long grants take and
+spends them chunk by chunk (:class:`~ferry.platform.grantsteps.Allowance`), so no
+chunk moves before its grant. The workload needs no bus connection of its own.
 
 The populator runs the whole populator sequence, each stage committed by one
 atomic record write, so a kill between any two stages leaves the original
@@ -38,9 +40,10 @@ import threading
 import msgspec
 
 from ferry.platform import errors
-from ferry.platform.copy import delta, engine
+from ferry.platform.copy import checksum, delta, engine
 from ferry.platform.copy.sink import open_sink
 from ferry.platform.copy.source import open_source
+from ferry.platform.grantsteps import Allowance
 from ferry.platform.images import ImageRef
 from ferry.platform.local.storage import StorageConfig, Store
 from ferry.platform.volumes import (
@@ -133,7 +136,8 @@ def _options(config: StorageConfig, paced: bool = False) -> engine.Options:
         checkpoint_seconds=config.checkpoint_seconds,
         max_rate=config.max_rate,
         verify=config.verify_readback,
-        throttle=wait_for_grant if paced else None,
+        # asked in steps, spent chunk by chunk: a few asks a second, not one a chunk
+        throttle=Allowance(wait_for_grant, checksum.CHUNK) if paced else None,
     )
 
 
