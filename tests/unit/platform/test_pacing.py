@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from ferry.platform.copy import engine
+from ferry.platform.grantsteps import Allowance
 from ferry.platform.images import ImageRef
 from ferry.platform.kubernetes import fill, grants, pacing
 from ferry.platform.kubernetes.grants import MAX_BYTES
@@ -142,8 +143,9 @@ def test_a_paced_job_gives_the_engine_a_throttle_and_an_unpaced_one_none() -> No
         )  # fmt: skip
 
     paced, unpaced = job("http://h:8080", "t"), job()
-    # Then only the paced one asks for grants
-    assert isinstance(paced.options().throttle, grants.Throttle)
+    # Then only the paced one asks for grants (the broker's, in steps)
+    throttle = paced.options().throttle
+    assert isinstance(throttle, Allowance) and isinstance(throttle.ask, grants.Throttle)
     assert unpaced.options().throttle is None
     # And a pace URL that is not http(s) is refused before any copy
     with pytest.raises(ValueError, match="http"):
@@ -183,4 +185,5 @@ def test_a_paced_delta_round_hands_the_throttle_to_the_delta_copy(
         fill.run(job)
     # Then the delta copy got the broker's throttle, as a full copy does
     assert len(seen) == 1 and seen[0] is not None
-    assert isinstance(seen[0].throttle, grants.Throttle)
+    throttle = seen[0].throttle
+    assert isinstance(throttle, Allowance) and isinstance(throttle.ask, grants.Throttle)

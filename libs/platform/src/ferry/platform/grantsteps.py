@@ -83,6 +83,11 @@ class Allowance:
             self._left -= nbytes
 
     @property
+    def ask(self) -> Callable[[int], None]:
+        """What grants come from (a pod's broker, the local service's answers)."""
+        return self._ask
+
+    @property
     def step(self) -> int:
         """The bytes the next ask asks for, at least."""
         return self._steps.step
