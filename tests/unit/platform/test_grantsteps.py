@@ -96,6 +96,27 @@ def test_threads_spend_one_allowance_and_a_large_chunk_asks_for_all_of_it() -> N
     assert asked[-1] >= 3 * ALLOWANCE_CEILING - ALLOWANCE_CEILING
 
 
+def test_at_the_floor_a_small_need_asks_for_itself_alone() -> None:
+    # Given grants that come at once the first time, then wait (a small budget)
+    now = [0.0]
+    asked: list[int] = []
+
+    def ask(nbytes: int) -> None:
+        now[0] += 0.5 if asked else 0.0
+        asked.append(nbytes)
+
+    allowance = Allowance(ask, CHUNK, clock=lambda: now[0])
+    # When a copy moves 64 KiB extents
+    for _ in range(200):
+        allowance(64 * 1024)
+    # Then the first ask was for that extent alone (the step at its floor), the second
+    # a step ahead (the first came at once), and once grants waited each ask is back to
+    # what an extent needs: a small extent under a small budget waits for itself alone
+    assert asked[:2] == [64 * 1024, 2 * CHUNK]
+    assert allowance.step == CHUNK and set(asked[2:]) == {64 * 1024}
+    assert sum(asked) == 200 * 64 * 1024 + allowance.unspent
+
+
 def test_steps_need_a_positive_floor_and_period() -> None:
     with pytest.raises(ValueError):
         Steps(0)

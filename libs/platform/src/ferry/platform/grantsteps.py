@@ -53,7 +53,9 @@ class Steps:
 class Allowance:
     """A copy's throttle that asks ``ask`` in :class:`Steps` and spends the grants on
     the chunks that come: ``allowance(n)`` returns once ``n`` more bytes are covered
-    by grants. Thread-safe (a copy's workers ask from several threads)."""
+    by grants. While the step is at its floor it asks for exactly what a chunk needs,
+    as a plain per-chunk throttle does; ahead only once grants came at once.
+    Thread-safe (a copy's workers ask from several threads)."""
 
     def __init__(
         self,
@@ -74,7 +76,11 @@ class Allowance:
     def __call__(self, nbytes: int) -> None:
         with self._lock:
             while self._left < nbytes:
-                want = max(self._steps.step, nbytes - self._left)
+                need = nbytes - self._left
+                # at the floor (grants wait, or none was asked yet) exactly what is
+                # needed: a small extent under a small budget waits for itself alone
+                ahead = self._steps.step > self._steps.floor
+                want = max(self._steps.step, need) if ahead else need
                 started = self._clock()
                 self._ask(want)
                 self._steps.took(want, self._clock() - started)
