@@ -7,50 +7,32 @@ import threading
 import pytest
 
 from ferry.platform.grantsteps import ALLOWANCE_CEILING, ASKS, Allowance, Steps
+from ferry.testing.clockedbudget import ClockedBudget as Budget
 
 MiB = 1 << 20
 CHUNK = 4 * MiB
 
 
-class Budget:
-    """Grants that keep pace with the clock, as ``SharedRate``'s do (a grant waits until
-    all granted so far fits in ``rate`` since the start), on a clock of their own; a copy
-    that moves ``disk`` bytes a second spends them."""
-
-    def __init__(self, rate: float, disk: float) -> None:
-        self.rate, self.disk = rate, disk
-        self.now = 0.0
-        self.granted = 0
-        self.asks = 0
-
-    def clock(self) -> float:
-        return self.now
-
-    def ask(self, nbytes: int) -> None:
-        self.asks += 1
-        self.now = max(self.now, self.granted / self.rate) + 0.002  # a request's round trip
-        self.granted += nbytes
-
-
-def copy(budget: Budget, allowance: Allowance, seconds: float) -> int:
-    """Chunks spent for ``seconds`` of the budget's clock; bytes moved. Each chunk moves
-    only once its grant is there: the allowance returns first."""
+def copy(budget: Budget, allowance: Allowance, seconds: float, disk: float) -> int:
+    """Chunks spent for ``seconds`` of the budget's clock by a copy that moves ``disk``
+    bytes a second; bytes moved. Each chunk moves only once its grant is there: the
+    allowance returns first."""
     moved = 0
     while budget.now < seconds:
         allowance(CHUNK)
         moved += CHUNK
         assert budget.granted >= moved  # never a byte ahead of its grant
-        budget.now += CHUNK / budget.disk
+        budget.now += CHUNK / disk
     return moved
 
 
 @pytest.mark.parametrize("mib_per_second", [256, 1024, 4096])
 def test_a_budget_with_room_is_asked_a_few_times_a_second(mib_per_second: int) -> None:
     # Given a budget with room for a copy that moves 1 GiB/s at most
-    budget = Budget(mib_per_second * MiB, disk=1024 * MiB)
-    allowance = Allowance(budget.ask, CHUNK, clock=budget.clock)
+    budget = Budget(mib_per_second * MiB)
+    allowance = Allowance(budget.take, CHUNK, clock=budget.clock)
     # When it copies for a minute
-    moved = copy(budget, allowance, 60.0)
+    moved = copy(budget, allowance, 60.0, disk=1024 * MiB)
     # Then it asked a few times a second (one ask per chunk: 256 a second at 1 GiB/s),
     # moved at the budget's rate or the disk's, whichever is lower, and left at most one
     # step unspent
@@ -63,10 +45,10 @@ def test_a_budget_with_room_is_asked_a_few_times_a_second(mib_per_second: int) -
 
 def test_a_spent_budget_is_asked_one_chunk_at_a_time() -> None:
     # Given a budget far below what the copy could move
-    budget = Budget(8 * MiB, disk=1024 * MiB)
-    allowance = Allowance(budget.ask, CHUNK, clock=budget.clock)
+    budget = Budget(8 * MiB)
+    allowance = Allowance(budget.take, CHUNK, clock=budget.clock)
     # When it copies for a minute
-    moved = copy(budget, allowance, 60.0)
+    moved = copy(budget, allowance, 60.0, disk=1024 * MiB)
     # Then it moved at the budget's rate, and its grants, which waited for the clock,
     # came back to one chunk each: nothing is held ahead
     assert 0.9 * 8 * MiB * 60 <= moved <= 1.1 * 8 * MiB * 60

@@ -8,33 +8,9 @@ import pytest
 
 from ferry.platform.grantsteps import ASKS, CEILING
 from ferry.platform.ratefile import Reservation, write_rate
+from ferry.testing.clockedbudget import ClockedBudget as Budget
 
 MiB = 1 << 20
-
-
-class Budget:
-    """A budget that keeps pace with the clock, as ``SharedRate`` does: a grant waits
-    until everything granted so far fits in ``rate`` since the start (plus what
-    ``others`` take beside it), on a clock of its own."""
-
-    def __init__(self, rate: float, others: float = 0.0) -> None:
-        self.rate, self.others = rate, others
-        self.now = 0.0
-        self.granted = 0.0
-        self.asks = 0
-
-    def clock(self) -> float:
-        return self.now
-
-    def take(self, nbytes: int) -> float:
-        """Grant ``nbytes``; how long it waited."""
-        self.asks += 1
-        share = self.rate - self.others
-        ready = self.granted / share
-        waited = max(0.0, ready - self.now) + 0.002  # a request's round trip
-        self.now += waited
-        self.granted += nbytes
-        return waited
 
 
 def reserve(
@@ -81,7 +57,7 @@ def test_a_budget_others_take_from_shrinks_the_step_back_to_the_floor() -> None:
     grown = pace.step
     # When other movers take nearly all of the budget
     budget.others = 255 * MiB
-    budget.granted = budget.now * MiB  # what it holds now is its share's worth
+    budget.granted = int(budget.now * MiB)  # what it holds now is its share's worth
     _, written = reserve(budget, 120.0, pace)
     # Then its steps shrank to the floor and it wrote its share
     assert grown >= 8 * MiB and pace.step == MiB
